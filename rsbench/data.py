@@ -1,0 +1,122 @@
+"""Datasets as (image, label) pairs with pixels in [0, 1], channels first.
+
+`digits` is bundled with scikit-learn, so rsbench runs with no network and no files.
+`mnist` and `cifar10` are read through torchvision (MNIST also from a folder of idx
+files); `imagenet` and `tiny-imagenet` from a local folder of class sub-folders.
+Nothing is downloaded unless `download=True` is asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from rsbench.errors import RsbenchError
+
+DIGITS_TEST_SIZE = 500
+"""Digits: 1,797 images; a stratified split with seed 0 keeps 1,297 for training and 500 for testing."""
+DIGITS_SPLIT_SEED = 0
+
+NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "imagenet": 1000, "tiny-imagenet": 200}
+
+
+def default_root(name: str) -> Path:
+    """Where a dataset's files are expected: `$RSBENCH_DATA/<name>` or `~/.cache/rsbench/data/<name>`."""
+    base = os.environ.get("RSBENCH_DATA")
+    return Path(base) / name if base else Path.home() / ".cache" / "rsbench" / "data" / name
+
+
+def load_dataset(name: str, split: str = "test", root: str | Path | None = None, *, download: bool = False) -> Dataset:
+    """A dataset split by name; each item is `(float tensor C x H x W in [0, 1], int label)`."""
+    if split not in ("train", "test"):
+        raise RsbenchError(f"expected split 'train' or 'test', got {split!r}")
+    loaders = {
+        "digits": lambda: _digits(split),
+        "mnist": lambda: _mnist(split, Path(root) if root else default_root("mnist"), download),
+        "cifar10": lambda: _cifar10(split, Path(root) if root else default_root("cifar10"), download),
+        "imagenet": lambda: _image_folder(Path(root) if root else default_root("imagenet"), split, 224),
+        "tiny-imagenet": lambda: _image_folder(Path(root) if root else default_root("tiny-imagenet"), split, 64),
+    }
+    if name not in loaders:
+        raise RsbenchError(f"unknown dataset {name!r}; known: {', '.join(loaders)}")
+    return loaders[name]()
+
+
+def _digits(split: str) -> TensorDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0  # 4-bit grey levels 0..16 -> [0, 1]
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, bunch.target, test_size=DIGITS_TEST_SIZE, stratify=bunch.target, random_state=DIGITS_SPLIT_SEED
+    )
+    x, y = (train_x, train_y) if split == "train" else (test_x, test_y)
+    return TensorDataset(torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y).long())
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an idx file (optionally gzipped): big-endian header, then unsigned bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise RsbenchError(f"{path} is not an idx file of unsigned bytes")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for folder in (root, root / "MNIST" / "raw", root / "raw"):
+        for suffix in ("", ".gz"):
+            if (folder / (stem + suffix)).is_file():
+                return folder / (stem + suffix)
+    return None
+
+
+def _mnist(split: str, root: Path, download: bool) -> TensorDataset:
+    prefix = "t10k" if split == "test" else "train"
+    images = _find_idx(root, f"{prefix}-images-idx3-ubyte")
+    labels = _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+    if images is None or labels is None:
+        if not download:
+            raise RsbenchError(
+                f"MNIST {split} files not found: put {prefix}-images-idx3-ubyte(.gz) and "
+                f"{prefix}-labels-idx1-ubyte(.gz) in {root} (or set RSBENCH_DATA)"
+            )
+        from torchvision.datasets import MNIST
+
+        MNIST(str(root), train=split == "train", download=True)
+        return _mnist(split, root, download=False)
+    x = torch.from_numpy(_read_idx(images).astype(np.float32) / 255.0).unsqueeze(1)
+    return TensorDataset(x, torch.from_numpy(_read_idx(labels).astype(np.int64)))
+
+
+def _cifar10(split: str, root: Path, download: bool) -> Dataset:
+    from torchvision.datasets import CIFAR10
+    from torchvision.transforms import ToTensor
+
+    try:
+        return CIFAR10(str(root), train=split == "train", download=download, transform=ToTensor())
+    except RuntimeError:
+        raise RsbenchError(
+            f"CIFAR-10 not found in {root}: extract cifar-10-python.tar.gz there (folder cifar-10-batches-py) "
+            "or set RSBENCH_DATA"
+        ) from None
+
+
+def _image_folder(root: Path, split: str, size: int) -> Dataset:
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    folder = root / ("val" if split == "test" else "train")
+    if not folder.is_dir():
+        raise RsbenchError(f"{folder} not found: put the {split} images there, one sub-folder per class")
+    resize = [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size)] if size == 224 else []
+    return ImageFolder(str(folder), transform=transforms.Compose([*resize, transforms.ToTensor()]))

@@ -1,0 +1,182 @@
+"""Architectures by name, and adapters for checkpoints released by the papers' authors.
+
+Every model maps pixels in [0, 1] to logits: dataset normalization is a layer inside
+the model, so smoothing noise and attack budgets live in pixel space.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsbench.errors import RsbenchError
+
+_ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {}
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def register_model(name: str) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
+    """Register a constructor `f(num_classes) -> nn.Module` under a name."""
+
+    def decorator(constructor: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+        _ARCHITECTURES[name] = constructor
+        return constructor
+
+    return decorator
+
+
+def architectures() -> list[str]:
+    """Registered architecture names (plus any `timm:NAME`)."""
+    return sorted(_ARCHITECTURES)
+
+
+def create_model(architecture: str, num_classes: int) -> nn.Module:
+    """Build an untrained model by architecture name, or `timm:NAME` for any timm model."""
+    if architecture.startswith("timm:"):
+        import timm
+
+        name = architecture.removeprefix("timm:")
+        if not timm.is_model(name):
+            raise RsbenchError(f"unknown timm model {name!r}")
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        config = getattr(net, "pretrained_cfg", None) or {}
+        return nn.Sequential(Normalize(config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)), net)
+    if architecture not in _ARCHITECTURES:
+        close = difflib.get_close_matches(architecture, _ARCHITECTURES, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(architectures())}"
+        raise RsbenchError(f"unknown architecture {architecture!r}{hint}")
+    return _ARCHITECTURES[architecture](num_classes)
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std as the model's first layer; its constants are not parameters."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@register_model("digits-cnn")
+def digits_cnn(num_classes: int) -> nn.Module:
+    """A ~38k-parameter CNN for 1x8x8 digits (about 150 kB of float32 weights)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+
+
+class _CifarBasicBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut; the block of Cohen et al.'s CIFAR ResNets."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """The depth-(6n+2) CIFAR ResNet used by Cohen et al. (16/32/64 channels, BasicBlocks).
+
+    Module names match their released checkpoints, so only key prefixes need adapting.
+    """
+
+    def __init__(self, depth: int, num_classes: int) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise RsbenchError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._stage(16, 16, blocks, 1)
+        self.layer2 = self._stage(16, 32, blocks, 2)
+        self.layer3 = self._stage(32, 64, blocks, 2)
+        self.avgpool = nn.AvgPool2d(8)
+        self.fc = nn.Linear(64, num_classes)
+
+    @staticmethod
+    def _stage(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = [_CifarBasicBlock(inplanes, planes, stride)]
+        layers += [_CifarBasicBlock(planes, planes) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model("cifar-resnet110")
+def cifar_resnet110(num_classes: int) -> nn.Module:
+    """Cohen et al.'s CIFAR-10 base classifier: normalization, then ResNet-110."""
+    return nn.Sequential(Normalize(CIFAR10_MEAN, CIFAR10_STD), CifarResNet(110, num_classes))
+
+
+@register_model("cifar-resnet20")
+def cifar_resnet20(num_classes: int) -> nn.Module:
+    """The shallow CIFAR ResNet of the same family (fast for tests and quick experiments)."""
+    return nn.Sequential(Normalize(CIFAR10_MEAN, CIFAR10_STD), CifarResNet(20, num_classes))
+
+
+@register_model("imagenet-resnet50")
+def imagenet_resnet50(num_classes: int) -> nn.Module:
+    """Cohen et al.'s ImageNet base classifier: normalization, then torchvision's ResNet-50."""
+    from torchvision.models import resnet50
+
+    return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), resnet50(num_classes=num_classes))
+
+
+def adapt_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
+    """The state dict of `Sequential(Normalize, net)` from rsbench's or the authors' checkpoint format.
+
+    The smoothing authors save `{"arch": ..., "state_dict": ...}` from
+    `Sequential(NormalizeLayer, net)`, optionally with `net` wrapped in DataParallel, so
+    their keys read `1.module.conv1.weight`. Dropping every `module.` segment gives our keys.
+    """
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RsbenchError("checkpoint is neither a state dict nor a dict with a 'state_dict' entry")
+    return {".".join(p for p in key.split(".") if p != "module"): value for key, value in state.items()}
+
+
+def load_weights_into(model: nn.Module, checkpoint: Any) -> nn.Module:
+    """Load a checkpoint into a model, naming missing or unexpected keys on mismatch."""
+    state = adapt_state_dict(checkpoint)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RsbenchError(
+            f"checkpoint does not fit the architecture: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    return model.eval()

@@ -1,0 +1,122 @@
+"""Read and validate the YAML specs under `registry/`, and resolve implementations lazily.
+
+Specs are parsed with `yaml.safe_load` (YAML never executes code) and validated by the
+Pydantic models of `rsbench.specs`; an error names the file and the field. Implementations
+(`module:Class`) are imported only when an attack is used, so listing the registry never
+imports torch-heavy code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rsbench.errors import RsbenchError
+from rsbench.specs import AttackSpec, DefenseSpec
+
+Kind = Literal["defenses", "attacks"]
+SpecT = TypeVar("SpecT", bound=BaseModel)
+_SPEC_TYPES: dict[str, type[BaseModel]] = {"defenses": DefenseSpec, "attacks": AttackSpec}
+
+
+def registry_dirs() -> list[Path]:
+    """Registry folders: those in `$RSBENCH_REGISTRY` (os.pathsep-separated), then the built-in one."""
+    extra = [Path(p) for p in os.environ.get("RSBENCH_REGISTRY", "").split(os.pathsep) if p]
+    packaged = Path(__file__).parent / "_registry"
+    builtin = packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "registry"
+    return [*extra, builtin]
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line: the first failing field and why."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"field '{field}': {first['msg']}{more}"
+
+
+def parse_spec(path: Path, spec_type: type[SpecT]) -> SpecT:
+    """Load one YAML file into a spec, naming the file and field on error."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RsbenchError(f"{path}: malformed YAML{where}") from None
+    if not isinstance(data, dict):
+        raise RsbenchError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return spec_type.model_validate(data)
+    except ValidationError as error:
+        raise RsbenchError(f"{path}: {format_validation_error(error)}") from None
+
+
+@lru_cache(maxsize=None)
+def _load(kind: Kind, dirs: tuple[Path, ...]) -> dict[str, Any]:
+    specs: dict[str, Any] = {}
+    for folder in dirs:
+        for path in sorted((folder / kind).glob("*.yaml")):
+            spec = parse_spec(path, _SPEC_TYPES[kind])
+            if spec.name in specs:
+                continue  # earlier folders (user registries) override the built-in one
+            if spec.name != path.stem:
+                raise RsbenchError(f"{path}: field 'name' is {spec.name!r} but the file is {path.stem}.yaml")
+            specs[spec.name] = spec
+    return specs
+
+
+def all_specs(kind: Kind) -> dict[str, Any]:
+    """Every spec of a kind, by name."""
+    if kind not in _SPEC_TYPES:
+        raise RsbenchError(f"expected kind 'defenses' or 'attacks', got {kind!r}")
+    return _load(kind, tuple(registry_dirs()))
+
+
+def _lookup(kind: Kind, name: str) -> Any:
+    specs = all_specs(kind)
+    if name in specs:
+        return specs[name]
+    for spec in specs.values():
+        if name in getattr(spec, "aliases", []):
+            return spec
+    names = list(specs) + [a for s in specs.values() for a in getattr(s, "aliases", [])]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(specs)) or 'none'}"
+    raise RsbenchError(f"unknown {kind[:-1]} {name!r}{hint}")
+
+
+def get_defense(name: str) -> DefenseSpec:
+    """The defense spec registered under a name or alias."""
+    return _lookup("defenses", name)
+
+
+def get_attack(name: str) -> AttackSpec:
+    """The attack spec registered under a name, with its params checked by the implementation."""
+    spec: AttackSpec = _lookup("attacks", name)
+    attack_params(spec)
+    return spec
+
+
+def resolve(implementation: str) -> Any:
+    """Import `module:attr` and return the attribute."""
+    module_name, _, attr = implementation.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise RsbenchError(f"cannot import implementation {implementation!r}: {error}") from None
+
+
+def attack_params(spec: AttackSpec) -> BaseModel:
+    """The attack's params validated by its implementation's `Params` model."""
+    cls = resolve(spec.implementation)
+    try:
+        return cls.Params.model_validate(spec.params)
+    except ValidationError as error:
+        raise RsbenchError(f"attack {spec.name!r}: params {format_validation_error(error)}") from None
