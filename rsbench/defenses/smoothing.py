@@ -9,6 +9,8 @@ procedures that are wrong with probability at most alpha.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from scipy.stats import norm
 from torch import nn
@@ -17,6 +19,9 @@ from rsbench.defenses.base import Certificate, Defense, check_input
 from rsbench.errors import RsbenchError
 from rsbench.specs import DefenseSpec
 from rsbench.stats import binomial_p_value, lower_confidence_bound
+
+if TYPE_CHECKING:
+    from rsbench.attacks.smoothed_view import SmoothedView
 
 
 def check_sampling(n: int, alpha: float, name: str = "n") -> None:
@@ -122,6 +127,15 @@ class Smoothing(Defense):
         if p_lower <= 0.5:
             return Certificate(prediction=None, radius=0.0, p_lower=p_lower)
         return Certificate(prediction=guess, radius=float(self.sigma * norm.ppf(p_lower)), p_lower=p_lower)
+
+    def surrogate(self, **options: object) -> SmoothedView:
+        """The differentiable view attacks optimise (Gumbel-softmax votes, Goodman bounds, radius).
+
+        `options` are SmoothedView's keywords: num_noise, alpha, temperature, chunk_size.
+        """
+        from rsbench.attacks.smoothed_view import SmoothedView
+
+        return SmoothedView(self.base_classifier, self.num_classes, self.sigma, **options)  # type: ignore[arg-type]
 
 
 def from_spec(spec: DefenseSpec, model: nn.Module) -> Smoothing:

@@ -1,0 +1,191 @@
+"""A differentiable view of a smoothed classifier (Algorithm 2 of the certification-aware attack).
+
+The smoothed classifier counts argmax votes of the base classifier under Gaussian
+noise, which has no gradient. The view replaces each vote by a Gumbel-softmax sample
+over the base logits, averages N of them into class frequencies, puts Goodman
+simultaneous confidence intervals around them and turns the two largest into the
+certified radius R = sigma/2 * (PhiInv(lower of top) - PhiInv(upper of runner-up)).
+Every step is written in torch, so an attack can differentiate any of these numbers
+with respect to the input.
+
+Memory does not grow with N: the frequencies are an autograd function that runs the
+noise through the model `chunk_size` copies at a time without keeping graphs, and in
+the backward pass draws the very same noise again and back-propagates chunk by chunk.
+This recomputation gives exactly the gradient of the unchunked computation at the
+cost of one extra forward pass per chunk.
+
+Noise comes from two generators seeded from the caller's: one for the Gaussian
+perturbations, one for the Gumbel variables. Each stream is therefore drawn in one
+sequence whatever the chunk size, so on the CPU the chunk size does not change the
+noise (torch draws a tensor's values in order for these shapes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+
+import torch
+from scipy.stats import chi2
+from torch import nn
+
+from rsbench.defenses.smoothing import Smoothing
+from rsbench.errors import RsbenchError
+
+GUMBEL_TEMPERATURE = 1.0
+"""Default Gumbel-softmax temperature: torch's default; soft votes stay close to one-hot for
+confident logits while a single noisy copy near a decision boundary still passes a gradient."""
+
+
+def goodman_bounds(freq: torch.Tensor, num: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Goodman (1965) simultaneous (1 - alpha) intervals for multinomial proportions `freq` of `num` draws.
+
+    The same formula as statsmodels' `multinomial_proportions_confint(method="goodman")`, in torch
+    so that gradients flow from the bounds to the frequencies.
+    """
+    quantile = float(chi2.ppf(1 - alpha / freq.shape[-1], 1))
+    centre = 2 * num * freq + quantile
+    spread = torch.sqrt(quantile**2 + 4 * num * freq * (1 - freq) * quantile)
+    return (centre - spread) / (2 * (quantile + num)), (centre + spread) / (2 * (quantile + num))
+
+
+@dataclass(frozen=True)
+class ViewOutput:
+    """The view at one input: frequencies, their bounds and the certified radius (all differentiable)."""
+
+    freq: torch.Tensor
+    """Averaged Gumbel-softmax votes per class, shape (num_classes,)."""
+    lower: torch.Tensor
+    """Goodman lower bound of every class."""
+    upper: torch.Tensor
+    """Goodman upper bound of every class."""
+    top: int
+    """Class with the largest frequency."""
+    runner_up: int
+    """Class with the second largest frequency."""
+    e0_lower: torch.Tensor
+    """Lower bound of the top class (a scalar)."""
+    e1_upper: torch.Tensor
+    """Upper bound of the runner-up (a scalar)."""
+    radius: torch.Tensor
+    """sigma/2 * (PhiInv(e0_lower) - PhiInv(e1_upper)); negative when the two intervals overlap."""
+
+    def detach(self) -> ViewOutput:
+        """The same numbers cut from the autograd graph."""
+        return replace(
+            self,
+            **{f.name: getattr(self, f.name).detach() for f in fields(self) if f.type == "torch.Tensor"},
+        )
+
+
+class _AveragedSoftVotes(torch.autograd.Function):
+    """Mean Gumbel-softmax vote over the view's noise, with a backward pass that recomputes chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, view: SmoothedView, seeds: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
+        with torch.no_grad():
+            total = sum(view.soft_votes(x, noise, gumbel).sum(0) for noise, gumbel in view.noise(x, seeds))
+        ctx.save_for_backward(x)
+        ctx.view, ctx.seeds = view, seeds
+        return total / view.num_noise
+
+    @staticmethod
+    def backward(ctx, grad_freq: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        view: SmoothedView = ctx.view
+        grad_x = torch.zeros_like(x)
+        weight = grad_freq / view.num_noise
+        for noise, gumbel in view.noise(x, ctx.seeds):
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                votes = view.soft_votes(leaf, noise, gumbel).sum(0)
+                grad_x += torch.autograd.grad(votes, leaf, weight)[0]
+        return grad_x, None, None
+
+
+class SmoothedView:
+    """Differentiable frequencies, Goodman bounds and certified radius of a smoothed classifier.
+
+    Attacks get every gradient through `grad`, so chunking is handled in one place.
+    `num_noise` and `alpha` are the attack's N and alpha (paper defaults 1500 and 0.005).
+    """
+
+    def __init__(
+        self,
+        base_classifier: nn.Module,
+        num_classes: int,
+        sigma: float,
+        *,
+        num_noise: int = 1500,
+        alpha: float = 0.005,
+        temperature: float = GUMBEL_TEMPERATURE,
+        chunk_size: int = 250,
+    ) -> None:
+        if temperature <= 0:
+            raise RsbenchError(f"temperature must be positive, got {temperature!r}")
+        if chunk_size < 1:
+            raise RsbenchError(f"chunk_size must be positive, got {chunk_size!r}")
+        self.smoothing = Smoothing(base_classifier, num_classes, sigma, n=num_noise, alpha=alpha, batch_size=chunk_size)
+        self.base_classifier = self.smoothing.base_classifier
+        self.num_classes, self.sigma = num_classes, sigma
+        self.num_noise, self.alpha = num_noise, alpha
+        self.temperature, self.chunk_size = temperature, chunk_size
+
+    @property
+    def device(self) -> torch.device:
+        """Device the base classifier runs on."""
+        return self.smoothing.device
+
+    def noise(self, x: torch.Tensor, seeds: tuple[int, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Gaussian perturbations (scaled by sigma) and Gumbel variables, chunk by chunk, fixed by `seeds`."""
+        gaussian = torch.Generator(device=x.device).manual_seed(seeds[0])
+        uniform = torch.Generator(device=x.device).manual_seed(seeds[1])
+        remaining = self.num_noise
+        while remaining > 0:
+            size = min(self.chunk_size, remaining)
+            noise = torch.randn((size, *x.shape), generator=gaussian, device=x.device, dtype=x.dtype)
+            u = torch.rand((size, self.num_classes), generator=uniform, device=x.device, dtype=x.dtype)
+            gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(x.dtype).tiny)))
+            yield self.sigma * noise, gumbel
+            remaining -= size
+
+    def soft_votes(self, x: torch.Tensor, noise: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
+        """Gumbel-softmax of the base logits on x + noise: one soft one-hot vote per noisy copy."""
+        log_probs = torch.log_softmax(self.base_classifier(x.unsqueeze(0) + noise), dim=1)
+        return torch.softmax((log_probs + gumbel) / self.temperature, dim=1)
+
+    def frequencies(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Mean soft vote over `num_noise` noisy copies of x; differentiable, memory independent of N."""
+        seeds = torch.randint(0, 2**62, (2,), generator=generator, device=generator.device).tolist()
+        return _AveragedSoftVotes.apply(x.to(self.device), self, (int(seeds[0]), int(seeds[1])))
+
+    def bounds(self, x: torch.Tensor, generator: torch.Generator) -> ViewOutput:
+        """Algorithm 2: frequencies, Goodman bounds, top two classes and the certified radius at x."""
+        freq = self.frequencies(x, generator)
+        lower, upper = goodman_bounds(freq, self.num_noise, self.alpha)
+        top, runner_up = (int(i) for i in freq.detach().topk(2).indices)
+        e0_lower, e1_upper = lower[top], upper[runner_up]
+        radius = self.sigma / 2 * (torch.special.ndtri(e0_lower) - torch.special.ndtri(e1_upper))
+        return ViewOutput(freq, lower, upper, top, runner_up, e0_lower, e1_upper, radius)
+
+    def grad(
+        self,
+        x: torch.Tensor,
+        loss_fn: Callable[[ViewOutput, torch.Tensor], torch.Tensor],
+        generator: torch.Generator,
+    ) -> tuple[float, ViewOutput, torch.Tensor]:
+        """Value of `loss_fn(view_output, x)` at x, the view output, and the loss's gradient with respect to x.
+
+        `loss_fn` receives the input as a leaf tensor so that it may add terms of its own
+        (a distance to the clean image, for instance). The returned output is detached.
+        """
+        leaf = x.detach().to(self.device).requires_grad_(True)
+        out = self.bounds(leaf, generator)
+        loss = loss_fn(out, leaf)
+        (grad_x,) = torch.autograd.grad(loss, leaf)
+        return float(loss.detach()), out.detach(), grad_x
+
+    @torch.no_grad()
+    def hard_counts(self, x: torch.Tensor, generator: torch.Generator, num: int | None = None) -> torch.Tensor:
+        """Argmax votes of the base classifier on `num` (default N) noisy copies of x, as a LongTensor."""
+        return self.smoothing.sample_counts(x.detach(), self.num_noise if num is None else num, generator)
