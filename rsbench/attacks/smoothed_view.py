@@ -26,15 +26,37 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
+from pydantic import Field
 from scipy.stats import chi2
 from torch import nn
 
+from rsbench.attacks.base import AttackParams
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 
 GUMBEL_TEMPERATURE = 1.0
 """Default Gumbel-softmax temperature: torch's default; soft votes stay close to one-hot for
 confident logits while a single noisy copy near a decision boundary still passes a gradient."""
+
+
+class ViewParams(AttackParams):
+    """Settings of the view an attack on smoothing optimises, and with which its success is judged.
+
+    Attacks on smoothed classifiers derive their `Params` from this model; the harness
+    builds each attack's view and judge from these fields (`view_options`).
+    """
+
+    num_noise: int = Field(1500, ge=1)
+    """N: noisy copies per evaluation of the view and per success check (the paper's 1500)."""
+    alpha: float = Field(0.005, gt=0, lt=1)
+    """Significance level of the Goodman intervals (the paper's 0.005)."""
+    temperature: float = Field(GUMBEL_TEMPERATURE, gt=0)
+    """Gumbel-softmax temperature of the soft votes."""
+
+
+def view_options(params: AttackParams) -> dict[str, float | int]:
+    """The SmoothedView keywords an attack's params set (all of ViewParams' fields it has)."""
+    return {name: getattr(params, name) for name in ViewParams.model_fields if hasattr(params, name)}
 
 
 def goodman_bounds(freq: torch.Tensor, num: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:

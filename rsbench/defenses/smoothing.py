@@ -131,10 +131,12 @@ class Smoothing(Defense):
     def surrogate(self, **options: object) -> SmoothedView:
         """The differentiable view attacks optimise (Gumbel-softmax votes, Goodman bounds, radius).
 
-        `options` are SmoothedView's keywords: num_noise, alpha, temperature, chunk_size.
+        `options` are SmoothedView's keywords: num_noise, alpha, temperature, chunk_size
+        (which defaults to this defense's batch_size).
         """
         from rsbench.attacks.smoothed_view import SmoothedView
 
+        options = {"chunk_size": self.batch_size, **options}
         return SmoothedView(self.base_classifier, self.num_classes, self.sigma, **options)  # type: ignore[arg-type]
 
 
