@@ -1,0 +1,189 @@
+"""The `rsbench` command line: parse, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from rsbench.errors import RsbenchError
+
+DEVICE = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where the model runs; auto picks a CUDA GPU when there is one.",
+)
+
+
+class UserError(click.ClickException):
+    """An RsbenchError shown as one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
+class RsbenchGroup(click.Group):
+    """Turns user errors into one line and a non-zero exit, and Ctrl-C into a resume hint."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except RsbenchError as error:
+            raise UserError(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: re-run the same command to resume", err=True)
+            raise click.exceptions.Exit(130) from None
+
+
+@click.group(cls=RsbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rsbench")
+def cli() -> None:
+    """rsbench: how well do attacks break certified defenses?
+
+    Defenses and attacks are named in the registry (`rsbench registry list`). Every run
+    writes per-sample records as it goes to a run directory and resumes when re-run.
+    """
+
+
+@cli.command()
+@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Certify the first K samples of the test split.")
+@click.option("--n0", type=int, default=None, help="Selection noise samples [spec default, 100].")
+@click.option("--n", "n", type=int, default=None, help="Estimation noise samples [spec default, 100,000].")
+@click.option("--alpha", type=float, default=None, help="Failure probability of each certificate [spec default, 0.001].")
+@click.option("--batch-size", type=int, default=None, help="Noisy copies per forward pass [spec default].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Master seed; sample i is seeded from (seed, i).")
+@DEVICE
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run directory [runs/<defense>/certify-n<n>-alpha<alpha>-seed<seed>].")
+def certify(defense: str, num_samples: int, n0: int | None, n: int | None, alpha: float | None,
+            batch_size: int | None, seed: int, device: str, out: Path | None) -> None:
+    """Certify a defense on test samples: records, a certified-accuracy table and a plot.
+
+    Writes OUT/samples.jsonl (one line per sample, as it finishes), OUT/result.json and
+    OUT/certified_accuracy.png. Re-running with the same OUT resumes.
+    """
+    from rsbench import registry, runner
+    from rsbench.defenses.smoothing import check_sampling
+    from rsbench.specs import RunConfig
+
+    spec = registry.get_defense(defense)
+    defaults = spec.certify
+    n0, n = n0 if n0 is not None else defaults.n0, n if n is not None else defaults.n
+    alpha = alpha if alpha is not None else defaults.alpha
+    check_sampling(n0, alpha, "--n0")
+    check_sampling(n, alpha, "--n")
+    if batch_size is not None and batch_size < 1:
+        raise RsbenchError(f"--batch-size must be positive, got {batch_size}")
+    config = RunConfig(
+        command="certify", defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
+        n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed,
+    )
+    out = out or Path("runs") / spec.name / f"certify-n{n}-alpha{alpha:g}-seed{seed}"
+    result = runner.certify(spec, config, out, runner.resolve_device(device))
+    click.echo(format_certified_table(result))
+    click.echo(f"records, result.json and certified_accuracy.png in {out}")
+
+
+def format_certified_table(result) -> str:  # noqa: ANN001 - a RunResult
+    """The certified-accuracy table printed after a certify run."""
+    lines = [
+        f"{result.defense.name}: {result.num_samples} samples, clean accuracy {result.clean_accuracy:.3f}, "
+        f"abstain {result.abstain_rate:.3f}, average certified radius {result.average_certified_radius:.3f}",
+        f"{'radius':>8}  {'certified acc':>13}  {'95% interval':>15}",
+    ]
+    lines += [
+        f"{p.radius:>8.3f}  {p.accuracy:>13.3f}  [{p.ci_low:.3f}, {p.ci_high:.3f}]" for p in result.certified_accuracy
+    ]
+    return "\n".join(lines)
+
+
+@cli.group("registry")
+def registry_group() -> None:
+    """Browse the defenses and attacks rsbench knows."""
+
+
+@registry_group.command("list")
+@click.option("--kind", type=click.Choice(["defenses", "attacks"]), default=None, help="Only this kind.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def registry_list(kind: str | None, as_json: bool) -> None:
+    """List registered defenses and attacks."""
+    from rsbench import registry
+
+    kinds = [kind] if kind else ["defenses", "attacks"]
+    listing = {k: registry.all_specs(k) for k in kinds}
+    if as_json:
+        click.echo(json.dumps({k: [s.model_dump(mode="json") for s in v.values()] for k, v in listing.items()}, indent=2))
+        return
+    for k, specs in listing.items():
+        click.echo(f"{k}:")
+        for name, spec in specs.items():
+            click.echo(f"  {name:<28} {spec.description}")
+
+
+@registry_group.command("show")
+@click.argument("name")
+def registry_show(name: str) -> None:
+    """Show one spec (a defense or an attack) as YAML-like JSON with its hash."""
+    from rsbench import registry
+
+    try:
+        spec = registry.get_defense(name)
+    except RsbenchError as defense_error:
+        try:
+            spec = registry.get_attack(name)
+        except RsbenchError:
+            raise defense_error from None
+    click.echo(json.dumps({**spec.model_dump(mode="json"), "spec_hash": spec.spec_hash()}, indent=2))
+
+
+@registry_group.command("schema")
+@click.argument("model", default="DefenseSpec",
+                type=click.Choice(["DefenseSpec", "AttackSpec", "RunConfig", "SampleRecord", "RunResult"]))
+def registry_schema(model: str) -> None:
+    """Print the JSON Schema of a spec (default: DefenseSpec)."""
+    from rsbench import specs
+
+    click.echo(json.dumps(getattr(specs, model).model_json_schema(), indent=2))
+
+
+@cli.group("models")
+def models_group() -> None:
+    """Fetch and inspect model weights."""
+
+
+@models_group.command("pull")
+@click.argument("name")
+def models_pull(name: str) -> None:
+    """Fetch a defense's weights into the local cache ahead of time and verify their sha256."""
+    from rsbench import hub, registry
+
+    spec = registry.get_defense(name)
+    click.echo(f"{spec.name}: {hub.resolve_weights(spec.weights)} (sha256 verified)")
+
+
+@cli.command()
+@click.option("--defense", required=True, help="Defense whose training recipe to reproduce.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("trained"), show_default=True,
+              help="Folder for the weights and the model card.")
+@click.option("--card-samples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Test samples certified for the model card.")
+@click.option("--card-n", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Noise samples per certificate for the model card (smoothing only).")
+@DEVICE
+def train(defense: str, out: Path, card_samples: int, card_n: int, device: str) -> None:
+    """Reproduce a defense's weights from its recipe and write a model card.
+
+    Prints the sha256 of the new weights next to the registry's pin.
+    """
+    from rsbench import registry, runner, training
+
+    spec = registry.get_defense(defense)
+    torch_device = runner.resolve_device(device)
+    path = training.train(spec, out, torch_device)
+    card = training.write_model_card(spec, path, out, torch_device, samples=card_samples, n=card_n)
+    click.echo(card.read_text())
+
+
+main = cli
+"""Console-script entry point."""

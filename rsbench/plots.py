@@ -1,0 +1,34 @@
+"""Figures saved next to a run's records (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+from rsbench.specs import CertifiedPoint, SampleRecord  # noqa: E402
+
+
+def certified_accuracy_plot(records: Sequence[SampleRecord], points: Sequence[CertifiedPoint], title: str, path: Path) -> Path:
+    """Certified accuracy as a step function of the radius, with 95% intervals at the grid radii."""
+    radii = sorted({0.0, *(r.radius for r in records if r.correct)})
+    accuracy = [sum(1 for r in records if r.correct and r.radius >= t) / len(records) for t in radii]
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    axes.step(radii + [radii[-1] * 1.05 + 1e-3], accuracy + [0.0], where="pre", label="certified accuracy")
+    axes.errorbar(
+        [p.radius for p in points],
+        [p.accuracy for p in points],
+        yerr=[[p.accuracy - p.ci_low for p in points], [p.ci_high - p.accuracy for p in points]],
+        fmt="o", markersize=3, capsize=2, label="95% interval (test samples)",
+    )
+    axes.set(xlabel="radius", ylabel="certified accuracy", ylim=(0, 1.02), title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,92 @@
+"""A run directory: fixed config, per-sample records appended as they finish, a summary.
+
+Records are appended one JSON line at a time and flushed to disk, so an interrupted
+run loses at most the sample in progress. Re-opening the directory with the same
+config resumes: finished samples are skipped. A torn last line (a crash mid-write)
+is dropped, never duplicated. A different config is refused, except for the number
+of samples, which may grow to extend a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from rsbench.errors import RsbenchError
+from rsbench.specs import RunConfig
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+RESUMABLE_CHANGES = {"num_samples"}
+"""Config fields that may differ on resume: records are per sample and do not depend on them."""
+
+
+def write_json_atomic(path: Path, model: BaseModel) -> None:
+    """Write a model as indented JSON via a temporary file, so readers never see half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(model.model_dump_json(indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+class RunDir:
+    """The folder of one run, opened for appending."""
+
+    def __init__(self, path: Path, config: RunConfig, records_name: str = "samples.jsonl") -> None:
+        self.path = Path(path)
+        self.records_path = self.path / records_name
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._check_config(config)
+            self.records_path.touch()
+            if not os.access(self.records_path, os.W_OK):
+                raise PermissionError(self.records_path)
+        except OSError as error:
+            raise RsbenchError(f"cannot write to run directory {self.path}: {error.strerror or error}") from None
+
+    def _check_config(self, config: RunConfig) -> None:
+        config_path = self.path / "config.json"
+        if config_path.exists():
+            try:
+                previous = RunConfig.model_validate_json(config_path.read_text())
+            except ValidationError:
+                raise RsbenchError(f"{config_path} is not a valid run config; use another --out") from None
+            changed = [
+                field
+                for field in RunConfig.model_fields
+                if field not in RESUMABLE_CHANGES and getattr(previous, field) != getattr(config, field)
+            ]
+            if changed:
+                raise RsbenchError(
+                    f"{self.path} holds a run with a different config ({', '.join(changed)} changed); "
+                    "use another --out or the original settings"
+                )
+        write_json_atomic(config_path, config)
+
+    def records(self, record_type: type[RecordT]) -> list[RecordT]:
+        """All complete records; a torn last line is cut off the file."""
+        raw = self.records_path.read_bytes()
+        complete, _, torn = raw.rpartition(b"\n")
+        if torn:
+            with self.records_path.open("r+b") as handle:
+                handle.truncate(len(complete) + 1 if complete else 0)
+        lines = complete.split(b"\n") if complete else []
+        try:
+            return [record_type.model_validate_json(line) for line in lines if line.strip()]
+        except ValidationError as error:
+            raise RsbenchError(f"{self.records_path}: a record is not valid ({error.errors()[0]['msg']})") from None
+
+    def append(self, record: BaseModel) -> None:
+        """Append one record and force it to disk."""
+        with self.records_path.open("a") as handle:
+            handle.write(json.dumps(record.model_dump(mode="json"), separators=(",", ":")) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_result(self, result: BaseModel, name: str = "result.json") -> Path:
+        """Write the run's summary atomically; returns its path."""
+        path = self.path / name
+        write_json_atomic(path, result)
+        return path
