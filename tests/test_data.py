@@ -1,0 +1,66 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rsbench.data import DIGITS_TEST_SIZE, load_dataset
+from rsbench.errors import RsbenchError
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def test_digits_split_is_fixed_stratified_and_in_range() -> None:
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert (len(train), len(test)) == (1797 - DIGITS_TEST_SIZE, DIGITS_TEST_SIZE)
+    x, y = test.tensors
+    assert x.shape == (DIGITS_TEST_SIZE, 1, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    full = torch.bincount(torch.cat([train.tensors[1], y]))
+    expected = full.double() * DIGITS_TEST_SIZE / 1797  # stratified: each class in proportion
+    assert (torch.bincount(y) - expected).abs().max() <= 1
+    assert torch.equal(load_dataset("digits", "test").tensors[0], x)
+    train_rows = {tuple(row) for row in train.tensors[0].flatten(1).tolist()}
+    assert sum(tuple(row) in train_rows for row in x.flatten(1).tolist()) < 5  # disjoint up to duplicate images
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+@pytest.mark.parametrize("layout,compress", [(".", False), ("MNIST/raw", True)])
+def test_mnist_reads_idx_files_from_a_folder(tmp_path: Path, layout: str, compress: bool) -> None:
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28))
+    labels = np.array([3, 1, 4, 1, 5])
+    folder = tmp_path / layout
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", images, compress)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", labels, compress)
+    x, y = load_dataset("mnist", "test", tmp_path).tensors
+    assert x.shape == (5, 1, 28, 28)
+    assert torch.allclose(x[:, 0], torch.from_numpy(images / 255.0).float())
+    assert y.tolist() == labels.tolist()
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST test set not present")
+def test_real_mnist_test_set() -> None:
+    x, y = load_dataset("mnist", "test", SHARED_MNIST).tensors
+    assert x.shape == (10_000, 1, 28, 28) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert torch.bincount(y).tolist()[:2] == [980, 1135]  # the standard class counts of the MNIST test set
+
+
+@pytest.mark.parametrize("name,message", [("mnist", "put t10k-images"), ("cifar10", "extract cifar-10"), ("imagenet", "one sub-folder per class")])
+def test_missing_files_say_where_to_put_them(tmp_path: Path, name: str, message: str) -> None:
+    with pytest.raises(RsbenchError, match=message):
+        load_dataset(name, "test", tmp_path / "empty")
+
+
+def test_unknown_dataset_and_split() -> None:
+    with pytest.raises(RsbenchError, match="unknown dataset"):
+        load_dataset("svhn")
+    with pytest.raises(RsbenchError, match="expected split"):
+        load_dataset("digits", "validation")

@@ -1,0 +1,66 @@
+"""The registry as shipped: every entry validates, resolves and loads; lookups help with typos."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rsbench import registry
+from rsbench.defenses import load_defense
+from rsbench.errors import RsbenchError
+
+DEFENSES = sorted(registry.all_specs("defenses"))
+ATTACKS = sorted(registry.all_specs("attacks"))
+
+
+def test_the_embedded_defaults_are_registered() -> None:
+    assert {"smoothing-digits-0.25", "smoothing-digits-0.50", "smoothing-digits-1.00"} <= set(DEFENSES)
+    assert registry.get_defense("smoothing-digits-0.5").name == "smoothing-digits-0.50"
+
+
+@pytest.mark.parametrize("name", DEFENSES)
+def test_every_defense_loads_with_verified_weights(name: str) -> None:
+    spec = registry.get_defense(name)
+    if spec.weights.source != "package":
+        pytest.skip("weights outside the package are covered by their own tests")
+    defense = load_defense(spec)
+    x = torch.zeros(1, 8, 8) if spec.dataset.name == "digits" else None
+    if x is not None:
+        prediction = defense.predict(x, generator=torch.Generator().manual_seed(0)) if spec.kind != "smoothing" else \
+            defense.predict(x, n=100, generator=torch.Generator().manual_seed(0))
+        assert prediction is None or 0 <= prediction < spec.num_classes
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_every_attack_resolves_and_its_params_validate(name: str) -> None:
+    spec = registry.get_attack(name)
+    assert registry.attack_params(spec) is not None
+
+
+def test_unknown_name_suggests_close_matches() -> None:
+    with pytest.raises(RsbenchError, match="did you mean smoothing-digits-0.50"):
+        registry.get_defense("smoothing-digit-0.50")
+
+
+def test_unknown_attack_is_one_line() -> None:
+    with pytest.raises(RsbenchError, match="unknown attack 'no-such-attack'"):
+        registry.get_attack("no-such-attack")
+
+
+def test_user_registry_overrides_and_file_name_must_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    builtin = registry.get_defense("smoothing-digits-0.25").model_dump(mode="json")
+    (tmp_path / "defenses").mkdir()
+    (tmp_path / "defenses" / "mine.yaml").write_text(yaml.safe_dump({**builtin, "name": "other"}))
+    monkeypatch.setenv("RSBENCH_REGISTRY", str(tmp_path))
+    with pytest.raises(RsbenchError, match="mine.yaml: field 'name' is 'other'"):
+        registry.all_specs("defenses")
+    (tmp_path / "defenses" / "mine.yaml").rename(tmp_path / "defenses" / "other.yaml")
+    assert registry.get_defense("other").sigma == builtin["sigma"]
+
+
+def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
+    spec = registry.get_defense("smoothing-digits-0.25")
+    broken = spec.model_copy(update={"weights": spec.weights.model_copy(update={"sha256": "0" * 64})})
+    with pytest.raises(RsbenchError, match="checksum mismatch"):
+        load_defense(broken)
