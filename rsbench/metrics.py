@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
-from rsbench.specs import CertifiedPoint, SampleRecord
+from rsbench.specs import AttackRecord, AttackSummary, CertifiedPoint, SampleRecord
 from rsbench.stats import clopper_pearson
 
 INTERVAL_ALPHA = 0.05
@@ -38,3 +39,68 @@ def abstain_rate(records: Sequence[SampleRecord]) -> float:
 def average_certified_radius(records: Sequence[SampleRecord]) -> float:
     """Mean of the certified radius over samples, counting wrong or abstained samples as 0."""
     return sum(r.radius for r in records if r.correct) / max(len(records), 1)
+
+
+def attack_names(records: Sequence[AttackRecord]) -> list[str]:
+    """The attacks present in the records, in order of first appearance."""
+    return list(dict.fromkeys(r.attack for r in records))
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def best_radius_by_sample(records: Sequence[AttackRecord]) -> dict[int, float]:
+    """Per attacked sample, the smallest radius any attack reached (inf when all failed)."""
+    best: dict[int, float] = {}
+    for r in records:
+        radius = r.best_radius if r.success and r.best_radius is not None else math.inf
+        best[r.index] = min(best.get(r.index, math.inf), radius)
+    return best
+
+
+def attack_summary(records: Sequence[AttackRecord], attack: str) -> AttackSummary:
+    """Table 1's metrics of one attack, comparing it with every other attack in `records`."""
+    mine = [r for r in records if r.attack == attack]
+    wins = best_radius_by_sample(records)
+    hits = [r for r in mine if r.success and r.best_radius is not None]
+    best = [r.best_radius for r in hits]
+    r50, time_s = _median(best), _median([r.best_time_s for r in hits])
+    return AttackSummary(
+        attacked=len(mine),
+        success=100 * len(hits) / max(len(mine), 1),
+        best=100 * sum(1 for r in hits if r.best_radius <= wins[r.index]) / max(len(mine), 1),
+        r50=r50,
+        pct_cohen=_median([100 * (r.best_radius - r.cohen_radius) / r.cohen_radius for r in hits if r.cohen_radius > 0]),
+        time_s=time_s,
+        first_ratio_r50=_ratio(_median([r.first_radius for r in hits]), r50),
+        first_ratio_time=_ratio(_median([r.first_time_s for r in hits]), time_s),
+    )
+
+
+def attack_table(records: Sequence[AttackRecord]) -> dict[str, AttackSummary]:
+    """Table 1: every attack's summary, in the order the attacks were run."""
+    return {name: attack_summary(records, name) for name in attack_names(records)}
+
+
+def attack_proportion(records: Sequence[AttackRecord], attack: str, radius: float, *, first: bool = False) -> float:
+    """Fraction of the attack's samples with an adversarial example within `radius` (its best, or its first)."""
+    mine = [r for r in records if r.attack == attack]
+    found = [r.first_radius if first else r.best_radius for r in mine if r.success]
+    return sum(1 for d in found if d is not None and d <= radius) / max(len(mine), 1)
+
+
+def cohen_proportion(records: Sequence[AttackRecord], radius: float) -> float:
+    """Fraction of attacked samples whose certified radius is at most `radius`: no attack can do better.
+
+    A sample's bound is the smallest cohen_radius among its records (attacks may use
+    different N and alpha), which bounds every attack at once.
+    """
+    bound: dict[int, float] = {}
+    for r in records:
+        bound[r.index] = min(bound.get(r.index, math.inf), r.cohen_radius)
+    return sum(1 for b in bound.values() if b <= radius) / max(len(bound), 1)

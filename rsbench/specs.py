@@ -277,3 +277,51 @@ class RunResult(Spec):
     """Further metrics of the job (per-attack metrics for evaluate)."""
     statistics: str
     """How to read the numbers: their confidence levels and what is random."""
+
+
+class AttackRecord(Spec):
+    """One attack on one certified test sample, as written to `samples.jsonl` by `evaluate`."""
+
+    index: int
+    """Position of the sample in the dataset split."""
+    label: int
+    """True class, which the defense certified at the clean sample."""
+    attack: str
+    """Registry name of the attack."""
+    success: bool
+    """Whether the attack found any example the harness judged adversarial."""
+    first_radius: float | None
+    """l2 distance of the first adversarial example found; null on failure."""
+    first_time_s: float | None
+    """Seconds from the start of the attack to the first adversarial example; null on failure."""
+    best_radius: float | None
+    """l2 distance of the smallest adversarial example found; null on failure."""
+    best_time_s: float | None
+    """Seconds from the start of the attack to the smallest adversarial example; null on failure."""
+    cohen_radius: float
+    """Certified radius sigma/2 (PhiInv(lower of top) - PhiInv(upper of runner-up)) at the clean sample,
+    from hard counts with the attack's N and alpha: no adversarial example is closer (w.p. 1 - alpha)."""
+    iterations: int
+    """Iterations the attack ran."""
+
+
+class AttackSummary(Spec):
+    """One attack's row of the paper's Table 1, over the samples every attack of the run attacked."""
+
+    attacked: int
+    """Samples attacked: correctly classified and certified at the clean input."""
+    success: float
+    """Percentage of attacked samples with an adversarial example."""
+    best: float
+    """Percentage of attacked samples on which this attack's smallest example is the smallest of the
+    run's attacks (failures count as infinite; ties credit every tied attack; none when all fail)."""
+    r50: float | None
+    """Median smallest radius over the successes; null without successes."""
+    pct_cohen: float | None
+    """Median over successes of 100 (best_radius - cohen_radius) / cohen_radius (samples with cohen_radius > 0)."""
+    time_s: float | None
+    """Median seconds to the smallest example over the successes."""
+    first_ratio_r50: float | None
+    """Median radius of the first examples divided by r50."""
+    first_ratio_time: float | None
+    """Median seconds to the first example divided by time_s."""

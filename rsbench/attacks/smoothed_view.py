@@ -12,7 +12,7 @@ Memory does not grow with N: the frequencies are an autograd function that runs 
 noise through the model `chunk_size` copies at a time without keeping graphs, and in
 the backward pass draws the very same noise again and back-propagates chunk by chunk.
 This recomputation gives exactly the gradient of the unchunked computation at the
-cost of one extra forward pass per chunk.
+cost of one extra forward pass for every chunk but the last, whose graph is kept.
 
 Noise comes from two generators seeded from the caller's: one for the Gaussian
 perturbations, one for the Gumbel variables. Each stream is therefore drawn in one
@@ -101,27 +101,42 @@ class ViewOutput:
 
 
 class _AveragedSoftVotes(torch.autograd.Function):
-    """Mean Gumbel-softmax vote over the view's noise, with a backward pass that recomputes chunk by chunk."""
+    """Mean Gumbel-softmax vote over the view's noise, with a backward pass that recomputes chunk by chunk.
+
+    The last chunk's graph is kept from the forward pass (so N <= chunk_size costs no
+    recomputation); the others are drawn again and recomputed one at a time. At most two
+    chunks' activations are alive at once, whatever N.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, view: SmoothedView, seeds: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
-        with torch.no_grad():
-            total = sum(view.soft_votes(x, noise, gumbel).sum(0) for noise, gumbel in view.noise(x, seeds))
+        chunks = view.chunk_sizes()
+        total = torch.zeros(view.num_classes, dtype=x.dtype, device=x.device)
+        ctx.leaf = ctx.votes = None
+        for k, (noise, gumbel) in enumerate(view.noise(x, seeds)):
+            if k == len(chunks) - 1 and ctx.needs_input_grad[0]:
+                with torch.enable_grad():
+                    ctx.leaf = x.detach().requires_grad_(True)
+                    ctx.votes = view.soft_votes(ctx.leaf, noise, gumbel).sum(0)
+                total += ctx.votes.detach()
+            else:
+                with torch.no_grad():
+                    total += view.soft_votes(x, noise, gumbel).sum(0)
         ctx.save_for_backward(x)
-        ctx.view, ctx.seeds = view, seeds
+        ctx.view, ctx.seeds, ctx.chunks = view, seeds, len(chunks)
         return total / view.num_noise
 
     @staticmethod
     def backward(ctx, grad_freq: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
         view: SmoothedView = ctx.view
-        grad_x = torch.zeros_like(x)
         weight = grad_freq / view.num_noise
-        for noise, gumbel in view.noise(x, ctx.seeds):
+        (grad_x,) = torch.autograd.grad(ctx.votes, ctx.leaf, weight)
+        ctx.leaf = ctx.votes = None
+        for _, (noise, gumbel) in zip(range(ctx.chunks - 1), view.noise(x, ctx.seeds)):
             with torch.enable_grad():
                 leaf = x.detach().requires_grad_(True)
-                votes = view.soft_votes(leaf, noise, gumbel).sum(0)
-                grad_x += torch.autograd.grad(votes, leaf, weight)[0]
+                grad_x += torch.autograd.grad(view.soft_votes(leaf, noise, gumbel).sum(0), leaf, weight)[0]
         return grad_x, None, None
 
 
@@ -162,14 +177,16 @@ class SmoothedView:
         """Gaussian perturbations (scaled by sigma) and Gumbel variables, chunk by chunk, fixed by `seeds`."""
         gaussian = torch.Generator(device=x.device).manual_seed(seeds[0])
         uniform = torch.Generator(device=x.device).manual_seed(seeds[1])
-        remaining = self.num_noise
-        while remaining > 0:
-            size = min(self.chunk_size, remaining)
+        for size in self.chunk_sizes():
             noise = torch.randn((size, *x.shape), generator=gaussian, device=x.device, dtype=x.dtype)
             u = torch.rand((size, self.num_classes), generator=uniform, device=x.device, dtype=x.dtype)
             gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(x.dtype).tiny)))
             yield self.sigma * noise, gumbel
-            remaining -= size
+
+    def chunk_sizes(self) -> list[int]:
+        """Noisy copies per forward pass: full chunks, then the remainder."""
+        full, rest = divmod(self.num_noise, self.chunk_size)
+        return [self.chunk_size] * full + ([rest] if rest else [])
 
     def soft_votes(self, x: torch.Tensor, noise: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
         """Gumbel-softmax of the base logits on x + noise: one soft one-hot vote per noisy copy."""
