@@ -5,9 +5,9 @@ l2-normalized steps, momentum 0.75 and a step size that starts at 2 eps and is h
 at checkpoints w_j = ceil(p_j N) (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06))
 whenever fewer than rho = 75% of the steps since the last checkpoint increased the loss,
 or the step size was not halved at the last checkpoint and the best loss has not
-improved since; each halving restarts from the best point. Every loss and gradient is
-averaged over `eot` draws of the view's noise (Expectation over Transformation), as
-AutoAttack's version for randomized defenses does.
+improved since; each halving restarts from the best point. Every gradient is averaged
+over `eot` draws of the view's noise (Expectation over Transformation), as AutoAttack's
+version for randomized defenses does; so is the loss that drives the step-size rule.
 
 The budget follows the certification-aware attack paper: eps = max(2 R, 0.1), with R the
 certified radius the view gives the clean input. As in AutoAttack, APGD-DLR only runs
@@ -129,6 +129,6 @@ class AutoAttack(Attack):
                 halved_last = oscillating or stalled
                 if halved_last:
                     step /= 2
-                    current, value, grad = best, best_value, best_grad
+                    current, grad = best, best_grad
                     values[-1] = best_value
                 last_mark, best_at_last = k, best_value
