@@ -180,3 +180,26 @@ def load_weights_into(model: nn.Module, checkpoint: Any) -> nn.Module:
             f"unexpected {result.unexpected_keys[:3]}"
         )
     return model.eval()
+
+
+@register_model("digits-lipschitz-cnn")
+def digits_lipschitz_cnn(num_classes: int) -> nn.Module:
+    """A ~25k-parameter CNN for 1x8x8 digits made for GloRo (about 100 kB of float32 weights).
+
+    The GloRo paper's 2C2F MNIST layout scaled down: two convolutions (the second strided
+    instead of pooling) and two dense layers. Each Linear and Conv2d carries its power
+    iterate as a buffer, so checkpoints hold converged iterates and loading needs no restart.
+    """
+    from rsbench.defenses.gloro import attach_power_iterates
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 32),
+        nn.ReLU(),
+        nn.Linear(32, num_classes),
+    )
+    return attach_power_iterates(net, (1, 8, 8))

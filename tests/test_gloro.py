@@ -1,0 +1,364 @@
+"""GloRo: power iteration against exact spectral norms, soundness against attacks and slopes, monotonicity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rsbench import hub, models, registry
+from rsbench.data import load_dataset
+from rsbench.defenses import gloro, load_defense
+from rsbench.defenses.gloro import GloRo
+from rsbench.errors import RsbenchError
+from rsbench.models import Normalize
+from rsbench.specs import DefenseSpec
+from rsbench.training.gloro import fit
+
+INPUT_SHAPE = (1, 6, 6)
+
+
+def tiny_cnn(seed: int = 0) -> nn.Sequential:
+    """Random ReLU CNN on 1x6x6 inputs with every supported layer kind, including overlapping pooling."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        Normalize((0.5,), (0.25,)),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(4, 6, 2, stride=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 12),
+        nn.ReLU(),
+        nn.Linear(12, 4),
+    )
+
+
+@pytest.fixture(scope="module")
+def cnn() -> nn.Sequential:
+    """tiny_cnn with converged power iterates, so each test's GloRo is quick to build."""
+    net = gloro.attach_power_iterates(tiny_cnn(), INPUT_SHAPE)
+    gloro.converge(net)
+    return net
+
+
+def estimate(layer: nn.Module) -> float:
+    """The layer's current spectral-norm estimate, in float64."""
+    with torch.no_grad():
+        return float(gloro.spectral_norm(layer, torch.float64))
+
+
+def conv_matrix(conv: nn.Conv2d, shape: tuple[int, ...]) -> torch.Tensor:
+    """The explicit matrix of a convolution's linear part: its image of each basis vector, as columns."""
+    size = torch.Size(shape).numel()
+    basis = torch.eye(size, dtype=torch.float64).view(size, *shape)
+    weight = conv.weight.detach().double()
+    images = nn.functional.conv2d(basis, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return images.flatten(1).T
+
+
+def pgd_min_margin(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, radius: torch.Tensor, steps: int = 40, restarts: int = 2
+) -> torch.Tensor:
+    """Smallest margin y_label - y_target that targeted l2 PGD finds within each point's ball, over every target.
+
+    One attack per (point, other class), from random starts; there is no box constraint,
+    since the certified radius holds in all of R^d. Negative means the label was lost.
+    """
+    num_classes = model(x[:1]).shape[1]
+    targets = torch.arange(num_classes).repeat(len(x))
+    keep = targets != labels.repeat_interleave(num_classes)
+    point = torch.arange(len(x)).repeat_interleave(num_classes)[keep]
+    x0, label, target = x[point], labels[point], targets[keep]
+    scale = radius[point].view(-1, *[1] * (x.dim() - 1)).float()
+
+    def margin(delta: torch.Tensor) -> torch.Tensor:
+        logits = model(x0 + delta)
+        return logits.gather(1, label[:, None])[:, 0] - logits.gather(1, target[:, None])[:, 0]
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        return v / v.flatten(1).norm(dim=1).clamp(min=1e-12).view_as(scale)
+
+    generator = torch.Generator().manual_seed(0)
+    best = margin(torch.zeros_like(x0)).detach()
+    for _ in range(restarts):
+        delta = unit(torch.randn(x0.shape, generator=generator)) * scale * torch.rand(scale.shape, generator=generator)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            current = margin(delta)
+            (grad,) = torch.autograd.grad(current.sum(), delta)
+            best = torch.minimum(best, current.detach())
+            delta = delta.detach() - 2.5 * scale / steps * unit(grad)
+            delta = delta * (scale / delta.flatten(1).norm(dim=1).clamp(min=1e-12).view_as(scale)).clamp(max=1.0)
+        best = torch.minimum(best, margin(delta).detach())
+    return torch.full((len(x),), torch.inf).scatter_reduce(0, point, best, "amin")
+
+
+@pytest.mark.parametrize("shape", [(20, 30), (30, 7)])
+def test_power_iteration_converges_to_dense_spectral_norm(shape: tuple[int, int]) -> None:
+    torch.manual_seed(1)
+    layer = nn.Linear(shape[1], shape[0])
+    net = gloro.attach_power_iterates(nn.Sequential(layer, nn.ReLU(), nn.Linear(shape[0], 2)))
+    few = estimate(layer)
+    gloro.converge(net)
+    exact = float(torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2))
+    assert few < exact  # a random start under-estimates, hence converging before certifying
+    assert estimate(layer) == pytest.approx(exact, rel=1e-6)
+
+
+def test_power_iteration_converges_when_the_top_singular_values_are_close() -> None:
+    # sigma_2 / sigma_1 = 0.9995: a stop at relative increments of 1e-9 would leave the estimate 5e-7 short
+    torch.manual_seed(10)
+    u, _ = torch.linalg.qr(torch.randn(24, 24, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(24, 24, dtype=torch.float64))
+    singular = torch.cat([torch.tensor([2.0, 1.999], dtype=torch.float64), torch.linspace(1.5, 0.1, 22, dtype=torch.float64)])
+    layer = nn.Linear(24, 24)
+    with torch.no_grad():
+        layer.weight.copy_(u @ torch.diag(singular) @ v.T)
+    net = gloro.attach_power_iterates(nn.Sequential(layer, nn.ReLU(), nn.Linear(24, 2)))
+    gloro.converge(net)
+    exact = float(torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2))
+    assert exact * (1 - 2e-7) < estimate(layer) <= exact
+
+
+@pytest.mark.parametrize(
+    "conv, shape",
+    [
+        (nn.Conv2d(2, 3, 3, padding=1), (2, 6, 6)),
+        (nn.Conv2d(3, 4, 4, stride=2, padding=1), (3, 7, 7)),
+        (nn.Conv2d(4, 4, 3, stride=2, dilation=2, groups=2), (4, 9, 8)),
+    ],
+)
+def test_power_iteration_converges_to_conv_matrix_norm(conv: nn.Conv2d, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(2)
+    conv.reset_parameters()
+    matrix = conv_matrix(conv, shape)
+    weight = conv.weight.double()
+    v, u = torch.randn(shape, dtype=torch.float64), torch.randn(matrix.shape[0], dtype=torch.float64)
+    image = gloro.linear_operator(conv, weight)(v)
+    assert torch.allclose(image.flatten(), matrix @ v.flatten())
+    assert torch.allclose(gloro.transposed_operator(conv, weight, v.shape)(u.view(image.shape)).flatten(), matrix.T @ u)
+    net = gloro.attach_power_iterates(nn.Sequential(conv, nn.Flatten(), nn.Linear(matrix.shape[0], 2)), shape)
+    gloro.converge(net)
+    exact = float(torch.linalg.svdvals(matrix)[0])
+    assert estimate(conv) == pytest.approx(exact, rel=1e-6)
+
+
+def test_margin_bound_is_weight_difference_times_product_of_spectral_norms() -> None:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 5))
+    defense = GloRo(net, 5, 0.1)
+    below = float(torch.linalg.matrix_norm(net[1].weight.double(), ord=2) * torch.linalg.matrix_norm(net[3].weight.double(), ord=2))
+    w = net[5].weight.double()
+    x = torch.rand(3, *INPUT_SHAPE)
+    logits = net(x).double()
+    bottom = defense.surrogate()(x)[:, -1].double()
+    for row in range(3):
+        j = int(logits[row].argmax())
+        expected = max(logits[row, i] + 0.1 * (w[i] - w[j]).norm() * below for i in range(5) if i != j)
+        assert float(bottom[row]) == pytest.approx(float(expected), rel=1e-5)
+        for i in range(5):
+            assert float(defense.k[i, j]) == pytest.approx(float((w[i] - w[j]).norm() * below), rel=1e-6)
+
+
+def test_overlapping_max_pool_bound_is_attained() -> None:
+    # a lone pixel that is the maximum of all 9 windows containing it moves 9 outputs by 1: ratio exactly 3
+    pool = nn.MaxPool2d(3, stride=1)
+    a = torch.zeros(1, 1, 7, 7)
+    a[0, 0, 3, 3] = 1.0
+    assert gloro.fixed_bound(pool) == pytest.approx(3.0)
+    assert float((pool(a) - pool(torch.zeros_like(a))).norm()) == pytest.approx(3.0)
+    assert gloro.fixed_bound(nn.MaxPool2d(2)) == 1.0
+    torch.manual_seed(4)
+    for _ in range(200):
+        a, b = torch.randn(1, 2, 7, 7), torch.randn(1, 2, 7, 7)
+        assert float((pool(a) - pool(b)).norm()) <= 3.0 * float((a - b).norm()) + 1e-6
+
+
+def test_bound_is_never_below_observed_gradient_norms_and_slopes(cnn: nn.Sequential) -> None:
+    net = cnn
+    defense = GloRo(net, 4, 0.1)
+    off_diagonal = ~torch.eye(4, dtype=torch.bool)
+    torch.manual_seed(5)
+    x = torch.rand(64, *INPUT_SHAPE, requires_grad=True)
+    logits = net(x)
+    gradient_norms = torch.zeros(4, 4, dtype=torch.float64)
+    for i, j in off_diagonal.nonzero().tolist():
+        (grad,) = torch.autograd.grad((logits[:, i] - logits[:, j]).sum(), x, retain_graph=True)
+        gradient_norms[i, j] = grad.flatten(1).norm(dim=1).max()
+    assert (gradient_norms[off_diagonal] > 0).all()
+    assert (defense.k[off_diagonal] >= gradient_norms[off_diagonal]).all()
+    nearby = (x + 0.05 * torch.randn(x.shape)).detach()
+    change = (net(nearby) - logits).detach().double()
+    distance = (nearby - x).detach().flatten(1).norm(dim=1).double()
+    slopes = (change[:, :, None] - change[:, None, :]).abs() / distance[:, None, None]
+    assert (defense.k >= slopes.amax(dim=0)).all()
+
+
+def test_linear_model_radius_is_exact_and_pgd_breaks_just_beyond_it() -> None:
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 5))
+    defense = GloRo(net, 5, 0.1)
+    x = torch.rand(16, *INPUT_SHAPE)
+    top, radius = defense.certify_batch(x)
+    assert (radius > 0).all()
+    radius = radius.float()
+    assert (pgd_min_margin(net, x, top, 0.999 * radius) > 0).all()
+    assert (pgd_min_margin(net, x, top, 1.01 * radius) < 0).all()
+
+
+def test_pgd_never_breaks_a_certified_point_of_a_relu_net(cnn: nn.Sequential) -> None:
+    net = cnn
+    defense = GloRo(net, 4, 0.1)
+    torch.manual_seed(7)
+    x = torch.rand(32, *INPUT_SHAPE)
+    top, radius = defense.certify_batch(x)
+    radius = radius.float()
+    assert (pgd_min_margin(net, x, top, radius) > 0).all()
+    # the same attack does flip these points once it may go far enough
+    assert (pgd_min_margin(net, x, top, 50 * radius) < 0).float().mean() > 0.5
+
+
+def test_certification_is_monotonic_in_epsilon_and_under_perturbation(cnn: nn.Sequential) -> None:
+    defense = GloRo(cnn, 4, 0.1)
+    torch.manual_seed(8)
+    epsilons = torch.linspace(0.0, 0.01, 26).tolist()
+    for x in torch.rand(20, *INPUT_SHAPE):
+        answers = [defense.certified_at(x, eps) for eps in epsilons]
+        assert answers == sorted(answers, reverse=True)  # True ... True False ... False
+    # certified at eps at x => certified at eps - ||x' - x|| at x' (Lipschitz-based certifiers are monotonic)
+    x = torch.rand(64, *INPUT_SHAPE)
+    _, radius = defense.certify_batch(x)
+    step = torch.randn(x.shape)
+    step = 0.5 * radius.float().view(-1, 1, 1, 1) * step / step.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    _, moved_radius = defense.certify_batch(x + step)
+    assert (moved_radius >= radius - step.flatten(1).norm(dim=1).double() - 1e-6).all()
+
+
+def test_bottom_wins_exactly_when_not_certified_at_epsilon(cnn: nn.Sequential) -> None:
+    torch.manual_seed(9)
+    x = torch.rand(40, *INPUT_SHAPE)
+    _, radius = GloRo(cnn, 4, 0.1).certify_batch(x)
+    ordered = radius.sort().values
+    epsilon = float(ordered[19] + ordered[20]) / 2  # half the points certified, none on the boundary
+    defense = GloRo(cnn, 4, epsilon)
+    logits = defense.surrogate()(x)
+    assert logits.shape == (40, 5)
+    outcomes = set()
+    for row, point in enumerate(x):
+        abstains = bool(logits[row].argmax() == 4)
+        assert abstains == (defense.predict(point) is None) == (not defense.certified_at(point, epsilon))
+        outcomes.add(abstains)
+    assert outcomes == {True, False}
+
+
+def test_iterates_live_in_the_state_dict(cnn: nn.Sequential) -> None:
+    state = cnn.state_dict()
+    assert len([key for key in state if key.endswith(gloro.ITERATE)]) == 4
+    fresh = gloro.attach_power_iterates(tiny_cnn(seed=1), INPUT_SHAPE)
+    fresh.load_state_dict(state)
+    assert torch.allclose(GloRo(fresh, 4, 0.1).k, GloRo(cnn, 4, 0.1).k, rtol=1e-12)
+
+
+class Square(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
+class Reordered(nn.Sequential):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[1](self[0](x))
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ([Square()], "no Lipschitz bound for layer Square"),
+        ([nn.BatchNorm1d(6)], "no Lipschitz bound for layer BatchNorm1d"),
+        ([nn.Dropout()], "no Lipschitz bound for layer Dropout"),
+        ([Reordered(nn.Linear(6, 6), nn.ReLU())], "no Lipschitz bound for layer Reordered"),
+        ([nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU()], "Linear last layer"),
+    ],
+)
+def test_layers_without_known_bound_are_refused(layers: list[nn.Module], message: str) -> None:
+    net = nn.Sequential(nn.Linear(6, 6), *layers, nn.Linear(6, 3)) if "last" not in message else nn.Sequential(*layers)
+    with pytest.raises(RsbenchError, match=message):
+        GloRo(net, 3, 0.1)
+
+
+def test_dilated_pooling_and_missing_input_shape_are_refused() -> None:
+    with pytest.raises(RsbenchError, match="MaxPool2d"):
+        gloro.fixed_bound(nn.MaxPool2d(2, dilation=2))
+    with pytest.raises(RsbenchError, match="input shape"):
+        GloRo(tiny_cnn(), 4, 0.1)
+
+
+GLORO_DEFENSES = sorted(name for name, spec in registry.all_specs("defenses").items() if spec.kind == "gloro")
+
+
+@pytest.mark.parametrize("name", GLORO_DEFENSES)
+def test_registry_defense_certifies_and_withstands_pgd(name: str) -> None:
+    spec = registry.get_defense(name)
+    checkpoint = hub.load_checkpoint(spec.weights)
+    assert any(key.endswith(gloro.ITERATE) for key in checkpoint)
+    stored = models.load_weights_into(models.create_model(spec.architecture, spec.num_classes), checkpoint)
+    stored_estimates = [estimate(layer) for layer in gloro.iterated_layers(gloro.lipschitz_layers(stored))]
+    defense = load_defense(name)
+    converged = [estimate(layer) for layer in gloro.iterated_layers(defense.layers)]
+    assert stored_estimates == pytest.approx(converged, rel=1e-6)  # shipped already converged
+    x, y = load_dataset("digits", "test").tensors
+    x, y = x[:100], y[:100]
+    top, radius = defense.certify_batch(x)
+    assert (top == y).float().mean() > 0.8
+    assert ((top == y) & (radius >= spec.epsilon)).float().mean() > 0.3
+    certified = (radius > 0).nonzero()[:20, 0]
+    assert (pgd_min_margin(defense.model, x[certified], top[certified], radius[certified]) > 0).all()
+
+
+def small_spec(epochs: int) -> DefenseSpec:
+    return DefenseSpec.model_validate(
+        {
+            "name": "gloro-test",
+            "kind": "gloro",
+            "dataset": {"name": "digits"},
+            "architecture": "digits-lipschitz-cnn",
+            "num_classes": 10,
+            "epsilon": 0.25,
+            "weights": {"source": "package", "filename": "none.pt", "sha256": "0" * 64},
+            "training": {"recipe": "gloro", "epochs": epochs, "batch_size": 32, "lr": 0.003, "seed": 3},
+        }
+    )
+
+
+def dense_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    return gloro.attach_power_iterates(net)
+
+
+def test_fit_is_seeded_lowers_the_gloro_loss_and_leaves_converged_iterates() -> None:
+    x, y = load_dataset("digits", "train").tensors
+    x, y = x[:320], y[:320]
+
+    def gloro_loss(net: nn.Module) -> float:
+        k = GloRo(net, 10, 0.25).k
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(gloro.with_bottom(net(x), k, 0.25), y))
+
+    trained = [dense_net(), dense_net()]
+    for net in trained:
+        fit(net, torch.utils.data.TensorDataset(x, y), small_spec(epochs=5), torch.device("cpu"))
+    assert all(a.equal(b) for a, b in zip(trained[0].state_dict().values(), trained[1].state_dict().values()))
+    assert gloro_loss(trained[0]) < 0.9 * gloro_loss(dense_net())
+    layers = gloro.iterated_layers(gloro.lipschitz_layers(trained[0]))
+    assert [estimate(layer) for layer in layers] == pytest.approx(
+        [float(torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2)) for layer in layers], rel=1e-6
+    )
+
+
+def test_fit_refuses_a_model_without_power_iterates() -> None:
+    x, y = load_dataset("digits", "train").tensors
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(RsbenchError, match="no power iterates"):
+        fit(net, torch.utils.data.TensorDataset(x[:8], y[:8]), small_spec(epochs=1), torch.device("cpu"))
