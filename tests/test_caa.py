@@ -1,0 +1,99 @@
+"""Attacks on a binary linear classifier, whose exact minimum adversarial distance is known.
+
+Smoothing a linear classifier gives the same decision boundary, so no input closer than
+|w.x + b| / ||w|| can be adversarial for the smoothed classifier, and a good minimum-norm
+attack lands just beyond it (success needs the new class's Goodman lower bound above the
+old class's upper bound, which costs a little extra distance).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BinaryLinear
+
+from rsbench import evaluation, registry
+from rsbench.attacks.base import Attack, Tracker
+from rsbench.attacks.smoothed_view import view_options
+from rsbench.defenses.smoothing import Smoothing
+
+SIGMA = 0.25
+EVASION_ATTACKS = sorted(name for name, spec in registry.all_specs("attacks").items() if spec.goal == "evasion")
+SMALL_BUDGET = {"num_noise": 300, "iterations": 20, "eot": 2}
+"""Keeps every registered attack quick on the toy problems: whichever of these fields its params have."""
+
+
+def small(name: str) -> Attack:
+    """The registered attack with a small budget."""
+    spec = registry.get_attack(name)  # validates params with the implementation's Params model
+    implementation = registry.resolve(spec.implementation)
+    fields = implementation.Params.model_fields
+    return implementation(registry.attack_params(spec), **{k: v for k, v in SMALL_BUDGET.items() if k in fields})
+
+
+def linear_problem(distance: float, seed: int) -> tuple[Smoothing, torch.Tensor, float]:
+    """A confident linear classifier (logits scaled by 50) and a mid-grey point at `distance` from its boundary."""
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.randn(64, generator=generator)
+    w /= w.norm()
+    x = (0.5 + 0.05 * torch.randn(1, 8, 8, generator=generator)).clamp(0, 1)
+    b = -float(w @ x.flatten()) - distance  # class 0 at x
+    model = BinaryLinear(50 * w, 50 * b)
+    assert model.distance(x) == pytest.approx(distance, rel=1e-5)
+    return Smoothing(model, 2, SIGMA), x, distance
+
+
+def attack(name: str, defense: Smoothing, x: torch.Tensor, seed: int = 0, budget: Attack | None = None):
+    """Run a registered attack through the harness (its own view, fresh-noise judge and Cohen radius)."""
+    prepared = evaluation.prepare(registry.get_attack(name), defense)
+    if budget is not None:
+        prepared = evaluation.PreparedAttack(prepared.spec, budget, defense.surrogate(**view_options(budget.params)))
+    return evaluation.attack_sample(prepared, x, 0, index=seed, seed=seed)
+
+
+@pytest.mark.parametrize("name", ["caa", "caa-direct"])
+@pytest.mark.parametrize(("distance", "seed"), [(0.7, 0), (1.0, 1)])
+def test_certification_aware_attacks_come_within_ten_percent_of_the_exact_distance(
+    name: str, distance: float, seed: int
+) -> None:
+    defense, x, exact = linear_problem(distance, seed)
+    record, tracker = attack(name, defense, x, seed)
+    assert record.success
+    assert exact <= record.best_radius <= 1.10 * exact
+    assert record.best_radius <= record.first_radius
+    assert (tracker.best.x_adv - x).norm() == pytest.approx(record.best_radius, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", EVASION_ATTACKS)
+def test_no_attack_reports_a_radius_below_the_exact_distance(name: str) -> None:
+    defense, x, exact = linear_problem(0.6, seed=2)
+    record, tracker = attack(name, defense, x, budget=small(name))
+    assert record.cohen_radius <= exact  # the certificate is a lower bound (w.p. 1 - alpha)
+    if record.success:
+        assert record.best_radius >= exact
+        assert record.first_radius >= record.best_radius
+        assert float(tracker.best.x_adv.min()) >= 0.0 and float(tracker.best.x_adv.max()) <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(registry.all_specs("attacks")))
+def test_registered_attack_params_validate_and_examples_stay_in_the_box(name: str) -> None:
+    attack = small(name)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 3)
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # steep logits, class 0 ahead of class 1 by 2 at x: the boundary is about 0.05 away
+        layer.weight *= 50
+        layer.bias.copy_(torch.tensor([2.0, 0.0, -2.0]) - layer.weight @ x.flatten())
+    model = torch.nn.Sequential(torch.nn.Flatten(), layer).eval()
+    defense = Smoothing(model, 3, 0.5)
+    label = int(defense.sample_counts(x, 200, torch.Generator().manual_seed(0)).argmax())
+    offered: list[torch.Tensor] = []
+
+    def judge(candidate: torch.Tensor) -> bool:
+        offered.append(candidate)
+        return False
+
+    tracker = Tracker(x, judge)
+    attack.run(defense.surrogate(**view_options(attack.params)), x, label, tracker, torch.Generator().manual_seed(0))
+    assert tracker.iterations > 0 and offered
+    assert all(float(c.min()) >= 0.0 and float(c.max()) <= 1.0 and c.shape == x.shape for c in offered)

@@ -1,0 +1,146 @@
+"""The evaluate job end to end on the shipped digits model, with small attack budgets from a user registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from rsbench import evaluation, registry
+from rsbench.attacks.success import is_adversarial
+from rsbench.cli import cli
+from rsbench.data import load_dataset
+from rsbench.defenses import load_defense
+from rsbench.errors import RsbenchError
+from rsbench.specs import AttackRecord, RunConfig
+
+SMALL_ATTACKS = {
+    "caa-small": ("rsbench.attacks.caa:CAA", {"num_noise": 400, "iterations": 25}),
+    "caa-direct-small": ("rsbench.attacks.caa_direct:CAADirect", {"num_noise": 400, "iterations": 40}),
+}
+
+
+@pytest.fixture(scope="module")
+def user_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    folder = tmp_path_factory.mktemp("registry") / "attacks"
+    folder.mkdir()
+    for name, (implementation, params) in SMALL_ATTACKS.items():
+        spec = {"name": name, "implementation": implementation, "goal": "evasion", "norm": "l2", "params": params}
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RSBENCH_REGISTRY", str(folder.parent))
+        yield
+
+
+@pytest.fixture(scope="module")
+def reference(user_registry: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("reference")
+    return out, run(out, 3, save_examples=True)
+
+
+def run(out: Path, num_samples: int, save_examples: bool = False):
+    spec = registry.get_defense("smoothing-digits-0.50")
+    attacks = [registry.get_attack(name) for name in SMALL_ATTACKS]
+    config = RunConfig(
+        command="evaluate", defense=spec.name, defense_hash=spec.spec_hash(), attacks=list(SMALL_ATTACKS),
+        attack_hashes=[a.spec_hash() for a in attacks], num_samples=num_samples, n0=20, n=500, alpha=0.01,
+        batch_size=500, seed=1,
+    )
+    return evaluation.evaluate(spec, attacks, config, out, torch.device("cpu"), save_examples=save_examples,
+                               progress=False)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in rows]
+
+
+def test_records_examples_and_summary(reference: tuple[Path, object]) -> None:
+    out, result = reference
+    clean = [json.loads(line) for line in (out / "clean.jsonl").read_text().splitlines()]
+    attacked = [c["index"] for c in clean if c["correct"]]
+    rows = records(out)
+    assert attacked and sorted((r["index"], r["attack"]) for r in rows) == sorted(
+        (i, a) for i in attacked for a in SMALL_ATTACKS
+    )
+    assert set(rows[0]) == set(AttackRecord.model_fields)
+    assert all((r["best_radius"] is not None) == r["success"] for r in rows)
+    assert any(r["success"] for r in rows)
+    assert result.metrics["attacked_samples"] == len(attacked)
+    assert set(result.metrics["attacks"]) == set(SMALL_ATTACKS)
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["config"]["command"] == "evaluate" and [a["name"] for a in saved["attacks"]] == list(SMALL_ATTACKS)
+    assert (out / "attack_proportion.png").stat().st_size > 1000
+
+    dataset = load_dataset("digits")
+    defense = load_defense("smoothing-digits-0.50")
+    for name in SMALL_ATTACKS:
+        successes = {r["index"]: r for r in rows if r["attack"] == name and r["success"]}
+        assert successes, f"{name} broke no sample"
+        examples = torch.load(out / "adversarial" / f"{name}.pt", weights_only=True)
+        assert sorted(examples["index"].tolist()) == sorted(successes)
+        for index, x, x_adv in zip(examples["index"].tolist(), examples["x"], examples["x_adv"]):
+            record = successes[index]
+            torch.testing.assert_close(x, dataset[index][0])
+            assert float((x_adv - x).norm()) == pytest.approx(record["best_radius"], rel=1e-6)
+            assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+            # fresh noise, ten times the attack's N (the same threshold at N would re-test a winner's curse)
+            counts = defense.sample_counts(x_adv, 2000, torch.Generator().manual_seed(12345 + index))
+            assert is_adversarial(counts, record["label"], 0.005)
+
+
+def test_resume_after_a_torn_write_repeats_nothing_and_extends(reference: tuple[Path, object], tmp_path: Path) -> None:
+    done, _ = reference
+    out = tmp_path / "run"
+    shutil.copytree(done, out)
+    lines = (out / "samples.jsonl").read_text().splitlines(keepends=True)
+    (out / "samples.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])  # killed while writing the last record
+    run(out, 4)
+    resumed = records(out)
+    assert without_times(resumed[: len(lines)]) == without_times(records(done))  # same streams, same records
+    keys = [(r["index"], r["attack"]) for r in resumed]
+    assert len(keys) == len(set(keys))
+    clean = [json.loads(line) for line in (out / "clean.jsonl").read_text().splitlines()]
+    assert [c["index"] for c in clean] == [0, 1, 2, 3]
+    assert {k for k in keys if k[0] == 3} == ({(3, a) for a in SMALL_ATTACKS} if clean[3]["correct"] else set())
+
+
+def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    spec = registry.get_defense("smoothing-digits-0.50")
+    only = registry.get_attack("caa-small")
+    config = RunConfig(
+        command="evaluate", defense=spec.name, defense_hash=spec.spec_hash(), attacks=["caa-small"],
+        attack_hashes=[only.spec_hash()], num_samples=1, n0=20, n=500, alpha=0.01, batch_size=500, seed=1,
+    )
+    with pytest.raises(RsbenchError, match="different config"):
+        evaluation.evaluate(spec, [only], config, out, torch.device("cpu"), progress=False)
+
+
+def test_cli_prints_table_1(user_registry: None, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["evaluate", "--defense", "smoothing-digits-0.5", "--attack", "caa-direct-small", "--num-samples", "1", "--n0", "20", "--n", "500", "--alpha", "0.01", "--device", "cpu",
+         "--out", str(tmp_path / "cli")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Success" in result.output and "%-Cohen" in result.output and "caa-direct-small" in result.output
+    assert (tmp_path / "cli" / "result.json").exists()
+
+
+def test_cli_rejects_an_unknown_attack_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["evaluate", "--defense", "smoothing-digits-0.5", "--attack", "caaa",
+                                      "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "unknown attack 'caaa'" in result.output and "did you mean" in result.output
+    assert "Traceback" not in result.output
