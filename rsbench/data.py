@@ -25,10 +25,15 @@ DIGITS_SPLIT_SEED = 0
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "imagenet": 1000, "tiny-imagenet": 200}
 
 
-def default_root(name: str) -> Path:
-    """Where a dataset's files are expected: `$RSBENCH_DATA/<name>` or `~/.cache/rsbench/data/<name>`."""
+def data_home() -> Path:
+    """rsbench's data folder: `$RSBENCH_DATA`, or `~/.cache/rsbench/data` when unset."""
     base = os.environ.get("RSBENCH_DATA")
-    return Path(base) / name if base else Path.home() / ".cache" / "rsbench" / "data" / name
+    return Path(base) if base else Path.home() / ".cache" / "rsbench" / "data"
+
+
+def default_root(name: str) -> Path:
+    """Where a dataset's files are expected: `<data home>/<name>`."""
+    return data_home() / name
 
 
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None, *, download: bool = False) -> Dataset:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rsbench.data import data_home
 from rsbench.errors import RsbenchError
 from rsbench.specs import WeightsRef
 
@@ -51,10 +52,13 @@ def resolve_weights(ref: WeightsRef) -> Path:
         path = PACKAGE_WEIGHTS / ref.filename
     elif ref.source == "file":
         path = Path(ref.filename).expanduser()
+        if not path.is_absolute():  # a file that comes with the data, e.g. a released model next to its test set
+            path = data_home() / path
     else:
         path = _download(ref)
     if not path.is_file():
-        raise RsbenchError(f"weights file {path} does not exist")
+        hint = " (relative file paths resolve against $RSBENCH_DATA)" if ref.source == "file" else ""
+        raise RsbenchError(f"weights file {path} does not exist{hint}")
     actual = sha256_of(path)
     if actual != ref.sha256:
         raise RsbenchError(f"checksum mismatch for {path}: expected sha256 {ref.sha256[:12]}…, got {actual[:12]}…")

@@ -203,3 +203,37 @@ def digits_lipschitz_cnn(num_classes: int) -> nn.Module:
         nn.Linear(32, num_classes),
     )
     return attach_power_iterates(net, (1, 8, 8))
+
+
+@register_model("digits-kw-cnn")
+def digits_kw_cnn(num_classes: int) -> nn.Module:
+    """The released KW MNIST layout scaled to 1x8x8 digits (~22k parameters, ~90 kB).
+
+    Two stride-2 convolutions (8x8 -> 4x4 -> 2x2) and one hidden dense layer: only layers
+    the convex relaxation certifies, and few enough ReLUs (484) to train it robustly in minutes.
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 2 * 2, 100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+@register_model("kw-mnist-cnn")
+def kw_mnist_cnn(num_classes: int) -> nn.Module:
+    """Wong & Kolter's released MNIST network; module indices 0, 2, 5, 7 match their state dict."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )

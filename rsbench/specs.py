@@ -40,7 +40,8 @@ class WeightsRef(Spec):
     source: Literal["package", "file", "hf"]
     """`package`: shipped inside rsbench; `file`: a local path; `hf`: a Hugging Face Hub repository."""
     filename: str
-    """File name: inside `rsbench/weights/` for `package`, a path for `file`, a path in the repository for `hf`."""
+    """File name: inside `rsbench/weights/` for `package`, a path for `file` (relative to the data folder
+    `$RSBENCH_DATA`, default `~/.cache/rsbench/data`), a path in the repository for `hf`."""
     sha256: str
     """Expected sha256 of the file; loading is refused when it differs."""
     repo_id: str | None = None

@@ -1,0 +1,225 @@
+"""KW (Wong & Kolter 2018): the dual bound checked against exact solvers, closed forms and properties."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+from torch import nn
+
+from rsbench.defenses.kw import KW, DualBound, certified, margin_lower_bounds
+from rsbench.errors import RsbenchError
+from rsbench.stats import clopper_pearson
+
+SHARED_DATA = Path(os.environ.get("RSBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def tiny_relu_net(seed: int, widths: tuple[int, ...] = (4, 8, 6, 3)) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).double()
+
+
+def ball(x: np.ndarray, eps: float, box: bool) -> tuple[np.ndarray, np.ndarray]:
+    low, high = x - eps, x + eps
+    return (np.clip(low, 0, 1), np.clip(high, 0, 1)) if box else (low, high)
+
+
+def milp_min_margin(net: nn.Sequential, x: np.ndarray, eps: float, c: np.ndarray, box: bool) -> float:
+    """Exact min of c . net(x') over the ball: big-M MILP, M from interval arithmetic."""
+    linears = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in net if isinstance(m, nn.Linear)]
+    low, high = ball(x, eps, box)
+    lower_bounds, upper_bounds, integral = list(low), list(high), [0] * len(x)
+    rows, row_low, row_high = [], [], []
+    previous = list(range(len(x)))
+    for weight, bias in linears[:-1]:
+        pre_low = np.clip(weight, 0, None) @ low + np.clip(weight, None, 0) @ high + bias
+        pre_high = np.clip(weight, 0, None) @ high + np.clip(weight, None, 0) @ low + bias
+        start = len(lower_bounds)
+        z = list(range(start, start + len(bias)))
+        a = list(range(start + len(bias), start + 2 * len(bias)))
+        lower_bounds += [0.0] * len(bias) + [0.0] * len(bias)
+        upper_bounds += list(np.maximum(pre_high, 0)) + [1.0] * len(bias)
+        integral += [0] * len(bias) + [1] * len(bias)
+        for i in range(len(bias)):
+            follows = np.zeros(start + 2 * len(bias))  # z - w.prev
+            follows[previous], follows[z[i]] = -weight[i], 1.0
+            switched = follows.copy()  # z - w.prev - L a <= b - L, i.e. z <= w.prev + b - L (1 - a)
+            switched[a[i]] = -pre_low[i]
+            capped = np.zeros(start + 2 * len(bias))  # z - U a <= 0
+            capped[z[i]], capped[a[i]] = 1.0, -pre_high[i]
+            rows += [follows, switched, capped]
+            row_low += [bias[i], -np.inf, -np.inf]
+            row_high += [np.inf, bias[i] - pre_low[i], 0.0]
+        previous, low, high = z, np.maximum(pre_low, 0), np.maximum(pre_high, 0)
+    size = len(lower_bounds)
+    matrix = np.array([np.pad(r, (0, size - len(r))) for r in rows])
+    weight, bias = linears[-1]
+    objective = np.zeros(size)
+    objective[previous] = weight.T @ c
+    result = milp(
+        objective,
+        constraints=LinearConstraint(matrix, row_low, row_high),
+        integrality=np.array(integral),
+        bounds=Bounds(lower_bounds, upper_bounds),
+    )
+    assert result.status == 0, result.message
+    return float(result.fun + c @ bias)
+
+
+@pytest.mark.parametrize("box", [False, True])
+def test_kw_never_exceeds_the_exact_milp_minimum(box: bool) -> None:
+    net = tiny_relu_net(0)
+    generator = torch.Generator().manual_seed(1)
+    for seed_input in range(3):
+        x = torch.rand(4, generator=generator, dtype=torch.float64)
+        label = int(net(x[None]).argmax())
+        samples = x + (2 * torch.rand(4000, 4, generator=generator, dtype=torch.float64) - 1)
+        for eps in (0.002, 0.05, 0.2, 0.5):
+            bounds = margin_lower_bounds(net, x[None], eps, torch.tensor([label]), box=box)[0].detach()
+            points = x + eps * (samples - x)
+            points = points.clamp(0, 1) if box else points
+            outputs = net(points).detach()
+            for j in range(3):
+                if j == label:
+                    continue
+                c = np.eye(3)[label] - np.eye(3)[j]
+                exact = milp_min_margin(net, x.numpy(), eps, c, box)
+                sampled = float((outputs[:, label] - outputs[:, j]).min())
+                assert exact <= sampled + 1e-9  # the MILP's minimum is below every sampled margin
+                assert bounds[j] <= exact + 1e-9
+                if eps == 0.002:  # no ReLU changes state in so small a ball: the relaxation is exact
+                    assert bounds[j] == pytest.approx(exact, abs=1e-9)
+
+
+def test_single_linear_layer_is_exact_without_box() -> None:
+    torch.manual_seed(2)
+    layer = nn.Linear(6, 4).double()
+    x = torch.rand(5, 6, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    for eps in (0.01, 0.3):
+        bounds = margin_lower_bounds(layer, x, eps, labels).detach()
+        weight, bias = layer.weight.detach(), layer.bias.detach()
+        for b in range(5):
+            for j in range(4):
+                c = torch.eye(4, dtype=torch.float64)[labels[b]] - torch.eye(4, dtype=torch.float64)[j]
+                closed = c @ (weight @ x[b] + bias) - eps * (weight.T @ c).abs().sum()
+                assert bounds[b, j] == pytest.approx(float(closed), abs=1e-12)
+
+
+def test_single_linear_layer_with_box_matches_linprog() -> None:
+    torch.manual_seed(3)
+    layer = nn.Linear(6, 4).double()
+    x = torch.rand(3, 6, dtype=torch.float64)
+    labels = torch.tensor([2, 0, 3])
+    weight, bias = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+    for eps in (0.05, 0.4):
+        bounds = margin_lower_bounds(layer, x, eps, labels, box=True).detach()
+        for b in range(3):
+            low, high = ball(x[b].numpy(), eps, box=True)
+            for j in range(4):
+                c = np.eye(4)[labels[b]] - np.eye(4)[j]
+                result = linprog(weight.T @ c, bounds=list(zip(low, high)))
+                assert bounds[b, j] == pytest.approx(result.fun + c @ bias, abs=1e-9)
+
+
+def conv_as_dense(conv: nn.Conv2d, shape: tuple[int, int, int]) -> nn.Linear:
+    """The affine map of conv on flattened inputs of `shape`, as one dense Linear layer."""
+    basis = torch.eye(int(np.prod(shape)), dtype=conv.weight.dtype).view(-1, *shape)
+    columns = nn.functional.conv2d(basis, conv.weight, None, conv.stride, conv.padding).flatten(1)
+    dense = nn.Linear(*columns.shape).to(conv.weight.dtype)
+    with torch.no_grad():
+        dense.weight.copy_(columns.T)
+        dense.bias.copy_(conv.bias.repeat_interleave(columns.shape[1] // conv.out_channels))
+    return dense
+
+
+def test_conv_layers_bound_like_their_dense_matrices() -> None:
+    torch.manual_seed(4)
+    conv1, conv2 = nn.Conv2d(1, 3, 3, stride=2, padding=1).double(), nn.Conv2d(3, 4, 2, stride=2).double()
+    head = nn.Linear(4 * 2 * 2, 5).double()
+    convolutional = nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.Flatten(), head)
+    dense1, dense2 = conv_as_dense(conv1, (1, 7, 7)), conv_as_dense(conv2, (3, 4, 4))
+    dense = nn.Sequential(nn.Flatten(), dense1, nn.ReLU(), dense2, nn.ReLU(), head)
+    x = torch.rand(4, 1, 7, 7, dtype=torch.float64)
+    assert torch.allclose(convolutional(x), dense(x))
+    labels = convolutional(x).argmax(1)
+    for box in (False, True):
+        expected = margin_lower_bounds(dense, x, 0.08, labels, box=box)
+        assert torch.allclose(margin_lower_bounds(convolutional, x, 0.08, labels, box=box), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2))],
+)
+def test_unsupported_layers_are_refused(model: nn.Module) -> None:
+    with pytest.raises(RsbenchError, match="KW certifies networks of"):
+        KW(model, 2, 0.1)
+
+
+def test_certification_is_monotonic_and_radius_is_bisected() -> None:
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4))
+    defense = KW(net, 4, epsilon=0.05)
+    grid = torch.linspace(0, 0.4, 81)
+    generator = torch.Generator().manual_seed(6)
+    for _ in range(6):
+        x = torch.rand(1, 4, 4, generator=generator)
+        label = net(x[None]).argmax(1)
+        with torch.no_grad():
+            flags = certified(net, x[None].expand(len(grid), -1, -1, -1), grid, label.expand(len(grid)))
+        assert not (flags[1:] & ~flags[:-1]).any()  # once lost, never regained at a larger eps
+        certificate = defense.certify(x)
+        radius = certificate.radius
+        assert certificate.prediction == int(label)
+        assert radius == 0.0 or defense.certified_at(x, radius)
+        assert not defense.certified_at(x, radius + defense.tolerance)
+        assert (radius >= defense.epsilon) == defense.certified_at(x, defense.epsilon)
+        assert defense.predict(x) == (int(label) if defense.certified_at(x, defense.epsilon) else None)
+
+
+def test_surrogate_is_the_differentiable_worst_case_logits() -> None:
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+    defense = KW(net, 3, epsilon=0.02)
+    x = torch.rand(5, 1, 4, 4, requires_grad=True)
+    logits = defense.surrogate()(x)
+    labels = net(x).argmax(1)
+    assert torch.all(logits.gather(1, labels[:, None]) == 0)
+    wins = logits.masked_fill(nn.functional.one_hot(labels, 3).bool(), -torch.inf).max(1).values < 0
+    assert torch.equal(wins, certified(net, x.detach(), 0.02, labels))
+    logits.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert isinstance(defense.surrogate(epsilon=0.1), DualBound)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "models" / "kw-mnist-eps0.1.pth").is_file(), reason="shared data absent")
+def test_released_mnist_model_matches_the_paper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wong & Kolter report 1.80% clean and 5.82% certified robust error for this model at eps = 0.1."""
+    from rsbench.data import load_dataset
+    from rsbench.defenses import load_defense
+    from rsbench.registry import get_defense
+
+    monkeypatch.setenv("RSBENCH_DATA", str(SHARED_DATA))
+    spec = get_defense("kw-mnist-0.1")
+    defense = load_defense(spec)
+    x, y = load_dataset("mnist", "test").tensors
+    x, y = x[:200], y[:200]
+    with torch.no_grad():
+        predictions = defense.model(x).argmax(1)
+        robust = certified(defense.model, x, spec.epsilon, y)
+    clean_errors, robust_errors = int((predictions != y).sum()), int((~robust).sum())
+    # the paper's full-test-set figures must lie in the 99% intervals of these 200 images
+    low, high = clopper_pearson(clean_errors, 200, 0.01)
+    assert low <= 0.0180 <= high
+    low, high = clopper_pearson(robust_errors, 200, 0.01)
+    assert low <= 0.0582 <= high
+    assert robust_errors >= clean_errors
