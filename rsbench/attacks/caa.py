@@ -19,8 +19,9 @@ How this implementation reads the algorithm where the paper leaves room:
   intervals overlap; a negative length would walk back into the region the step is
   meant to leave, so the sign is carried by the objective, as in equation (8).
 * The adversarial branch keeps a separation delta: it descends the margin (line 7)
-  only while E0 - E1 > delta, and below that climbs Gamma |E0 - E1 - delta| (line 12,
-  with equation (8)'s absolute value), Gamma >> 1 outweighing the distance term.
+  only while E0 - E1 > delta; below that it descends Gamma |E0 - E1 - delta| (line 12,
+  with equation (8)'s absolute value), which raises the margin towards delta, Gamma >> 1
+  outweighing the distance term.
   A constant delta inside line 17's gradient would not change a normalized step, so
   delta acts through this switch only.
 * lambda starts at `lagrange` (0.1) and is multiplied by `lagrange_scale` (1.1) after
