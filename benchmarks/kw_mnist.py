@@ -5,7 +5,8 @@ Their paper reports 1.80% clean error and a 5.82% robust error bound for this mo
 counts images that are misclassified or not certified at eps by the dual bound; it is
 printed for the plain l_inf ball (the paper's setting) and for the ball kept in [0, 1].
 Needs the model and the test set in $RSBENCH_DATA (default here: ../shared/data).
-Run: python benchmarks/kw_mnist.py [--num-samples 10000] [--batch-size 50] [--device cuda]
+Run: python benchmarks/kw_mnist.py [--start 0] [--num-samples 10000] [--batch-size 50] [--device cuda]
+(`--start` and `--num-samples` split the test set into shards that can run side by side.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ PAPER_CLEAN_ERROR, PAPER_ROBUST_ERROR = 0.0180, 0.0582
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--num-samples", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--device", default="auto")
@@ -37,7 +39,7 @@ def main() -> None:
     device = resolve_device(args.device)
     defense = load_defense("kw-mnist-0.1", device)
     images, labels = load_dataset("mnist", "test").tensors
-    images, labels = images[: args.num_samples], labels[: args.num_samples]
+    images, labels = images[args.start : args.start + args.num_samples], labels[args.start : args.start + args.num_samples]
     wrong = plain = boxed = 0
     started = time.perf_counter()
     with torch.no_grad():
@@ -58,7 +60,7 @@ def main() -> None:
             f"{name:34s} {errors / count:7.2%}  95% CI [{low:.2%}, {high:.2%}]  "
             f"paper {paper:.2%}  ratio {errors / count / paper:.3f}"
         )
-    print(f"{count} images on {device}: {1000 * elapsed / count:.1f} ms per image for both bounds")
+    print(f"{count} images from #{args.start} on {device}: {1000 * elapsed / count:.1f} ms per image for both bounds")
 
 
 if __name__ == "__main__":
