@@ -187,7 +187,7 @@ def digits_lipschitz_cnn(num_classes: int) -> nn.Module:
     """A ~25k-parameter CNN for 1x8x8 digits made for GloRo (about 100 kB of float32 weights).
 
     The GloRo paper's 2C2F MNIST layout scaled down: two convolutions (the second strided
-    instead of pooling) and two dense layers. Each Linear and Conv2d carries its power
+    instead of pooling) and two dense layers. Each layer below the logits carries its power
     iterate as a buffer, so checkpoints hold converged iterates and loading needs no restart.
     """
     from rsbench.defenses.gloro import attach_power_iterates

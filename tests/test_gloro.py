@@ -112,7 +112,7 @@ def test_power_iteration_converges_when_the_top_singular_values_are_close() -> N
     torch.manual_seed(10)
     u, _ = torch.linalg.qr(torch.randn(24, 24, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(24, 24, dtype=torch.float64))
-    singular = torch.cat([torch.tensor([2.0, 1.999], dtype=torch.float64), torch.linspace(1.5, 0.1, 22, dtype=torch.float64)])
+    singular = torch.cat([torch.tensor([2.0, 1.999]), torch.linspace(1.5, 0.1, 22)]).double()
     layer = nn.Linear(24, 24)
     with torch.no_grad():
         layer.weight.copy_(u @ torch.diag(singular) @ v.T)
@@ -149,11 +149,13 @@ def test_margin_bound_is_weight_difference_times_product_of_spectral_norms() -> 
     torch.manual_seed(3)
     net = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 5))
     defense = GloRo(net, 5, 0.1)
-    below = float(torch.linalg.matrix_norm(net[1].weight.double(), ord=2) * torch.linalg.matrix_norm(net[3].weight.double(), ord=2))
-    w = net[5].weight.double()
+    norms = [torch.linalg.matrix_norm(net[i].weight.detach().double(), ord=2) for i in (1, 3)]
+    below = float(norms[0] * norms[1])
+    w = net[5].weight.detach().double()
     x = torch.rand(3, *INPUT_SHAPE)
-    logits = net(x).double()
-    bottom = defense.surrogate()(x)[:, -1].double()
+    with torch.no_grad():
+        logits = net(x).double()
+        bottom = defense.surrogate()(x)[:, -1].double()
     for row in range(3):
         j = int(logits[row].argmax())
         expected = max(logits[row, i] + 0.1 * (w[i] - w[j]).norm() * below for i in range(5) if i != j)
@@ -255,7 +257,7 @@ def test_bottom_wins_exactly_when_not_certified_at_epsilon(cnn: nn.Sequential) -
 
 def test_iterates_live_in_the_state_dict(cnn: nn.Sequential) -> None:
     state = cnn.state_dict()
-    assert len([key for key in state if key.endswith(gloro.ITERATE)]) == 4
+    assert [key for key in state if key.endswith(gloro.ITERATE)] == [f"{i}.{gloro.ITERATE}" for i in (1, 4, 7)]
     fresh = gloro.attach_power_iterates(tiny_cnn(seed=1), INPUT_SHAPE)
     fresh.load_state_dict(state)
     assert torch.allclose(GloRo(fresh, 4, 0.1).k, GloRo(cnn, 4, 0.1).k, rtol=1e-12)
@@ -278,6 +280,8 @@ class Reordered(nn.Sequential):
         ([nn.BatchNorm1d(6)], "no Lipschitz bound for layer BatchNorm1d"),
         ([nn.Dropout()], "no Lipschitz bound for layer Dropout"),
         ([Reordered(nn.Linear(6, 6), nn.ReLU())], "no Lipschitz bound for layer Reordered"),
+        ([nn.Conv2d(1, 1, 3, padding="same")], "numeric zero padding"),
+        ([nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")], "numeric zero padding"),
         ([nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU()], "Linear last layer"),
     ],
 )
@@ -314,6 +318,12 @@ def test_registry_defense_certifies_and_withstands_pgd(name: str) -> None:
     assert ((top == y) & (radius >= spec.epsilon)).float().mean() > 0.3
     certified = (radius > 0).nonzero()[:20, 0]
     assert (pgd_min_margin(defense.model, x[certified], top[certified], radius[certified]) > 0).all()
+    # trained GloRo nets are nearly tight: gradients reach most of K, but never exceed it
+    inputs = x.clone().requires_grad_(True)
+    logits = defense.model(inputs)
+    for i, j in (~torch.eye(10, dtype=torch.bool)).nonzero().tolist():
+        (grad,) = torch.autograd.grad((logits[:, i] - logits[:, j]).sum(), inputs, retain_graph=True)
+        assert float(grad.flatten(1).norm(dim=1).max()) <= float(defense.k[i, j])
 
 
 def small_spec(epochs: int) -> DefenseSpec:
@@ -359,6 +369,14 @@ def test_fit_is_seeded_lowers_the_gloro_loss_and_leaves_converged_iterates() -> 
 
 def test_fit_refuses_a_model_without_power_iterates() -> None:
     x, y = load_dataset("digits", "train").tensors
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
     with pytest.raises(RsbenchError, match="no power iterates"):
         fit(net, torch.utils.data.TensorDataset(x[:8], y[:8]), small_spec(epochs=1), torch.device("cpu"))
+
+
+def test_fit_refuses_unknown_options() -> None:
+    x, y = load_dataset("digits", "train").tensors
+    spec = small_spec(epochs=1)
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"options": {"epsilon_factr": 1.5}})})
+    with pytest.raises(RsbenchError, match="unknown GloRo training options"):
+        fit(dense_net(), torch.utils.data.TensorDataset(x[:8], y[:8]), spec, torch.device("cpu"))

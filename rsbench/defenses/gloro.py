@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +55,11 @@ def lipschitz_layers(model: nn.Module) -> list[nn.Module]:
     for layer in layers:
         if not isinstance(layer, AFFINE):
             fixed_bound(layer)  # raises for layers without a known bound
-        elif isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
-            raise RsbenchError(f"GloRo supports zero-padded Conv2d only, got padding_mode {layer.padding_mode!r}")
+        elif isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
+            raise RsbenchError(
+                f"GloRo supports Conv2d with numeric zero padding only, got padding {layer.padding!r} "
+                f"in mode {layer.padding_mode!r}"
+            )
     if not isinstance(layers[-1], nn.Linear):
         raise RsbenchError(f"GloRo needs a Linear last layer (the logits), got {type(layers[-1]).__name__}")
     return layers
@@ -75,7 +79,9 @@ def fixed_bound(layer: nn.Module) -> float:
     if isinstance(layer, Normalize):
         return float(1.0 / layer.std.min())
     if isinstance(layer, nn.MaxPool2d):
-        pair = nn.modules.utils._pair
+        def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+            return value if isinstance(value, tuple) else (value, value)
+
         if pair(layer.dilation) != (1, 1) or layer.return_indices:
             raise RsbenchError("GloRo supports MaxPool2d without dilation or returned indices only")
         overlap = math.prod(math.ceil(k / s) for k, s in zip(pair(layer.kernel_size), pair(layer.stride)))
@@ -92,7 +98,9 @@ def linear_operator(layer: nn.Module, weight: torch.Tensor) -> Callable[[torch.T
     return lambda v: F.conv2d(v[None], weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)[0]
 
 
-def transposed_operator(layer: nn.Module, weight: torch.Tensor, shape: torch.Size) -> Callable[[torch.Tensor], torch.Tensor]:
+def transposed_operator(
+    layer: nn.Module, weight: torch.Tensor, shape: torch.Size
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A^T, mapping an output back to an input of `shape`.
 
     A strided convolution drops up to stride - 1 trailing rows and columns; the
@@ -115,13 +123,13 @@ def transposed_operator(layer: nn.Module, weight: torch.Tensor, shape: torch.Siz
 
 
 def attach_power_iterates(model: nn.Module, input_shape: tuple[int, ...] | None = None, seed: int = 0) -> nn.Module:
-    """Give every Linear and Conv2d of the model a random unit `power_iterate` buffer, if it has none.
+    """Give every Linear and Conv2d below the logit layer a random unit `power_iterate` buffer, if it has none.
 
     A convolution's operator depends on the size of its input, so models with Conv2d
     layers need `input_shape` (C, H, W); the shapes are found by a forward pass of zeros.
     """
     layers = lipschitz_layers(model)
-    missing = [layer for layer in layers if isinstance(layer, AFFINE) and not hasattr(layer, ITERATE)]
+    missing = [layer for layer in layers[:-1] if isinstance(layer, AFFINE) and not hasattr(layer, ITERATE)]
     if not missing:
         return model
     shapes: dict[int, tuple[int, ...]] = {}
@@ -143,8 +151,11 @@ def attach_power_iterates(model: nn.Module, input_shape: tuple[int, ...] | None 
 
 
 def iterated_layers(layers: list[nn.Module]) -> list[nn.Module]:
-    """The Linear and Conv2d layers, each of which must carry its power iterate."""
-    affine = [layer for layer in layers if isinstance(layer, AFFINE)]
+    """The Linear and Conv2d layers below the logit layer, each of which must carry its power iterate.
+
+    The logit layer needs none: K uses its rows' differences directly.
+    """
+    affine = [layer for layer in layers[:-1] if isinstance(layer, AFFINE)]
     if not all(hasattr(layer, ITERATE) for layer in affine):
         raise RsbenchError("model has no power iterates; build it with gloro.attach_power_iterates first")
     return affine
@@ -297,10 +308,23 @@ class GloRo(Defense):
         certificate = self.certify(x)
         return certificate.prediction if certificate.radius >= self.epsilon else None
 
-    def surrogate(self, *, epsilon: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Differentiable (B, C, H, W) -> (B, m + 1) logits, the last being ⊥ at `epsilon` (default: the spec's)."""
-        epsilon = self.epsilon if epsilon is None else epsilon
-        return lambda x: with_bottom(self.model(x), self.k, epsilon)
+    def surrogate(self, *, epsilon: float | None = None) -> BottomLogits:
+        """The view attacks differentiate: the m + 1 logits with ⊥ at `epsilon` (default: the spec's)."""
+        return BottomLogits(self.model, self.k, self.epsilon if epsilon is None else epsilon)
+
+
+@dataclass(frozen=True)
+class BottomLogits:
+    """A GloRo net as attacks see it: (B, C, H, W) -> (B, m + 1) logits, ⊥ last, differentiable in x."""
+
+    model: nn.Module
+    k: torch.Tensor
+    """The certifier's K_ij, fixed: attacks move the input, not the weights."""
+    epsilon: float
+    """Radius at which ⊥ is computed."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return with_bottom(self.model(x), self.k, self.epsilon)
 
 
 def from_spec(spec: DefenseSpec, model: nn.Module) -> GloRo:

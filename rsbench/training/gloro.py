@@ -25,6 +25,8 @@ from rsbench.errors import RsbenchError
 from rsbench.specs import DefenseSpec
 from rsbench.training import seeded_loader
 
+OPTIONS = {"epsilon_factor", "ramp_fraction", "power_steps"}
+
 
 def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.device) -> None:
     """Adam with cosine decay on the GloRo loss, ε ramped up over the first steps."""
@@ -32,6 +34,9 @@ def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.d
     if spec.epsilon is None or recipe is None:
         raise RsbenchError(f"defense {spec.name!r} needs epsilon and a training recipe for GloRo training")
     options = recipe.options
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise RsbenchError(f"unknown GloRo training options {sorted(unknown)}; known: {sorted(OPTIONS)}")
     target = spec.epsilon * float(options.get("epsilon_factor", 1.2))
     steps_per_batch = int(options.get("power_steps", 1))
     layers = lipschitz_layers(model)
