@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 
 from rsbench.attacks.base import Attack, Tracker
+from rsbench.attacks.caa import SHARP_TEMPERATURE
 from rsbench.attacks.smoothed_view import SmoothedView, ViewOutput, ViewParams
 from rsbench.attacks.steps import l2_normalize
 
@@ -27,6 +28,8 @@ from rsbench.attacks.steps import l2_normalize
 class CAADirectParams(ViewParams):
     """Settings of the released variant; the defaults are the released ones."""
 
+    temperature: float = Field(SHARP_TEMPERATURE, gt=0)
+    """Gumbel-softmax temperature of the view (as CAA's)."""
     iterations: int = Field(100, ge=1)
     """Largest number of iterations."""
     min_step: float = Field(0.01, gt=0)
