@@ -109,7 +109,8 @@ def format_certified_table(result) -> str:  # noqa: ANN001 - a RunResult
 @click.option("--n0", type=int, default=None, help="Selection noise samples of the clean certificate [spec default].")
 @click.option("--n", "n", type=int, default=None, help="Estimation noise samples of the clean certificate [spec default].")
 @click.option("--alpha", type=float, default=None, help="Failure probability of the clean certificate [spec default].")
-@click.option("--batch-size", type=int, default=None, help="Noisy copies per forward pass [spec default].")
+@click.option("--batch-size", type=int, default=None,
+              help="Noisy copies per forward pass, in certification and in the attacks' views [spec default].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Master seed; sample i is seeded from (seed, i).")
 @DEVICE
 @click.option("--out", type=click.Path(path_type=Path), default=None,
