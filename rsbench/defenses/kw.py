@@ -186,8 +186,9 @@ def certified_radii(
     certified and the first failed point it bisects until they are `tolerance` apart.
     The returned radius is always a point where `certified` was checked to hold (or 0).
     """
-    count = x.shape[0]
-    low, high = x.new_zeros(count), x.new_full((count,), CEILING)
+    count = x.shape[0]  # radii in float64, so a radius equals an anchor exactly when it is set to it
+    low = torch.zeros(count, dtype=torch.float64, device=x.device)
+    high = torch.full((count,), CEILING, dtype=torch.float64, device=x.device)
     rising = torch.ones(count, dtype=torch.bool, device=x.device)
     for point in sorted({a for a in anchors if 0 < a < CEILING} | {CEILING}):
         rows = rising.nonzero().flatten()
