@@ -46,30 +46,60 @@ def test_bounds_follow_algorithm_2() -> None:
     assert float(out.radius) == pytest.approx(radius, rel=1e-4, abs=1e-6)
 
 
-def plain_autograd_gradient(view: SmoothedView, x: torch.Tensor, seed: int) -> torch.Tensor:
-    """The radius's gradient with every noisy copy in one autograd graph: the unchunked reference."""
+def plain_autograd_gradient(view: SmoothedView, x: torch.Tensor, seed: int, draws: int) -> torch.Tensor:
+    """The mean radius's gradient over `draws` sets of N copies, all in one autograd graph: the unchunked reference."""
     seeds = torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(seed)).tolist()
-    noise, gumbel = (torch.cat(parts) for parts in zip(*view.noise(x, (int(seeds[0]), int(seeds[1])))))
+    owner, noise, gumbel = (torch.cat(parts) for parts in zip(*view.noise(x, (int(seeds[0]), int(seeds[1])), draws)))
+    assert owner.tolist() == [c // view.num_noise for c in range(draws * view.num_noise)]
     leaf = x.clone().requires_grad_(True)
-    freq = view.soft_votes(leaf, noise, gumbel).mean(0)
-    lower, upper = goodman_bounds(freq, view.num_noise, view.alpha)
-    top, runner_up = freq.detach().topk(2).indices.tolist()
-    radius = view.sigma / 2 * (torch.special.ndtri(lower[top]) - torch.special.ndtri(upper[runner_up]))
-    return torch.autograd.grad(radius, leaf)[0]
+    votes = view.soft_votes(leaf, noise, gumbel)
+    radii = []
+    for draw in range(draws):
+        freq = votes[draw * view.num_noise : (draw + 1) * view.num_noise].mean(0)
+        lower, upper = goodman_bounds(freq, view.num_noise, view.alpha)
+        top, runner_up = freq.detach().topk(2).indices.tolist()
+        radii.append(view.sigma / 2 * (torch.special.ndtri(lower[top]) - torch.special.ndtri(upper[runner_up])))
+    return torch.autograd.grad(sum(radii) / draws, leaf)[0]
 
 
-@pytest.mark.parametrize("chunk_size", [600, 128, 37])
-def test_chunked_gradient_equals_the_unchunked_gradient(chunk_size: int) -> None:
+@pytest.mark.parametrize("draws", [1, 3])
+@pytest.mark.parametrize("chunk_size", [1800, 600, 128, 37])
+def test_chunked_gradient_equals_the_unchunked_gradient(chunk_size: int, draws: int) -> None:
     x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1))
-    whole = SmoothedView(small_net(), 4, 0.5, num_noise=600, chunk_size=600)
+    whole = SmoothedView(small_net(), 4, 0.5, num_noise=600, chunk_size=600 * draws)
     chunked = SmoothedView(small_net(), 4, 0.5, num_noise=600, chunk_size=chunk_size)
-    value_whole, _, grad_whole = whole.grad(x, lambda out, _: out.radius, torch.Generator().manual_seed(5))
-    value_chunked, _, grad_chunked = chunked.grad(x, lambda out, _: out.radius, torch.Generator().manual_seed(5))
-    reference = plain_autograd_gradient(whole, x, seed=5)
+    value_whole, _, grad_whole = whole.grad(x, lambda out, _: out.radius, torch.Generator().manual_seed(5), draws=draws)
+    value_chunked, _, grad_chunked = chunked.grad(
+        x, lambda out, _: out.radius, torch.Generator().manual_seed(5), draws=draws
+    )
+    reference = plain_autograd_gradient(whole, x, seed=5, draws=draws)
     assert value_chunked == pytest.approx(value_whole, rel=1e-5)
     assert float(reference.abs().max()) > 0
     torch.testing.assert_close(grad_whole, reference, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grad_chunked, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_draws_are_independent_sets_of_n_copies() -> None:
+    view = SmoothedView(small_net(), 4, 0.5, num_noise=400, chunk_size=150)
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(2))
+    freq = view.frequencies(x, torch.Generator().manual_seed(3), draws=4)
+    assert freq.shape == (4, 4)
+    torch.testing.assert_close(freq.sum(1), torch.ones(4), rtol=0, atol=1e-5)
+    assert len({tuple(row.tolist()) for row in freq}) == 4  # each draw has its own noise
+    # the first draw is the single-draw frequency of the same generator state: draws extend one stream
+    torch.testing.assert_close(freq[0], view.frequencies(x, torch.Generator().manual_seed(3))[0])
+
+
+def test_hard_radius_is_equation_3_on_hard_votes(linear_model: nn.Module) -> None:
+    view = Smoothing(linear_model, 2, 0.25).surrogate(num_noise=1000, alpha=0.005)
+    x = torch.tensor([0.6, 0.1, 0.3, 0.2])
+    counts = view.hard_counts(x, torch.Generator().manual_seed(4)).numpy()
+    bounds = multinomial_proportions_confint(counts, alpha=0.005, method="goodman")
+    top, runner_up = np.argsort(counts)[::-1][:2]
+    expected = 0.125 * (norm.ppf(bounds[top, 0]) - norm.ppf(bounds[runner_up, 1]))
+    assert view.hard_radius(x, torch.Generator().manual_seed(4)) == pytest.approx(expected, rel=1e-9)
+    # the smoothed linear classifier's exact radius is the distance to the boundary; eq. 3 stays below it
+    assert 0 < expected < linear_model.distance(x)
 
 
 def test_loss_terms_of_the_input_reach_the_gradient() -> None:

@@ -7,10 +7,12 @@ whenever fewer than rho = 75% of the steps since the last checkpoint increased t
 or the step size was not halved at the last checkpoint and the best loss has not
 improved since; each halving restarts from the best point. Every gradient is averaged
 over `eot` draws of the view's noise (Expectation over Transformation), as AutoAttack's
-version for randomized defenses does; so is the loss that drives the step-size rule.
+version for randomized defenses does; so is the loss that drives the step-size rule. The
+draws are taken in one pass of the view (`SmoothedView.grad(..., draws=eot)`).
 
 The budget follows the certification-aware attack paper: eps = max(2 R, 0.1), with R the
-certified radius the view gives the clean input. As in AutoAttack, APGD-DLR only runs
+radius of its equation 3 at the clean input, from hard votes of N copies (the radius the
+soft votes give is smaller, and the budget with it). As in AutoAttack, APGD-DLR only runs
 when APGD-CE found nothing; DLR needs three classes, so binary problems get APGD-CE only.
 Every iterate is proposed to the tracker.
 """
@@ -51,7 +53,7 @@ class AutoAttackParams(ViewParams):
     eot: int = Field(20, ge=1)
     """Noise draws each loss and gradient is averaged over (AutoAttack's 20 for randomized defenses)."""
     radius_factor: float = Field(2.0, gt=0)
-    """eps = max(radius_factor * R, min_epsilon), R the clean certified radius (the paper's 2)."""
+    """eps = max(radius_factor * R, min_epsilon), R equation 3's radius at the clean input (the paper's 2)."""
     min_epsilon: float = Field(0.1, gt=0)
     """Smallest budget, used when the clean radius is small or negative (the paper's 0.1)."""
     momentum: float = Field(0.75, gt=0, le=1)
@@ -71,9 +73,7 @@ class AutoAttack(Attack):
     def run(self, view: SmoothedView, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
         p = self.params
         x = x.to(view.device)
-        with torch.no_grad():
-            radius = float(view.bounds(x, generator).radius)
-        eps = max(p.radius_factor * radius, p.min_epsilon)
+        eps = max(p.radius_factor * view.hard_radius(x, generator), p.min_epsilon)
         for name in p.losses:
             if tracker.best is not None or (name == "dlr" and view.num_classes < 3):
                 continue
@@ -93,10 +93,7 @@ class AutoAttack(Attack):
         p = self.params
 
         def evaluate(point: torch.Tensor) -> tuple[float, torch.Tensor]:
-            value, grad = 0.0, torch.zeros_like(point)
-            for _ in range(p.eot):
-                v, _, g = view.grad(point, lambda out, _: loss(scores(out), label), generator)
-                value, grad = value + v / p.eot, grad + g / p.eot
+            value, _, grad = view.grad(point, lambda out, _: loss(scores(out), label), generator, draws=p.eot)
             return value, grad
 
         def project(z: torch.Tensor) -> torch.Tensor:

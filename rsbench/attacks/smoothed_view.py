@@ -14,6 +14,10 @@ the backward pass draws the very same noise again and back-propagates chunk by c
 This recomputation gives exactly the gradient of the unchunked computation at the
 cost of one extra forward pass for every chunk but the last, whose graph is kept.
 
+Several independent draws of N copies (Expectation over Transformation) can be taken in
+one pass: `draws` sets of N copies run as one stream of draws * N copies, so on a GPU
+twenty draws cost about what one does.
+
 Noise comes from two generators seeded from the caller's: one for the Gaussian
 perturbations, one for the Gumbel variables. Each stream is therefore drawn in one
 sequence whatever the chunk size, so on the CPU the chunk size does not change the
@@ -101,43 +105,44 @@ class ViewOutput:
 
 
 class _AveragedSoftVotes(torch.autograd.Function):
-    """Mean Gumbel-softmax vote over the view's noise, with a backward pass that recomputes chunk by chunk.
+    """Mean Gumbel-softmax vote of each draw of N copies, with a backward pass that recomputes chunk by chunk.
 
-    The last chunk's graph is kept from the forward pass (so N <= chunk_size costs no
-    recomputation); the others are drawn again and recomputed one at a time. At most two
-    chunks' activations are alive at once, whatever N.
+    Copies are numbered 0 .. draws * N - 1 in one noise stream; copy c belongs to draw c // N.
+    The last chunk's graph is kept from the forward pass (so draws * N <= chunk_size costs
+    no recomputation); the others are drawn again and recomputed one at a time. At most
+    two chunks' activations are alive at once, whatever N and the number of draws.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, view: SmoothedView, seeds: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
-        chunks = view.chunk_sizes()
-        total = torch.zeros(view.num_classes, dtype=x.dtype, device=x.device)
-        ctx.leaf = ctx.votes = None
-        for k, (noise, gumbel) in enumerate(view.noise(x, seeds)):
+    def forward(ctx, x: torch.Tensor, view: SmoothedView, seeds: tuple[int, int], draws: int) -> torch.Tensor:  # type: ignore[override]
+        chunks = view.chunk_sizes(draws)
+        total = torch.zeros(draws, view.num_classes, dtype=x.dtype, device=x.device)
+        ctx.leaf = ctx.votes = ctx.owner = None
+        for k, (owner, noise, gumbel) in enumerate(view.noise(x, seeds, draws)):
             if k == len(chunks) - 1 and ctx.needs_input_grad[0]:
                 with torch.enable_grad():
                     ctx.leaf = x.detach().requires_grad_(True)
-                    ctx.votes = view.soft_votes(ctx.leaf, noise, gumbel).sum(0)
-                total += ctx.votes.detach()
+                    ctx.votes, ctx.owner = view.soft_votes(ctx.leaf, noise, gumbel), owner
+                total.index_add_(0, owner, ctx.votes.detach())
             else:
                 with torch.no_grad():
-                    total += view.soft_votes(x, noise, gumbel).sum(0)
+                    total.index_add_(0, owner, view.soft_votes(x, noise, gumbel))
         ctx.save_for_backward(x)
-        ctx.view, ctx.seeds, ctx.chunks = view, seeds, len(chunks)
+        ctx.view, ctx.seeds, ctx.draws, ctx.chunks = view, seeds, draws, len(chunks)
         return total / view.num_noise
 
     @staticmethod
-    def backward(ctx, grad_freq: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_freq: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
         view: SmoothedView = ctx.view
-        weight = grad_freq / view.num_noise
-        (grad_x,) = torch.autograd.grad(ctx.votes, ctx.leaf, weight)
-        ctx.leaf = ctx.votes = None
-        for _, (noise, gumbel) in zip(range(ctx.chunks - 1), view.noise(x, ctx.seeds)):
+        weight = grad_freq / view.num_noise  # d loss / d vote of one copy, per draw and class
+        (grad_x,) = torch.autograd.grad(ctx.votes, ctx.leaf, weight[ctx.owner])
+        ctx.leaf = ctx.votes = ctx.owner = None
+        for _, (owner, noise, gumbel) in zip(range(ctx.chunks - 1), view.noise(x, ctx.seeds, ctx.draws)):
             with torch.enable_grad():
                 leaf = x.detach().requires_grad_(True)
-                grad_x += torch.autograd.grad(view.soft_votes(leaf, noise, gumbel).sum(0), leaf, weight)[0]
-        return grad_x, None, None
+                grad_x += torch.autograd.grad(view.soft_votes(leaf, noise, gumbel), leaf, weight[owner])[0]
+        return grad_x, None, None, None
 
 
 class SmoothedView:
@@ -173,19 +178,25 @@ class SmoothedView:
         """Device the base classifier runs on."""
         return self.smoothing.device
 
-    def noise(self, x: torch.Tensor, seeds: tuple[int, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Gaussian perturbations (scaled by sigma) and Gumbel variables, chunk by chunk, fixed by `seeds`."""
+    def noise(
+        self, x: torch.Tensor, seeds: tuple[int, int], draws: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Chunk by chunk, fixed by `seeds`: each copy's draw, its Gaussian perturbation (scaled by sigma)
+        and its Gumbel variables, for `draws` * N copies in one stream."""
         gaussian = torch.Generator(device=x.device).manual_seed(seeds[0])
         uniform = torch.Generator(device=x.device).manual_seed(seeds[1])
-        for size in self.chunk_sizes():
+        start = 0
+        for size in self.chunk_sizes(draws):
+            owner = torch.arange(start, start + size, device=x.device) // self.num_noise
             noise = torch.randn((size, *x.shape), generator=gaussian, device=x.device, dtype=x.dtype)
             u = torch.rand((size, self.num_classes), generator=uniform, device=x.device, dtype=x.dtype)
             gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(x.dtype).tiny)))
-            yield self.sigma * noise, gumbel
+            yield owner, self.sigma * noise, gumbel
+            start += size
 
-    def chunk_sizes(self) -> list[int]:
-        """Noisy copies per forward pass: full chunks, then the remainder."""
-        full, rest = divmod(self.num_noise, self.chunk_size)
+    def chunk_sizes(self, draws: int = 1) -> list[int]:
+        """Noisy copies per forward pass for `draws` * N copies: full chunks, then the remainder."""
+        full, rest = divmod(draws * self.num_noise, self.chunk_size)
         return [self.chunk_size] * full + ([rest] if rest else [])
 
     def soft_votes(self, x: torch.Tensor, noise: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
@@ -193,38 +204,61 @@ class SmoothedView:
         log_probs = torch.log_softmax(self.base_classifier(x.unsqueeze(0) + noise), dim=1)
         return torch.softmax((log_probs + gumbel) / self.temperature, dim=1)
 
-    def frequencies(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Mean soft vote over `num_noise` noisy copies of x; differentiable, memory independent of N."""
-        seeds = torch.randint(0, 2**62, (2,), generator=generator, device=generator.device).tolist()
-        return _AveragedSoftVotes.apply(x.to(self.device), self, (int(seeds[0]), int(seeds[1])))
+    def frequencies(self, x: torch.Tensor, generator: torch.Generator, draws: int = 1) -> torch.Tensor:
+        """Mean soft vote of `draws` independent sets of `num_noise` noisy copies of x, shape (draws, num_classes).
 
-    def bounds(self, x: torch.Tensor, generator: torch.Generator) -> ViewOutput:
-        """Algorithm 2: frequencies, Goodman bounds, top two classes and the certified radius at x."""
-        freq = self.frequencies(x, generator)
+        Differentiable; memory depends on the chunk size only.
+        """
+        if draws < 1:
+            raise RsbenchError(f"draws must be positive, got {draws!r}")
+        seeds = torch.randint(0, 2**62, (2,), generator=generator, device=generator.device).tolist()
+        return _AveragedSoftVotes.apply(x.to(self.device), self, (int(seeds[0]), int(seeds[1])), draws)
+
+    def output(self, freq: torch.Tensor) -> ViewOutput:
+        """Algorithm 2 from one draw's frequencies: Goodman bounds, top two classes and the certified radius."""
         lower, upper = goodman_bounds(freq, self.num_noise, self.alpha)
         top, runner_up = (int(i) for i in freq.detach().topk(2).indices)
         e0_lower, e1_upper = lower[top], upper[runner_up]
         radius = self.sigma / 2 * (torch.special.ndtri(e0_lower) - torch.special.ndtri(e1_upper))
         return ViewOutput(freq, lower, upper, top, runner_up, e0_lower, e1_upper, radius)
 
+    def bounds(self, x: torch.Tensor, generator: torch.Generator) -> ViewOutput:
+        """Algorithm 2 at x on one draw of N noisy copies."""
+        return self.output(self.frequencies(x, generator)[0])
+
     def grad(
         self,
         x: torch.Tensor,
         loss_fn: Callable[[ViewOutput, torch.Tensor], torch.Tensor],
         generator: torch.Generator,
+        *,
+        draws: int = 1,
     ) -> tuple[float, ViewOutput, torch.Tensor]:
         """Value of `loss_fn(view_output, x)` at x, the view output, and the loss's gradient with respect to x.
 
         `loss_fn` receives the input as a leaf tensor so that it may add terms of its own
-        (a distance to the clean image, for instance). The returned output is detached.
+        (a distance to the clean image, for instance). With `draws` > 1 the loss is averaged
+        over that many independent draws of N copies (EOT), computed in one pass, and the
+        output returned is the first draw's. The returned output is detached.
         """
         leaf = x.detach().to(self.device).requires_grad_(True)
-        out = self.bounds(leaf, generator)
-        loss = loss_fn(out, leaf)
+        outputs = [self.output(freq) for freq in self.frequencies(leaf, generator, draws)]
+        loss = sum(loss_fn(out, leaf) for out in outputs) / draws
         (grad_x,) = torch.autograd.grad(loss, leaf)
-        return float(loss.detach()), out.detach(), grad_x
+        return float(loss.detach()), outputs[0].detach(), grad_x
 
     @torch.no_grad()
     def hard_counts(self, x: torch.Tensor, generator: torch.Generator, num: int | None = None) -> torch.Tensor:
         """Argmax votes of the base classifier on `num` (default N) noisy copies of x, as a LongTensor."""
         return self.smoothing.sample_counts(x.detach(), self.num_noise if num is None else num, generator)
+
+    def hard_radius(self, x: torch.Tensor, generator: torch.Generator) -> float:
+        """Equation 3's radius at x from hard votes on N fresh copies and Goodman bounds at the view's alpha.
+
+        The same formula as the view's radius, but counting argmax votes as certification does;
+        negative when the two top intervals overlap.
+        """
+        counts = self.hard_counts(x, generator)
+        lower, upper = goodman_bounds(counts.double() / self.num_noise, self.num_noise, self.alpha)
+        top, runner_up = (int(i) for i in counts.topk(2).indices)
+        return float(self.sigma / 2 * (torch.special.ndtri(lower[top]) - torch.special.ndtri(upper[runner_up])))
