@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from rsbench.errors import RsbenchError
+
+if TYPE_CHECKING:
+    from rsbench.specs import DefenseSpec, RunConfig, RunResult
 
 DEVICE = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -44,30 +49,34 @@ def cli() -> None:
     """
 
 
-@cli.command()
-@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
-@click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Certify the first K samples of the test split.")
-@click.option("--n0", type=int, default=None, help="Selection noise samples [spec default, 100].")
-@click.option("--n", "n", type=int, default=None, help="Estimation noise samples [spec default, 100,000].")
-@click.option("--alpha", type=float, default=None, help="Failure probability of each certificate [spec default, 0.001].")
-@click.option("--batch-size", type=int, default=None, help="Noisy copies per forward pass [spec default].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Master seed; sample i is seeded from (seed, i).")
-@DEVICE
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Run directory [runs/<defense>/certify-n<n>-alpha<alpha>-seed<seed>].")
-def certify(defense: str, num_samples: int, n0: int | None, n: int | None, alpha: float | None,
-            batch_size: int | None, seed: int, device: str, out: Path | None) -> None:
-    """Certify a defense on test samples: records, a certified-accuracy table and a plot.
+def certification_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options certify and evaluate share: clean-certificate sampling, seed, device and run directory."""
+    options = [
+        click.option("--n0", type=int, default=None,
+                     help="Selection noise samples of each certificate [spec default, 100]."),
+        click.option("--n", "n", type=int, default=None,
+                     help="Estimation noise samples of each certificate [spec default, 100,000]."),
+        click.option("--alpha", type=float, default=None,
+                     help="Failure probability of each certificate [spec default, 0.001]."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Noisy copies per forward pass; for evaluate also the attacks' chunk size [spec default]."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Master seed; sample i is seeded from (seed, i)."),
+        DEVICE,
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Run directory; re-running with the same one resumes [under runs/<defense>/]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
-    Writes OUT/samples.jsonl (one line per sample, as it finishes), OUT/result.json and
-    OUT/certified_accuracy.png. Re-running with the same OUT resumes.
-    """
-    from rsbench import registry, runner
+
+def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | None, n: int | None,
+               alpha: float | None, batch_size: int | None, seed: int, **extra: object) -> RunConfig:
+    """The run's config: options given on the command line, the defense's certification defaults otherwise."""
     from rsbench.defenses.smoothing import check_sampling
     from rsbench.specs import RunConfig
 
-    spec = registry.get_defense(defense)
     defaults = spec.certify
     n0, n = n0 if n0 is not None else defaults.n0, n if n is not None else defaults.n
     alpha = alpha if alpha is not None else defaults.alpha
@@ -75,17 +84,37 @@ def certify(defense: str, num_samples: int, n0: int | None, n: int | None, alpha
     check_sampling(n, alpha, "--n")
     if batch_size is not None and batch_size < 1:
         raise RsbenchError(f"--batch-size must be positive, got {batch_size}")
-    config = RunConfig(
-        command="certify", defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
-        n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed,
+    return RunConfig(
+        command=command, defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
+        n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed, **extra,
     )
-    out = out or Path("runs") / spec.name / f"certify-n{n}-alpha{alpha:g}-seed{seed}"
+
+
+@cli.command()
+@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Certify the first K samples of the test split.")
+@certification_options
+def certify(defense: str, num_samples: int, n0: int | None, n: int | None, alpha: float | None,
+            batch_size: int | None, seed: int, device: str, out: Path | None) -> None:
+    """Certify a defense on test samples: records, a certified-accuracy table and a plot.
+
+    Writes OUT/samples.jsonl (one line per sample, as it finishes), OUT/result.json and
+    OUT/certified_accuracy.png [OUT: runs/<defense>/certify-n<n>-alpha<alpha>-seed<seed>].
+    Re-running with the same OUT resumes.
+    """
+    from rsbench import registry, runner
+
+    spec = registry.get_defense(defense)
+    config = run_config(spec, "certify", num_samples=num_samples, n0=n0, n=n, alpha=alpha,
+                        batch_size=batch_size, seed=seed)
+    out = out or Path("runs") / spec.name / f"certify-n{config.n}-alpha{config.alpha:g}-seed{seed}"
     result = runner.certify(spec, config, out, runner.resolve_device(device))
     click.echo(format_certified_table(result))
     click.echo(f"records, result.json and certified_accuracy.png in {out}")
 
 
-def format_certified_table(result) -> str:  # noqa: ANN001 - a RunResult
+def format_certified_table(result: RunResult) -> str:
     """The certified-accuracy table printed after a certify run."""
     lines = [
         f"{result.defense.name}: {result.num_samples} samples, clean accuracy {result.clean_accuracy:.3f}, "
@@ -106,42 +135,27 @@ def format_certified_table(result) -> str:  # noqa: ANN001 - a RunResult
               help="Use the first K samples of the test split; only correct, certified ones are attacked "
                    "(CAA costs about 100 N-sample forward-backward passes per sample: ~1 minute for the default "
                    "on 2 CPU cores with a digits model).")
-@click.option("--n0", type=int, default=None, help="Selection noise samples of the clean certificate [spec default].")
-@click.option("--n", "n", type=int, default=None, help="Estimation noise samples of the clean certificate [spec default].")
-@click.option("--alpha", type=float, default=None, help="Failure probability of the clean certificate [spec default].")
-@click.option("--batch-size", type=int, default=None,
-              help="Noisy copies per forward pass, in certification and in the attacks' views [spec default].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Master seed; sample i is seeded from (seed, i).")
-@DEVICE
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Run directory [runs/<defense>/evaluate-<attacks>-seed<seed>].")
+@certification_options
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes attacking samples side by side (CPU cores, or several per GPU); "
+                   "records do not change, times include the sharing.")
 @click.option("--save-examples", is_flag=True, help="Save each attack's best examples to OUT/adversarial/<attack>.pt.")
 def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int | None, n: int | None,
              alpha: float | None, batch_size: int | None, seed: int, device: str, out: Path | None,
-             save_examples: bool) -> None:
+             workers: int, save_examples: bool) -> None:
     """Attack a smoothed classifier with minimum-norm evasion attacks; print the paper's Table 1.
 
     Writes OUT/clean.jsonl (clean certificates), OUT/samples.jsonl (one record per sample
-    and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png.
-    Re-running with the same OUT resumes.
+    and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
+    [OUT: runs/<defense>/evaluate-<attacks>-seed<seed>]. Re-running with the same OUT resumes.
     """
     from rsbench import evaluation, registry, runner
-    from rsbench.defenses.smoothing import check_sampling
-    from rsbench.specs import RunConfig
 
     spec = registry.get_defense(defense)
     attack_specs = [registry.get_attack(name) for name in attacks]
-    defaults = spec.certify
-    n0, n = n0 if n0 is not None else defaults.n0, n if n is not None else defaults.n
-    alpha = alpha if alpha is not None else defaults.alpha
-    check_sampling(n0, alpha, "--n0")
-    check_sampling(n, alpha, "--n")
-    if batch_size is not None and batch_size < 1:
-        raise RsbenchError(f"--batch-size must be positive, got {batch_size}")
-    config = RunConfig(
-        command="evaluate", defense=spec.name, defense_hash=spec.spec_hash(),
-        attacks=[s.name for s in attack_specs], attack_hashes=[s.spec_hash() for s in attack_specs],
-        num_samples=num_samples, n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed,
+    config = run_config(
+        spec, "evaluate", num_samples=num_samples, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+        attacks=[s.name for s in attack_specs], attack_hashes=[s.spec_hash() for s in attack_specs], workers=workers,
     )
     out = out or Path("runs") / spec.name / f"evaluate-{'-'.join(config.attacks)}-seed{seed}"
     result = evaluation.evaluate(spec, attack_specs, config, out, runner.resolve_device(device),

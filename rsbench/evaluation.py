@@ -2,7 +2,8 @@
 
 For each of the first K test samples the defense certifies the clean input (records in
 `clean.jsonl`, the same as `rsbench certify` writes). Samples it classifies correctly
-with a certificate are attacked by every named attack, in order. Each attack gets the
+with a certificate are attacked by every named attack, in order (with `workers` > 1,
+several samples at once, each in its own process). Each attack gets the
 smoothed view its own N, alpha and temperature describe, a Tracker whose judge counts
 hard votes on fresh noise (`success.make_judge`), and its own noise generators seeded
 from (seed, sample, attack), so its record does not depend on which attacks ran before
@@ -12,20 +13,22 @@ it or on interruptions. One AttackRecord per (sample, attack) is appended to
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import norm
 from tqdm import tqdm
 
 from rsbench import metrics, plots, registry, runner
 from rsbench.attacks.base import Attack, Tracker
-from rsbench.attacks.smoothed_view import SmoothedView, goodman_bounds, view_options
+from rsbench.attacks.smoothed_view import SmoothedView, view_options
 from rsbench.attacks.success import make_judge
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
@@ -49,14 +52,6 @@ def stream(seed: int, index: int, attack: str, purpose: str, device: torch.devic
     keys = [seed, index, zlib.crc32(attack.encode()), zlib.crc32(purpose.encode())]
     state = np.random.SeedSequence(keys).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
-
-
-def cohen_radius(view: SmoothedView, x: torch.Tensor, generator: torch.Generator) -> float:
-    """Algorithm 2's radius from hard votes at x: sigma/2 (PhiInv(lower of top) - PhiInv(upper of runner-up))."""
-    counts = view.hard_counts(x, generator)
-    lower, upper = goodman_bounds(counts.double() / view.num_noise, view.num_noise, view.alpha)
-    top, runner_up = (int(i) for i in counts.topk(2).indices)
-    return float(view.sigma / 2 * (norm.ppf(float(lower[top])) - norm.ppf(float(upper[runner_up]))))
 
 
 @dataclass
@@ -83,7 +78,7 @@ def attack_sample(
     """Run one attack on one certified sample and judge it; returns its record and its tracker."""
     view, name, device = prepared.view, prepared.spec.name, prepared.view.device
     x = x.to(device)
-    bound = cohen_radius(view, x, stream(seed, index, name, "cohen", device))
+    bound = view.hard_radius(x, stream(seed, index, name, "cohen", device))
     tracker = Tracker(x, make_judge(view, label, stream(seed, index, name, "judge", device)), norm=prepared.spec.norm)
     prepared.attack.run(view, x, label, tracker, stream(seed, index, name, "attack", device))
     first, best = tracker.first, tracker.best
@@ -119,6 +114,89 @@ def save_example(folder: Path, attack: str, index: int, x: torch.Tensor, x_adv: 
     os.replace(temporary, path)
 
 
+@dataclass
+class SampleTask:
+    """What is left to do on one test sample: certify it (when `clean` is None) and run `attacks` on it."""
+
+    index: int
+    clean: SampleRecord | None
+    attacks: list[str]
+
+
+@dataclass
+class SampleOutcome:
+    """A sample's clean certificate and, per attack run, its record and best example (None when it failed)."""
+
+    index: int
+    clean: SampleRecord
+    attacks: list[tuple[AttackRecord, torch.Tensor | None]]
+
+
+class SampleWorker:
+    """Certifies and attacks one sample at a time; built once per process, it holds the model and the attacks."""
+
+    def __init__(self, defense_spec: DefenseSpec, attack_specs: list[AttackSpec], config: RunConfig,
+                 device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.dataset = load_dataset(defense_spec.dataset.name, config.split, defense_spec.dataset.root)
+        self.defense = load_defense(runner.spec_for_run(defense_spec, config), device)
+        self.prepared = {spec.name: prepare(spec, self.defense) for spec in attack_specs}
+
+    def __call__(self, task: SampleTask) -> SampleOutcome:
+        x, label = self.dataset[task.index]
+        clean = task.clean
+        if clean is None:
+            started = time.perf_counter()
+            generator = runner.sample_generator(self.config.seed, task.index, self.device)
+            certificate = self.defense.certify(x, generator=generator)
+            clean = SampleRecord(
+                index=task.index, label=int(label), prediction=certificate.prediction, radius=certificate.radius,
+                correct=certificate.prediction == int(label), time_s=time.perf_counter() - started,
+            )
+        attacks = []
+        if clean.correct:
+            for name in task.attacks:
+                record, tracker = attack_sample(self.prepared[name], x, int(label), task.index, self.config.seed)
+                attacks.append((record, tracker.best.x_adv if tracker.best else None))
+        return SampleOutcome(task.index, clean, attacks)
+
+
+_WORKER: SampleWorker | None = None
+"""The SampleWorker of a pool process (see `run_tasks`)."""
+
+
+def _start_worker(threads: int, *args: object) -> None:
+    """Pool initializer: leave Ctrl-C to the parent, share the CPU fairly, build the worker."""
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    _WORKER = SampleWorker(*args)
+
+
+def _run_in_worker(task: SampleTask) -> SampleOutcome:
+    assert _WORKER is not None, "_start_worker did not run"
+    return _WORKER(task)
+
+
+def run_tasks(tasks: list[SampleTask], args: tuple, workers: int) -> Iterator[SampleOutcome]:
+    """Outcomes of `tasks`, in order with one worker, as they finish with several processes.
+
+    Records do not depend on the worker that computes them (every noise stream is seeded
+    from the sample and the attack), so only their times change with `workers`.
+    """
+    if workers == 1:
+        yield from map(SampleWorker(*args), tasks)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (threads, *args))
+    try:
+        yield from pool.imap_unordered(_run_in_worker, tasks)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
 def evaluate(
     defense_spec: DefenseSpec,
     attack_specs: list[AttackSpec],
@@ -129,7 +207,10 @@ def evaluate(
     save_examples: bool = False,
     progress: bool = True,
 ) -> RunResult:
-    """Certify and attack the first `config.num_samples` test samples, resuming from `out`; returns the summary."""
+    """Certify and attack the first `config.num_samples` test samples, resuming from `out`; returns the summary.
+
+    With `config.workers` > 1 that many processes take samples side by side; this process alone writes the records.
+    """
     if defense_spec.kind != "smoothing":
         raise RsbenchError(f"evaluate attacks smoothing defenses; {defense_spec.name!r} is {defense_spec.kind}")
     if len({s.name for s in attack_specs}) != len(attack_specs):
@@ -141,34 +222,21 @@ def evaluate(
     attack_run = RunDir(out, config, "samples.jsonl")
     clean = {r.index: r for r in clean_run.records(SampleRecord)}
     done = {(r.index, r.attack) for r in attack_run.records(AttackRecord)}
-    names = [s.name for s in attack_specs]
-    todo = [
-        i for i in range(config.num_samples)
-        if i not in clean or (clean[i].correct and any((i, name) not in done for name in names))
-    ]
-    if todo:
-        defense = load_defense(runner.spec_for_run(defense_spec, config), device)
-        prepared = [prepare(spec, defense) for spec in attack_specs]
-        bar = tqdm(todo, desc=f"evaluate {defense_spec.name}", unit="sample", disable=not progress)
-        for index in bar:
-            x, label = dataset[index]
-            if index not in clean:
-                started = time.perf_counter()
-                certificate = defense.certify(x, generator=runner.sample_generator(config.seed, index, device))
-                clean[index] = SampleRecord(
-                    index=index, label=int(label), prediction=certificate.prediction, radius=certificate.radius,
-                    correct=certificate.prediction == int(label), time_s=time.perf_counter() - started,
-                )
-                clean_run.append(clean[index])
-            if not clean[index].correct:
-                continue
-            for item in prepared:
-                if (index, item.spec.name) in done:
-                    continue
-                bar.set_postfix_str(item.spec.name)
-                record, tracker = attack_sample(item, x, int(label), index, config.seed)
-                if save_examples and tracker.best is not None:
-                    save_example(out / "adversarial", item.spec.name, index, x, tracker.best.x_adv)
+    tasks = []
+    for index in range(config.num_samples):
+        left = [s.name for s in attack_specs if (index, s.name) not in done]
+        if index not in clean or (clean[index].correct and left):
+            tasks.append(SampleTask(index, clean.get(index), left))
+    if tasks:
+        outcomes = run_tasks(tasks, (defense_spec, attack_specs, config, device), min(config.workers, len(tasks)))
+        bar = tqdm(outcomes, total=len(tasks), desc=f"evaluate {defense_spec.name}", unit="sample",
+                   disable=not progress)
+        for outcome in bar:
+            if outcome.index not in clean:
+                clean_run.append(outcome.clean)
+            for record, x_adv in outcome.attacks:
+                if save_examples and x_adv is not None:
+                    save_example(out / "adversarial", record.attack, outcome.index, dataset[outcome.index][0], x_adv)
                 attack_run.append(record)
     return summarize(defense_spec, attack_specs, config, clean_run, attack_run, device)
 
@@ -183,8 +251,11 @@ def summarize(
 ) -> RunResult:
     """Write result.json (clean certification plus Table 1 per attack) and attack_proportion.png."""
     clean = sorted((r for r in clean_run.records(SampleRecord) if r.index < config.num_samples), key=lambda r: r.index)
-    names = {s.name for s in attack_specs}
-    records = [r for r in attack_run.records(AttackRecord) if r.index < config.num_samples and r.attack in names]
+    order = {s.name: k for k, s in enumerate(attack_specs)}
+    records = sorted(
+        (r for r in attack_run.records(AttackRecord) if r.index < config.num_samples and r.attack in order),
+        key=lambda r: (r.index, order[r.attack]),
+    )
     table = metrics.attack_table(records)
     result = runner.summarize(defense_spec, config, clean, device).model_copy(
         update={

@@ -20,7 +20,7 @@ from rsbench.errors import RsbenchError
 from rsbench.specs import RunConfig
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
-RESUMABLE_CHANGES = {"num_samples"}
+RESUMABLE_CHANGES = {"num_samples", "workers"}
 """Config fields that may differ on resume: records are per sample and do not depend on them."""
 
 

@@ -200,6 +200,9 @@ class RunConfig(Spec):
     """Noisy copies per forward pass (does not change results for a given seed)."""
     seed: int
     """Master seed; sample i uses a generator seeded from (seed, i)."""
+    workers: int = Field(1, ge=1)
+    """Processes that took samples side by side (evaluate); records do not depend on it, their times do,
+    since the processes share the machine. It may change when a run is resumed."""
 
 
 class SampleRecord(Spec):

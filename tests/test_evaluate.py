@@ -44,13 +44,13 @@ def reference(user_registry: None, tmp_path_factory: pytest.TempPathFactory) -> 
     return out, run(out, 3, save_examples=True)
 
 
-def run(out: Path, num_samples: int, save_examples: bool = False):
+def run(out: Path, num_samples: int, save_examples: bool = False, workers: int = 1):
     spec = registry.get_defense("smoothing-digits-0.50")
     attacks = [registry.get_attack(name) for name in SMALL_ATTACKS]
     config = RunConfig(
         command="evaluate", defense=spec.name, defense_hash=spec.spec_hash(), attacks=list(SMALL_ATTACKS),
         attack_hashes=[a.spec_hash() for a in attacks], num_samples=num_samples, n0=20, n=500, alpha=0.01,
-        batch_size=500, seed=1,
+        batch_size=500, seed=1, workers=workers,
     )
     return evaluation.evaluate(spec, attacks, config, out, torch.device("cpu"), save_examples=save_examples,
                                progress=False)
@@ -112,6 +112,22 @@ def test_resume_after_a_torn_write_repeats_nothing_and_extends(reference: tuple[
     clean = [json.loads(line) for line in (out / "clean.jsonl").read_text().splitlines()]
     assert [c["index"] for c in clean] == [0, 1, 2, 3]
     assert {k for k in keys if k[0] == 3} == ({(3, a) for a in SMALL_ATTACKS} if clean[3]["correct"] else set())
+
+
+def test_worker_processes_write_the_records_one_process_writes(
+    reference: tuple[Path, object], tmp_path: Path
+) -> None:
+    done, result = reference
+    out = tmp_path / "run"
+    parallel = run(out, 3, save_examples=True, workers=2)
+    key = lambda r: (r["index"], r["attack"])  # noqa: E731 - workers finish in any order
+    assert without_times(sorted(records(out), key=key)) == without_times(sorted(records(done), key=key))
+    assert parallel.config.workers == 2
+    for name in SMALL_ATTACKS:
+        assert parallel.metrics["attacks"][name]["r50"] == result.metrics["attacks"][name]["r50"]
+        mine, theirs = (torch.load(d / "adversarial" / f"{name}.pt", weights_only=True) for d in (out, done))
+        order, their_order = mine["index"].argsort(), theirs["index"].argsort()
+        torch.testing.assert_close(mine["x_adv"][order], theirs["x_adv"][their_order])
 
 
 def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], tmp_path: Path) -> None:
