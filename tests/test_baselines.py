@@ -146,6 +146,19 @@ def test_autoattack_stays_in_its_budget_and_runs_dlr_only_with_three_classes(lin
         assert all(float(c.min()) >= 0 and float(c.max()) <= 1 for c in never.offered)
 
 
+def test_autoattack_budget_is_twice_equation_3s_radius_at_the_clean_input(linear_model: BinaryLinear) -> None:
+    x = torch.tensor([0.5, 0.45, 0.5, 0.5])  # w.x + b = 0.35: the smoothed class 1 holds a radius of about 0.1
+    view = SmoothedView(linear_model, 2, SIGMA, num_noise=2000)
+    radius = view.hard_radius(x, torch.Generator().manual_seed(7))  # the draw the attack makes first
+    assert 0.05 < radius < linear_model.distance(x)
+    never = RecordingTracker(x, lambda _: False)
+    AutoAttack(num_noise=2000, eot=2, iterations=5).run(view, x, 1, never, torch.Generator().manual_seed(7))
+    distances = torch.stack([(c - x).norm() for c in never.offered])
+    # APGD starts on the sphere of radius eps; from x = 0.5 +- 0.05 it does not reach the box
+    assert float(distances[0]) == pytest.approx(max(2 * radius, 0.1), rel=1e-5)
+    assert float(distances.max()) <= max(2 * radius, 0.1) + 1e-6
+
+
 def reference_checkpoints(iterations: int) -> list[int]:
     """ceil(p_j N) with exact rational p_j: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
     p = [Fraction(0), Fraction(22, 100)]
