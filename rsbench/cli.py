@@ -12,7 +12,7 @@ import click
 from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
-    from rsbench.specs import DefenseSpec, RunConfig, RunResult
+    from rsbench.specs import RunResult
 
 DEVICE = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -71,25 +71,6 @@ def certification_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | None, n: int | None,
-               alpha: float | None, batch_size: int | None, seed: int, **extra: object) -> RunConfig:
-    """The run's config: options given on the command line, the defense's certification defaults otherwise."""
-    from rsbench.defenses.smoothing import check_sampling
-    from rsbench.specs import RunConfig
-
-    defaults = spec.certify
-    n0, n = n0 if n0 is not None else defaults.n0, n if n is not None else defaults.n
-    alpha = alpha if alpha is not None else defaults.alpha
-    check_sampling(n0, alpha, "--n0")
-    check_sampling(n, alpha, "--n")
-    if batch_size is not None and batch_size < 1:
-        raise RsbenchError(f"--batch-size must be positive, got {batch_size}")
-    return RunConfig(
-        command=command, defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
-        n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed, **extra,
-    )
-
-
 @cli.command()
 @click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
@@ -106,7 +87,7 @@ def certify(defense: str, num_samples: int, n0: int | None, n: int | None, alpha
     from rsbench import registry, runner
 
     spec = registry.get_defense(defense)
-    config = run_config(spec, "certify", num_samples=num_samples, n0=n0, n=n, alpha=alpha,
+    config = runner.run_config(spec, "certify", num_samples=num_samples, n0=n0, n=n, alpha=alpha,
                         batch_size=batch_size, seed=seed)
     out = out or Path("runs") / spec.name / f"certify-n{config.n}-alpha{config.alpha:g}-seed{seed}"
     result = runner.certify(spec, config, out, runner.resolve_device(device))
@@ -153,7 +134,7 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
 
     spec = registry.get_defense(defense)
     attack_specs = [registry.get_attack(name) for name in attacks]
-    config = run_config(
+    config = runner.run_config(
         spec, "evaluate", num_samples=num_samples, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
         attacks=[s.name for s in attack_specs], attack_hashes=[s.spec_hash() for s in attack_specs], workers=workers,
     )

@@ -21,6 +21,7 @@ import rsbench
 from rsbench import metrics, plots
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
+from rsbench.defenses.smoothing import check_sampling
 from rsbench.errors import RsbenchError
 from rsbench.rundir import RunDir
 from rsbench.specs import CertifyDefaults, DefenseSpec, Environment, RunConfig, RunResult, SampleRecord
@@ -74,6 +75,22 @@ def environment(device: torch.device) -> Environment:
         python_version=sys.version.split()[0],
         device=str(device),
         hardware=hardware,
+    )
+
+
+def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | None = None, n: int | None = None,
+               alpha: float | None = None, batch_size: int | None = None, seed: int = 0, **extra: object) -> RunConfig:
+    """A run's config: the settings given, the defense's certification defaults for those left None."""
+    defaults = spec.certify
+    n0, n = n0 if n0 is not None else defaults.n0, n if n is not None else defaults.n
+    alpha = alpha if alpha is not None else defaults.alpha
+    check_sampling(n0, alpha, "--n0")
+    check_sampling(n, alpha, "--n")
+    if batch_size is not None and batch_size < 1:
+        raise RsbenchError(f"--batch-size must be positive, got {batch_size}")
+    return RunConfig(
+        command=command, defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
+        n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed, **extra,
     )
 
 

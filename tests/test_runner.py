@@ -1,7 +1,6 @@
 """The certify job: records as samples finish, resume without loss or duplicates, config checks."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
