@@ -3,7 +3,8 @@
 Runs the six evasion attacks (caa, caa-direct, pgd, cw, deepfool, autoattack) with their
 registry settings on the first test samples of each defense, extending the run until at
 least --attacked samples were attacked (correct and certified at the clean input), prints
-each Table 1 and checks the paper's headline: CAA's example is the smallest on at least
+each Table 1 and checks the paper's headline among the attacks of the paper's table (all
+but caa-direct, a later variant of CAA itself): CAA's example is the smallest on at least
 70% of the attacked samples and its r50 is below PGD's. It also prints, for every other
 attack, on how many samples CAA's example is smaller and the median ratio of the radii,
 which shows where CAA loses. Run directories go to --out/<defense>/ and resume.
@@ -21,12 +22,25 @@ import math
 import statistics
 from pathlib import Path
 
-from rsbench import evaluation, registry, runner
-from rsbench.specs import AttackRecord, RunConfig
+from rsbench import evaluation, metrics, registry, runner
+from rsbench.specs import AttackRecord
 
 DEFENSES = ("smoothing-digits-0.25", "smoothing-digits-0.50", "smoothing-digits-1.00")
 ATTACKS = ("caa", "caa-direct", "pgd", "cw", "deepfool", "autoattack")
+PAPER_ATTACKS = ("caa", "pgd", "cw", "deepfool", "autoattack")
 HEADLINE_BEST = 70.0
+
+
+def headline(records: list[AttackRecord]) -> str:
+    """The paper's claim checked among its own attacks: CAA best on >= 70% of samples, r50 below PGD's."""
+    table = metrics.attack_table([r for r in records if r.attack in PAPER_ATTACKS])
+    caa, pgd = table["caa"], table["pgd"]
+    holds = caa.best >= HEADLINE_BEST and caa.r50 is not None and (pgd.r50 is None or caa.r50 < pgd.r50)
+    caa_r50, pgd_r50 = ("-" if r50 is None else f"{r50:.3f}" for r50 in (caa.r50, pgd.r50))
+    return (
+        f"headline among {', '.join(PAPER_ATTACKS)}: CAA best on {caa.best:.0f}% (needs >= {HEADLINE_BEST:.0f}%), "
+        f"r50 {caa_r50} vs PGD {pgd_r50}: {'holds' if holds else 'does not hold'}"
+    )
 
 
 def head_to_head(records: list[AttackRecord], attack: str = "caa") -> list[str]:
@@ -62,11 +76,9 @@ def main() -> None:
         spec = registry.get_defense(name)
         num_samples, result = args.attacked, None
         while True:
-            config = RunConfig(
-                command="evaluate", defense=spec.name, defense_hash=spec.spec_hash(), attacks=list(ATTACKS),
-                attack_hashes=[a.spec_hash() for a in attacks], num_samples=num_samples, n0=spec.certify.n0,
-                n=spec.certify.n, alpha=spec.certify.alpha, batch_size=args.batch_size or spec.certify.batch_size,
-                seed=args.seed, workers=args.workers,
+            config = runner.run_config(
+                spec, "evaluate", num_samples=num_samples, batch_size=args.batch_size, seed=args.seed,
+                attacks=list(ATTACKS), attack_hashes=[a.spec_hash() for a in attacks], workers=args.workers,
             )
             result = evaluation.evaluate(spec, attacks, config, args.out / spec.name, device)
             attacked = result.metrics["attacked_samples"]
@@ -74,16 +86,12 @@ def main() -> None:
                 break
             # extend by the missing samples at the rate seen so far (double when none was attacked yet)
             num_samples += math.ceil((args.attacked - attacked) * num_samples / attacked) if attacked else num_samples
-        table = result.metrics["attacks"]
-        caa, pgd = table["caa"], table["pgd"]
-        holds = caa["best"] >= HEADLINE_BEST and caa["r50"] is not None and (
-            pgd["r50"] is None or caa["r50"] < pgd["r50"]
-        )
         print(evaluation.format_table(result))
         records = [AttackRecord.model_validate_json(line) for line in
                    (args.out / spec.name / "samples.jsonl").read_text().splitlines() if line.strip()]
-        print("\n".join(head_to_head([r for r in records if r.index < num_samples])))
-        print(f"headline (CAA best on >= {HEADLINE_BEST:.0f}% and r50 below PGD's): {'holds' if holds else 'does not hold'}\n")
+        records = [r for r in records if r.index < num_samples]
+        print("\n".join(head_to_head(records)))
+        print(headline(records) + "\n")
 
 
 if __name__ == "__main__":
