@@ -16,7 +16,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,15 +143,9 @@ class SampleWorker:
 
     def __call__(self, task: SampleTask) -> SampleOutcome:
         x, label = self.dataset[task.index]
-        clean = task.clean
-        if clean is None:
-            started = time.perf_counter()
-            generator = runner.sample_generator(self.config.seed, task.index, self.device)
-            certificate = self.defense.certify(x, generator=generator)
-            clean = SampleRecord(
-                index=task.index, label=int(label), prediction=certificate.prediction, radius=certificate.radius,
-                correct=certificate.prediction == int(label), time_s=time.perf_counter() - started,
-            )
+        clean = task.clean or runner.certify_sample(
+            self.defense, x, int(label), task.index, self.config.seed, self.device
+        )
         attacks = []
         if clean.correct:
             for name in task.attacks:
@@ -161,19 +154,28 @@ class SampleWorker:
         return SampleOutcome(task.index, clean, attacks)
 
 
-_WORKER: SampleWorker | None = None
-"""The SampleWorker of a pool process (see `run_tasks`)."""
+_WORKER: SampleWorker | Exception | None = None
+"""The SampleWorker of a pool process, or why it could not be built (see `run_tasks`)."""
 
 
 def _start_worker(threads: int, *args: object) -> None:
-    """Pool initializer: leave Ctrl-C to the parent, share the CPU fairly, build the worker."""
+    """Pool initializer: leave Ctrl-C to the parent, share the CPU fairly, build the worker.
+
+    A failure (missing weights, say) is kept and raised with the first task, so that it reaches
+    the parent as the error it is; raised here, the pool would start new workers forever.
+    """
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    _WORKER = SampleWorker(*args)
+    try:
+        _WORKER = SampleWorker(*args)
+    except Exception as error:  # noqa: BLE001 - re-raised in _run_in_worker
+        _WORKER = error
 
 
 def _run_in_worker(task: SampleTask) -> SampleOutcome:
+    if isinstance(_WORKER, Exception):
+        raise _WORKER
     assert _WORKER is not None, "_start_worker did not run"
     return _WORKER(task)
 

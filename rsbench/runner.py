@@ -21,6 +21,7 @@ import rsbench
 from rsbench import metrics, plots
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
+from rsbench.defenses.base import Defense
 from rsbench.defenses.smoothing import check_sampling
 from rsbench.errors import RsbenchError
 from rsbench.rundir import RunDir
@@ -100,6 +101,18 @@ def spec_for_run(spec: DefenseSpec, config: RunConfig) -> DefenseSpec:
     return spec.model_copy(update={"certify": settings})
 
 
+def certify_sample(
+    defense: Defense, x: torch.Tensor, label: int, index: int, seed: int, device: torch.device
+) -> SampleRecord:
+    """Certify test sample `index` with its own generator, timed, as one record."""
+    started = time.perf_counter()
+    certificate = defense.certify(x, generator=sample_generator(seed, index, device))
+    return SampleRecord(
+        index=index, label=label, prediction=certificate.prediction, radius=certificate.radius,
+        correct=certificate.prediction == label, time_s=time.perf_counter() - started,
+    )
+
+
 def certify(
     spec: DefenseSpec, config: RunConfig, out: Path, device: torch.device, *, progress: bool = True
 ) -> RunResult:
@@ -114,18 +127,7 @@ def certify(
         defense = load_defense(spec_for_run(spec, config), device)
         for index in tqdm(todo, desc=f"certify {spec.name}", unit="sample", disable=not progress):
             x, label = dataset[index]
-            started = time.perf_counter()
-            certificate = defense.certify(x, generator=sample_generator(config.seed, index, device))
-            run.append(
-                SampleRecord(
-                    index=index,
-                    label=int(label),
-                    prediction=certificate.prediction,
-                    radius=certificate.radius,
-                    correct=certificate.prediction == int(label),
-                    time_s=time.perf_counter() - started,
-                )
-            )
+            run.append(certify_sample(defense, x, int(label), index, config.seed, device))
     records = sorted((r for r in run.records(SampleRecord) if r.index < config.num_samples), key=lambda r: r.index)
     result = summarize(spec, config, records, device)
     run.write_result(result)

@@ -130,6 +130,20 @@ def test_worker_processes_write_the_records_one_process_writes(
         torch.testing.assert_close(mine["x_adv"][order], theirs["x_adv"][their_order])
 
 
+def test_a_worker_that_cannot_start_reports_why(user_registry: None, tmp_path: Path) -> None:
+    spec = registry.get_defense("smoothing-digits-0.50")
+    missing = spec.weights.model_copy(update={"source": "file", "filename": str(tmp_path / "gone.pt")})
+    broken = spec.model_copy(update={"weights": missing})
+    attacks = [registry.get_attack("caa-small")]
+    config = RunConfig(
+        command="evaluate", defense=spec.name, defense_hash=broken.spec_hash(), attacks=["caa-small"],
+        attack_hashes=[attacks[0].spec_hash()], num_samples=2, n0=20, n=500, alpha=0.01, batch_size=500, seed=1,
+        workers=2,
+    )
+    with pytest.raises(RsbenchError, match="gone.pt does not exist"):
+        evaluation.evaluate(broken, attacks, config, tmp_path / "run", torch.device("cpu"), progress=False)
+
+
 def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], tmp_path: Path) -> None:
     out = tmp_path / "run"
     shutil.copytree(reference[0], out)

@@ -258,7 +258,4 @@ class SmoothedView:
         The same formula as the view's radius, but counting argmax votes as certification does;
         negative when the two top intervals overlap.
         """
-        counts = self.hard_counts(x, generator)
-        lower, upper = goodman_bounds(counts.double() / self.num_noise, self.num_noise, self.alpha)
-        top, runner_up = (int(i) for i in counts.topk(2).indices)
-        return float(self.sigma / 2 * (torch.special.ndtri(lower[top]) - torch.special.ndtri(upper[runner_up])))
+        return float(self.output(self.hard_counts(x, generator).double() / self.num_noise).radius)
