@@ -28,12 +28,9 @@ from rsbench import evaluation, hub, models, registry, runner
 from rsbench.data import load_dataset
 from rsbench.specs import AttackRecord, AttackSpec, DefenseSpec
 from rsbench.training import gaussian
+from table1 import read_records
 
 PROBE_SIGMA, PROBE_TRAIN = 0.5, range(5000, 10000)
-
-
-def records(out: Path) -> list[AttackRecord]:
-    return [AttackRecord.model_validate_json(line) for line in (out / "samples.jsonl").read_text().splitlines() if line]
 
 
 def best_shares(records: list[AttackRecord]) -> str:
@@ -56,14 +53,14 @@ def run(spec: DefenseSpec, attacks: list[AttackSpec], num_samples: int, out: Pat
         attacks=[a.name for a in attacks], attack_hashes=[a.spec_hash() for a in attacks], workers=args.workers,
     )
     evaluation.evaluate(spec, attacks, config, out, device)
-    return records(out)
+    return read_records(out)
 
 
 def convergence(args: argparse.Namespace, device: torch.device) -> None:
     caa = registry.get_attack("caa")
     longer = caa.model_copy(update={"name": "caa-m300", "params": {**caa.params, "iterations": 300}})
     for folder in sorted(args.table1.iterdir()):
-        spec, done = registry.get_defense(folder.name), records(folder)
+        spec, done = registry.get_defense(folder.name), read_records(folder)
         num_samples = max(r.index for r in done) + 1
         mine = run(spec, [longer], num_samples, args.out / "convergence" / spec.name, args, device)
         by_sample = {(r.index, r.attack): r for r in done}

@@ -43,6 +43,12 @@ def headline(records: list[AttackRecord]) -> str:
     )
 
 
+def read_records(run: Path) -> list[AttackRecord]:
+    """The attack records of an evaluate run directory."""
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    return [AttackRecord.model_validate_json(line) for line in lines if line.strip()]
+
+
 def head_to_head(records: list[AttackRecord], attack: str = "caa") -> list[str]:
     """Per other attack: samples where `attack`'s radius is smaller, and the median ratio where both succeed."""
     radius = {(r.index, r.attack): r.best_radius if r.success else math.inf for r in records}
@@ -87,9 +93,7 @@ def main() -> None:
             # extend by the missing samples at the rate seen so far (double when none was attacked yet)
             num_samples += math.ceil((args.attacked - attacked) * num_samples / attacked) if attacked else num_samples
         print(evaluation.format_table(result))
-        records = [AttackRecord.model_validate_json(line) for line in
-                   (args.out / spec.name / "samples.jsonl").read_text().splitlines() if line.strip()]
-        records = [r for r in records if r.index < num_samples]
+        records = [r for r in read_records(args.out / spec.name) if r.index < num_samples]
         print("\n".join(head_to_head(records)))
         print(headline(records) + "\n")
 
