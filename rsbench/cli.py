@@ -114,7 +114,7 @@ def format_certified_table(result: RunResult) -> str:
               help="Attack name; repeat to run several on the same samples (e.g. --attack caa --attack pgd).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=10, show_default=True,
               help="Use the first K samples of the test split; only correct, certified ones are attacked "
-                   "(CAA costs about 100 N-sample forward-backward passes per sample: ~1 minute for the default "
+                   "(CAA costs about 100 N-sample forward-backward passes per sample: about 90 s for the default "
                    "on 2 CPU cores with a digits model).")
 @certification_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
