@@ -17,6 +17,8 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from rsbench.defenses.base import Defense
+
 
 class AttackParams(BaseModel):
     """Base of every attack's parameters: frozen, unknown keys refused."""
@@ -36,6 +38,24 @@ class Found:
     """The example itself (C, H, W), on the CPU."""
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a budgeted attack (degradation, spoofing, evasion of a deterministic defense) works against.
+
+    Evasion attacks on smoothing receive the defense's `SmoothedView` instead; attacks of the
+    other goals receive the defense itself, its norm and the budget, and read what they need
+    (`defense.surrogate(...)`, the base network) from it. The harness, not the attack, judges
+    whatever the attack proposes to its Tracker.
+    """
+
+    defense: Defense
+    """The defense under attack (Smoothing, GloRo or KW)."""
+    epsilon: float | None
+    """Radius of the threat model; None for unbounded attacks (spoofing)."""
+    norm: str
+    """Norm of the budget and of every distance: `l2` or `linf`."""
+
+
 @dataclass
 class Tracker:
     """Judges candidates with the harness's success function and keeps the first and best.
@@ -52,6 +72,9 @@ class Tracker:
     first: Found | None = None
     best: Found | None = None
     iterations: int = 0
+    notes: dict[str, int | float | str] = field(default_factory=dict)
+    """What the attack reports about its own choices (e.g. the target class of a spoofing attack);
+    recorded, never used to judge success."""
 
     def distance(self, x_adv: torch.Tensor) -> float:
         """||x_adv - x|| in the tracker's norm."""
