@@ -26,11 +26,11 @@ import torch
 from tqdm import tqdm
 
 from rsbench import metrics, plots, registry, runner
-from rsbench.attacks.base import Attack, Tracker
-from rsbench.attacks.smoothed_view import SmoothedView, view_options
+from rsbench.attacks.base import Attack, Tracker, view_options
 from rsbench.attacks.success import make_judge
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
+from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 from rsbench.rundir import RunDir

@@ -13,8 +13,7 @@ import torch
 from conftest import BinaryLinear
 
 from rsbench import evaluation, registry
-from rsbench.attacks.base import Attack, Tracker
-from rsbench.attacks.smoothed_view import view_options
+from rsbench.attacks.base import Attack, Tracker, view_options
 from rsbench.defenses.smoothing import Smoothing
 
 SIGMA = 0.25

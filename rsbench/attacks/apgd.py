@@ -26,10 +26,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from rsbench.attacks.base import Attack, Tracker
+from rsbench.attacks.base import Attack, Tracker, ViewParams
 from rsbench.attacks.losses import cross_entropy, dlr, scores
-from rsbench.attacks.smoothed_view import SmoothedView, ViewParams
 from rsbench.attacks.steps import l2_normalize, project_l2_ball_box
+from rsbench.defenses.smoothed_view import SmoothedView
 
 LOSSES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {"ce": cross_entropy, "dlr": dlr}
 

@@ -15,15 +15,37 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from rsbench.defenses.base import Defense
+from rsbench.defenses.smoothed_view import GUMBEL_TEMPERATURE
 
 
 class AttackParams(BaseModel):
     """Base of every attack's parameters: frozen, unknown keys refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ViewParams(AttackParams):
+    """Settings of the smoothed view an attack optimises: what it differentiates, never how it is judged.
+
+    Attacks on smoothed classifiers derive their `Params` from this model; the harness
+    builds each attack's view from these fields (`view_options`) and judges every attack
+    of a run with the run's own protocol (`RunConfig.judge_n`, `judge_alpha`, `confirm_n`).
+    """
+
+    num_noise: int = Field(1500, ge=1)
+    """N: noisy copies per evaluation of the view (the paper's 1500)."""
+    alpha: float = Field(0.005, gt=0, lt=1)
+    """Significance level of the view's Goodman intervals (the paper's 0.005)."""
+    temperature: float = Field(GUMBEL_TEMPERATURE, gt=0)
+    """Gumbel-softmax temperature of the soft votes."""
+
+
+def view_options(params: AttackParams) -> dict[str, float | int]:
+    """The SmoothedView keywords an attack's params set (all of ViewParams' fields it has)."""
+    return {name: getattr(params, name) for name in ViewParams.model_fields if hasattr(params, name)}
 
 
 @dataclass

@@ -34,9 +34,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from rsbench.attacks.base import Attack, Tracker
-from rsbench.attacks.smoothed_view import SmoothedView, ViewOutput, ViewParams
+from rsbench.attacks.base import Attack, Tracker, ViewParams
 from rsbench.attacks.steps import l2_normalize
+from rsbench.defenses.smoothed_view import SmoothedView, ViewOutput
 
 SHARP_TEMPERATURE = 0.1
 """Temperature of the certification-aware attacks' soft votes. Their steps and branches are read off the

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from rsbench.attacks.base import Attack, Tracker
+from rsbench.attacks.base import Attack, Tracker, ViewParams
 from rsbench.attacks.caa import SHARP_TEMPERATURE
-from rsbench.attacks.smoothed_view import SmoothedView, ViewOutput, ViewParams
 from rsbench.attacks.steps import l2_normalize
+from rsbench.defenses.smoothed_view import SmoothedView, ViewOutput
 
 
 class CAADirectParams(ViewParams):

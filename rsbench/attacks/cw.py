@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from rsbench.attacks.base import Attack, Tracker
+from rsbench.attacks.base import Attack, Tracker, ViewParams
 from rsbench.attacks.losses import margin, scores
-from rsbench.attacks.smoothed_view import SmoothedView, ViewOutput, ViewParams
+from rsbench.defenses.smoothed_view import SmoothedView, ViewOutput
 
 BOX_SHRINK = 1 - 1e-6
 """atanh is infinite at pixels 0 and 1; shrinking 2x - 1 by this factor keeps w finite."""

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from rsbench.attacks.base import Attack, Tracker
+from rsbench.attacks.base import Attack, Tracker, ViewParams
 from rsbench.attacks.losses import scores
-from rsbench.attacks.smoothed_view import SmoothedView, ViewParams
 from rsbench.attacks.steps import TINY
+from rsbench.defenses.smoothed_view import SmoothedView
 
 STEP_SLACK = 1e-4
 """Added to every step length so that an iterate on a boundary still crosses it."""

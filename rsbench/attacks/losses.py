@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rsbench.attacks.smoothed_view import ViewOutput
+from rsbench.defenses.smoothed_view import ViewOutput
 
 
 def scores(out: ViewOutput) -> torch.Tensor:

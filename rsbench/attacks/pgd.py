@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from rsbench.attacks.base import Attack, Tracker
+from rsbench.attacks.base import Attack, Tracker, ViewParams
 from rsbench.attacks.losses import cross_entropy, scores
-from rsbench.attacks.smoothed_view import SmoothedView, ViewParams
 from rsbench.attacks.steps import l2_normalize
+from rsbench.defenses.smoothed_view import SmoothedView
 
 
 class PGDParams(ViewParams):

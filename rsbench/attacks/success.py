@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from rsbench.attacks.smoothed_view import SmoothedView, goodman_bounds
+from rsbench.defenses.smoothed_view import SmoothedView, goodman_bounds
 
 
 def confident_class(counts: torch.Tensor, alpha: float) -> int | None:

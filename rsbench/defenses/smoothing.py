@@ -9,19 +9,15 @@ procedures that are wrong with probability at most alpha.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from scipy.stats import norm
 from torch import nn
 
 from rsbench.defenses.base import Certificate, Defense, check_input
+from rsbench.defenses.smoothed_view import SmoothedView, count_votes
 from rsbench.errors import RsbenchError
 from rsbench.specs import DefenseSpec
 from rsbench.stats import binomial_p_value, lower_confidence_bound
-
-if TYPE_CHECKING:
-    from rsbench.attacks.smoothed_view import SmoothedView
 
 
 def check_sampling(n: int, alpha: float, name: str = "n") -> None:
@@ -74,16 +70,8 @@ class Smoothing(Defense):
     @torch.no_grad()
     def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """How often f picks each class on `num` noisy copies of x (a LongTensor of num_classes)."""
-        x = x.to(self.device)
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
-        remaining = num
-        while remaining > 0:
-            size = min(self.batch_size, remaining)
-            noise = torch.randn((size, *x.shape), generator=generator, device=self.device, dtype=x.dtype)
-            labels = self.base_classifier(x.unsqueeze(0) + self.sigma * noise).argmax(dim=1)
-            counts += torch.bincount(labels, minlength=self.num_classes)
-            remaining -= size
-        return counts.cpu()
+        return count_votes(self.base_classifier, x.to(self.device), self.sigma, self.num_classes, num,
+                           self.batch_size, generator)
 
     def predict(
         self,
@@ -134,8 +122,6 @@ class Smoothing(Defense):
         `options` are SmoothedView's keywords: num_noise, alpha, temperature, chunk_size
         (which defaults to this defense's batch_size).
         """
-        from rsbench.attacks.smoothed_view import SmoothedView
-
         options = {"chunk_size": self.batch_size, **options}
         return SmoothedView(self.base_classifier, self.num_classes, self.sigma, **options)  # type: ignore[arg-type]
 

@@ -30,12 +30,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
-from pydantic import Field
 from scipy.stats import chi2
 from torch import nn
 
-from rsbench.attacks.base import AttackParams
-from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 
 GUMBEL_TEMPERATURE = 1.0
@@ -43,24 +40,24 @@ GUMBEL_TEMPERATURE = 1.0
 confident logits while a single noisy copy near a decision boundary still passes a gradient."""
 
 
-class ViewParams(AttackParams):
-    """Settings of the view an attack on smoothing optimises, and with which its success is judged.
+@torch.no_grad()
+def count_votes(
+    base_classifier: nn.Module, x: torch.Tensor, sigma: float, num_classes: int, num: int, batch_size: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """How often the base classifier picks each class on `num` copies of x + N(0, sigma^2 I), `batch_size` at a time.
 
-    Attacks on smoothed classifiers derive their `Params` from this model; the harness
-    builds each attack's view and judge from these fields (`view_options`).
+    The smoothed classifier's hard votes, shared by CERTIFY and the view so both count alike.
     """
-
-    num_noise: int = Field(1500, ge=1)
-    """N: noisy copies per evaluation of the view and per success check (the paper's 1500)."""
-    alpha: float = Field(0.005, gt=0, lt=1)
-    """Significance level of the Goodman intervals (the paper's 0.005)."""
-    temperature: float = Field(GUMBEL_TEMPERATURE, gt=0)
-    """Gumbel-softmax temperature of the soft votes."""
-
-
-def view_options(params: AttackParams) -> dict[str, float | int]:
-    """The SmoothedView keywords an attack's params set (all of ViewParams' fields it has)."""
-    return {name: getattr(params, name) for name in ViewParams.model_fields if hasattr(params, name)}
+    counts = torch.zeros(num_classes, dtype=torch.long, device=x.device)
+    remaining = num
+    while remaining > 0:
+        size = min(batch_size, remaining)
+        noise = torch.randn((size, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+        labels = base_classifier(x.unsqueeze(0) + sigma * noise).argmax(dim=1)
+        counts += torch.bincount(labels, minlength=num_classes)
+        remaining -= size
+    return counts.cpu()
 
 
 def goodman_bounds(freq: torch.Tensor, num: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,8 +164,7 @@ class SmoothedView:
             raise RsbenchError(f"temperature must be positive, got {temperature!r}")
         if chunk_size < 1:
             raise RsbenchError(f"chunk_size must be positive, got {chunk_size!r}")
-        self.smoothing = Smoothing(base_classifier, num_classes, sigma, n=num_noise, alpha=alpha, batch_size=chunk_size)
-        self.base_classifier = self.smoothing.base_classifier
+        self.base_classifier = base_classifier.eval()
         self.num_classes, self.sigma = num_classes, sigma
         self.num_noise, self.alpha = num_noise, alpha
         self.temperature, self.chunk_size = temperature, chunk_size
@@ -176,7 +172,8 @@ class SmoothedView:
     @property
     def device(self) -> torch.device:
         """Device the base classifier runs on."""
-        return self.smoothing.device
+        parameter = next(self.base_classifier.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
 
     def noise(
         self, x: torch.Tensor, seeds: tuple[int, int], draws: int = 1
@@ -250,7 +247,9 @@ class SmoothedView:
     @torch.no_grad()
     def hard_counts(self, x: torch.Tensor, generator: torch.Generator, num: int | None = None) -> torch.Tensor:
         """Argmax votes of the base classifier on `num` (default N) noisy copies of x, as a LongTensor."""
-        return self.smoothing.sample_counts(x.detach(), self.num_noise if num is None else num, generator)
+        num = self.num_noise if num is None else num
+        return count_votes(self.base_classifier, x.detach().to(self.device), self.sigma, self.num_classes, num,
+                           self.chunk_size, generator)
 
     def hard_radius(self, x: torch.Tensor, generator: torch.Generator) -> float:
         """Equation 3's radius at x from hard votes on N fresh copies and Goodman bounds at the view's alpha.
