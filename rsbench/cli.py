@@ -120,11 +120,23 @@ def format_certified_table(result: RunResult) -> str:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes attacking samples side by side (CPU cores, or several per GPU); "
                    "records do not change, times include the sharing.")
+@click.option("--judge-n", type=int, default=None,
+              help="The judge's N: fresh noisy copies whose hard votes decide each candidate, for every attack "
+                   "alike [1500].")
+@click.option("--judge-alpha", type=float, default=None,
+              help="Significance level of the judge and of the confirmation [0.005].")
+@click.option("--confirm-n", type=int, default=None,
+              help="Fresh copies with which each kept candidate is tested again before it is reported; "
+                   "at least --judge-n [10 x judge N].")
 @click.option("--save-examples", is_flag=True, help="Save each attack's best examples to OUT/adversarial/<attack>.pt.")
 def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int | None, n: int | None,
              alpha: float | None, batch_size: int | None, seed: int, device: str, out: Path | None,
-             workers: int, save_examples: bool) -> None:
+             workers: int, judge_n: int | None, judge_alpha: float | None, confirm_n: int | None,
+             save_examples: bool) -> None:
     """Attack a smoothed classifier with minimum-norm evasion attacks; print the paper's Table 1.
+
+    Every attack is judged by the run's protocol (--judge-n, --judge-alpha), whatever its own
+    params, and an example is reported only after a confirmation on --confirm-n fresh copies.
 
     Writes OUT/clean.jsonl (clean certificates), OUT/samples.jsonl (one record per sample
     and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
@@ -136,6 +148,7 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
     attack_specs = [registry.get_attack(name) for name in attacks]
     config = runner.run_config(
         spec, "evaluate", num_samples=num_samples, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+        judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n,
         attacks=[s.name for s in attack_specs], attack_hashes=[s.spec_hash() for s in attack_specs], workers=workers,
     )
     out = out or Path("runs") / spec.name / f"evaluate-{'-'.join(config.attacks)}-seed{seed}"

@@ -70,6 +70,8 @@ def attack_summary(records: Sequence[AttackRecord], attack: str) -> AttackSummar
     hits = [r for r in mine if r.success and r.best_radius is not None]
     best = [r.best_radius for r in hits]
     r50, time_s = _median(best), _median([r.best_time_s for r in hits])
+    total_time_s = _median([r.total_time_s for r in mine]) or 0.0
+    kept = sum(r.candidates for r in mine)
     return AttackSummary(
         attacked=len(mine),
         success=100 * len(hits) / max(len(mine), 1),
@@ -77,8 +79,10 @@ def attack_summary(records: Sequence[AttackRecord], attack: str) -> AttackSummar
         r50=r50,
         pct_cohen=_median([100 * (r.best_radius - r.cohen_radius) / r.cohen_radius for r in hits if r.cohen_radius > 0]),
         time_s=time_s,
+        total_time_s=total_time_s,
         first_ratio_r50=_ratio(_median([r.first_radius for r in hits]), r50),
-        first_ratio_time=_ratio(_median([r.first_time_s for r in hits]), time_s),
+        first_ratio_time=_ratio(_median([r.first_time_s for r in hits]), total_time_s),
+        confirmed=100 * (kept - sum(r.rejected for r in mine)) / kept if kept else None,
     )
 
 
@@ -97,8 +101,8 @@ def attack_proportion(records: Sequence[AttackRecord], attack: str, radius: floa
 def cohen_proportion(records: Sequence[AttackRecord], radius: float) -> float:
     """Fraction of attacked samples whose certified radius is at most `radius`: no attack can do better.
 
-    A sample's bound is the smallest cohen_radius among its records (attacks may use
-    different N and alpha), which bounds every attack at once.
+    Every record of a sample carries the same cohen_radius (from the run's judge settings);
+    the smallest is taken so that records of runs with other settings still give a bound.
     """
     bound: dict[int, float] = {}
     for r in records:

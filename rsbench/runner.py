@@ -80,18 +80,30 @@ def environment(device: torch.device) -> Environment:
 
 
 def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | None = None, n: int | None = None,
-               alpha: float | None = None, batch_size: int | None = None, seed: int = 0, **extra: object) -> RunConfig:
-    """A run's config: the settings given, the defense's certification defaults for those left None."""
-    defaults = spec.certify
+               alpha: float | None = None, batch_size: int | None = None, seed: int = 0,
+               judge_n: int | None = None, judge_alpha: float | None = None, confirm_n: int | None = None,
+               **extra: object) -> RunConfig:
+    """A run's config: the settings given, the defense's certification defaults and the protocol's judge
+    defaults (N = 1500, alpha = 0.005, confirmation on ten times N) for those left None."""
+    defaults, judge = spec.certify, RunConfig.model_fields
     n0, n = n0 if n0 is not None else defaults.n0, n if n is not None else defaults.n
     alpha = alpha if alpha is not None else defaults.alpha
+    judge_n = judge_n if judge_n is not None else judge["judge_n"].default
+    judge_alpha = judge_alpha if judge_alpha is not None else judge["judge_alpha"].default
+    confirm_n = confirm_n if confirm_n is not None else 10 * judge_n
     check_sampling(n0, alpha, "--n0")
     check_sampling(n, alpha, "--n")
+    check_sampling(judge_n, judge_alpha, "--judge-n")
+    check_sampling(confirm_n, judge_alpha, "--confirm-n")
+    if confirm_n < judge_n:
+        raise RsbenchError(f"--confirm-n ({confirm_n}) must be at least --judge-n ({judge_n}): "
+                           "confirmation must not be weaker than the test it confirms")
     if batch_size is not None and batch_size < 1:
         raise RsbenchError(f"--batch-size must be positive, got {batch_size}")
     return RunConfig(
         command=command, defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
-        n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed, **extra,
+        n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed,
+        judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n, **extra,
     )
 
 

@@ -203,6 +203,20 @@ class RunConfig(Spec):
     workers: int = Field(1, ge=1)
     """Processes that took samples side by side (evaluate); records do not depend on it, their times do,
     since the processes share the machine. It may change when a run is resumed."""
+    judge_n: int = Field(1500, ge=1)
+    """The judge's N (evaluate on smoothing): hard votes on this many fresh noisy copies decide whether a
+    candidate is adversarial, for every attack of the run alike (the CAA paper's 1500)."""
+    judge_alpha: float = Field(0.005, gt=0, lt=1)
+    """Significance level of the judge's Goodman intervals, and of the confirmation (the CAA paper's 0.005)."""
+    confirm_n: int = Field(15_000, ge=1)
+    """Fresh noisy copies with which each kept candidate is tested again after the attack; only confirmed
+    candidates are reported. At least judge_n (default ten times it)."""
+
+    @model_validator(mode="after")
+    def _confirmation_not_weaker(self) -> RunConfig:
+        if self.confirm_n < self.judge_n:
+            raise ValueError(f"confirm_n ({self.confirm_n}) must be at least judge_n ({self.judge_n})")
+        return self
 
 
 class SampleRecord(Spec):
@@ -284,7 +298,12 @@ class RunResult(Spec):
 
 
 class AttackRecord(Spec):
-    """One attack on one certified test sample, as written to `samples.jsonl` by `evaluate`."""
+    """One attack on one certified test sample, as written to `samples.jsonl` by `evaluate`.
+
+    Only candidates confirmed on fresh noise count: `first_*` is the earliest confirmed
+    candidate, `best_*` the smallest; candidates that failed confirmation are counted in
+    `rejected` and never reported.
+    """
 
     index: int
     """Position of the sample in the dataset split."""
@@ -293,20 +312,34 @@ class AttackRecord(Spec):
     attack: str
     """Registry name of the attack."""
     success: bool
-    """Whether the attack found any example the harness judged adversarial."""
+    """Whether any candidate of the attack was confirmed adversarial."""
     first_radius: float | None
-    """l2 distance of the first adversarial example found; null on failure."""
+    """l2 distance of the earliest confirmed example; null on failure."""
     first_time_s: float | None
-    """Seconds from the start of the attack to the first adversarial example; null on failure."""
+    """Seconds from the start of the attack until it found the earliest confirmed example; null on failure."""
     best_radius: float | None
-    """l2 distance of the smallest adversarial example found; null on failure."""
+    """l2 distance of the smallest confirmed example; null on failure."""
     best_time_s: float | None
-    """Seconds from the start of the attack to the smallest adversarial example; null on failure."""
+    """Seconds from the start of the attack until it found the smallest confirmed example; null on failure."""
+    total_time_s: float
+    """Seconds the attack ran (confirmation excluded): the paper's "time"."""
     cohen_radius: float
-    """Certified radius sigma/2 (PhiInv(lower of top) - PhiInv(upper of runner-up)) at the clean sample,
-    from hard counts with the attack's N and alpha: no adversarial example is closer (w.p. 1 - alpha)."""
+    """Radius sigma/2 (PhiInv(lower of top) - PhiInv(upper of runner-up)) at the clean sample from hard votes
+    with the judge's N and alpha: no adversarial example is closer (w.p. 1 - alpha)."""
     iterations: int
     """Iterations the attack ran."""
+    judge_calls: int
+    """Candidates the in-loop judge tested."""
+    candidates: int
+    """Accepted candidates kept for confirmation (the few smallest and the first)."""
+    rejected: int
+    """Kept candidates that failed confirmation."""
+    judge_n: int
+    """The run's judge N (copies per in-loop test)."""
+    judge_alpha: float
+    """The run's judge alpha (in-loop tests; the confirmation as a whole)."""
+    confirm_n: int
+    """Copies per confirmation test."""
 
 
 class AttackSummary(Spec):
@@ -325,7 +358,11 @@ class AttackSummary(Spec):
     """Median over successes of 100 (best_radius - cohen_radius) / cohen_radius (samples with cohen_radius > 0)."""
     time_s: float | None
     """Median seconds to the smallest example over the successes."""
+    total_time_s: float
+    """Median seconds the attack ran, over the attacked samples."""
     first_ratio_r50: float | None
     """Median radius of the first examples divided by r50."""
     first_ratio_time: float | None
-    """Median seconds to the first example divided by time_s."""
+    """Median seconds to the first example over the successes, divided by total_time_s (the paper's ratio)."""
+    confirmed: float | None
+    """Percentage of kept candidates that passed confirmation; null when the attack left none."""

@@ -50,7 +50,7 @@ def run(out: Path, num_samples: int, save_examples: bool = False, workers: int =
     config = RunConfig(
         command="evaluate", defense=spec.name, defense_hash=spec.spec_hash(), attacks=list(SMALL_ATTACKS),
         attack_hashes=[a.spec_hash() for a in attacks], num_samples=num_samples, n0=20, n=500, alpha=0.01,
-        batch_size=500, seed=1, workers=workers,
+        batch_size=500, seed=1, workers=workers, judge_n=400, confirm_n=4000,
     )
     return evaluation.evaluate(spec, attacks, config, out, torch.device("cpu"), save_examples=save_examples,
                                progress=False)
@@ -76,6 +76,9 @@ def test_records_examples_and_summary(reference: tuple[Path, object]) -> None:
     assert all((r["best_radius"] is not None) == r["success"] for r in rows)
     assert any(r["success"] for r in rows)
     assert result.metrics["attacked_samples"] == len(attacked)
+    assert all((r["judge_n"], r["judge_alpha"], r["confirm_n"]) == (400, 0.005, 4000) for r in rows)
+    assert (result.config.judge_n, result.config.confirm_n) == (400, 4000)
+    assert all(r["rejected"] <= r["candidates"] and r["total_time_s"] >= (r["best_time_s"] or 0) for r in rows)
     assert set(result.metrics["attacks"]) == set(SMALL_ATTACKS)
     saved = json.loads((out / "result.json").read_text())
     assert saved["config"]["command"] == "evaluate" and [a["name"] for a in saved["attacks"]] == list(SMALL_ATTACKS)
@@ -152,6 +155,7 @@ def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], 
     config = RunConfig(
         command="evaluate", defense=spec.name, defense_hash=spec.spec_hash(), attacks=["caa-small"],
         attack_hashes=[only.spec_hash()], num_samples=1, n0=20, n=500, alpha=0.01, batch_size=500, seed=1,
+        judge_n=400, confirm_n=4000,
     )
     with pytest.raises(RsbenchError, match="different config"):
         evaluation.evaluate(spec, [only], config, out, torch.device("cpu"), progress=False)
@@ -160,11 +164,13 @@ def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], 
 def test_cli_prints_table_1(user_registry: None, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli,
-        ["evaluate", "--defense", "smoothing-digits-0.5", "--attack", "caa-direct-small", "--num-samples", "1", "--n0", "20", "--n", "500", "--alpha", "0.01", "--device", "cpu",
+        ["evaluate", "--defense", "smoothing-digits-0.5", "--attack", "caa-direct-small", "--num-samples", "1", "--n0", "20", "--n", "500", "--alpha", "0.01", "--device", "cpu", "--judge-n", "400",
          "--out", str(tmp_path / "cli")],
     )
     assert result.exit_code == 0, result.output
     assert "Success" in result.output and "%-Cohen" in result.output and "caa-direct-small" in result.output
+    assert "judge N=400, alpha=0.005, confirmation on 4000 fresh copies" in result.output
+    assert "Confirmed" in result.output and "the paper's ratios" in result.output
     assert (tmp_path / "cli" / "result.json").exists()
 
 

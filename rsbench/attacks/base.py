@@ -1,9 +1,11 @@
 """What every attack shares: a Params model, a `run` method, and success judged by the harness.
 
 An attack never decides on its own whether it succeeded. It proposes candidates to a
-`Tracker`, which asks the harness's success function (a fresh, independent noise draw
-for smoothing) and keeps the first and the smallest adversarial example with their
-times. This keeps every attack honest in the same way, whatever its inner loss.
+`Tracker`, which asks the harness's success function (for smoothing, hard votes on a
+fresh, independent noise draw, with the run's N and alpha) and keeps the first and the
+smallest accepted candidates with their times; the harness then confirms those on noise
+no one has seen before reporting any of them. This keeps every attack honest in the
+same way, whatever its inner loss and whatever settings its own params choose.
 """
 
 from __future__ import annotations
@@ -50,53 +52,52 @@ def view_options(params: AttackParams) -> dict[str, float | int]:
 
 @dataclass
 class Found:
-    """An adversarial example confirmed by the harness."""
+    """An example the harness's in-loop judge accepted: a candidate until confirmation."""
 
     radius: float
     """Distance to the clean input in the attack's norm."""
     time_s: float
-    """Seconds from the start of the attack until it was confirmed."""
+    """Seconds from the start of the attack until it was accepted."""
     x_adv: torch.Tensor
     """The example itself (C, H, W), on the CPU."""
 
 
-@dataclass(frozen=True)
-class Target:
-    """What a budgeted attack (degradation, spoofing, evasion of a deterministic defense) works against.
-
-    Evasion attacks on smoothing receive the defense's `SmoothedView` instead; attacks of the
-    other goals receive the defense itself, its norm and the budget, and read what they need
-    (`defense.surrogate(...)`, the base network) from it. The harness, not the attack, judges
-    whatever the attack proposes to its Tracker.
-    """
-
-    defense: Defense
-    """The defense under attack (Smoothing, GloRo or KW)."""
-    epsilon: float | None
-    """Radius of the threat model; None for unbounded attacks (spoofing)."""
-    norm: str
-    """Norm of the budget and of every distance: `l2` or `linf`."""
-
-
 @dataclass
 class Tracker:
-    """Judges candidates with the harness's success function and keeps the first and best.
+    """Judges candidates with the harness's success function and keeps the few the result may rest on.
 
-    `judge(x_adv) -> bool` is supplied by the runner; `norm` measures distances.
-    Candidates are only judged when they could improve on the best one, so proposing
-    every iterate costs nothing once a smaller example is known.
+    `judge(x_adv) -> bool` is supplied by the runner; `norm` measures distances. The tracker
+    keeps the first accepted candidate and the `keep` smallest distinct ones, so its memory
+    is bounded however often an attack proposes; the harness confirms them after the attack
+    (`rsbench.attacks.success.confirm`) and reports only confirmed ones. A candidate is only
+    judged when it could join the kept ones, so proposing every iterate costs nothing once
+    smaller examples are known, and proposing one point again and again is judged once.
     """
 
     x: torch.Tensor
     judge: Callable[[torch.Tensor], bool]
     norm: str = "l2"
+    keep: int = 3
     started: float = field(default_factory=time.perf_counter)
     first: Found | None = None
-    best: Found | None = None
+    smallest: list[Found] = field(default_factory=list)
+    """The `keep` smallest accepted candidates of distinct distances, smallest first."""
     iterations: int = 0
+    judge_calls: int = 0
+    """Candidates the judge was asked about."""
     notes: dict[str, int | float | str] = field(default_factory=dict)
     """What the attack reports about its own choices (e.g. the target class of a spoofing attack);
     recorded, never used to judge success."""
+
+    @property
+    def best(self) -> Found | None:
+        """The smallest accepted candidate so far (not yet confirmed)."""
+        return self.smallest[0] if self.smallest else None
+
+    def candidates(self) -> list[Found]:
+        """What confirmation tests: the kept smallest candidates and the first one, each once."""
+        extra = [self.first] if self.first is not None and all(f is not self.first for f in self.smallest) else []
+        return [*self.smallest, *extra]
 
     def distance(self, x_adv: torch.Tensor) -> float:
         """||x_adv - x|| in the tracker's norm."""
@@ -104,15 +105,17 @@ class Tracker:
         return float(delta.norm(p=2) if self.norm == "l2" else delta.abs().max())
 
     def offer(self, x_adv: torch.Tensor) -> bool:
-        """Judge a candidate; record it if adversarial and smaller than the best so far."""
+        """Judge a candidate; keep it if accepted and among the smallest. True when the judge accepted it."""
         radius = self.distance(x_adv)
-        if self.best is not None and radius >= self.best.radius:
+        full = len(self.smallest) >= self.keep
+        if (full and radius >= self.smallest[-1].radius) or any(f.radius == radius for f in self.smallest):
             return False
+        self.judge_calls += 1
         if not self.judge(x_adv.detach()):
             return False
         found = Found(radius, time.perf_counter() - self.started, x_adv.detach().cpu().clone())
         self.first = self.first or found
-        self.best = found
+        self.smallest = sorted([*self.smallest, found], key=lambda f: f.radius)[: self.keep]
         return True
 
 

@@ -5,7 +5,12 @@ upper bound of every other class (equation 5). An input x' is adversarial when s
 confident prediction exists and names a class other than the original one (equation 6);
 merely making the two top intervals overlap is not enough. Success is always judged
 from hard argmax counts of the base classifier on fresh noise, never from the
-differentiable view an attack optimised, so every attack is held to the same standard.
+differentiable view an attack optimised, so every attack is held to the same standard:
+the run's protocol (`RunConfig.judge_n`, `judge_alpha`) sets N and alpha, never the attack.
+
+One test on N copies accepts a borderline point now and then, and an attack asks about a
+hundred times, so an accepted candidate is only reported after `confirm` repeats the test
+on `confirm_n` copies of noise that neither the attack nor the in-loop judge has seen.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from rsbench.attacks.base import Found
 from rsbench.defenses.smoothed_view import SmoothedView, goodman_bounds
 
 
@@ -36,13 +42,30 @@ def is_adversarial(counts: torch.Tensor, original: int, alpha: float) -> bool:
 
 
 def make_judge(view: SmoothedView, original: int, generator: torch.Generator) -> Callable[[torch.Tensor], bool]:
-    """The success function of a run: hard counts on a fresh draw of the view's N, judged at its alpha.
+    """The in-loop success function: hard counts on a fresh draw of the view's N, judged at its alpha.
 
-    `generator` should be reserved for judging, so the noise that decides success is
-    independent of the noise the attack optimised against.
+    The harness passes a view built with the run's judge settings, and a `generator`
+    reserved for judging, so the noise that decides success is independent of the noise
+    the attack optimised against.
     """
 
     def judge(x_adv: torch.Tensor) -> bool:
         return is_adversarial(view.hard_counts(x_adv, generator), original, view.alpha)
 
     return judge
+
+
+def confirm(
+    view: SmoothedView, candidates: list[Found], original: int, num: int, generator: torch.Generator
+) -> list[Found]:
+    """The candidates that pass the success test again on `num` fresh copies each.
+
+    Each candidate is tested at alpha / len(candidates) (Bonferroni), so the chance that any
+    point which is not adversarial is confirmed stays below the view's alpha, however many
+    candidates an attack leaves; `generator` must be used for nothing else.
+    """
+    alpha = view.alpha / max(len(candidates), 1)
+    return [
+        found for found in candidates
+        if is_adversarial(view.hard_counts(found.x_adv, generator, num), original, alpha)
+    ]

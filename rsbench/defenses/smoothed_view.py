@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 
 import torch
 from scipy.stats import chi2
@@ -60,13 +61,19 @@ def count_votes(
     return counts.cpu()
 
 
+@lru_cache(maxsize=64)
+def _goodman_quantile(alpha: float, num_classes: int) -> float:
+    """The chi-square(1) quantile at 1 - alpha / k; cached, since judges and views ask for it at every step."""
+    return float(chi2.ppf(1 - alpha / num_classes, 1))
+
+
 def goodman_bounds(freq: torch.Tensor, num: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Goodman (1965) simultaneous (1 - alpha) intervals for multinomial proportions `freq` of `num` draws.
 
     The same formula as statsmodels' `multinomial_proportions_confint(method="goodman")`, in torch
     so that gradients flow from the bounds to the frequencies.
     """
-    quantile = float(chi2.ppf(1 - alpha / freq.shape[-1], 1))
+    quantile = _goodman_quantile(alpha, freq.shape[-1])
     centre = 2 * num * freq + quantile
     spread = torch.sqrt(quantile**2 + 4 * num * freq * (1 - freq) * quantile)
     return (centre - spread) / (2 * (quantile + num)), (centre + spread) / (2 * (quantile + num))
