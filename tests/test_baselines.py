@@ -20,9 +20,9 @@ from rsbench.attacks.cw import CarliniWagner
 from rsbench.attacks.deepfool import DeepFool
 from rsbench.attacks.losses import cross_entropy, dlr, margin
 from rsbench.attacks.pgd import PGD
-from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.attacks.steps import project_l2_ball_box
 from rsbench.attacks.success import is_adversarial, make_judge
+from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.defenses.smoothing import Smoothing
 
 SIGMA = 0.25

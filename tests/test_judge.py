@@ -10,14 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import BinaryLinear
 from click.testing import CliRunner
+from conftest import BinaryLinear
 from pydantic import Field
 from scipy.stats import norm
 
 from rsbench import evaluation, registry, runner
-from rsbench.cli import cli
 from rsbench.attacks.base import Attack, Tracker, ViewParams
+from rsbench.cli import cli
 from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError

@@ -9,8 +9,8 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import multinomial_proportions_confint
 from torch import nn
 
-from rsbench.defenses.smoothed_view import SmoothedView, goodman_bounds
 from rsbench.attacks.success import is_adversarial, make_judge
+from rsbench.defenses.smoothed_view import SmoothedView, goodman_bounds
 from rsbench.defenses.smoothing import Smoothing
 
 

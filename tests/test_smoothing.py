@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
+from conftest import BinaryLinear, Constant
 from scipy.stats import norm
 from torch import nn
 
-from conftest import BinaryLinear, Constant
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 

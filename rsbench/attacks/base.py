@@ -62,6 +62,24 @@ class Found:
     """The example itself (C, H, W), on the CPU."""
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a budgeted attack (degradation, spoofing, evasion of a deterministic defense) works against.
+
+    Evasion attacks on smoothing receive the defense's `SmoothedView` instead; attacks of the
+    other goals receive the defense itself, its norm and the budget, and read what they need
+    (`defense.surrogate(...)`, the base network) from it. The harness, not the attack, judges
+    whatever the attack proposes to its Tracker.
+    """
+
+    defense: Defense
+    """The defense under attack (Smoothing, GloRo or KW)."""
+    epsilon: float | None
+    """Radius of the threat model; None for unbounded attacks (spoofing)."""
+    norm: str
+    """Norm of the budget and of every distance: `l2` or `linf`."""
+
+
 @dataclass
 class Tracker:
     """Judges candidates with the harness's success function and keeps the few the result may rest on.
