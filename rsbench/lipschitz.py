@@ -230,17 +230,18 @@ def iterated_layers(layers: list[nn.Module]) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def power_step(layer: nn.Module, dtype: torch.dtype) -> None:
-    """One step v <- A^T A v / ||A^T A v||, where A is the layer's linear operator."""
-    v = getattr(layer, ITERATE).to(dtype)
-    weight = layer.weight.to(dtype)
+def power_step(layer: nn.Module, dtype: torch.dtype | None = None) -> None:
+    """One step v <- A^T A v / ||A^T A v||, where A is the layer's linear operator, in `dtype`
+    (default: the iterate's)."""
+    iterate = getattr(layer, ITERATE)
+    v, weight = iterate.to(dtype or iterate.dtype), layer.weight.to(dtype or iterate.dtype)
     w = transposed_operator(layer, weight, v.shape)(linear_operator(layer, weight)(v))
     norm = w.norm()
     if norm > 0:  # a zero operator keeps its iterate; its norm is 0 whatever v is
-        getattr(layer, ITERATE).copy_(w / norm)
+        iterate.copy_(w / norm)
 
 
-def spectral_norm(layer: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
+def power_estimate(layer: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
     """||A v|| / ||v|| for the stored iterate v: the spectral-norm estimate (never above the true
     norm), differentiable in the weight."""
     weight = layer.weight if dtype is None else layer.weight.to(dtype)
@@ -260,10 +261,10 @@ def converge(model: nn.Module, tolerance: float = 1e-7, max_iterations: int = 10
     out of steps is an error.
     """
     for layer in iterated_layers(lipschitz_layers(model)):
-        estimate, increment, settled = float(spectral_norm(layer, torch.float64)), math.inf, 0
+        estimate, increment, settled = float(power_estimate(layer, torch.float64)), math.inf, 0
         for _ in range(max_iterations):
             power_step(layer, torch.float64)
-            current = float(spectral_norm(layer, torch.float64))
+            current = float(power_estimate(layer, torch.float64))
             previous, increment = increment, current - estimate
             estimate = current
             if increment <= 1e-14 * current:

@@ -10,7 +10,7 @@ import scipy.sparse.linalg
 import torch
 from torch import nn
 
-from rsbench import hub, lipschitz, models, registry
+from rsbench import hub, lipschitz, registry
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.defenses.gloro import GloRo, radii, with_bottom
@@ -47,7 +47,7 @@ def cnn() -> nn.Sequential:
 def estimate(layer: nn.Module) -> float:
     """The layer's current power-iteration estimate, in float64."""
     with torch.no_grad():
-        return float(lipschitz.spectral_norm(layer, torch.float64))
+        return float(lipschitz.power_estimate(layer, torch.float64))
 
 
 def explicit_conv(conv: nn.Conv2d, shape: tuple[int, ...], *, circular: bool = False) -> scipy.sparse.csr_matrix:
@@ -199,7 +199,8 @@ def test_small_conv_bound_is_the_exact_norm_and_the_circulant_bound_is_above_it(
         ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": 1}, (2, 6, 6)),
         ({"in_channels": 3, "out_channels": 4, "kernel_size": 4, "stride": 2, "padding": 1}, (3, 6, 6)),
         (
-            {"in_channels": 4, "out_channels": 6, "kernel_size": 3, "stride": 2, "dilation": 2, "groups": 2, "padding": 1},
+            {"in_channels": 4, "out_channels": 6, "kernel_size": 3, "stride": 2, "dilation": 2, "groups": 2,
+             "padding": 1},
             (4, 8, 6),
         ),
     ],
@@ -235,7 +236,8 @@ def corrupt_iterates(net: nn.Module, shapes: dict[nn.Module, tuple[int, ...]], k
     generator = torch.Generator().manual_seed(5)
     for layer, shape in shapes.items():
         if kind == "second":
-            matrix = layer.weight.detach().double().numpy() if isinstance(layer, nn.Linear) else explicit_conv(layer, shape)
+            linear = isinstance(layer, nn.Linear)
+            matrix = layer.weight.detach().double().numpy() if linear else explicit_conv(layer, shape)
             vector = torch.tensor(top_singular(matrix)[1][1].copy()).view(shape)
         elif kind == "zeros":
             vector = torch.zeros(shape)

@@ -24,13 +24,12 @@ from tqdm import tqdm
 from rsbench.defenses.gloro import margin_lipschitz, with_bottom
 from rsbench.errors import RsbenchError
 from rsbench.lipschitz import (
-    ITERATE,
     converge,
     iterated_layers,
     lipschitz_below,
     lipschitz_layers,
+    power_estimate,
     power_step,
-    spectral_norm,
 )
 from rsbench.specs import DefenseSpec
 from rsbench.training import seeded_loader
@@ -54,8 +53,8 @@ def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.d
 
     def estimate(layer: nn.Module) -> torch.Tensor:
         for _ in range(steps_per_batch):
-            power_step(layer, getattr(layer, ITERATE).dtype)
-        return spectral_norm(layer)
+            power_step(layer)
+        return power_estimate(layer)
 
     loader = seeded_loader(train_set, recipe.batch_size, recipe.seed)
     total = recipe.epochs * len(loader)
