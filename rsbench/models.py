@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from rsbench.errors import RsbenchError
+from rsbench.layers import Normalize
+from rsbench.lipschitz import attach_power_iterates
 
 _ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {}
 
@@ -52,18 +54,6 @@ def create_model(architecture: str, num_classes: int) -> nn.Module:
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(architectures())}"
         raise RsbenchError(f"unknown architecture {architecture!r}{hint}")
     return _ARCHITECTURES[architecture](num_classes)
-
-
-class Normalize(nn.Module):
-    """Per-channel (x - mean) / std as the model's first layer; its constants are not parameters."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 @register_model("digits-cnn")
@@ -187,11 +177,9 @@ def digits_lipschitz_cnn(num_classes: int) -> nn.Module:
     """A ~25k-parameter CNN for 1x8x8 digits made for GloRo (about 100 kB of float32 weights).
 
     The GloRo paper's 2C2F MNIST layout scaled down: two convolutions (the second strided
-    instead of pooling) and two dense layers. Each layer below the logits carries its power
-    iterate as a buffer, so checkpoints hold converged iterates and loading needs no restart.
+    instead of pooling) and two dense layers. Each layer below the logits carries the power
+    iterate GloRo training steps from, as a buffer saved with the weights.
     """
-    from rsbench.defenses.gloro import attach_power_iterates
-
     net = nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1),
         nn.ReLU(),

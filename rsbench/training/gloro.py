@@ -4,8 +4,9 @@ The ⊥ logit grows with ε times the Lipschitz bound, so minimising the loss bo
 margins and shrinks the bound. Starting at the full ε stalls learning (⊥ wins
 everywhere), hence ε ramps up linearly; training at a slightly larger ε than the one
 certified leaves slack for points near the margin. Each batch takes one power-iteration
-step from the stored iterates (they track the slowly changing weights); they are run to
-convergence at the end, so the saved checkpoint holds converged iterates.
+step from the stored iterates (they track the slowly changing weights) and uses the
+resulting estimates, which are cheap and differentiable; they are run to convergence at
+the end, so the saved checkpoint holds converged iterates. Certificates do not use them.
 
 Options (`spec.training.options`):
     epsilon_factor   train at ε × this (default 1.2)
@@ -20,8 +21,16 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from rsbench.defenses.gloro import converge, iterated_layers, lipschitz_layers, margin_lipschitz, with_bottom
+from rsbench.defenses.gloro import margin_lipschitz, with_bottom
 from rsbench.errors import RsbenchError
+from rsbench.lipschitz import (
+    converge,
+    iterated_layers,
+    lipschitz_below,
+    lipschitz_layers,
+    power_estimate,
+    power_step,
+)
 from rsbench.specs import DefenseSpec
 from rsbench.training import seeded_loader
 
@@ -41,6 +50,12 @@ def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.d
     steps_per_batch = int(options.get("power_steps", 1))
     layers = lipschitz_layers(model)
     iterated_layers(layers)  # refuse an architecture whose checkpoint would lack the iterates
+
+    def estimate(layer: nn.Module) -> torch.Tensor:
+        for _ in range(steps_per_batch):
+            power_step(layer)
+        return power_estimate(layer)
+
     loader = seeded_loader(train_set, recipe.batch_size, recipe.seed)
     total = recipe.epochs * len(loader)
     ramp = max(1, round(float(options.get("ramp_fraction", 0.3)) * total))
@@ -52,7 +67,7 @@ def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.d
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             epsilon = target * min(1.0, step / ramp)
-            k = margin_lipschitz(layers, steps=steps_per_batch)
+            k = margin_lipschitz(layers[-1].weight, lipschitz_below(layers, estimate))
             loss = nn.functional.cross_entropy(with_bottom(model(x), k, epsilon), y)
             optimizer.zero_grad()
             loss.backward()
