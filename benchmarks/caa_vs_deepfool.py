@@ -22,13 +22,13 @@ import statistics
 from pathlib import Path
 
 import torch
+from table1 import read_records
 from torch.utils.data import Subset
 
-from rsbench import evaluation, hub, models, registry, runner
+from rsbench import engine, hub, models, registry, runner
 from rsbench.data import load_dataset
 from rsbench.specs import AttackRecord, AttackSpec, DefenseSpec
 from rsbench.training import gaussian
-from table1 import read_records
 
 PROBE_SIGMA, PROBE_TRAIN = 0.5, range(5000, 10000)
 
@@ -52,7 +52,7 @@ def run(spec: DefenseSpec, attacks: list[AttackSpec], num_samples: int, out: Pat
         spec, "evaluate", num_samples=num_samples, batch_size=args.batch_size, seed=args.seed,
         attacks=[a.name for a in attacks], attack_hashes=[a.spec_hash() for a in attacks], workers=args.workers,
     )
-    evaluation.evaluate(spec, attacks, config, out, device)
+    engine.evaluate(spec, attacks, config, out, device)
     return read_records(out)
 
 

@@ -22,7 +22,7 @@ import math
 import statistics
 from pathlib import Path
 
-from rsbench import evaluation, metrics, registry, runner
+from rsbench import engine, metrics, registry, runner
 from rsbench.specs import AttackRecord
 
 DEFENSES = ("smoothing-digits-0.25", "smoothing-digits-0.50", "smoothing-digits-1.00")
@@ -68,6 +68,7 @@ def head_to_head(records: list[AttackRecord], attack: str = "caa") -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--defense", action="append", help="defenses (default: the three digits ones)")
+    parser.add_argument("--attack", action="append", help="attacks (default: all six; the headline needs caa and pgd)")
     parser.add_argument("--attacked", type=int, default=100, help="attacked samples wanted per defense")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=None, help="noisy copies per pass [spec default]")
@@ -76,7 +77,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/table1"))
     args = parser.parse_args()
     device = runner.resolve_device(args.device)
-    attacks = [registry.get_attack(name) for name in ATTACKS]
+    names = args.attack or list(ATTACKS)
+    attacks = [registry.get_attack(name) for name in names]
 
     for name in args.defense or DEFENSES:
         spec = registry.get_defense(name)
@@ -84,15 +86,15 @@ def main() -> None:
         while True:
             config = runner.run_config(
                 spec, "evaluate", num_samples=num_samples, batch_size=args.batch_size, seed=args.seed,
-                attacks=list(ATTACKS), attack_hashes=[a.spec_hash() for a in attacks], workers=args.workers,
+                attacks=names, attack_hashes=[a.spec_hash() for a in attacks], workers=args.workers,
             )
-            result = evaluation.evaluate(spec, attacks, config, args.out / spec.name, device)
+            result = engine.evaluate(spec, attacks, config, args.out / spec.name, device)
             attacked = result.metrics["attacked_samples"]
             if attacked >= args.attacked:
                 break
             # extend by the missing samples at the rate seen so far (double when none was attacked yet)
             num_samples += math.ceil((args.attacked - attacked) * num_samples / attacked) if attacked else num_samples
-        print(evaluation.format_table(result))
+        print(engine.format_table(result))
         records = [r for r in read_records(args.out / spec.name) if r.index < num_samples]
         print("\n".join(head_to_head(records)))
         print(headline(records) + "\n")

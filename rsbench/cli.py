@@ -109,9 +109,10 @@ def format_certified_table(result: RunResult) -> str:
 
 
 @cli.command()
-@click.option("--defense", required=True, help="Smoothing defense name or alias (see `rsbench registry list`).")
+@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
 @click.option("--attack", "attacks", required=True, multiple=True,
-              help="Attack name; repeat to run several on the same samples (e.g. --attack caa --attack pgd).")
+              help="Attack name; repeat to run several on the same samples (e.g. --attack caa --attack pgd). "
+                   "All attacks of a run share one goal (evasion, degradation or spoofing).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=10, show_default=True,
               help="Use the first K samples of the test split; only correct, certified ones are attacked "
                    "(CAA costs about 100 N-sample forward-backward passes per sample: about 90 s for the default "
@@ -120,6 +121,9 @@ def format_certified_table(result: RunResult) -> str:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes attacking samples side by side (CPU cores, or several per GPU); "
                    "records do not change, times include the sharing.")
+@click.option("--epsilon", type=float, default=None,
+              help="Radius of the threat model for degradation and for evasion of GloRo and KW "
+                   "[the defense's epsilon; for smoothing, its sigma].")
 @click.option("--judge-n", type=int, default=None,
               help="The judge's N: fresh noisy copies whose hard votes decide each candidate, for every attack "
                    "alike [1500].")
@@ -131,31 +135,42 @@ def format_certified_table(result: RunResult) -> str:
 @click.option("--save-examples", is_flag=True, help="Save each attack's best examples to OUT/adversarial/<attack>.pt.")
 def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int | None, n: int | None,
              alpha: float | None, batch_size: int | None, seed: int, device: str, out: Path | None,
-             workers: int, judge_n: int | None, judge_alpha: float | None, confirm_n: int | None,
-             save_examples: bool) -> None:
-    """Attack a smoothed classifier with minimum-norm evasion attacks; print the paper's Table 1.
+             workers: int, epsilon: float | None, judge_n: int | None, judge_alpha: float | None,
+             confirm_n: int | None, save_examples: bool) -> None:
+    """Attack a certified defense; the attacks' goal decides the job and its table.
 
-    Every attack is judged by the run's protocol (--judge-n, --judge-alpha), whatever its own
-    params, and an example is reported only after a confirmation on --confirm-n fresh copies.
+    \b
+    evasion      smoothing: minimum-norm attacks, the CAA paper's Table 1; GloRo and KW:
+                 epsilon-bounded attacks, VRA against empirical robust accuracy
+    degradation  force the defense to reject clean inputs within epsilon: VRA, false positive
+                 rate bounds and utility reduction (the degradation paper's tables)
+    spoofing     misclassified images that still get a large certificate (Shadow Attack)
+
+    On smoothing every attack is judged by the run's protocol (--judge-n, --judge-alpha),
+    whatever its own params, and an example is reported only after a confirmation on
+    --confirm-n fresh copies.
 
     Writes OUT/clean.jsonl (clean certificates), OUT/samples.jsonl (one record per sample
     and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
     [OUT: runs/<defense>/evaluate-<attacks>-seed<seed>]. Re-running with the same OUT resumes.
     """
-    from rsbench import evaluation, registry, runner
+    from rsbench import engine, registry, runner
+    from rsbench.goals import goal_of
 
     spec = registry.get_defense(defense)
     attack_specs = [registry.get_attack(name) for name in attacks]
+    goal = goal_of(attack_specs)
     config = runner.run_config(
         spec, "evaluate", num_samples=num_samples, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
-        judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n,
+        judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n, goal=goal.name,
+        epsilon=runner.default_epsilon(spec, goal.name, epsilon),
         attacks=[s.name for s in attack_specs], attack_hashes=[s.spec_hash() for s in attack_specs], workers=workers,
     )
     out = out or Path("runs") / spec.name / f"evaluate-{'-'.join(config.attacks)}-seed{seed}"
-    result = evaluation.evaluate(spec, attack_specs, config, out, runner.resolve_device(device),
-                                 save_examples=save_examples)
-    click.echo(evaluation.format_table(result))
-    click.echo(f"records, result.json and attack_proportion.png in {out}")
+    result = engine.evaluate(spec, attack_specs, config, out, runner.resolve_device(device),
+                             save_examples=save_examples)
+    click.echo(engine.format_table(result))
+    click.echo(f"records, result.json and plots in {out}")
 
 
 @cli.group("registry")

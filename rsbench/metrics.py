@@ -108,3 +108,31 @@ def cohen_proportion(records: Sequence[AttackRecord], radius: float) -> float:
     for r in records:
         bound[r.index] = min(bound.get(r.index, math.inf), r.cohen_radius)
     return sum(1 for b in bound.values() if b <= radius) / max(len(bound), 1)
+
+
+def robust_accuracy(clean: Sequence[SampleRecord], records: Sequence[AttackRecord], epsilon: float) -> dict:
+    """VRA at epsilon and the empirical robust accuracy each attack (and all together) leaves, over all samples.
+
+    A sample is robust under an attack when it is classified correctly and the attack found no example;
+    `certified_broken` counts samples certified at epsilon that some attack broke (a sound certifier has none).
+    """
+    broken: dict[str, set[int]] = {}
+    for r in records:
+        broken.setdefault(r.attack, set())
+        if r.success:
+            broken[r.attack].add(r.index)
+    everything = set().union(*broken.values()) if broken else set()
+    correct = {c.index for c in clean if c.correct}
+
+    def share(kept: set[int]) -> dict:
+        hits, total = len(kept), len(clean)
+        low, high = clopper_pearson(hits, total, INTERVAL_ALPHA) if total else (0.0, 1.0)
+        return CertifiedPoint(radius=epsilon, accuracy=hits / max(total, 1), ci_low=low, ci_high=high).model_dump()
+
+    certified = {c.index for c in clean if c.correct and c.radius >= epsilon}
+    return {
+        "vra": share(certified),
+        "attacks": {name: share(correct - hit) for name, hit in broken.items()},
+        "all": share(correct - everything),
+        "certified_broken": len(certified & everything),
+    }

@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import time
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def resolve_device(device: str) -> torch.device:
 def sample_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
     """A generator for one sample, independent of every other sample's."""
     state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def stream(seed: int, index: int, attack: str, purpose: str, device: torch.device) -> torch.Generator:
+    """A generator for one (sample, attack, purpose), independent of every other one and of `sample_generator`'s."""
+    keys = [seed, index, zlib.crc32(attack.encode()), zlib.crc32(purpose.encode())]
+    state = np.random.SeedSequence(keys).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
 
 
@@ -105,6 +113,18 @@ def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | N
         n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed,
         judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n, **extra,
     )
+
+
+def default_epsilon(spec: DefenseSpec, goal: str, epsilon: float | None) -> float | None:
+    """The run's radius: the one given, else the defense's own epsilon (GloRo, KW) or, for degradation
+    of smoothing, its sigma (certified accuracy at sigma is substantial on every shipped model)."""
+    if epsilon is not None:
+        if epsilon <= 0:
+            raise RsbenchError(f"--epsilon must be positive, got {epsilon}")
+        return epsilon
+    if spec.kind == "smoothing":
+        return spec.sigma if goal == "degradation" else None
+    return spec.epsilon
 
 
 def spec_for_run(spec: DefenseSpec, config: RunConfig) -> DefenseSpec:

@@ -182,6 +182,10 @@ class RunConfig(Spec):
     """Defense name as resolved in the registry."""
     defense_hash: str
     """spec_hash of the defense spec."""
+    goal: Literal["evasion", "degradation", "spoofing"] = "evasion"
+    """What the run's attacks try to achieve (evaluate only); one goal per run."""
+    epsilon: float | None = Field(None, gt=0)
+    """Radius of the threat model where the goal has one (degradation; evasion of GloRo and KW)."""
     attacks: list[str] = Field(default_factory=list)
     """Attack names, in order (evaluate only)."""
     attack_hashes: list[str] = Field(default_factory=list)
@@ -324,8 +328,9 @@ class AttackRecord(Spec):
     total_time_s: float
     """Seconds the attack ran (confirmation excluded): the paper's "time"."""
     cohen_radius: float
-    """Radius sigma/2 (PhiInv(lower of top) - PhiInv(upper of runner-up)) at the clean sample from hard votes
-    with the judge's N and alpha: no adversarial example is closer (w.p. 1 - alpha)."""
+    """The clean sample's certificate, below which no adversarial example exists. Smoothing: equation 3's
+    radius sigma/2 (PhiInv(lower of top) - PhiInv(upper of runner-up)) from hard votes with the judge's N and
+    alpha (w.p. 1 - alpha); GloRo and KW: the deterministic certified radius."""
     iterations: int
     """Iterations the attack ran."""
     judge_calls: int
@@ -333,13 +338,13 @@ class AttackRecord(Spec):
     candidates: int
     """Accepted candidates kept for confirmation (the few smallest and the first)."""
     rejected: int
-    """Kept candidates that failed confirmation."""
-    judge_n: int
-    """The run's judge N (copies per in-loop test)."""
-    judge_alpha: float
-    """The run's judge alpha (in-loop tests; the confirmation as a whole)."""
-    confirm_n: int
-    """Copies per confirmation test."""
+    """Kept candidates that failed confirmation (always 0 for deterministic defenses, judged exactly)."""
+    judge_n: int | None
+    """The run's judge N (copies per in-loop test); null for deterministic defenses."""
+    judge_alpha: float | None
+    """The run's judge alpha (in-loop tests; the confirmation as a whole); null for deterministic defenses."""
+    confirm_n: int | None
+    """Copies per confirmation test; null for deterministic defenses."""
 
 
 class AttackSummary(Spec):

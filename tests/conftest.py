@@ -6,6 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from rsbench.defenses.base import Defense
+from rsbench.goals.evasion import Evasion
+from rsbench.specs import AttackSpec, DefenseSpec, RunConfig
+
 
 class BinaryLinear(nn.Module):
     """f(x) = class 1 iff w.x + b > 0, as logits (0, w.x + b): its exact l2 distance to the boundary is known."""
@@ -41,3 +45,19 @@ class Constant(nn.Module):
 @pytest.fixture
 def linear_model() -> BinaryLinear:
     return BinaryLinear(torch.tensor([1.0, -2.0, 0.5, 1.5]), -0.2)
+
+
+def harness(defense: Defense, attacks: list[AttackSpec], *, sigma: float = 0.25, seed: int = 0,
+            **judge: float) -> Evasion:
+    """The evasion job of the engine around a hand-built smoothing defense, as one worker would hold it.
+
+    `judge` overrides the run's judge settings (judge_n, judge_alpha, confirm_n); defaults are the protocol's.
+    """
+    spec = DefenseSpec(
+        name="hand-built", kind="smoothing", dataset={"name": "digits"}, architecture="hand-built",
+        num_classes=defense.num_classes, sigma=sigma,
+        weights={"source": "file", "filename": "none", "sha256": "0" * 64},
+    )
+    config = RunConfig(command="evaluate", defense=spec.name, defense_hash="", num_samples=1, n0=1, n=1,
+                       alpha=0.01, batch_size=defense.batch_size, seed=seed, **judge)
+    return Evasion(spec, defense, attacks, config)

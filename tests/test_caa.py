@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BinaryLinear
+from conftest import BinaryLinear, harness
 
-from rsbench import evaluation, registry
+from rsbench import registry
 from rsbench.attacks.base import Attack, Tracker, view_options
 from rsbench.defenses.smoothing import Smoothing
-from rsbench.specs import RunConfig
 
 SIGMA = 0.25
 EVASION_ATTACKS = sorted(name for name, spec in registry.all_specs("attacks").items() if spec.goal == "evasion")
@@ -43,19 +42,15 @@ def linear_problem(distance: float, seed: int) -> tuple[Smoothing, torch.Tensor,
     return Smoothing(model, 2, SIGMA), x, distance
 
 
-def harness_config(seed: int) -> RunConfig:
-    """The protocol's default judge (N 1500, alpha 0.005, confirmation on 15,000 copies) for one sample."""
-    return RunConfig(command="evaluate", defense="linear", defense_hash="", num_samples=1, n0=1, n=1, alpha=0.01,
-                     batch_size=1000, seed=seed)
-
-
-def attack(name: str, defense: Smoothing, x: torch.Tensor, seed: int = 0, budget: Attack | None = None):
-    """Run a registered attack through the harness (its own view; the protocol's judge, confirmation and Cohen radius)."""
-    prepared = evaluation.prepare(registry.get_attack(name), defense)
+def attack(name: str, defense: Smoothing, x: torch.Tensor, seed: int = 0, budget: dict[str, object] | None = None):
+    """Run a registered attack (params overridden by `budget`) through the engine's evasion job: its own
+    view; the protocol's judge (N 1500, alpha 0.005), confirmation (15,000 copies) and Cohen radius."""
+    spec = registry.get_attack(name)
     if budget is not None:
-        prepared = evaluation.PreparedAttack(prepared.spec, budget, defense.surrogate(**view_options(budget.params)))
-    config = harness_config(seed)
-    return evaluation.attack_sample(prepared, evaluation.judge_view(defense, config), x, 0, seed, config)
+        fields = registry.resolve(spec.implementation).Params.model_fields
+        spec = spec.model_copy(update={"params": {**spec.params, **{k: v for k, v in budget.items() if k in fields}}})
+    record, example = harness(defense, [spec], sigma=defense.sigma, seed=seed).attack(name, x, 0, seed, None)
+    return record, example
 
 
 @pytest.mark.parametrize("name", ["caa", "caa-direct"])
@@ -68,13 +63,13 @@ def test_certification_aware_attacks_come_within_ten_percent_of_the_exact_distan
     assert record.success
     assert exact <= record.best_radius <= 1.10 * exact
     assert record.best_radius <= record.first_radius
-    assert (best.x_adv - x).norm() == pytest.approx(record.best_radius, rel=1e-6)
+    assert (best - x).norm() == pytest.approx(record.best_radius, rel=1e-6)
 
 
 def test_carlini_wagner_searches_its_weight_to_near_the_exact_distance() -> None:
     """From the paper's weight 1e-4, at which the distance term wins, the search finds a working c."""
     defense, x, exact = linear_problem(0.7, seed=3)
-    record, best = attack("cw", defense, x, budget=small("cw").__class__(num_noise=300, iterations=60))
+    record, best = attack("cw", defense, x, budget={"num_noise": 300, "iterations": 60})
     assert record.success and record.rejected < record.candidates
     assert exact <= record.best_radius <= 1.25 * exact
     assert record.iterations == 9 * 60  # every search step ran its Adam steps
@@ -83,12 +78,12 @@ def test_carlini_wagner_searches_its_weight_to_near_the_exact_distance() -> None
 @pytest.mark.parametrize("name", EVASION_ATTACKS)
 def test_no_attack_reports_a_radius_below_the_exact_distance(name: str) -> None:
     defense, x, exact = linear_problem(0.6, seed=2)
-    record, best = attack(name, defense, x, budget=small(name))
+    record, best = attack(name, defense, x, budget=SMALL_BUDGET)
     assert record.cohen_radius <= exact  # the certificate is a lower bound (w.p. 1 - alpha)
     if record.success:
         assert record.best_radius >= exact
         assert record.first_radius >= record.best_radius
-        assert float(best.x_adv.min()) >= 0.0 and float(best.x_adv.max()) <= 1.0
+        assert float(best.min()) >= 0.0 and float(best.max()) <= 1.0
 
 
 @pytest.mark.parametrize("name", sorted(registry.all_specs("attacks")))

@@ -12,7 +12,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from rsbench import evaluation, registry
+from rsbench import engine, registry
 from rsbench.attacks.success import is_adversarial
 from rsbench.cli import cli
 from rsbench.data import load_dataset
@@ -52,7 +52,7 @@ def run(out: Path, num_samples: int, save_examples: bool = False, workers: int =
         attack_hashes=[a.spec_hash() for a in attacks], num_samples=num_samples, n0=20, n=500, alpha=0.01,
         batch_size=500, seed=1, workers=workers, judge_n=400, confirm_n=4000,
     )
-    return evaluation.evaluate(spec, attacks, config, out, torch.device("cpu"), save_examples=save_examples,
+    return engine.evaluate(spec, attacks, config, out, torch.device("cpu"), save_examples=save_examples,
                                progress=False)
 
 
@@ -144,7 +144,7 @@ def test_a_worker_that_cannot_start_reports_why(user_registry: None, tmp_path: P
         workers=2,
     )
     with pytest.raises(RsbenchError, match="gone.pt does not exist"):
-        evaluation.evaluate(broken, attacks, config, tmp_path / "run", torch.device("cpu"), progress=False)
+        engine.evaluate(broken, attacks, config, tmp_path / "run", torch.device("cpu"), progress=False)
 
 
 def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], 
         judge_n=400, confirm_n=4000,
     )
     with pytest.raises(RsbenchError, match="different config"):
-        evaluation.evaluate(spec, [only], config, out, torch.device("cpu"), progress=False)
+        engine.evaluate(spec, [only], config, out, torch.device("cpu"), progress=False)
 
 
 def test_cli_prints_table_1(user_registry: None, tmp_path: Path) -> None:

@@ -11,17 +11,18 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import BinaryLinear
+from conftest import BinaryLinear, harness
 from pydantic import Field
 from scipy.stats import norm
 
-from rsbench import evaluation, registry, runner
+from rsbench import engine, registry, runner
 from rsbench.attacks.base import Attack, Tracker, ViewParams
 from rsbench.cli import cli
 from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
-from rsbench.specs import AttackRecord, AttackSpec, RunConfig
+from rsbench.goals.evasion import Evasion
+from rsbench.specs import AttackRecord, AttackSpec
 
 SIGMA = 0.5
 W = torch.tensor([0.6, -0.8, 0.0, 0.0])  # unit norm: w.x + b is the signed distance
@@ -53,27 +54,21 @@ class Proposer(Attack):
                 tracker.iterations += 1
 
 
-def run(attack: Proposer, seed: int, config: RunConfig) -> AttackRecord:
-    """One harness run of the proposer on the linear problem, from x at distance -0.3 (class 0)."""
+def run(params: dict[str, object], seed: int, **judge: float) -> tuple[AttackRecord, Evasion]:
+    """One run of the proposer through the engine's evasion job on the linear problem, from x at distance -0.3."""
     defense = Smoothing(BinaryLinear(W, BIAS), 2, SIGMA, batch_size=5000)
     x = (-0.3 * W + 0.5 * torch.tensor([0.0, 0.0, 1.0, 1.0])).view(1, 2, 2)
-    spec = AttackSpec(name="proposer", implementation="test_judge:Proposer", goal="evasion", norm="l2")
-    prepared = evaluation.PreparedAttack(spec, attack, defense.surrogate(num_noise=attack.params.num_noise,
-                                                                         alpha=attack.params.alpha))
-    record, _ = evaluation.attack_sample(prepared, evaluation.judge_view(defense, config), x, 0, seed,
-                                         config.model_copy(update={"seed": seed}))
-    return record
-
-
-CONFIG = RunConfig(command="evaluate", defense="linear", defense_hash="", num_samples=1, n0=1, n=1, alpha=0.01,
-                   batch_size=5000, seed=0)
+    spec = AttackSpec(name="proposer", implementation="test_judge:Proposer", goal="evasion", norm="l2", params=params)
+    job = harness(defense, [spec], sigma=SIGMA, seed=seed, **judge)
+    record, _ = job.attack("proposer", x, 0, seed, None)
+    return record, job
 
 
 def test_a_point_just_inside_the_boundary_proposed_a_thousand_times_is_a_failure() -> None:
     inside = SIGMA * norm.ppf(0.499)  # class 1 has probability 0.499: not adversarial
-    attack = Proposer(distances=(inside,), repeats=1000)
-    quick = CONFIG.model_copy(update={"judge_n": 300, "confirm_n": 3000})  # the band is ~3 standard errors at any N
-    trials = [run(attack, seed, quick) for seed in range(20)]
+    params = {"distances": (inside,), "repeats": 1000}
+    # the Goodman band is about 3 standard errors wide at any N, so a small N shows the same
+    trials = [run(params, seed, judge_n=300, confirm_n=3000)[0] for seed in range(20)]
     accepted = [r for r in trials if r.candidates > 0]
     # one Goodman test accepts the point about once in a thousand tries, so many trials see it
     # accepted at least once: without confirmation they would be reported as successes
@@ -88,7 +83,7 @@ def test_confirmed_examples_lie_past_the_boundary() -> None:
     false_confirmations = confirmed = 0
     for seed in range(30):
         distances = tuple((0.08 * SIGMA * (2 * torch.rand(40, generator=generator) - 1)).tolist())
-        record = run(Proposer(distances=distances), seed, CONFIG)
+        record, _ = run({"distances": distances}, seed)
         if record.success:
             confirmed += 1
             # the best example's distance from x tells its signed distance past the boundary
@@ -107,8 +102,8 @@ def test_an_attack_with_a_loose_view_gets_exactly_the_runs_judge(monkeypatch: py
         return original(self, x, generator, num)
 
     monkeypatch.setattr(SmoothedView, "hard_counts", counting)
-    config = CONFIG.model_copy(update={"judge_n": 1200, "judge_alpha": 0.01, "confirm_n": 9000})
-    record = run(Proposer(distances=(0.05, 0.2, 0.4)), 3, config)
+    record, job = run({"distances": (0.05, 0.2, 0.4)}, 3, judge_n=1200, judge_alpha=0.01, confirm_n=9000)
+    assert (job.views["proposer"].num_noise, job.views["proposer"].alpha) == (50, 0.5)  # the attack's own view
     assert (record.judge_n, record.judge_alpha, record.confirm_n) == (1200, 0.01, 9000)
     assert calls and all(n == 1200 and alpha == 0.01 for n, _, alpha in calls)
     assert {num for _, num, _ in calls} == {1200, 9000}
@@ -126,9 +121,9 @@ def test_a_registered_loose_spec_is_judged_by_the_protocol(tmp_path, monkeypatch
     attack = registry.get_attack("loose-pgd")
     config = runner.run_config(defense_spec, "evaluate", num_samples=1, n0=10, n=100, alpha=0.01,
                                attacks=["loose-pgd"], attack_hashes=[attack.spec_hash()])
-    worker = evaluation.SampleWorker(defense_spec, [attack], config, torch.device("cpu"))
-    assert (worker.prepared["loose-pgd"].view.num_noise, worker.prepared["loose-pgd"].view.alpha) == (50, 0.5)
-    assert (worker.judging.num_noise, worker.judging.alpha) == (1500, 0.005) == (config.judge_n, config.judge_alpha)
+    job = engine.SampleWorker(defense_spec, [attack], config, torch.device("cpu")).goal
+    assert (job.views["loose-pgd"].num_noise, job.views["loose-pgd"].alpha) == (50, 0.5)
+    assert (job.judging.num_noise, job.judging.alpha) == (1500, 0.005) == (config.judge_n, config.judge_alpha)
     assert config.confirm_n == 15_000
 
 

@@ -68,6 +68,7 @@ class AutoAttack(Attack):
     """APGD-CE and APGD-DLR with EOT inside an l2 ball of twice the clean certified radius."""
 
     Params = AutoAttackParams
+    kinds = ("smoothing",)
     params: AutoAttackParams
 
     def run(self, view: SmoothedView, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:

@@ -145,6 +145,8 @@ class Attack(ABC):
     """
 
     Params: ClassVar[type[AttackParams]] = AttackParams
+    kinds: ClassVar[tuple[str, ...]] = ("smoothing", "gloro", "kw")
+    """Defense kinds the attack knows how to attack; the harness refuses the others with one line."""
 
     def __init__(self, params: AttackParams | None = None, **overrides: object) -> None:
         base = params.model_dump() if params is not None else {}

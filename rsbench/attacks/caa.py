@@ -71,6 +71,7 @@ class CAA(Attack):
     """Certification Aware Attack: certified-radius step sizes and a growing distance penalty."""
 
     Params = CAAParams
+    kinds = ("smoothing",)
     params: CAAParams
 
     def run(self, view: SmoothedView, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:

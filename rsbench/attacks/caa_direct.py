@@ -50,6 +50,7 @@ class CAADirect(Attack):
     """Certified-radius steps out of the original class, then straight back towards the clean image."""
 
     Params = CAADirectParams
+    kinds = ("smoothing",)
     params: CAADirectParams
 
     def run(self, view: SmoothedView, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:

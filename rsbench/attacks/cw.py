@@ -54,6 +54,7 @@ class CarliniWagner(Attack):
     """C-W l2 in tanh space from x, with Carlini & Wagner's search over the margin weight c."""
 
     Params = CWParams
+    kinds = ("smoothing",)
     params: CWParams
 
     def run(self, view: SmoothedView, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:

@@ -41,6 +41,7 @@ class DeepFool(Attack):
     """Steps to the nearest linearised boundary of the smoothed classifier until the harness confirms."""
 
     Params = DeepFoolParams
+    kinds = ("smoothing",)
     params: DeepFoolParams
 
     def run(self, view: SmoothedView, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:

@@ -31,6 +31,7 @@ class PGD(Attack):
     """l2-normalized gradient ascent on the smoothed cross-entropy, clipped to [0, 1]."""
 
     Params = PGDParams
+    kinds = ("smoothing",)
     params: PGDParams
 
     def run(self, view: SmoothedView, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:

@@ -1,0 +1,212 @@
+"""The engine every goal runs on: tasks, workers, resume and the run directory.
+
+For each of the first K test samples the defense certifies the clean input (records in
+`clean.jsonl`, the same as `rsbench certify` writes). Samples the run's goal lets through
+(`Goal.qualifies`; for every goal: classified correctly with a certificate) are attacked by
+every named attack, in order, with `workers` > 1 several samples at once, each in its own
+process. The goal (`rsbench.goals`) runs and judges one attack on one sample; the engine
+appends its record to `samples.jsonl` as soon as it finishes, from this process alone, so
+re-running the same command resumes where it stopped, and writes the goal's summary
+(`result.json`), table and plots. Every noise stream is seeded from (seed, sample, attack,
+purpose) (`runner.stream`), so a record depends neither on the workers nor on interruptions.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from rsbench import runner
+from rsbench.data import load_dataset
+from rsbench.defenses import load_defense
+from rsbench.errors import RsbenchError
+from rsbench.goals import Goal, goal_of
+from rsbench.rundir import RunDir
+from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
+
+
+def save_example(folder: Path, attack: str, index: int, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+    """Add (or replace) a sample's best example in `folder/<attack>.pt`, written atomically.
+
+    The file holds `index` (K,), `x` and `x_adv` (K, C, H, W), one row per broken sample.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{attack}.pt"
+    saved = torch.load(path, weights_only=True) if path.exists() else None
+    rows = [] if saved is None else [i for i, kept in enumerate(saved["index"].tolist()) if kept != index]
+    new = {"index": torch.tensor([index]), "x": x.cpu().unsqueeze(0), "x_adv": x_adv.cpu().unsqueeze(0)}
+    if saved is not None:
+        new = {key: torch.cat([saved[key][rows], value]) for key, value in new.items()}
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(new, temporary)
+    os.replace(temporary, path)
+
+
+@dataclass
+class SampleTask:
+    """What is left to do on one test sample: certify it (when `clean` is None) and run `attacks` on it."""
+
+    index: int
+    clean: SampleRecord | None
+    attacks: list[str]
+
+
+@dataclass
+class SampleOutcome:
+    """A sample's clean certificate and, per attack run, its record and best example (None when it failed)."""
+
+    index: int
+    clean: SampleRecord
+    attacks: list[tuple[BaseModel, torch.Tensor | None]]
+
+
+class SampleWorker:
+    """Certifies and attacks one sample at a time; built once per process, it holds the model and the goal's job."""
+
+    def __init__(self, defense_spec: DefenseSpec, attack_specs: list[AttackSpec], config: RunConfig,
+                 device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.dataset = load_dataset(defense_spec.dataset.name, config.split, defense_spec.dataset.root)
+        defense = load_defense(runner.spec_for_run(defense_spec, config), device)
+        self.goal: Goal = goal_of(attack_specs)(defense_spec, defense, attack_specs, config)
+
+    def __call__(self, task: SampleTask) -> SampleOutcome:
+        x, label = self.dataset[task.index]
+        clean = task.clean or runner.certify_sample(
+            self.goal.defense, x, int(label), task.index, self.config.seed, self.device
+        )
+        attacks = []
+        if self.goal.qualifies(self.config, clean):
+            attacks = [self.goal.attack(name, x, int(label), task.index, clean) for name in task.attacks]
+        return SampleOutcome(task.index, clean, attacks)
+
+
+_WORKER: SampleWorker | Exception | None = None
+"""The SampleWorker of a pool process, or why it could not be built (see `run_tasks`)."""
+
+
+def _start_worker(threads: int, *args: object) -> None:
+    """Pool initializer: leave Ctrl-C to the parent, share the CPU fairly, build the worker.
+
+    A failure (missing weights, say) is kept and raised with the first task, so that it reaches
+    the parent as the error it is; raised here, the pool would start new workers forever.
+    """
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    try:
+        _WORKER = SampleWorker(*args)
+    except Exception as error:  # noqa: BLE001 - re-raised in _run_in_worker
+        _WORKER = error
+
+
+def _run_in_worker(task: SampleTask) -> SampleOutcome:
+    if isinstance(_WORKER, Exception):
+        raise _WORKER
+    assert _WORKER is not None, "_start_worker did not run"
+    return _WORKER(task)
+
+
+def run_tasks(tasks: list[SampleTask], args: tuple, workers: int) -> Iterator[SampleOutcome]:
+    """Outcomes of `tasks`, in order with one worker, as they finish with several processes.
+
+    Records do not depend on the worker that computes them (every noise stream is seeded
+    from the sample and the attack), so only their times change with `workers`.
+    """
+    if workers == 1:
+        yield from map(SampleWorker(*args), tasks)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (threads, *args))
+    try:
+        yield from pool.imap_unordered(_run_in_worker, tasks)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def evaluate(
+    defense_spec: DefenseSpec,
+    attack_specs: list[AttackSpec],
+    config: RunConfig,
+    out: Path,
+    device: torch.device,
+    *,
+    save_examples: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Certify and attack the first `config.num_samples` test samples, resuming from `out`; returns the summary.
+
+    With `config.workers` > 1 that many processes take samples side by side; this process alone writes the records.
+    """
+    goal = goal_of(attack_specs)
+    if config.goal != goal.name:
+        raise RsbenchError(f"the run's config names goal {config.goal!r}, its attacks {goal.name!r}")
+    if len({s.name for s in attack_specs}) != len(attack_specs):
+        raise RsbenchError("each --attack may be named only once")
+    dataset = load_dataset(defense_spec.dataset.name, config.split, defense_spec.dataset.root)
+    if config.num_samples > len(dataset):
+        raise RsbenchError(f"--num-samples {config.num_samples} exceeds the {len(dataset)} samples of the split")
+    clean_run = RunDir(out, config, "clean.jsonl")
+    attack_run = RunDir(out, config, "samples.jsonl")
+    clean = {r.index: r for r in clean_run.records(SampleRecord)}
+    done = {(r.index, r.attack) for r in attack_run.records(goal.record_type)}
+    tasks = []
+    for index in range(config.num_samples):
+        left = [s.name for s in attack_specs if (index, s.name) not in done]
+        if index not in clean or (goal.qualifies(config, clean[index]) and left):
+            tasks.append(SampleTask(index, clean.get(index), left))
+    if tasks:
+        outcomes = run_tasks(tasks, (defense_spec, attack_specs, config, device), min(config.workers, len(tasks)))
+        bar = tqdm(outcomes, total=len(tasks), desc=f"{goal.name} {defense_spec.name}", unit="sample",
+                   disable=not progress)
+        for outcome in bar:
+            if outcome.index not in clean:
+                clean_run.append(outcome.clean)
+            for record, example in outcome.attacks:
+                if save_examples and example is not None:
+                    save_example(out / "adversarial", record.attack, outcome.index, dataset[outcome.index][0], example)
+                attack_run.append(record)
+    return summarize(goal, defense_spec, attack_specs, config, clean_run, attack_run, device)
+
+
+def summarize(
+    goal: type[Goal],
+    defense_spec: DefenseSpec,
+    attack_specs: Sequence[AttackSpec],
+    config: RunConfig,
+    clean_run: RunDir,
+    attack_run: RunDir,
+    device: torch.device,
+) -> RunResult:
+    """Write result.json (clean certification plus the goal's metrics) and the goal's plots."""
+    clean = sorted((r for r in clean_run.records(SampleRecord) if r.index < config.num_samples), key=lambda r: r.index)
+    order = {s.name: k for k, s in enumerate(attack_specs)}
+    records = sorted(
+        (r for r in attack_run.records(goal.record_type) if r.index < config.num_samples and r.attack in order),
+        key=lambda r: (r.index, order[r.attack]),
+    )
+    result = runner.summarize(defense_spec, config, clean, device).model_copy(
+        update={
+            "attacks": list(attack_specs),
+            "metrics": goal.summarize(defense_spec, config, clean, records),
+            "statistics": goal.note(defense_spec),
+        }
+    )
+    attack_run.write_result(result)
+    goal.plots(defense_spec, clean, records, attack_run.path)
+    return result
+
+
+def format_table(result: RunResult) -> str:
+    """The run's table, in its goal's layout."""
+    return goal_of(result.attacks).format_table(result)

@@ -1,0 +1,95 @@
+"""Goals: what one attack on one sample is run and judged for, per goal (evasion, degradation, spoofing)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+
+from rsbench import registry
+from rsbench.attacks.base import Attack
+from rsbench.defenses.base import Defense
+from rsbench.errors import RsbenchError
+from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
+
+GOALS = {
+    "evasion": "rsbench.goals.evasion:Evasion",
+    "degradation": "rsbench.goals.degradation:Degradation",
+    "spoofing": "rsbench.goals.spoofing:Spoofing",
+}
+"""Goal name -> `module:class` of its job, imported on use."""
+
+
+class Goal(ABC):
+    """One goal's job on one defense, built once per worker process by the engine.
+
+    A goal says which certified samples qualify for attack (`qualifies`), how one attack runs on
+    one sample and is judged (`attack`), and, from the records alone, the goal's metrics, table
+    and plots. The engine (`rsbench.engine`) does the rest: tasks, workers, resume, run directory.
+    """
+
+    name: ClassVar[str]
+    record_type: ClassVar[type[BaseModel]]
+    """The record appended to `samples.jsonl` for each (sample, attack)."""
+    statistics: ClassVar[str]
+    """How to read the goal's numbers: what is random and at which confidence."""
+
+    def __init__(self, defense_spec: DefenseSpec, defense: Defense, attack_specs: Sequence[AttackSpec],
+                 config: RunConfig) -> None:
+        self.spec, self.defense, self.config = defense_spec, defense, config
+        self.attacks = {spec.name: (spec, instantiate(spec, defense_spec)) for spec in attack_specs}
+
+    @classmethod
+    @abstractmethod
+    def qualifies(cls, config: RunConfig, clean: SampleRecord) -> bool:
+        """Whether the sample with this clean certificate is attacked in a run with this config."""
+
+    @abstractmethod
+    def attack(self, name: str, x: torch.Tensor, label: int, index: int,
+               clean: SampleRecord) -> tuple[BaseModel, torch.Tensor | None]:
+        """Run attack `name` on sample `index` (clean certificate `clean`), judge it; its record and the
+        example to save (or None)."""
+
+    @classmethod
+    @abstractmethod
+    def summarize(cls, spec: DefenseSpec, config: RunConfig, clean: list[SampleRecord],
+                  records: list[Any]) -> dict[str, Any]:
+        """The goal's metrics from the clean certificates and the attack records."""
+
+    @classmethod
+    @abstractmethod
+    def format_table(cls, result: RunResult) -> str:
+        """The goal's table, as the terminal prints it."""
+
+    @classmethod
+    def note(cls, spec: DefenseSpec) -> str:
+        """The statistics note of a result on this defense."""
+        return cls.statistics
+
+    @classmethod
+    def plots(cls, spec: DefenseSpec, clean: list[SampleRecord], records: list[Any], folder: Path) -> list[Path]:
+        """Figures written next to the records; none by default."""
+        return []
+
+
+def instantiate(spec: AttackSpec, defense_spec: DefenseSpec) -> Attack:
+    """The attack a spec describes, refusing with one line a defense kind it does not attack."""
+    attack = registry.resolve(spec.implementation)(registry.attack_params(spec))
+    if defense_spec.kind not in attack.kinds:
+        raise RsbenchError(
+            f"attack {spec.name!r} attacks {', '.join(attack.kinds)} defenses; {defense_spec.name!r} is {defense_spec.kind}"
+        )
+    return attack
+
+
+def goal_of(attack_specs: Sequence[AttackSpec]) -> type[Goal]:
+    """The job of a run's attacks, which must all share one goal."""
+    goals = sorted({spec.goal for spec in attack_specs})
+    if len(goals) != 1:
+        named = ", ".join(f"{spec.name} ({spec.goal})" for spec in attack_specs)
+        raise RsbenchError(f"one run evaluates attacks of one goal; got {named}")
+    return registry.resolve(GOALS[goals[0]])
