@@ -84,9 +84,10 @@ def certify(defense: str, num_samples: int, n0: int | None, n: int | None, alpha
     OUT/certified_accuracy.png [OUT: runs/<defense>/certify-n<n>-alpha<alpha>-seed<seed>].
     Re-running with the same OUT resumes.
     """
-    from rsbench import registry, runner
+    from rsbench import registry, requirements, runner
 
     spec = registry.get_defense(defense)
+    requirements.require(spec)
     config = runner.run_config(spec, "certify", num_samples=num_samples, n0=n0, n=n, alpha=alpha,
                         batch_size=batch_size, seed=seed)
     out = out or Path("runs") / spec.name / f"certify-n{config.n}-alpha{config.alpha:g}-seed{seed}"
@@ -154,12 +155,13 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
     and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
     [OUT: runs/<defense>/evaluate-<attacks>-seed<seed>]. Re-running with the same OUT resumes.
     """
-    from rsbench import engine, registry, runner
+    from rsbench import engine, registry, requirements, runner
     from rsbench.goals import goal_of
 
     spec = registry.get_defense(defense)
     attack_specs = [registry.get_attack(name) for name in attacks]
     goal = goal_of(attack_specs)
+    requirements.require(spec)
     config = runner.run_config(
         spec, "evaluate", num_samples=num_samples, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
         judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n, goal=goal.name,
@@ -182,18 +184,32 @@ def registry_group() -> None:
 @click.option("--kind", type=click.Choice(["defenses", "attacks"]), default=None, help="Only this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def registry_list(kind: str | None, as_json: bool) -> None:
-    """List registered defenses and attacks."""
-    from rsbench import registry
+    """List registered defenses (with the goals they can be evaluated under and whether their data and
+    weights are on this machine) and attacks; a spec that does not validate is listed as broken."""
+    from rsbench import registry, requirements
 
     kinds = [kind] if kind else ["defenses", "attacks"]
-    listing = {k: registry.all_specs(k) for k in kinds}
+    listing = {
+        k: [{**s.model_dump(mode="json"), **(requirements.status(s) if k == "defenses" else {})}
+            for s in registry.all_specs(k).values()]
+        + [{"name": name, "broken": error} for name, error in registry.broken_specs(k).items()]
+        for k in kinds
+    }
     if as_json:
-        click.echo(json.dumps({k: [s.model_dump(mode="json") for s in v.values()] for k, v in listing.items()}, indent=2))
+        click.echo(json.dumps(listing, indent=2))
         return
-    for k, specs in listing.items():
+    present = {True: "present", False: "missing"}
+    for k, entries in listing.items():
         click.echo(f"{k}:")
-        for name, spec in specs.items():
-            click.echo(f"  {name:<28} {spec.description}")
+        for entry in entries:
+            if "broken" in entry:
+                click.echo(f"  {entry['name']:<28} BROKEN: {entry['broken']}")
+            elif k == "defenses":
+                click.echo(f"  {entry['name']:<28} {entry['kind']:<10} goals {','.join(entry['goals'])}; "
+                           f"data {present[entry['data_present']]}, weights {present[entry['weights_present']]}; "
+                           f"{entry['description']}")
+            else:
+                click.echo(f"  {entry['name']:<28} {entry['goal']:<11} {entry['norm']:<5} {entry['description']}")
 
 
 @registry_group.command("show")
@@ -202,13 +218,7 @@ def registry_show(name: str) -> None:
     """Show one spec (a defense or an attack) as YAML-like JSON with its hash."""
     from rsbench import registry
 
-    try:
-        spec = registry.get_defense(name)
-    except RsbenchError as defense_error:
-        try:
-            spec = registry.get_attack(name)
-        except RsbenchError:
-            raise defense_error from None
+    spec = registry.find(name)
     click.echo(json.dumps({**spec.model_dump(mode="json"), "spec_hash": spec.spec_hash()}, indent=2))
 
 
@@ -230,11 +240,51 @@ def models_group() -> None:
 @models_group.command("pull")
 @click.argument("name")
 def models_pull(name: str) -> None:
-    """Fetch a defense's weights into the local cache ahead of time and verify their sha256."""
-    from rsbench import hub, registry
+    """Fetch a defense's weights ahead of time and verify their sha256.
+
+    Released checkpoints without a published checksum are downloaded (Google Drive needs
+    `pip install 'rsbench[download]'`) and imported as by `rsbench models import`.
+    """
+    from rsbench import registry, release
 
     spec = registry.get_defense(name)
-    click.echo(f"{spec.name}: {hub.resolve_weights(spec.weights)} (sha256 verified)")
+    path, sha256 = release.pull_weights(spec)
+    click.echo(f"{spec.name}: {path} (sha256 verified: {sha256})")
+
+
+@models_group.command("import")
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--replace", is_flag=True, help="Pin a file that differs from the one imported before.")
+def models_import(name: str, path: Path, replace: bool) -> None:
+    """Check a downloaded checkpoint (or the release archive or folder holding it), store it and pin its sha256.
+
+    The file must be a torch checkpoint that loads into the defense's architecture. It is copied
+    to rsbench's weights cache ($RSBENCH_WEIGHTS, default ~/.cache/rsbench/weights) and its
+    sha256 recorded there; every later load and every result is checked against it.
+    """
+    from rsbench import registry, release
+
+    spec = registry.get_defense(name)
+    stored, sha256 = release.import_weights(spec, path, replace=replace)
+    click.echo(f"{spec.name}: {stored} (sha256 {sha256} pinned)")
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Fetch datasets."""
+
+
+@data_group.command("pull")
+@click.argument("name", type=click.Choice(["digits", "mnist", "cifar10", "imagenet", "tiny-imagenet"]))
+def data_pull(name: str) -> None:
+    """Download a dataset into $RSBENCH_DATA/NAME (default ~/.cache/rsbench/data/NAME), checksums checked.
+
+    MNIST and CIFAR-10 come through torchvision; ImageNet must be placed by hand (the error says where).
+    """
+    from rsbench import data
+
+    click.echo(f"{name}: {data.pull_dataset(name)}")
 
 
 @cli.command()

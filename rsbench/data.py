@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from rsbench.errors import RsbenchError
+from rsbench.specs import DatasetSpec
 
 DIGITS_TEST_SIZE = 500
 """Digits: 1,797 images; a stratified split with seed 0 keeps 1,297 for training and 500 for testing."""
@@ -36,16 +37,62 @@ def default_root(name: str) -> Path:
     return data_home() / name
 
 
+def _root(name: str, root: str | Path | None) -> Path:
+    return Path(root) if root else default_root(name)
+
+
+def _image_layout(name: str, folder: Path) -> str:
+    """Where an image-folder dataset's files go, for error messages."""
+    classes = "one folder per wnid, e.g. n01440764/, sorted as torchvision's ImageFolder sorts them" \
+        if name == "imagenet" else "one folder per class"
+    return f"{folder}/<class>/<image> ({classes})"
+
+
+def missing_data(dataset: DatasetSpec) -> str | None:
+    """What is missing to load a dataset split and how to provide it; None when its files are present."""
+    name, split, root = dataset.name, dataset.split, _root(dataset.name, dataset.root)
+    if name == "mnist":
+        prefix = "t10k" if split == "test" else "train"
+        if _find_idx(root, f"{prefix}-images-idx3-ubyte") and _find_idx(root, f"{prefix}-labels-idx1-ubyte"):
+            return None
+        return f"MNIST {split} idx files in {root} (run `rsbench data pull mnist`)"
+    if name == "cifar10":
+        batch = "test_batch" if split == "test" else "data_batch_5"
+        present = (root / "cifar-10-batches-py" / batch).is_file()
+        return None if present else f"CIFAR-10 in {root} (run `rsbench data pull cifar10`)"
+    if name in ("imagenet", "tiny-imagenet"):
+        folder = root / ("val" if split == "test" else "train")
+        present = folder.is_dir() and any(folder.iterdir())
+        return None if present else f"{name} {split} images in {_image_layout(name, folder)}, placed by hand"
+    return None  # digits ships with scikit-learn
+
+
+def pull_dataset(name: str, root: str | Path | None = None) -> Path:
+    """Download a dataset's train and test splits through torchvision (which checks their md5); returns the folder."""
+    if name in ("imagenet", "tiny-imagenet"):
+        folder = _root(name, root) / "val"
+        raise RsbenchError(f"rsbench cannot download {name} (it needs a registration): put its images in "
+                           f"{_image_layout(name, folder)}")
+    if name not in ("mnist", "cifar10"):
+        raise RsbenchError(f"{name!r} needs no download" if name == "digits" else f"unknown dataset {name!r}")
+    for split in ("train", "test"):
+        try:
+            load_dataset(name, split, root, download=True)
+        except (OSError, RuntimeError) as error:  # offline: urllib's URLError, or torchvision's mirrors all failing
+            raise RsbenchError(f"cannot download {name} ({error}); copy its files to {_root(name, root)}") from None
+    return _root(name, root)
+
+
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None, *, download: bool = False) -> Dataset:
     """A dataset split by name; each item is `(float tensor C x H x W in [0, 1], int label)`."""
     if split not in ("train", "test"):
         raise RsbenchError(f"expected split 'train' or 'test', got {split!r}")
     loaders = {
         "digits": lambda: _digits(split),
-        "mnist": lambda: _mnist(split, Path(root) if root else default_root("mnist"), download),
-        "cifar10": lambda: _cifar10(split, Path(root) if root else default_root("cifar10"), download),
-        "imagenet": lambda: _image_folder(Path(root) if root else default_root("imagenet"), split, 224),
-        "tiny-imagenet": lambda: _image_folder(Path(root) if root else default_root("tiny-imagenet"), split, 64),
+        "mnist": lambda: _mnist(split, _root("mnist", root), download),
+        "cifar10": lambda: _cifar10(split, _root("cifar10", root), download),
+        "imagenet": lambda: _image_folder("imagenet", _root("imagenet", root), split, 224),
+        "tiny-imagenet": lambda: _image_folder("tiny-imagenet", _root("tiny-imagenet", root), split, 64),
     }
     if name not in loaders:
         raise RsbenchError(f"unknown dataset {name!r}; known: {', '.join(loaders)}")
@@ -111,17 +158,17 @@ def _cifar10(split: str, root: Path, download: bool) -> Dataset:
         return CIFAR10(str(root), train=split == "train", download=download, transform=ToTensor())
     except RuntimeError:
         raise RsbenchError(
-            f"CIFAR-10 not found in {root}: extract cifar-10-python.tar.gz there (folder cifar-10-batches-py) "
-            "or set RSBENCH_DATA"
+            f"CIFAR-10 not found in {root}: run `rsbench data pull cifar10`, or extract cifar-10-python.tar.gz there "
+            "(folder cifar-10-batches-py), or set RSBENCH_DATA"
         ) from None
 
 
-def _image_folder(root: Path, split: str, size: int) -> Dataset:
+def _image_folder(name: str, root: Path, split: str, size: int) -> Dataset:
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
     folder = root / ("val" if split == "test" else "train")
     if not folder.is_dir():
-        raise RsbenchError(f"{folder} not found: put the {split} images there, one sub-folder per class")
+        raise RsbenchError(f"{folder} not found: put the {split} images in {_image_layout(name, folder)}")
     resize = [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size)] if size == 224 else []
     return ImageFolder(str(folder), transform=transforms.Compose([*resize, transforms.ToTensor()]))

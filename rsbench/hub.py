@@ -1,14 +1,18 @@
-"""Fetch weights from the package, a local file or the Hugging Face Hub, checksum first.
+"""Fetch weights from the package, a local file, the Hugging Face Hub or the weights cache, checksum first.
 
 The sha256 of the file is compared with the spec before anything is unpickled, and
 checkpoints are read with `torch.load(weights_only=True)`, so a tampered or
 truncated download is refused rather than executed or half-loaded. Hub files are
 pinned to a commit; with `HF_HUB_OFFLINE=1` they are served from the local cache.
+Releases without a published checksum (`source: import`) are pinned on this machine:
+`rsbench models import` records their sha256 in the weights cache's `pins.json`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,60 @@ from rsbench.errors import RsbenchError
 from rsbench.specs import WeightsRef
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+PINS = "pins.json"
+"""File in the weights cache mapping each imported file name to its sha256 and origin."""
+
+
+def weights_home() -> Path:
+    """rsbench's weights cache: `$RSBENCH_WEIGHTS`, or `~/.cache/rsbench/weights` when unset."""
+    base = os.environ.get("RSBENCH_WEIGHTS")
+    return Path(base) if base else Path.home() / ".cache" / "rsbench" / "weights"
+
+
+def read_pins() -> dict[str, dict[str, str]]:
+    """The pins recorded on this machine, by file name (empty before the first import)."""
+    path = weights_home() / PINS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_pin(ref: WeightsRef, sha256: str, origin: str) -> None:
+    """Record the sha256 every later load of an imported file is checked against."""
+    pins = {**read_pins(), ref.filename: {"sha256": sha256, "imported_from": origin}}
+    path = weights_home() / PINS
+    temporary = path.with_name(PINS + ".tmp")
+    temporary.write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+def pinned_sha256(ref: WeightsRef) -> str | None:
+    """The sha256 the weights must have: the registry's, else this machine's pin (None before import)."""
+    return ref.sha256 or read_pins().get(ref.filename, {}).get("sha256")
+
+
+def local_path(ref: WeightsRef) -> Path:
+    """Where a `package`, `file` or `import` source's file lives on this machine."""
+    if ref.source == "package":
+        return PACKAGE_WEIGHTS / ref.filename
+    if ref.source == "import":
+        return weights_home() / ref.filename
+    path = Path(ref.filename).expanduser()
+    return path if path.is_absolute() else data_home() / path  # a file that comes with the data, e.g. a released model
+
+
+def missing_weights(name: str, ref: WeightsRef) -> str | None:
+    """What is missing to load a defense's weights and the command that provides it; None when present."""
+    if ref.source == "hf":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref.repo_id, ref.filename, revision=ref.revision)
+        return None if isinstance(cached, str) else f"weights from the Hub (run `rsbench models pull {name}`)"
+    path = local_path(ref)
+    if path.is_file() and pinned_sha256(ref):
+        return None
+    if ref.url:
+        return (f"weights {path} (run `rsbench models pull {name}`, or download {ref.url} "
+                f"and run `rsbench models import {name} FILE`)")
+    return f"weights {path} (put the file there)"
 
 
 def sha256_of(path: Path) -> str:
@@ -48,20 +106,19 @@ def _download(ref: WeightsRef) -> Path:
 
 def resolve_weights(ref: WeightsRef) -> Path:
     """Local path of the weights a spec names, after verifying their sha256."""
-    if ref.source == "package":
-        path = PACKAGE_WEIGHTS / ref.filename
-    elif ref.source == "file":
-        path = Path(ref.filename).expanduser()
-        if not path.is_absolute():  # a file that comes with the data, e.g. a released model next to its test set
-            path = data_home() / path
-    else:
-        path = _download(ref)
+    path = _download(ref) if ref.source == "hf" else local_path(ref)
     if not path.is_file():
-        hint = " (relative file paths resolve against $RSBENCH_DATA)" if ref.source == "file" else ""
-        raise RsbenchError(f"weights file {path} does not exist{hint}")
+        hints = {"file": " (relative file paths resolve against $RSBENCH_DATA)",
+                 "import": " (run `rsbench models pull` or `rsbench models import`)"}
+        raise RsbenchError(f"weights file {path} does not exist{hints.get(ref.source, '')}")
+    expected = pinned_sha256(ref)
+    if expected is None:
+        raise RsbenchError(
+            f"weights file {path} has no pin in {weights_home() / PINS}; import it with `rsbench models import`"
+        )
     actual = sha256_of(path)
-    if actual != ref.sha256:
-        raise RsbenchError(f"checksum mismatch for {path}: expected sha256 {ref.sha256[:12]}…, got {actual[:12]}…")
+    if actual != expected:
+        raise RsbenchError(f"checksum mismatch for {path}: expected sha256 {expected[:12]}…, got {actual[:12]}…")
     return path
 
 

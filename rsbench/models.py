@@ -163,7 +163,11 @@ def adapt_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
 def load_weights_into(model: nn.Module, checkpoint: Any) -> nn.Module:
     """Load a checkpoint into a model, naming missing or unexpected keys on mismatch."""
     state = adapt_state_dict(checkpoint)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # same keys, other shapes (e.g. another depth or number of classes)
+        reason = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise RsbenchError(f"checkpoint does not fit the architecture: {reason}") from None
     if result.missing_keys or result.unexpected_keys:
         raise RsbenchError(
             f"checkpoint does not fit the architecture: missing {result.missing_keys[:3]}, "

@@ -59,35 +59,61 @@ def parse_spec(path: Path, spec_type: type[SpecT]) -> SpecT:
 
 
 @lru_cache(maxsize=None)
-def _load(kind: Kind, dirs: tuple[Path, ...]) -> dict[str, Any]:
+def _load(kind: Kind, dirs: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Valid specs by name, and the error of each broken file by file stem.
+
+    A broken file disables only its own name (also over a built-in spec of that name, which it
+    was meant to override), so one bad user spec does not stop commands that do not use it.
+    """
     specs: dict[str, Any] = {}
+    broken: dict[str, str] = {}
     for folder in dirs:
         for path in sorted((folder / kind).glob("*.yaml")):
-            spec = parse_spec(path, _SPEC_TYPES[kind])
-            if spec.name in specs:
+            if path.stem in specs or path.stem in broken:
                 continue  # earlier folders (user registries) override the built-in one
-            if spec.name != path.stem:
-                raise RsbenchError(f"{path}: field 'name' is {spec.name!r} but the file is {path.stem}.yaml")
+            try:
+                spec = parse_spec(path, _SPEC_TYPES[kind])
+                if spec.name != path.stem:
+                    raise RsbenchError(f"{path}: field 'name' is {spec.name!r} but the file is {path.stem}.yaml")
+            except RsbenchError as error:
+                broken[path.stem] = str(error)
+                continue
             specs[spec.name] = spec
-    return specs
+    return specs, broken
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _SPEC_TYPES:
+        raise RsbenchError(f"expected kind 'defenses' or 'attacks', got {kind!r}")
 
 
 def all_specs(kind: Kind) -> dict[str, Any]:
-    """Every spec of a kind, by name."""
-    if kind not in _SPEC_TYPES:
-        raise RsbenchError(f"expected kind 'defenses' or 'attacks', got {kind!r}")
-    return _load(kind, tuple(registry_dirs()))
+    """Every valid spec of a kind, by name."""
+    _check_kind(kind)
+    return _load(kind, tuple(registry_dirs()))[0]
+
+
+def broken_specs(kind: Kind) -> dict[str, str]:
+    """Every file of a kind that does not validate: its name (the file stem) and the error."""
+    _check_kind(kind)
+    return _load(kind, tuple(registry_dirs()))[1]
+
+
+def _names(kind: Kind) -> list[str]:
+    specs = all_specs(kind)
+    return [*specs, *(a for s in specs.values() for a in getattr(s, "aliases", [])), *broken_specs(kind)]
 
 
 def _lookup(kind: Kind, name: str) -> Any:
-    specs = all_specs(kind)
+    specs, broken = all_specs(kind), broken_specs(kind)
     if name in specs:
         return specs[name]
     for spec in specs.values():
         if name in getattr(spec, "aliases", []):
             return spec
-    names = list(specs) + [a for s in specs.values() for a in getattr(s, "aliases", [])]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    if name in broken:
+        raise RsbenchError(f"{kind[:-1]} {name!r} is broken: {broken[name]}")
+    close = difflib.get_close_matches(name, _names(kind), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(specs)) or 'none'}"
     raise RsbenchError(f"unknown {kind[:-1]} {name!r}{hint}")
 
@@ -102,6 +128,17 @@ def get_attack(name: str) -> AttackSpec:
     spec: AttackSpec = _lookup("attacks", name)
     attack_params(spec)
     return spec
+
+
+def find(name: str) -> DefenseSpec | AttackSpec:
+    """The defense or attack registered under a name (an attack with its params checked)."""
+    if name in _names("defenses"):
+        return get_defense(name)
+    if name in _names("attacks"):
+        return get_attack(name)
+    close = difflib.get_close_matches(name, _names("defenses") + _names("attacks"), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise RsbenchError(f"unknown defense or attack {name!r}{hint}")
 
 
 def resolve(implementation: str) -> Any:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 import rsbench
-from rsbench import metrics, plots
+from rsbench import hub, metrics, plots
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.defenses.base import Defense
@@ -180,6 +180,7 @@ def summarize(spec: DefenseSpec, config: RunConfig, records: list[SampleRecord],
         config=config,
         defense=spec,
         environment=environment(device),
+        weights_sha256=hub.pinned_sha256(spec.weights),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         num_samples=len(records),
         clean_accuracy=metrics.certified_accuracy(records, 0.0).accuracy,

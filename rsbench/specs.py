@@ -20,6 +20,15 @@ SCHEMA_VERSION = 1
 
 DatasetName = Literal["digits", "mnist", "cifar10", "imagenet", "tiny-imagenet"]
 Norm = Literal["l2", "linf"]
+Goal = Literal["evasion", "degradation", "spoofing"]
+DefenseKind = Literal["smoothing", "gloro", "kw"]
+GOALS_BY_KIND: dict[str, tuple[Goal, ...]] = {
+    "smoothing": ("evasion", "degradation", "spoofing"),
+    "gloro": ("evasion", "degradation", "spoofing"),
+    "kw": ("evasion", "degradation", "spoofing"),
+}
+"""Attack goals each kind of defense can be evaluated under: every certifier can be evaded, made to reject clean
+inputs (degradation) or made to certify a wrong label (spoofing)."""
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 
 
@@ -35,15 +44,23 @@ class Spec(BaseModel):
 
 
 class WeightsRef(Spec):
-    """Where a model's weights come from, pinned by checksum."""
+    """Where a model's weights come from, pinned by checksum (in the registry, or on import for releases without one)."""
 
-    source: Literal["package", "file", "hf"]
-    """`package`: shipped inside rsbench; `file`: a local path; `hf`: a Hugging Face Hub repository."""
+    source: Literal["package", "file", "hf", "import"]
+    """`package`: shipped inside rsbench; `file`: a local path; `hf`: a Hugging Face Hub repository; `import`: a
+    released file without a published checksum, stored and pinned by `rsbench models import` (or `pull`)."""
     filename: str
     """File name: inside `rsbench/weights/` for `package`, a path for `file` (relative to the data folder
-    `$RSBENCH_DATA`, default `~/.cache/rsbench/data`), a path in the repository for `hf`."""
-    sha256: str
-    """Expected sha256 of the file; loading is refused when it differs."""
+    `$RSBENCH_DATA`, default `~/.cache/rsbench/data`), a path in the repository for `hf`, a name in the weights
+    cache (`$RSBENCH_WEIGHTS`, default `~/.cache/rsbench/weights`) for `import`."""
+    sha256: str | None = None
+    """Expected sha256 of the file; loading is refused when it differs. Required unless `source` is `import`, whose
+    sha256 is pinned on this machine when the file is imported."""
+    url: str | None = None
+    """Where the file, or the release archive holding it, is published; `rsbench models pull` downloads it from
+    there. Required for `import`."""
+    member: str | None = None
+    """Path of the file inside the release archive at `url`, when the release is an archive."""
     repo_id: str | None = None
     """Hub repository id (`owner/name`); required for `hf`."""
     revision: str | None = None
@@ -51,13 +68,13 @@ class WeightsRef(Spec):
 
     @field_validator("sha256")
     @classmethod
-    def _hex64(cls, value: str) -> str:
-        if not re.fullmatch(r"[0-9a-f]{64}", value):
+    def _hex64(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
             raise ValueError(f"expected 64 lowercase hex digits, got {value!r}")
         return value
 
     @model_validator(mode="after")
-    def _hub_fields(self) -> WeightsRef:
+    def _source_fields(self) -> WeightsRef:
         if self.source == "hf":
             if not self.repo_id:
                 raise ValueError("source 'hf' needs repo_id")
@@ -65,6 +82,12 @@ class WeightsRef(Spec):
                 raise ValueError(
                     f"source 'hf' needs revision pinned to a 40-hex commit hash, got {self.revision!r}"
                 )
+        if self.source == "import" and not self.url:
+            raise ValueError("source 'import' needs the url the file is published at")
+        if self.source != "import" and self.sha256 is None:
+            raise ValueError(f"source {self.source!r} needs sha256 (only 'import' is pinned on import)")
+        if self.member and not self.url:
+            raise ValueError("member names a file inside the release archive at url; url is missing")
         return self
 
 
@@ -114,7 +137,7 @@ class DefenseSpec(Spec):
 
     name: str = Field(pattern=NAME_PATTERN)
     """Registry name, e.g. `smoothing-digits-0.50`."""
-    kind: Literal["smoothing", "gloro", "kw"]
+    kind: DefenseKind
     """Certification method."""
     description: str = ""
     """One line for listings."""
@@ -159,7 +182,7 @@ class AttackSpec(Spec):
     """Registry name, e.g. `caa`."""
     implementation: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     """`module:Class` of the implementation, imported only when the attack is used."""
-    goal: Literal["evasion", "degradation", "spoofing"]
+    goal: Goal
     """What the attack tries to achieve."""
     norm: Norm
     """Norm in which the perturbation is measured."""
@@ -283,6 +306,9 @@ class RunResult(Spec):
     """Full specs of the attacks (evaluate only)."""
     environment: Environment
     """Where the run happened."""
+    weights_sha256: str | None = None
+    """sha256 of the weights file the run loaded (the registry's pin, or the one `rsbench models import` recorded):
+    two results made with different files differ here even when their specs are equal."""
     finished_at: str
     """UTC time the summary was written (ISO 8601)."""
     num_samples: int

@@ -21,6 +21,33 @@ def test_registry_list_and_json() -> None:
     assert any(spec["name"] == "smoothing-digits-1.00" for spec in as_json["defenses"])
 
 
+def test_registry_list_json_shows_goals_and_presence() -> None:
+    defenses = {d["name"]: d for d in json.loads(invoke("registry", "list", "--json").output)["defenses"]}
+    digits = defenses["smoothing-digits-0.50"]
+    assert digits["goals"] == ["evasion", "degradation", "spoofing"] == defenses["kw-digits-0.05"]["goals"]
+    assert digits["data_present"] and digits["weights_present"]  # shipped inside the package
+    assert {"smoothing-cifar-0.12", "smoothing-cifar-1.00", "smoothing-imagenet-0.25"} <= set(defenses)
+    cifar = defenses["smoothing-cifar-0.50"]
+    assert cifar["weights"]["sha256"] is None and cifar["weights"]["member"].endswith("noise_0.50/checkpoint.pth.tar")
+
+
+def test_broken_user_specs_are_listed_and_leave_other_commands_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "attacks").mkdir()
+    bad_params = {"name": "caa-bad", "implementation": "rsbench.attacks.caa:CAA", "goal": "evasion", "norm": "l2",
+                  "params": {"iterations": 0}}
+    (tmp_path / "attacks" / "caa-bad.yaml").write_text(json.dumps(bad_params))
+    (tmp_path / "attacks" / "oops.yaml").write_text("name: oops\ngoal: evasion\n")
+    monkeypatch.setenv("RSBENCH_REGISTRY", str(tmp_path))
+    listed = invoke("registry", "list", "--kind", "attacks")
+    assert listed.exit_code == 0 and "caa " in listed.output
+    assert "oops" in listed.output and "BROKEN" in listed.output and "field 'implementation'" in listed.output
+    broken = json.loads(invoke("registry", "list", "--json").output)["attacks"]
+    assert {"name": "oops"} .items() <= next(a for a in broken if a["name"] == "oops").items()
+    shown = invoke("registry", "show", "caa-bad")
+    assert shown.exit_code == 2 and "attack 'caa-bad': params field 'iterations'" in shown.output
+    assert invoke("registry", "show", "caa").exit_code == 0
+
+
 def test_registry_show_includes_the_hash() -> None:
     shown = json.loads(invoke("registry", "show", "smoothing-digits-0.5").output)
     assert shown["sigma"] == 0.5 and len(shown["spec_hash"]) == 64
@@ -47,7 +74,7 @@ def test_certify_prints_the_table_and_writes_the_run(tmp_path: Path) -> None:
         (["certify", "--defense", "smoothing-digit-0.5"], "did you mean"),
         (["certify", "--defense", "smoothing-digits-0.5", "--alpha", "2"], "alpha must lie strictly between 0 and 1"),
         (["certify", "--defense", "smoothing-digits-0.5", "--n0", "0"], "--n0 must be a positive integer"),
-        (["registry", "show", "nothing-like-it"], "unknown defense"),
+        (["registry", "show", "nothing-like-it"], "unknown defense or attack"),
         (["models", "pull", "no-such-defense"], "unknown defense"),
     ],
 )

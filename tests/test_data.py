@@ -53,7 +53,7 @@ def test_real_mnist_test_set() -> None:
     assert torch.bincount(y).tolist()[:2] == [980, 1135]  # the standard class counts of the MNIST test set
 
 
-@pytest.mark.parametrize("name,message", [("mnist", "put t10k-images"), ("cifar10", "extract cifar-10"), ("imagenet", "one sub-folder per class")])
+@pytest.mark.parametrize("name,message", [("mnist", "put t10k-images"), ("cifar10", "extract cifar-10"), ("imagenet", "one folder per wnid")])
 def test_missing_files_say_where_to_put_them(tmp_path: Path, name: str, message: str) -> None:
     with pytest.raises(RsbenchError, match=message):
         load_dataset(name, "test", tmp_path / "empty")

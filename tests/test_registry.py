@@ -53,9 +53,11 @@ def test_user_registry_overrides_and_file_name_must_match(tmp_path: Path, monkey
     (tmp_path / "defenses").mkdir()
     (tmp_path / "defenses" / "mine.yaml").write_text(yaml.safe_dump({**builtin, "name": "other"}))
     monkeypatch.setenv("RSBENCH_REGISTRY", str(tmp_path))
-    with pytest.raises(RsbenchError, match="mine.yaml: field 'name' is 'other'"):
-        registry.all_specs("defenses")
+    assert "mine.yaml: field 'name' is 'other'" in registry.broken_specs("defenses")["mine"]
+    with pytest.raises(RsbenchError, match="defense 'mine' is broken: .*mine.yaml: field 'name' is 'other'"):
+        registry.get_defense("mine")
     (tmp_path / "defenses" / "mine.yaml").rename(tmp_path / "defenses" / "other.yaml")
+    registry._load.cache_clear()  # a process reads its registry once; this one changed it on disk
     assert registry.get_defense("other").sigma == builtin["sigma"]
 
 
@@ -64,3 +66,17 @@ def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
     broken = spec.model_copy(update={"weights": spec.weights.model_copy(update={"sha256": "0" * 64})})
     with pytest.raises(RsbenchError, match="checksum mismatch"):
         load_defense(broken)
+
+
+def test_a_broken_user_spec_disables_only_its_own_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "defenses").mkdir()
+    (tmp_path / "defenses" / "smoothing-digits-0.25.yaml").write_text("name: smoothing-digits-0.25\nkind: magic\n")
+    (tmp_path / "defenses" / "typo.yaml").write_text("name: typo\n  bad: [indent\n")
+    monkeypatch.setenv("RSBENCH_REGISTRY", str(tmp_path))
+    assert set(registry.broken_specs("defenses")) == {"smoothing-digits-0.25", "typo"}
+    assert registry.get_defense("smoothing-digits-0.50").sigma == 0.5
+    # a broken override is reported, never silently replaced by the built-in spec it was meant to override
+    with pytest.raises(RsbenchError, match="is broken: .*field 'kind'"):
+        registry.get_defense("smoothing-digits-0.25")
+    with pytest.raises(RsbenchError, match="malformed YAML"):
+        registry.find("typo")
