@@ -15,9 +15,9 @@ the defense's own check; they differ in what they ascend and in how far they may
   and KW; its smoothing counterpart is `degradation-spgd`.
 - `degradation-spgd` (Algorithm 3.2): smoothing only; steps up the cross-entropy of the base
   logits averaged over n noisy copies at the defense's σ, normalized, inside ε ∩ [0, 1].
-- `degradation-adaptive` (rsbench's own): ascends the rejection itself within ε: GloRo's ⊥
-  logit over the label's, KW's largest worst-case logit of another class (certified exactly
-  while all are negative), the smoothed view's certified radius downwards.
+- `degradation-adaptive` (rsbench's own): ascends the rejection itself within ε: GloRo's
+  certified radius downwards (⊥ wins once it drops below ε), KW's largest worst-case logit of
+  another class (certified exactly while all are negative), the smoothed view's radius downwards.
 
 The paper gives no iteration counts, step sizes or noise samples. rsbench takes Madry et
 al.'s PGD (50 steps of 2.5 budget / 50, i.e. length 0.05 budget) from the clean input,
@@ -146,18 +146,20 @@ class DegradationAdaptive(_Degradation):
     budget_factor = 1.0
 
     def gradient(self, target: Target, label: int, generator: torch.Generator) -> Gradient:
-        """GloRo: ⊥ minus the label's logit; KW: the largest worst-case logit of another class; smoothing: -radius."""
+        """GloRo: minus the certified radius, max_i (y_i - y_label) / K_label,i, which ⊥ beats the label's logit
+        exactly when it exceeds -ε (⊥ - y_label itself weighs each class by K, and its ascent can stall on a far
+        class with a large K); KW: the largest worst-case logit of another class; smoothing: minus the view's radius."""
         defense, eps = target.defense, float(target.epsilon or 0.0)
         if isinstance(defense, Smoothing):
             view = defense.surrogate(**view_options(self.params))
             return lambda x: view.grad(x, lambda out, _: -out.radius, generator)[2]
         others = torch.arange(defense.num_classes) != label
         if isinstance(defense, GloRo):
-            logits = defense.surrogate(epsilon=eps)
+            k = defense.k[label].clamp(min=torch.finfo(torch.float32).tiny)
 
             def rejection(leaf: torch.Tensor) -> torch.Tensor:
-                out = logits(leaf.unsqueeze(0))[0]
-                return out[-1] - out[label]
+                logits = defense.model(leaf.unsqueeze(0))[0]
+                return ((logits - logits[label]) / k.to(logits))[others.to(leaf.device)].max()
         else:
             bound = defense.surrogate(epsilon=eps)
             labels = torch.tensor([label], device=defense.device)
