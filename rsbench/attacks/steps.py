@@ -1,15 +1,19 @@
-"""Geometry shared by the gradient attacks: l2-normalized steps and the projection they need.
+"""Geometry shared by the gradient attacks: normalized steps and the projections they need, in l2 and linf.
 
 Attacks against smoothed classifiers step along noisy Monte Carlo gradients whose scale
-says little, so they move a fixed l2 length along the gradient's direction. Budgeted
-attacks (APGD) must then return to the feasible set {y : ||y - x||_2 <= eps} ∩ [0, 1]^d;
-`project_l2_ball_box` computes the exact Euclidean projection onto that intersection
-rather than the cheaper "rescale then clip", which can land off the nearest point.
+says little, so they move a fixed length along the gradient's direction: its l2 direction,
+or its sign in linf (the steepest ascent direction of that norm). Budgeted attacks must
+then return to the feasible set {y : ||y - x|| <= eps} ∩ [0, 1]^d. In linf both sets are
+boxes, so clipping is the exact projection; in l2, `project_l2_ball_box` computes the exact
+Euclidean projection rather than the cheaper "rescale then clip", which can land off the
+nearest point.
 """
 
 from __future__ import annotations
 
 import torch
+
+from rsbench.specs import Norm
 
 TINY = 1e-12
 """Norms below this count as zero: a zero gradient gives a zero step, never NaN."""
@@ -49,3 +53,31 @@ def project_l2_ball_box(z: torch.Tensor, x: torch.Tensor, eps: float) -> torch.T
     t = ((eps**2 - saturated[k]) / free[k]).clamp(min=0.0).sqrt()
     y = (x64 + t * d).clamp(0.0, 1.0)
     return y.to(z.dtype).view_as(z)
+
+
+def project_linf_ball_box(z: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The point of {y : ||y - x||_inf <= eps, 0 <= y <= 1} nearest to z: both constraints are per-coordinate intervals."""
+    if eps < 0:
+        raise ValueError(f"expected eps >= 0, got {eps}")
+    return torch.minimum(torch.maximum(z, x - eps), x + eps).clamp(0.0, 1.0)
+
+
+def ascent_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """The unit step of steepest ascent in `norm`: the l2-normalized gradient, or its sign for linf."""
+    return l2_normalize(grad) if norm == "l2" else grad.sign()
+
+
+def project(z: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+    """The nearest point to z in the `norm` ball of radius eps around x, inside [0, 1]."""
+    return project_l2_ball_box(z, x, eps) if norm == "l2" else project_linf_ball_box(z, x, eps)
+
+
+def random_start(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator) -> torch.Tensor:
+    """A random point of the ball around x, inside [0, 1]: uniform in the linf cube, or a Gaussian
+    direction at a uniform fraction of eps for l2 (not uniform in volume, which would hug the sphere)."""
+    if norm == "l2":
+        direction = l2_normalize(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device))
+        delta = eps * float(torch.rand((), generator=generator)) * direction
+    else:
+        delta = eps * (2 * torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) - 1)
+    return (x + delta).clamp(0.0, 1.0)

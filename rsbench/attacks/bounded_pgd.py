@@ -1,0 +1,96 @@
+"""Budgeted PGD (Madry et al., 2018) in l2 and linf, against the network under a deterministic defense.
+
+GloRo and KW certify a plain network: GloRo's logits without ⊥, KW's ReLU network. An
+evasion attack on such a defense succeeds when that network's label changes within the
+budget, which the certificate rules out for every point certified at the budget. The
+attack ascends the untargeted cross-entropy from the clean input and from random points
+of the ball, projecting every step back onto the ball ∩ [0, 1], and proposes every
+iterate to the tracker.
+
+`ascend` is the loop itself, shared with the degradation attacks, which differ only in
+the loss, the budget and what they do with each iterate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from rsbench.attacks.base import Attack, AttackParams, Target, Tracker
+from rsbench.attacks.steps import ascent_direction, project, random_start
+from rsbench.defenses.base import Defense
+from rsbench.defenses.gloro import GloRo
+from rsbench.defenses.kw import KW
+from rsbench.errors import RsbenchError
+from rsbench.specs import Norm
+
+
+class BudgetParams(AttackParams):
+    """Steps of a budgeted ascent. Madry et al. take steps of 2.5 budget / iterations, so that
+    a run can cross the ball and come back; 50 of them converge on these networks."""
+
+    iterations: int = Field(50, ge=1)
+    """Gradient steps per restart."""
+    step_factor: float = Field(2.5, gt=0)
+    """Step length, in units of budget / iterations (l2 length, or the linf size of the sign step)."""
+    restarts: int = Field(5, ge=1)
+    """Runs per input: the first from the clean input, the others from random points of the ball."""
+
+
+def ascend(
+    x: torch.Tensor,
+    gradient: Callable[[torch.Tensor], torch.Tensor],
+    budget: float,
+    norm: Norm,
+    params: BudgetParams,
+    generator: torch.Generator,
+) -> Iterator[torch.Tensor]:
+    """Every iterate of projected gradient ascent of the loss whose `gradient` is given, within `budget` of x."""
+    step = params.step_factor * budget / params.iterations
+    for restart in range(params.restarts):
+        x_adv = x.clone() if restart == 0 else random_start(x, budget, norm, generator)
+        for _ in range(params.iterations):
+            x_adv = project(x_adv + step * ascent_direction(gradient(x_adv), norm), x, budget, norm)
+            yield x_adv
+
+
+def network(defense: Defense, attack: str) -> nn.Module:
+    """The logits a deterministic defense certifies (GloRo's without ⊥, KW's network), or a refusal."""
+    if not isinstance(defense, (GloRo, KW)):
+        raise RsbenchError(f"{attack} attacks GloRo and KW defenses, got {type(defense).__name__}")
+    return defense.model
+
+
+def cross_entropy_gradient(model: nn.Module, label: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> gradient of the model's cross-entropy at x for `label` (x unbatched)."""
+    target = torch.tensor([label])
+
+    def gradient(x: torch.Tensor) -> torch.Tensor:
+        leaf = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(leaf.unsqueeze(0)), target.to(x.device))
+        return torch.autograd.grad(loss, leaf)[0]
+
+    return gradient
+
+
+class BoundedPGD(Attack):
+    """Untargeted PGD with restarts inside the target's ball, on the defense's underlying network."""
+
+    Params = BudgetParams
+    params: BudgetParams
+    kinds = ("gloro", "kw")
+
+    def run(self, target: Target, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
+        if target.epsilon is None:
+            raise RsbenchError("bounded PGD needs a budget epsilon")
+        model = network(target.defense, "bounded PGD")
+        x = x.to(target.defense.device)
+        gradient = cross_entropy_gradient(model, label)
+        for x_adv in ascend(x, gradient, target.epsilon, target.norm, self.params, generator):
+            tracker.iterations += 1
+            if tracker.offer(x_adv):
+                return
