@@ -175,6 +175,35 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
     click.echo(f"records, result.json and plots in {out}")
 
 
+@cli.command("degradation-curve")
+@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Certify the first K samples of the test split.")
+@certification_options
+def degradation_curve(defense: str, num_samples: int, n0: int | None, n: int | None, alpha: float | None,
+                      batch_size: int | None, seed: int, device: str, out: Path | None) -> None:
+    """VRA and the false positive rate's upper bound against epsilon (the degradation paper's Figures 2-3).
+
+    One certification pass per sample answers every epsilon: a sample certified at epsilon can only be
+    degraded when it is not certified at 2 epsilon. Writes OUT/degradation_curve.png and .json next to
+    the certify run's records [OUT: runs/<defense>/certify-n<n>-alpha<alpha>-seed<seed>], resuming it.
+    """
+    from rsbench import registry, requirements, runner
+    from rsbench.goals.degradation import curve_files
+
+    spec = registry.get_defense(defense)
+    requirements.require(spec)
+    config = runner.run_config(spec, "certify", num_samples=num_samples, n0=n0, n=n, alpha=alpha,
+                               batch_size=batch_size, seed=seed)
+    out = out or Path("runs") / spec.name / f"certify-n{config.n}-alpha{config.alpha:g}-seed{seed}"
+    runner.certify(spec, config, out, runner.resolve_device(device))
+    records = runner.certify_records(out, config)
+    files = curve_files(spec, records, out)
+    if not files:
+        raise RsbenchError(f"{spec.name} certified no sample of the first {num_samples}: there is no curve to draw")
+    click.echo(f"VRA and FPR upper bound against epsilon in {', '.join(str(f) for f in files)}")
+
+
 @cli.group("registry")
 def registry_group() -> None:
     """Browse the defenses and attacks rsbench knows."""

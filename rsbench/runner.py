@@ -160,11 +160,17 @@ def certify(
         for index in tqdm(todo, desc=f"certify {spec.name}", unit="sample", disable=not progress):
             x, label = dataset[index]
             run.append(certify_sample(defense, x, int(label), index, config.seed, device))
-    records = sorted((r for r in run.records(SampleRecord) if r.index < config.num_samples), key=lambda r: r.index)
+    records = certify_records(out, config)
     result = summarize(spec, config, records, device)
     run.write_result(result)
     plots.certified_accuracy_plot(records, result.certified_accuracy, spec.name, run.path / "certified_accuracy.png")
     return result
+
+
+def certify_records(out: Path, config: RunConfig) -> list[SampleRecord]:
+    """The records of a certify run directory, in sample order, up to the config's number of samples."""
+    records = RunDir(out, config).records(SampleRecord)
+    return sorted((r for r in records if r.index < config.num_samples), key=lambda r: r.index)
 
 
 def summarize(spec: DefenseSpec, config: RunConfig, records: list[SampleRecord], device: torch.device) -> RunResult:

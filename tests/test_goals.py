@@ -134,3 +134,17 @@ def test_a_run_mixing_goals_is_refused_in_one_line(tmp_path: Path) -> None:
 def test_an_attack_refuses_a_defense_kind_it_does_not_attack(tmp_path: Path) -> None:
     with pytest.raises(RsbenchError, match="attacks smoothing defenses; 'gloro-digits-0.25' is gloro"):
         evaluate("gloro-digits-0.25", ["caa"], tmp_path, 2)
+
+
+def test_degradation_curve_from_one_certification_pass(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["degradation-curve", "--defense", "gloro-digits-0.25", "--num-samples", "20",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    clean = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    points = json.loads((tmp_path / "degradation_curve.json").read_text())
+    assert len(points) == 100 and (tmp_path / "degradation_curve.png").stat().st_size > 1000
+    for p in points:  # every point re-derived from the certified radii alone
+        certified = [c for c in clean if c["correct"] and c["radius"] >= p["epsilon"]]
+        assert p["vra"] == pytest.approx(len(certified) / len(clean))
+        expected = sum(c["radius"] < 2 * p["epsilon"] for c in certified) / max(len(certified), 1)
+        assert p["fpr_upper"] == pytest.approx(expected)

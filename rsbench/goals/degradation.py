@@ -267,9 +267,14 @@ class Degradation(Goal):
     @classmethod
     def plots(cls, spec: DefenseSpec, clean: list[SampleRecord], records: list[DegradationRecord],
               folder: Path) -> list[Path]:
-        largest = max((r.radius for r in clean if r.correct), default=0.0)
-        if largest <= 0:
-            return []
-        points = curve(clean, [largest * i / 100 for i in range(1, 101)])
-        return [write_curve(points, folder / "degradation_curve.json"),
-                curve_plot(points, spec.name, folder / "degradation_curve.png", norm=spec.norm)]
+        return curve_files(spec, clean, folder)
+
+
+def curve_files(spec: DefenseSpec, clean: Sequence[SampleRecord], folder: Path, points: int = 100) -> list[Path]:
+    """`degradation_curve.json` and `.png` over `points` radii up to the largest certified one; none without any."""
+    largest = max((r.radius for r in clean if r.correct), default=0.0)
+    if largest <= 0:
+        return []
+    values = curve(clean, [largest * i / points for i in range(1, points + 1)])
+    return [write_curve(values, folder / "degradation_curve.json"),
+            curve_plot(values, spec.name, folder / "degradation_curve.png", norm=spec.norm)]
