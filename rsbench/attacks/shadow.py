@@ -133,22 +133,18 @@ class Shadow(Attack):
         """SGD on δ toward class `cls`; returns x + δ (in [0, 1]) and the loss toward `cls` before every step."""
         p = self.params
         x = x.detach().to(defense.device)
-        shape = (1, *x.shape[1:]) if p.one_channel else x.shape
-        # the box for δ: x + δ in [0, 1] in every channel δ is added to
-        low, high = (-x).amax(0, keepdim=True), (1 - x).amin(0, keepdim=True)
-        if not p.one_channel:
-            low, high = -x, 1 - x
-        uniform = torch.rand(shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-        delta = ((2 * uniform - 1) * p.init_range).clamp(low, high).requires_grad_(True)
+        low, high = -x, 1 - x  # the box for δ that keeps x + δ in [0, 1]
+        if p.one_channel:  # one value per pixel must keep every channel in [0, 1]
+            low, high = low.amax(0, keepdim=True), high.amin(0, keepdim=True)
+        uniform = torch.rand(low.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+        delta = ((2 * uniform - 1) * p.init_range).clamp(low, high)
         loss = target_loss(defense, cls, p, generator)
         history = []
         for _ in range(p.steps):
             value, grad = objective_grad(delta, x, loss, p)
             history.append(value)
-            with torch.no_grad():
-                delta -= p.lr * grad
-                delta.copy_(torch.maximum(torch.minimum(delta, high), low))
-        return (x + delta.detach().expand_as(x)).clamp(0, 1), history
+            delta = (delta - p.lr * grad).clamp(low, high)
+        return (x + delta.expand_as(x)).clamp(0, 1), history
 
 
 def objective_grad(
@@ -159,9 +155,9 @@ def objective_grad(
     δ has one channel or as many as x; it is copied to every channel of x.
     """
     leaf = delta.detach().requires_grad_(True)
-    value = 0.0
+    value, grad = 0.0, torch.zeros_like(leaf)
     for term in loss(lambda: x + leaf.expand_as(x)):
-        term.backward()
+        grad += torch.autograd.grad(term, leaf)[0]
         value += float(term.detach())
     full = leaf.expand_as(x)
     penalty = (
@@ -169,9 +165,7 @@ def objective_grad(
         + params.lambda_c * colour_shift(full)
         + params.lambda_s * dissimilarity(full)
     )
-    penalty.backward()
-    assert leaf.grad is not None
-    return value, leaf.grad
+    return value, grad + torch.autograd.grad(penalty, leaf)[0]
 
 
 def target_loss(defense: Defense, cls: int, params: ShadowParams, generator: torch.Generator) -> TargetLoss:
