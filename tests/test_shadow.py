@@ -156,3 +156,12 @@ def test_loss_toward_the_target_falls_for_deterministic_certifiers(kind: str) ->
     Shadow(steps=60).run(Target(defense, defense.epsilon, defense.norm), x, label, tracker, torch.Generator().manual_seed(0))
     assert tracker.notes["target"] == 1 and tracker.notes["attack_radius"] >= defense.epsilon
     assert tracker.iterations == 120
+
+
+def test_large_label_sets_use_a_fixed_subset_without_the_label() -> None:
+    defense = Smoothing(nn.Sequential(nn.Flatten(), nn.Linear(4, 50)), 50, 0.25)
+    attack = Shadow(max_targets=10, target_seed=3)
+    first, second = attack.targets(defense, 0), attack.targets(defense, 49)
+    assert len(first) == len(second) == 10 and 0 not in first and 49 not in second
+    assert len(set(first) & set(second)) >= 9  # one fixed order: only the label itself can change the subset
+    assert attack.targets(defense, 0) == first and Shadow(max_targets=49).targets(defense, 7) == [c for c in range(50) if c != 7]

@@ -20,10 +20,10 @@ import matplotlib
 import torch
 import torch.nn.functional as F
 
+from rsbench.attacks.shadow import total_variation
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-
-from rsbench.attacks.shadow import total_variation  # noqa: E402
 
 SSIM_SIGMA = 1.5
 """Standard deviation of SSIM's Gaussian window (Wang et al. 2004), in pixels."""
