@@ -13,13 +13,13 @@ import torch
 from conftest import BinaryLinear
 
 from rsbench import evaluation, registry
-from rsbench.attacks.base import Attack, Tracker
+from rsbench.attacks.base import Attack, Target, Tracker
 from rsbench.attacks.smoothed_view import view_options
 from rsbench.defenses.smoothing import Smoothing
 
 SIGMA = 0.25
 EVASION_ATTACKS = sorted(name for name, spec in registry.all_specs("attacks").items() if spec.goal == "evasion")
-SMALL_BUDGET = {"num_noise": 300, "iterations": 20, "eot": 2}
+SMALL_BUDGET = {"num_noise": 300, "iterations": 20, "eot": 2, "steps": 20, "select_n": 1000}
 """Keeps every registered attack quick on the toy problems: whichever of these fields its params have."""
 
 
@@ -94,6 +94,8 @@ def test_registered_attack_params_validate_and_examples_stay_in_the_box(name: st
         return False
 
     tracker = Tracker(x, judge)
-    attack.run(defense.surrogate(**view_options(attack.params)), x, label, tracker, torch.Generator().manual_seed(0))
+    spec = registry.get_attack(name)
+    view = defense.surrogate(**view_options(attack.params)) if spec.goal == "evasion" else Target(defense, None, spec.norm)
+    attack.run(view, x, label, tracker, torch.Generator().manual_seed(0))
     assert tracker.iterations > 0 and offered
     assert all(float(c.min()) >= 0.0 and float(c.max()) <= 1.0 and c.shape == x.shape for c in offered)
