@@ -1,6 +1,7 @@
 """Datasets as (image, label) pairs with pixels in [0, 1], channels first.
 
-`digits` is bundled with scikit-learn, so rsbench runs with no network and no files.
+`digits` is bundled with scikit-learn, so rsbench runs with no network and no files;
+`rgbdigits` is the same images in colour, for attacks that treat colour channels differently.
 `mnist` and `cifar10` are read through torchvision (MNIST also from a folder of idx
 files); `imagenet` and `tiny-imagenet` from a local folder of class sub-folders.
 Nothing is downloaded unless `download=True` is asked for explicitly.
@@ -22,8 +23,12 @@ from rsbench.specs import DatasetSpec
 DIGITS_TEST_SIZE = 500
 """Digits: 1,797 images; a stratified split with seed 0 keeps 1,297 for training and 500 for testing."""
 DIGITS_SPLIT_SEED = 0
+RGBDIGITS_SEED = 0
+"""Seed of the per-image colours of `rgbdigits`: image i of scikit-learn's order gets the i-th pair drawn."""
+RGBDIGITS_CONTRAST = 1.0
+"""Least l2 distance between a digit's colour and its background's (in RGB [0, 1]^3), so every digit stays legible."""
 
-NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "imagenet": 1000, "tiny-imagenet": 200}
+NUM_CLASSES = {"digits": 10, "rgbdigits": 10, "mnist": 10, "cifar10": 10, "imagenet": 1000, "tiny-imagenet": 200}
 
 
 def data_home() -> Path:
@@ -89,6 +94,7 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
         raise RsbenchError(f"expected split 'train' or 'test', got {split!r}")
     loaders = {
         "digits": lambda: _digits(split),
+        "rgbdigits": lambda: _digits(split, rgb=True),
         "mnist": lambda: _mnist(split, _root("mnist", root), download),
         "cifar10": lambda: _cifar10(split, _root("cifar10", root), download),
         "imagenet": lambda: _image_folder("imagenet", _root("imagenet", root), split, 224),
@@ -99,17 +105,34 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     return loaders[name]()
 
 
-def _digits(split: str) -> TensorDataset:
+def _digits(split: str, *, rgb: bool = False) -> TensorDataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0  # 4-bit grey levels 0..16 -> [0, 1]
+    images = colourize(images, RGBDIGITS_SEED) if rgb else images[:, None]
     train_x, test_x, train_y, test_y = train_test_split(
         images, bunch.target, test_size=DIGITS_TEST_SIZE, stratify=bunch.target, random_state=DIGITS_SPLIT_SEED
     )
     x, y = (train_x, train_y) if split == "train" else (test_x, test_y)
-    return TensorDataset(torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y).long())
+    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y).long())
+
+
+def colourize(images: np.ndarray, seed: int) -> np.ndarray:
+    """Grey images (N, H, W) in [0, 1] -> (N, 3, H, W): ink level g blends a per-image background b
+    into a per-image digit colour f as (1 - g) b + g f.
+
+    Colours are uniform in [0, 1]^3, drawn in image order from `seed`; a pair closer than
+    RGBDIGITS_CONTRAST is drawn again, so the result depends on the seed alone.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = rng.random((len(images), 2, 3))
+    while (close := np.linalg.norm(pairs[:, 0] - pairs[:, 1], axis=1) < RGBDIGITS_CONTRAST).any():
+        pairs[close] = rng.random((int(close.sum()), 2, 3))
+    ink = images[:, None]
+    background, colour = pairs[:, 0, :, None, None], pairs[:, 1, :, None, None]
+    return ((1 - ink) * background + ink * colour).astype(np.float32)
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -173,7 +173,7 @@ def evaluate(
             if outcome.index not in clean:
                 clean_run.append(outcome.clean)
             for record, example in outcome.attacks:
-                if save_examples and example is not None:
+                if (save_examples or goal.keeps_examples) and example is not None:
                     save_example(out / "adversarial", record.attack, outcome.index, dataset[outcome.index][0], example)
                 attack_run.append(record)
     return summarize(goal, defense_spec, attack_specs, config, clean_run, attack_run, device)

@@ -57,10 +57,10 @@ def create_model(architecture: str, num_classes: int) -> nn.Module:
 
 
 @register_model("digits-cnn")
-def digits_cnn(num_classes: int) -> nn.Module:
+def digits_cnn(num_classes: int, channels: int = 1) -> nn.Module:
     """A ~38k-parameter CNN for 1x8x8 digits (about 150 kB of float32 weights)."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
+        nn.Conv2d(channels, 16, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(16, 32, 3, padding=1),
         nn.ReLU(),
@@ -70,6 +70,12 @@ def digits_cnn(num_classes: int) -> nn.Module:
         nn.ReLU(),
         nn.Linear(64, num_classes),
     )
+
+
+@register_model("rgbdigits-cnn")
+def rgbdigits_cnn(num_classes: int) -> nn.Module:
+    """The digits CNN with 3 input channels, for 3x8x8 `rgbdigits`."""
+    return digits_cnn(num_classes, channels=3)
 
 
 class _CifarBasicBlock(nn.Module):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SCHEMA_VERSION = 1
 """Version of the result-file schema; bumped on any breaking change to RunResult."""
 
-DatasetName = Literal["digits", "mnist", "cifar10", "imagenet", "tiny-imagenet"]
+DatasetName = Literal["digits", "rgbdigits", "mnist", "cifar10", "imagenet", "tiny-imagenet"]
 Norm = Literal["l2", "linf"]
 Goal = Literal["evasion", "degradation", "spoofing"]
 DefenseKind = Literal["smoothing", "gloro", "kw"]

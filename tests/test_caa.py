@@ -13,7 +13,7 @@ import torch
 from conftest import BinaryLinear, harness
 
 from rsbench import registry
-from rsbench.attacks.base import Attack, Tracker, ViewParams, view_options
+from rsbench.attacks.base import Attack, Target, Tracker, ViewParams, view_options
 from rsbench.defenses.smoothing import Smoothing
 
 SIGMA = 0.25
@@ -23,7 +23,7 @@ EVASION_ATTACKS = sorted(
     if spec.goal == "evasion" and issubclass(registry.resolve(spec.implementation).Params, ViewParams)
 )
 """Evasion attacks on smoothing (they receive its view); bounded PGD on GloRo and KW is tested in test_bounded_pgd."""
-SMALL_BUDGET = {"num_noise": 300, "iterations": 20, "eot": 2}
+SMALL_BUDGET = {"num_noise": 300, "iterations": 20, "eot": 2, "steps": 20, "select_n": 1000}
 """Keeps every registered attack quick on the toy problems: whichever of these fields its params have."""
 
 
@@ -91,7 +91,10 @@ def test_no_attack_reports_a_radius_below_the_exact_distance(name: str) -> None:
         assert float(best.min()) >= 0.0 and float(best.max()) <= 1.0
 
 
-@pytest.mark.parametrize("name", EVASION_ATTACKS)
+SPOOFING_ATTACKS = sorted(name for name, spec in registry.all_specs("attacks").items() if spec.goal == "spoofing")
+
+
+@pytest.mark.parametrize("name", EVASION_ATTACKS + SPOOFING_ATTACKS)
 def test_registered_attack_params_validate_and_examples_stay_in_the_box(name: str) -> None:
     attack = small(name)
     torch.manual_seed(0)
@@ -110,6 +113,8 @@ def test_registered_attack_params_validate_and_examples_stay_in_the_box(name: st
         return False
 
     tracker = Tracker(x, judge)
-    attack.run(defense.surrogate(**view_options(attack.params)), x, label, tracker, torch.Generator().manual_seed(0))
+    spec = registry.get_attack(name)
+    view = defense.surrogate(**view_options(attack.params)) if spec.goal == "evasion" else Target(defense, None, spec.norm)
+    attack.run(view, x, label, tracker, torch.Generator().manual_seed(0))
     assert tracker.iterations > 0 and offered
     assert all(float(c.min()) >= 0.0 and float(c.max()) <= 1.0 and c.shape == x.shape for c in offered)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsbench.data import DIGITS_TEST_SIZE, load_dataset
+from rsbench.data import DIGITS_TEST_SIZE, RGBDIGITS_CONTRAST, load_dataset
 from rsbench.errors import RsbenchError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -23,6 +23,24 @@ def test_digits_split_is_fixed_stratified_and_in_range() -> None:
     assert torch.equal(load_dataset("digits", "test").tensors[0], x)
     train_rows = {tuple(row) for row in train.tensors[0].flatten(1).tolist()}
     assert sum(tuple(row) in train_rows for row in x.flatten(1).tolist()) < 5  # disjoint up to duplicate images
+
+
+def test_rgbdigits_are_the_digits_in_two_colours_per_image() -> None:
+    grey, labels = load_dataset("digits", "test").tensors
+    rgb, rgb_labels = load_dataset("rgbdigits", "test").tensors
+    assert rgb.shape == (DIGITS_TEST_SIZE, 3, 8, 8) and rgb.dtype == torch.float32
+    assert torch.equal(rgb_labels, labels) and torch.equal(load_dataset("rgbdigits", "train").tensors[1], load_dataset("digits", "train").tensors[1])
+    assert torch.equal(load_dataset("rgbdigits", "test").tensors[0], rgb)  # deterministic
+    assert 0.0 <= float(rgb.min()) and float(rgb.max()) <= 1.0
+    ink = grey[:, 0].flatten(1)  # (N, 64) in [0, 1]
+    pixels = rgb.flatten(2)  # (N, 3, 64)
+    background = pixels.gather(2, ink.argmin(1)[:, None, None].expand(-1, 3, 1))  # every digit has blank pixels
+    full = ink.max(1).values
+    colour = background + (pixels.gather(2, ink.argmax(1)[:, None, None].expand(-1, 3, 1)) - background) / full[:, None, None]
+    # each pixel blends the two colours by its grey level, and the colours are far apart
+    assert torch.allclose(pixels, background + ink[:, None] * (colour - background), atol=1e-5)
+    assert float((colour - background).norm(dim=1).min()) >= RGBDIGITS_CONTRAST - 1e-5
+    assert len({tuple(c) for c in background[:, :, 0].tolist()}) == DIGITS_TEST_SIZE  # a colour per image
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:

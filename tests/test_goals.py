@@ -25,6 +25,10 @@ QUICK = {
     "degradation-adaptive-linf": ("rsbench.attacks.degradation:DegradationAdaptive", "linf", {"iterations": 10}),
     "pgd-l2-quick": ("rsbench.attacks.bounded_pgd:BoundedPGD", "l2", {"iterations": 10, "restarts": 2}),
     "pgd-linf-quick": ("rsbench.attacks.bounded_pgd:BoundedPGD", "linf", {"iterations": 10, "restarts": 2}),
+    "shadow-quick": ("rsbench.attacks.shadow:Shadow", "l2",
+                     {"steps": 30, "num_noise": 64, "select_n": 500, "max_targets": 3, "one_channel": True}),
+    "shadow-linf-quick": ("rsbench.attacks.shadow:Shadow", "linf", {"steps": 30, "max_targets": 3,
+                                                                   "one_channel": True}),
 }
 
 
@@ -33,7 +37,7 @@ def quick_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     folder = tmp_path_factory.getbasetemp() / "goal-registry"
     (folder / "attacks").mkdir(parents=True, exist_ok=True)
     for name, (implementation, norm, params) in QUICK.items():
-        goal = "evasion" if name.startswith("pgd") else "degradation"
+        goal = "evasion" if name.startswith("pgd") else "spoofing" if name.startswith("shadow") else "degradation"
         spec = {"name": name, "implementation": implementation, "goal": goal, "norm": norm, "params": params}
         (folder / "attacks" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.setenv("RSBENCH_REGISTRY", str(folder))
@@ -148,3 +152,33 @@ def test_degradation_curve_from_one_certification_pass(tmp_path: Path) -> None:
         assert p["vra"] == pytest.approx(len(certified) / len(clean))
         expected = sum(c["radius"] < 2 * p["epsilon"] for c in certified) / max(len(certified), 1)
         assert p["fpr_upper"] == pytest.approx(expected)
+
+
+def test_spoofing_of_smoothing_reports_a_certificate_an_outsider_rederives(tmp_path: Path) -> None:
+    result = evaluate("smoothing-digits-0.50", ["shadow-quick"], tmp_path, 4, n0=50, n=1000, alpha=0.01)
+    records = rows(tmp_path)
+    assert records and result.metrics["attacks"]["shadow-quick"]["attacked"] == len(records)
+    saved = torch.load(tmp_path / "adversarial" / "shadow-quick.pt", weights_only=True)  # saved without asking
+    fresh = load_defense(registry.get_defense("smoothing-digits-0.50").model_copy(
+        update={"certify": CertifyDefaults(n0=50, n=1000, alpha=0.01, batch_size=1000)}))
+    for r in records:
+        x_adv = saved["x_adv"][saved["index"].tolist().index(r["index"])]
+        # the reported certificate is CERTIFY on the harness's own stream, which the attack never drew from
+        again = fresh.certify(x_adv, generator=runner.stream(0, r["index"], "shadow-quick", "certify", torch.device("cpu")))
+        assert (again.prediction, again.radius) == (r["adv_prediction"], pytest.approx(r["adv_radius"]))
+        assert r["success"] == (r["adv_prediction"] is not None and r["adv_prediction"] != r["label"])
+        assert r["l2"] == pytest.approx(float((x_adv - saved["x"][saved["index"].tolist().index(r["index"])]).norm()))
+    assert "Spoofed R" in engine.format_table(result)
+
+
+def test_spoofing_of_a_deterministic_certifier_is_checked_through_its_own_certify(tmp_path: Path) -> None:
+    result = evaluate("kw-digits-0.05", ["shadow-linf-quick"], tmp_path, 6)
+    eps = result.config.epsilon
+    row = result.metrics["attacks"]["shadow-linf-quick"]
+    assert {"robust_error", "attack_error"} <= set(row)
+    saved = torch.load(tmp_path / "adversarial" / "shadow-linf-quick.pt", weights_only=True)
+    fresh = load_defense("kw-digits-0.05")
+    for r in rows(tmp_path):
+        certificate = fresh.certify(saved["x_adv"][saved["index"].tolist().index(r["index"])])
+        spoofed = certificate.prediction not in (None, r["label"]) and certificate.radius >= eps
+        assert spoofed == r["success"]

@@ -25,7 +25,7 @@ def test_every_defense_loads_with_verified_weights(name: str) -> None:
     if spec.weights.source != "package":
         pytest.skip("weights outside the package are covered by their own tests")
     defense = load_defense(spec)
-    x = torch.zeros(1, 8, 8) if spec.dataset.name == "digits" else None
+    x = {"digits": torch.zeros(1, 8, 8), "rgbdigits": torch.zeros(3, 8, 8)}.get(spec.dataset.name)
     if x is not None:
         prediction = defense.predict(x, generator=torch.Generator().manual_seed(0)) if spec.kind != "smoothing" else \
             defense.predict(x, n=100, generator=torch.Generator().manual_seed(0))

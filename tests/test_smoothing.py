@@ -6,6 +6,9 @@ from conftest import BinaryLinear, Constant
 from scipy.stats import norm
 from torch import nn
 
+from rsbench import registry
+from rsbench.data import load_dataset
+from rsbench.defenses import load_defense
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 
@@ -118,3 +121,15 @@ def test_bad_sampling_settings_are_refused(linear_model: BinaryLinear, kwargs: d
     smoothing = Smoothing(linear_model, 2, sigma=0.5, n=10)
     with pytest.raises(RsbenchError, match=message):
         smoothing.certify(torch.full((1, 2, 2), 0.5), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["smoothing-rgbdigits-0.25", "smoothing-rgbdigits-0.50"])
+def test_shipped_rgbdigits_models_load_and_certify(name: str) -> None:
+    spec = registry.get_defense(name)
+    assert spec.weights.source == "package" and spec.dataset.name == "rgbdigits"
+    defense = load_defense(spec)  # refuses weights whose sha256 differs from the pin
+    x, y = load_dataset("rgbdigits", "test").tensors
+    generator = torch.Generator().manual_seed(0)
+    certificates = [defense.certify(x[i], n=1000, generator=generator) for i in range(10)]
+    correct = [c.prediction == int(y[i]) and c.radius > 0 for i, c in enumerate(certificates)]
+    assert sum(correct) >= 6  # the model cards report 82-96% clean accuracy

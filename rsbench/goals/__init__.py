@@ -37,6 +37,8 @@ class Goal(ABC):
     """The record appended to `samples.jsonl` for each (sample, attack)."""
     statistics: ClassVar[str]
     """How to read the goal's numbers: what is random and at which confidence."""
+    keeps_examples: ClassVar[bool] = False
+    """Whether the run saves every example even without --save-examples (its pictures need them)."""
 
     def __init__(self, defense_spec: DefenseSpec, defense: Defense, attack_specs: Sequence[AttackSpec],
                  config: RunConfig) -> None:
