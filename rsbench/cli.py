@@ -238,7 +238,7 @@ def registry_list(kind: str | None, as_json: bool) -> None:
                            f"data {present[entry['data_present']]}, weights {present[entry['weights_present']]}; "
                            f"{entry['description']}")
             else:
-                click.echo(f"  {entry['name']:<28} {entry['goal']:<11} {entry['norm']:<5} {entry['description']}")
+                click.echo(f"  {entry['name']:<28} {entry['goal']:<11} {entry['norm'] or 'any':<5} {entry['description']}")
 
 
 @registry_group.command("show")

@@ -184,8 +184,9 @@ class AttackSpec(Spec):
     """`module:Class` of the implementation, imported only when the attack is used."""
     goal: Goal
     """What the attack tries to achieve."""
-    norm: Norm
-    """Norm in which the perturbation is measured."""
+    norm: Norm | None = None
+    """Norm in which the perturbation is measured; None: the norm the attacked defense certifies
+    (degradation and spoofing attacks work in it)."""
     description: str = ""
     """One line for listings."""
     paper: str = ""

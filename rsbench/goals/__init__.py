@@ -43,6 +43,7 @@ class Goal(ABC):
     def __init__(self, defense_spec: DefenseSpec, defense: Defense, attack_specs: Sequence[AttackSpec],
                  config: RunConfig) -> None:
         self.spec, self.defense, self.config = defense_spec, defense, config
+        check_norms(attack_specs, defense_spec)
         self.attacks = {spec.name: (spec, instantiate(spec, defense_spec)) for spec in attack_specs}
 
     @classmethod
@@ -86,6 +87,14 @@ def instantiate(spec: AttackSpec, defense_spec: DefenseSpec) -> Attack:
             f"attack {spec.name!r} attacks {', '.join(attack.kinds)} defenses; {defense_spec.name!r} is {defense_spec.kind}"
         )
     return attack
+
+
+def check_norms(attack_specs: Sequence[AttackSpec], defense_spec: DefenseSpec) -> None:
+    """Refuse, with one line, an attack whose fixed norm is not the one the defense certifies."""
+    for spec in attack_specs:
+        if spec.norm not in (None, defense_spec.norm):
+            raise RsbenchError(f"attack {spec.name!r} measures {spec.norm}; {defense_spec.name!r} certifies "
+                               f"{defense_spec.norm}")
 
 
 def goal_of(attack_specs: Sequence[AttackSpec]) -> type[Goal]:
