@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -127,7 +128,7 @@ N, ALPHA = 100_000, 1e-6
 (about 4.75 standard deviations of the Monte Carlo radius), which the point at 0.5005 relies on."""
 
 
-def smoothed_line(alpha: float = ALPHA, n: int = N) -> tuple[Smoothing, callable]:
+def smoothed_line(alpha: float = ALPHA, n: int = N) -> tuple[Smoothing, Callable[[float], torch.Tensor]]:
     """f = class 1 iff the mean pixel exceeds 1/2 (w = 1/8 everywhere, ||w|| = 1); x at signed distance d is 0.5 + d/8."""
     model = BinaryLinear(torch.full((64,), 1 / 8), -4.0)
     return Smoothing(model, 2, SIGMA, n=n, alpha=alpha, batch_size=20_000), lambda d: torch.full((1, 8, 8), 0.5 + d / 8)
