@@ -124,15 +124,17 @@ def robust_accuracy(clean: Sequence[SampleRecord], records: Sequence[AttackRecor
     everything = set().union(*broken.values()) if broken else set()
     correct = {c.index for c in clean if c.correct}
 
-    def share(kept: set[int]) -> dict:
-        hits, total = len(kept), len(clean)
-        low, high = clopper_pearson(hits, total, INTERVAL_ALPHA) if total else (0.0, 1.0)
-        return CertifiedPoint(radius=epsilon, accuracy=hits / max(total, 1), ci_low=low, ci_high=high).model_dump()
-
     certified = {c.index for c in clean if c.correct and c.radius >= epsilon}
+    total = len(clean)
     return {
-        "vra": share(certified),
-        "attacks": {name: share(correct - hit) for name, hit in broken.items()},
-        "all": share(correct - everything),
+        "vra": proportion(len(certified), total),
+        "attacks": {name: proportion(len(correct - hit), total) for name, hit in broken.items()},
+        "all": proportion(len(correct - everything), total),
         "certified_broken": len(certified & everything),
     }
+
+
+def proportion(hits: int, total: int) -> dict[str, float]:
+    """hits / total with its two-sided 95% Clopper-Pearson interval (0 and [0, 1] when total is 0)."""
+    low, high = clopper_pearson(hits, total, INTERVAL_ALPHA) if total else (0.0, 1.0)
+    return {"value": hits / max(total, 1), "ci_low": low, "ci_high": high}

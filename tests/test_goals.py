@@ -115,7 +115,7 @@ def test_evasion_of_deterministic_defenses_never_breaks_a_certified_sample(
     result = evaluate(defense, [attack], tmp_path, 15)
     robustness = result.metrics["robustness"]
     assert robustness["certified_broken"] == 0
-    assert robustness["vra"]["accuracy"] <= robustness["all"]["accuracy"] <= result.clean_accuracy
+    assert robustness["vra"]["value"] <= robustness["all"]["value"] <= result.clean_accuracy
     clean = {c["index"]: c for c in map(json.loads, (tmp_path / "clean.jsonl").read_text().splitlines())}
     dataset, fresh = load_dataset("digits"), load_defense(defense)
     eps = result.config.epsilon

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel
 
-from rsbench import registry
-from rsbench.attacks.base import Attack
+from rsbench import registry, runner
+from rsbench.attacks.base import Attack, Target, Tracker
 from rsbench.defenses.base import Defense
 from rsbench.errors import RsbenchError
 from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
@@ -57,6 +58,24 @@ class Goal(ABC):
         """Run attack `name` on sample `index` (clean certificate `clean`), judge it; its record and the
         example to save (or None)."""
 
+    def run_in_ball(self, name: str, x: torch.Tensor, label: int, index: int, epsilon: float,
+                    accepts: Callable[[torch.Tensor], bool]) -> tuple[Tracker, float]:
+        """Run attack `name` against the defense within `epsilon` of x, in the defense's norm.
+
+        The harness accepts a proposed point only inside [0, 1] and the ball, and then only if
+        `accepts` (the goal's judge) does; returns the tracker and the attack's running time.
+        """
+        tracker = Tracker(x, lambda _: False, norm=self.spec.norm)
+
+        def judge(x_adv: torch.Tensor) -> bool:
+            inside = 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+            return inside and within(tracker.distance(x_adv), epsilon) and accepts(x_adv)
+
+        tracker.judge = judge
+        generator = runner.stream(self.config.seed, index, name, "attack", self.defense.device)
+        self.attacks[name][1].run(Target(self.defense, epsilon, self.spec.norm), x, label, tracker, generator)
+        return tracker, time.perf_counter() - tracker.started
+
     @classmethod
     @abstractmethod
     def summarize(cls, spec: DefenseSpec, config: RunConfig, clean: list[SampleRecord],
@@ -77,6 +96,11 @@ class Goal(ABC):
     def plots(cls, spec: DefenseSpec, clean: list[SampleRecord], records: list[Any], folder: Path) -> list[Path]:
         """Figures written next to the records; none by default."""
         return []
+
+
+def within(distance: float, epsilon: float) -> bool:
+    """Whether a distance is inside the budget, up to float32 rounding of a point projected onto its sphere."""
+    return distance <= epsilon * (1 + 1e-6) + 1e-6
 
 
 def instantiate(spec: AttackSpec, defense_spec: DefenseSpec) -> Attack:

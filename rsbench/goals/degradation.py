@@ -19,7 +19,6 @@ radius), so VRA and fpr_upper against ε (the paper's Figures 2 and 3) cost noth
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,13 +31,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from rsbench import runner  # noqa: E402
-from rsbench.attacks.base import Target, Tracker  # noqa: E402
 from rsbench.defenses.base import Defense  # noqa: E402
 from rsbench.errors import RsbenchError  # noqa: E402
 from rsbench.goals import Goal  # noqa: E402
-from rsbench.goals.evasion import within  # noqa: E402
+from rsbench.metrics import proportion  # noqa: E402
 from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord, Spec  # noqa: E402
-from rsbench.stats import clopper_pearson  # noqa: E402
 
 
 def rejects(defense: Defense, x_adv: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> bool:
@@ -180,19 +177,9 @@ class Degradation(Goal):
                clean: SampleRecord) -> tuple[DegradationRecord, torch.Tensor | None]:
         eps, seed, device = self.config.epsilon, self.config.seed, self.defense.device
         x = x.to(device)
-        tracker = Tracker(x, lambda _: False, norm=self.spec.norm)
         judge_stream = runner.stream(seed, index, name, "judge", device)
-
-        def judge(x_adv: torch.Tensor) -> bool:
-            inside = 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
-            if not inside or not within(tracker.distance(x_adv), eps):
-                return False
-            return rejects(self.defense, x_adv, eps, judge_stream)
-
-        tracker.judge = judge
-        self.attacks[name][1].run(Target(self.defense, eps, self.spec.norm), x, label, tracker,
-                                  runner.stream(seed, index, name, "attack", device))
-        total_time_s = time.perf_counter() - tracker.started
+        tracker, total_time_s = self.run_in_ball(name, x, label, index, eps,
+                                                 lambda x_adv: rejects(self.defense, x_adv, eps, judge_stream))
         found = sorted(tracker.candidates(), key=lambda f: f.time_s)
         if self.spec.kind == "smoothing":  # a rejection by one CERTIFY is random: repeat it on fresh noise
             confirm_stream = runner.stream(seed, index, name, "confirm", device)
@@ -218,20 +205,16 @@ class Degradation(Goal):
                 by_attack[r.attack].add(r.index)
         every = set().union(*by_attack.values()) if by_attack else set()
 
-        def rate(hits: int, total: int) -> dict[str, float]:
-            low, high = clopper_pearson(hits, total, 0.05) if total else (0.0, 1.0)
-            return {"value": hits / max(total, 1), "ci_low": low, "ci_high": high}
-
         def row(degraded: set[int]) -> dict[str, Any]:
             hits = sum(r.index in degraded for r in robust)
-            return {"fpr_lower": rate(hits, len(robust)),
-                    "utility_reduction": rate(hits, len(clean))}  # vra x fpr_lower = degraded share of all
+            return {"fpr_lower": proportion(hits, len(robust)),
+                    "utility_reduction": proportion(hits, len(clean))}  # vra x fpr_lower = degraded share of all
 
         return {
             "epsilon": eps,
             "test_R": len(robust),
-            "vra": rate(len(robust), len(clean)),
-            "fpr_upper": rate(sum(r.radius < 2 * eps for r in robust), len(robust)),
+            "vra": proportion(len(robust), len(clean)),
+            "fpr_upper": proportion(sum(r.radius < 2 * eps for r in robust), len(robust)),
             "attacks": {name: row(hit) for name, hit in by_attack.items()},
             "all": row(every),
             "unconfirmed": {name: sum(r.judged and not r.success for r in records if r.attack == name)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rsbench import metrics, plots, runner
-from rsbench.attacks.base import Target, Tracker, view_options
+from rsbench.attacks.base import Tracker, view_options
 from rsbench.attacks.success import confirm, make_judge
 from rsbench.defenses.base import Defense
 from rsbench.defenses.smoothed_view import SmoothedView
@@ -50,11 +50,6 @@ DETERMINISTIC_NOTE = (
     "with two-sided 95% Clopper-Pearson intervals; a robust accuracy is an upper bound on the true one "
     "(attacks may miss examples), the VRA a lower bound."
 )
-def within(distance: float, epsilon: float) -> bool:
-    """Whether a distance is inside the budget, up to float32 rounding of a point projected onto its sphere."""
-    return distance <= epsilon * (1 + 1e-6) + 1e-6
-
-
 class Evasion(Goal):
     """Evasion of smoothing (minimum-norm, confirmed) and of GloRo and KW (epsilon-bounded, exact)."""
 
@@ -102,22 +97,14 @@ class Evasion(Goal):
 
     def _bounded(self, name: str, x: torch.Tensor, label: int, index: int,
                  clean: SampleRecord) -> tuple[AttackRecord, torch.Tensor | None]:
-        eps, norm, network = self.config.epsilon, self.spec.norm, self.defense.model
+        network = self.defense.model
         x = x.to(self.defense.device)
-        tracker = Tracker(x, lambda _: False, norm=norm)
 
-        def judge(x_adv: torch.Tensor) -> bool:
-            inside = 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
-            if not inside or not within(tracker.distance(x_adv), eps):
-                return False
+        def wrong_label(x_adv: torch.Tensor) -> bool:
             with torch.no_grad():
                 return int(network(x_adv[None]).argmax(1)) != label
 
-        tracker.judge = judge
-        target = Target(self.defense, eps, norm)
-        self.attacks[name][1].run(target, x, label, tracker,
-                                  runner.stream(self.config.seed, index, name, "attack", self.defense.device))
-        total_time_s = time.perf_counter() - tracker.started
+        tracker, total_time_s = self.run_in_ball(name, x, label, index, self.config.epsilon, wrong_label)
         found = tracker.candidates()  # the judge is exact: every accepted candidate is confirmed
         record = _record(index, label, name, found, total_time_s, clean.radius, tracker, len(found))
         best = min(found, key=lambda f: f.radius, default=None)
@@ -212,7 +199,7 @@ def format_robustness(result: RunResult) -> str:
     robustness = result.metrics["robustness"]
 
     def point(p: dict[str, float]) -> str:
-        return f"{100 * p['accuracy']:5.1f}% [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]"
+        return f"{100 * p['value']:5.1f}% [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]"
 
     lines = [
         f"{result.defense.name} at epsilon {result.config.epsilon:g} ({result.defense.norm}): {result.num_samples} "
