@@ -231,11 +231,11 @@ class Degradation(Goal):
         lines = [
             f"{result.defense.name} at epsilon {m['epsilon']:g} ({result.defense.norm}): {result.num_samples} samples, "
             f"{m['test_R']} certified at epsilon (test_R)",
-            f"  {'VRA':<36}{pct(m['vra'])}",
-            f"  {'FPR upper bound (not certified at 2eps)':<36}{pct(m['fpr_upper'])}",
+            f"  {'VRA':<42}{pct(m['vra'])}",
+            f"  {'FPR upper bound (not certified at 2eps)':<42}{pct(m['fpr_upper'])}",
         ]
         for name, row in [*m["attacks"].items(), ("all attacks", m["all"])]:
-            lines.append(f"  {'FPR lower bound, ' + name:<36}{pct(row['fpr_lower'])}   utility reduction "
+            lines.append(f"  {'FPR lower bound, ' + name:<42}{pct(row['fpr_lower'])}   utility reduction "
                          f"{pct(row['utility_reduction'])}")
         if any(m["unconfirmed"].values()):
             lines.append(f"  rejections not confirmed on fresh noise: {m['unconfirmed']}")
