@@ -6,54 +6,17 @@ import gzip
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from rsbench import audit, leaderboard, registry, runner
-from rsbench.engine import save_example
+from rsbench import audit, leaderboard
 from rsbench.errors import RsbenchError
-from rsbench.rundir import RunDir
-from rsbench.specs import AttackRecord, SampleRecord
 from rsbench.stats import bootstrap
 
 DEFENSE = "smoothing-digits-0.50"
-
-
-def make_run(folder: Path, radii: dict[str, list[float | None]], *, judge_n: int = 1500,
-             confirm_n: int | None = None, num_samples: int | None = None) -> Path:
-    """A finished evasion run written by hand: per attack, the best radius of each sample (None: failed).
-
-    Every sample is correct and certified; the saved example of a success lies exactly at its radius.
-    """
-    spec = registry.get_defense(DEFENSE)
-    attacks = [registry.get_attack(name) for name in radii]
-    count = num_samples or len(next(iter(radii.values())))
-    config = runner.run_config(spec, "evaluate", num_samples=count, n=1000, judge_n=judge_n, confirm_n=confirm_n,
-                               goal="evasion", attacks=[a.name for a in attacks],
-                               attack_hashes=[a.spec_hash() for a in attacks])
-    clean = [SampleRecord(index=i, label=i % 10, prediction=i % 10, radius=0.5, correct=True, time_s=0.1)
-             for i in range(count)]
-    clean_run, attack_run = RunDir(folder, config, "clean.jsonl"), RunDir(folder, config, "samples.jsonl")
-    for record in clean:
-        clean_run.append(record)
-    generator = torch.Generator().manual_seed(0)
-    for name, values in radii.items():
-        for index, radius in enumerate(values):
-            attack_run.append(AttackRecord(
-                index=index, label=index % 10, attack=name, success=radius is not None, first_radius=radius,
-                first_time_s=None if radius is None else 0.1, best_radius=radius,
-                best_time_s=None if radius is None else 0.1, total_time_s=1.0, cohen_radius=0.4, iterations=5,
-                judge_calls=5, candidates=1 if radius else 0, rejected=0, judge_n=config.judge_n,
-                judge_alpha=config.judge_alpha, confirm_n=config.confirm_n))
-            if radius is not None:
-                x = torch.full((1, 8, 8), 0.5)
-                direction = torch.randn(1, 8, 8, generator=generator)
-                save_example(folder / "adversarial", name, index, x, x + radius * direction / direction.norm())
-    result = runner.summarize(spec, config, clean, torch.device("cpu")).model_copy(update={"attacks": attacks})
-    attack_run.write_result(result)
-    return folder
 
 
 @pytest.fixture
@@ -94,8 +57,8 @@ def test_bootstrap_contains_the_point_and_shrinks_with_more_samples() -> None:
     assert median[1] <= median[0] <= median[2]
 
 
-def test_add_stores_hashed_records_and_intervals(root: Path, tmp_path: Path) -> None:
-    run = make_run(tmp_path / "run", {"caa": [0.5, 0.6, None, 0.8]})
+def test_add_stores_hashed_records_and_intervals(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    run = make_evasion_run(tmp_path / "run", {"caa": [0.5, 0.6, None, 0.8]})
     path, added = leaderboard.add_run(root, run)
     assert added == ["caa"] and path == root / f"evasion-{DEFENSE}" / "v1.json"
     board = leaderboard.load(path)
@@ -107,11 +70,11 @@ def test_add_stores_hashed_records_and_intervals(root: Path, tmp_path: Path) -> 
     assert audit.check(root) == [path]
 
 
-def test_best_is_recomputed_when_an_attack_that_wins_on_some_samples_is_added(root: Path, tmp_path: Path) -> None:
-    path, _ = leaderboard.add_run(root, make_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
+def test_best_is_recomputed_when_an_attack_that_wins_on_some_samples_is_added(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    path, _ = leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
     assert leaderboard.load(path).comparison.best["caa"].value == 100
     first = leaderboard.load(path).entries[0]
-    leaderboard.add_run(root, make_run(tmp_path / "b", {"pgd": [0.4, 0.9, 0.3, None]}))
+    leaderboard.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.4, 0.9, 0.3, None]}))
     board = leaderboard.load(path)
     assert board.comparison.best["caa"].value == 50 and board.comparison.best["pgd"].value == 50
     assert board.comparison.paired["pgd"]["caa"].value == 50 and board.comparison.paired["caa"]["pgd"].value == 50
@@ -126,17 +89,17 @@ def refusal(root: Path, run: Path, **options: object) -> str:
     return message
 
 
-def test_duplicate_and_protocol_mismatch_are_refused(root: Path, tmp_path: Path) -> None:
-    leaderboard.add_run(root, make_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
-    assert "already has an entry for 'caa'" in refusal(root, make_run(tmp_path / "b", {"caa": [0.5, 0.6]}))
-    other = make_run(tmp_path / "c", {"pgd": [0.5, 0.6]}, judge_n=1000)
+def test_duplicate_and_protocol_mismatch_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+    assert "already has an entry for 'caa'" in refusal(root, make_evasion_run(tmp_path / "b", {"caa": [0.5, 0.6]}))
+    other = make_evasion_run(tmp_path / "c", {"pgd": [0.5, 0.6]}, judge_n=1000)
     assert "protocol hash" in refusal(root, other) and "judge_n" in refusal(root, other)
     path, _ = leaderboard.add_run(root, other, new_version=True)
     assert path.name == "v2.json" and (path.parent / "v1.json").exists()
 
 
-def test_unconfirmed_example_is_refused(root: Path, tmp_path: Path) -> None:
-    run = make_run(tmp_path / "a", {"caa": [0.5, 0.6]})
+def test_unconfirmed_example_is_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]})
     lines = (run / "samples.jsonl").read_text().splitlines()
     record = json.loads(lines[1]) | {"rejected": 1}  # its only kept candidate failed confirmation
     (run / "samples.jsonl").write_text("\n".join([lines[0], json.dumps(record)]) + "\n")
@@ -144,19 +107,19 @@ def test_unconfirmed_example_is_refused(root: Path, tmp_path: Path) -> None:
     assert not root.exists()  # nothing written
 
 
-def test_tampered_records_are_refused(root: Path, tmp_path: Path) -> None:
-    path, _ = leaderboard.add_run(root, make_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+def test_tampered_records_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    path, _ = leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
     stored = path.parent / leaderboard.load(path).entries[0].records.path
     lines = gzip.decompress(stored.read_bytes()).decode().splitlines()
     lines[0] = lines[0].replace('"best_radius":0.5', '"best_radius":0.1')
     stored.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
-    assert "do not match their sha256" in refusal(root, make_run(tmp_path / "b", {"pgd": [0.5, 0.6]}))
+    assert "do not match their sha256" in refusal(root, make_evasion_run(tmp_path / "b", {"pgd": [0.5, 0.6]}))
     with pytest.raises(RsbenchError, match="do not match their sha256"):
         audit.check(root)
 
 
-def test_a_changed_old_entry_is_refused_against_git_history(root: Path, tmp_path: Path) -> None:
-    path, _ = leaderboard.add_run(root, make_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+def test_a_changed_old_entry_is_refused_against_git_history(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    path, _ = leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
     git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
