@@ -19,6 +19,7 @@ import torch
 
 from rsbench.attacks.success import is_adversarial
 from rsbench.defenses import load_defense
+from rsbench.defenses.base import Defense
 from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import rejects
 from rsbench.goals.evasion import DISTANCE_SLACK, judge_view
@@ -104,32 +105,48 @@ def verify(path: Path, entry: str | None = None, device: torch.device = torch.de
         raise RsbenchError(f"{board.track} has no entry {entry!r}; entries: {', '.join(e.name for e in board.entries)}")
     agreement: dict[str, tuple[int, int]] = {}
     for e in chosen:
-        if e.examples is None:
-            agreement[e.name] = (0, 0)
-            continue
-        examples = torch.load(io.BytesIO(read_stored(path.parent, e.examples)), weights_only=True)
-        by_index = {r.index: r for r in records[e.name]}
-        agree = 0
-        for row, index in enumerate(examples["index"].tolist()):
-            record, x, x_adv = by_index[index], examples["x"][row].to(device), examples["x_adv"][row].to(device)
-            noise = stream(protocol.seed, index, e.name, purpose, device)
-            delta = (x_adv - x).flatten()
-            inside = 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
-            within = protocol.epsilon is None or inside and float(
-                delta.norm() if board.defense.norm == "l2" else delta.abs().max()) <= protocol.epsilon * (1 + DISTANCE_SLACK)
-            if protocol.goal == "evasion" and board.defense.kind == "smoothing":
-                view = judge_view(defense, config)
-                verdict = is_adversarial(view.hard_counts(x_adv, noise, protocol.confirm_n), record.label, protocol.judge_alpha)
-            elif protocol.goal == "evasion":
-                with torch.no_grad():
-                    verdict = within and int(defense.model(x_adv[None]).argmax(1)) != record.label
-            elif protocol.goal == "degradation":
-                verdict = within and rejects(defense, x_adv, protocol.epsilon, noise)
-            else:
-                certificate = defense.certify(x_adv, generator=noise)
-                eps = 0.0 if board.defense.kind == "smoothing" else protocol.epsilon or 0.0
-                verdict = (certificate.prediction is not None and certificate.prediction != record.label
-                           and certificate.radius >= eps)
-            agree += verdict == record.success
-        agreement[e.name] = (agree, len(examples["index"]))
+        examples = None if e.examples is None else torch.load(io.BytesIO(read_stored(path.parent, e.examples)),
+                                                               weights_only=True)
+        agreement[e.name] = rejudge(board, defense, e.name, records[e.name], examples, purpose)
     return agreement
+
+
+def rejudge(board: Leaderboard, defense: Defense, name: str, records: list, examples: dict | None,
+            purpose: str = "verify") -> tuple[int, int]:
+    """(saved examples judged as their records say, saved examples), each on its own fresh `purpose` stream."""
+    if examples is None:
+        return 0, 0
+    by_index = {r.index: r for r in records}
+    agree = 0
+    for row, index in enumerate(examples["index"].tolist()):
+        noise = stream(board.protocol.seed, index, name, purpose, defense.device)
+        verdict = judges_success(board, defense, by_index[index].label, examples["x"][row], examples["x_adv"][row], noise)
+        agree += verdict == by_index[index].success
+    return agree, len(examples["index"])
+
+
+def judges_success(board: Leaderboard, defense: Defense, label: int, x: torch.Tensor, x_adv: torch.Tensor,
+                   noise: torch.Generator) -> bool:
+    """Whether an example achieves the track's goal, judged as the protocol says on the noise of `noise`.
+
+    Evasion of smoothing: the judge's test on confirm_n fresh copies; of GloRo and KW: the network's label
+    within epsilon inside [0, 1]; degradation: the defense's check rejects within epsilon; spoofing: the
+    defense certifies a wrong label (at epsilon for GloRo and KW).
+    """
+    protocol, spec = board.protocol, board.defense
+    x, x_adv = x.to(defense.device), x_adv.to(defense.device)
+    delta = (x_adv - x).flatten()
+    inside = 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
+    within = protocol.epsilon is None or inside and float(
+        delta.norm() if spec.norm == "l2" else delta.abs().max()) <= protocol.epsilon * (1 + DISTANCE_SLACK)
+    if protocol.goal == "evasion" and spec.kind == "smoothing":
+        view = judge_view(defense, protocol.run_config([]))
+        return is_adversarial(view.hard_counts(x_adv, noise, protocol.confirm_n), label, protocol.judge_alpha)
+    if protocol.goal == "evasion":
+        with torch.no_grad():
+            return within and int(defense.model(x_adv[None]).argmax(1)) != label
+    if protocol.goal == "degradation":
+        return within and rejects(defense, x_adv, protocol.epsilon, noise)
+    certificate = defense.certify(x_adv, generator=noise)
+    eps = 0.0 if spec.kind == "smoothing" else protocol.epsilon or 0.0
+    return certificate.prediction is not None and certificate.prediction != label and certificate.radius >= eps

@@ -422,5 +422,32 @@ def leaderboard_render(root: Path) -> None:
         click.echo(f"wrote {path}")
 
 
+@cli.group("submission")
+def submission_group() -> None:
+    """Attacks submitted by pull request: submissions/<name>/submission.yaml and the attack's code."""
+
+
+@submission_group.command("validate")
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds the smoke run may take.")
+def submission_validate(folder: Path, timeout: float) -> None:
+    """Schema, import, and a smoke run on a tiny embedded track in a subprocess, judged by rsbench."""
+    from rsbench import submissions
+
+    click.echo(submissions.validate(folder, timeout))
+
+
+@submission_group.command("verify")
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds each claimed track may take.")
+@LEADERBOARDS
+def submission_verify(folder: Path, timeout: float, root: Path) -> None:
+    """Run each claimed track's protocol, judge the examples here, compare with the claims, add the entries."""
+    from rsbench import submissions
+
+    for line in submissions.verify(folder, root, timeout):
+        click.echo(line)
+
+
 main = cli
 """Console-script entry point."""
