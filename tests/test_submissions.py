@@ -87,3 +87,25 @@ def test_a_submission_must_name_its_folder_and_goal_consistently(tmp_path: Path)
     (folder / "submission.yaml").write_text(text)
     with pytest.raises(RsbenchError, match="the attack's goal is evasion"):
         submissions.load_submission(folder)
+
+
+def test_the_workflow_parses_and_every_rsbench_command_it_calls_exists() -> None:
+    import shlex
+
+    import click
+
+    from rsbench.cli import cli
+
+    workflow = yaml.safe_load((Path(__file__).parents[1] / ".github/workflows/leaderboard.yml").read_text())
+    assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as true
+    scripts = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    calls = [line[line.index("rsbench "):] for script in scripts for line in script.splitlines() if "rsbench " in line]
+    assert len(calls) >= 5
+    for call in calls:
+        words = shlex.split(call.split(";")[0].split("|")[0].replace("$(", " "))[1:]
+        command: click.Command = cli
+        while isinstance(command, click.Group):
+            assert words and words[0] in command.commands, f"{call!r}: no such rsbench command"
+            command, words = command.commands[words.pop(0)], words
+        options = {opt for param in command.params for opt in param.opts}
+        assert all(word in options for word in words if word.startswith("--")), call
