@@ -155,7 +155,7 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
     and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
     [OUT: runs/<defense>/evaluate-<attacks>-seed<seed>]. Re-running with the same OUT resumes.
     """
-    from rsbench import engine, registry, requirements, runner
+    from rsbench import engine, registry, requirements, runner, site
     from rsbench.goals import goal_of
 
     spec = registry.get_defense(defense)
@@ -172,6 +172,8 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
     result = engine.evaluate(spec, attack_specs, config, out, runner.resolve_device(device),
                              save_examples=save_examples)
     click.echo(engine.format_table(result))
+    click.echo("\nWith 95% bootstrap intervals over samples, as the leaderboards report them:")
+    click.echo(site.run_table(out))
     click.echo(f"records, result.json and plots in {out}")
 
 

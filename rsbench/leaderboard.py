@@ -366,8 +366,10 @@ def comparison(board: Leaderboard, clean: list[SampleRecord], records: dict[str,
 # -- adding a run --------------------------------------------------------------------------------------------
 
 
-def unconfirmed(protocol: Protocol, defense: DefenseSpec, records: Sequence[Any], examples: dict | None) -> str | None:
-    """Why some success of the records does not rest on a confirmed, saved example; None when all do."""
+def unconfirmed(protocol: Protocol, defense: DefenseSpec, records: Sequence[Any], examples: dict | None,
+                require_examples: bool = True) -> str | None:
+    """Why some success of the records does not rest on a confirmed (and, when required, saved) example; None
+    when all do."""
     saved = {} if examples is None else {i: k for k, i in enumerate(examples["index"].tolist())}
     for r in records:
         if not r.success:
@@ -383,6 +385,8 @@ def unconfirmed(protocol: Protocol, defense: DefenseSpec, records: Sequence[Any]
             if not wrong or r.adv_radius < (r.epsilon or 0.0):
                 return f"{where}: a success the harness's certificate does not support"
         if r.index not in saved:
+            if not require_examples:
+                continue
             return f"{where}: its example is not among the saved examples"
         if protocol.goal != "spoofing":
             row = saved[r.index]
@@ -423,12 +427,13 @@ def stored_records(folder: Path, board: Leaderboard) -> tuple[list[SampleRecord]
 
 
 def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"), *,
-            new_version: bool = False) -> tuple[Path, list[str]]:
+            new_version: bool = False, require_examples: bool = True) -> tuple[Path, list[str]]:
     """Add every attack of a finished run as an entry of its track; nothing is written unless all are accepted.
 
     Refused with one line: a protocol differing from the track's newest version (unless `new_version`),
     stored records not matching their hash, clean certificates differing from the track's, an entry
-    already on the track, a success without a confirmed, saved example.
+    already on the track, a success without a confirmed, saved example (`require_examples` False: the
+    example may be missing, for previews of runs made without --save-examples).
     """
     result, clean, records = _read_run(run_dir)
     protocol = Protocol.of_run(result.config)
@@ -459,7 +464,7 @@ def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"),
             raise RsbenchError(f"{track} v{board.version} already has an entry for {spec.name!r} (or its spec)")
         mine = [r for r in records if r.attack == spec.name]
         examples = _examples(run_dir / "adversarial" / f"{spec.name}.pt")
-        reason = unconfirmed(protocol, result.defense, mine, examples)
+        reason = unconfirmed(protocol, result.defense, mine, examples, require_examples)
         if reason:
             raise RsbenchError(f"{run_dir}: {reason}; refused")
         stored[spec.name] = mine

@@ -23,7 +23,7 @@ from rsbench import metrics, plots
 from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
-from rsbench.leaderboard import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
+from rsbench.leaderboard import Entry, Interval, Leaderboard, add_run, files, load, read_stored, stored_records
 
 LOWER_IS_BETTER = {"r50", "pct_cohen", "time_s", "total_time_s", "first_ratio_r50", "first_ratio_time",
                    "robust_accuracy", "l2_mean", "attack_error"}
@@ -108,6 +108,14 @@ def markdown(board: Leaderboard, sort: str | None = None) -> str:
         lines.append(f"| {entry.name} | {source_of(entry)} | {entry.attacked} | {values} |")
     lines += ["", *(f"- `{k}`: {p.metrics[k]}" for k in columns)]
     return "\n".join(lines)
+
+
+def run_table(run_dir: Path) -> str:
+    """A finished run's attacks as a leaderboard table, with the leaderboard's bootstrap intervals (for `evaluate`)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path, _ = add_run(Path(scratch), run_dir, require_examples=False)
+        board = load(path)
+    return markdown(board, "best" if "best" in board.protocol.metrics else None)
 
 
 def _pictures(board: Leaderboard, folder: Path, out: Path, prefix: str) -> list[str]:
