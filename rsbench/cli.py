@@ -380,9 +380,9 @@ def leaderboard_show(track: str, sort: str | None, as_json: bool, root: Path) ->
 @LEADERBOARDS
 def leaderboard_add(run_dir: Path, new_version: bool, root: Path) -> None:
     """Add every attack of a finished `rsbench evaluate` run to its track, refusing what cannot be re-checked."""
-    from rsbench import leaderboard
+    from rsbench import admission
 
-    path, added = leaderboard.add_run(root, run_dir, new_version=new_version)
+    path, added = admission.add_run(root, run_dir, new_version=new_version)
     click.echo(f"added {', '.join(added)} to {path}")
 
 

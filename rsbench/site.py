@@ -11,19 +11,18 @@ static host.
 from __future__ import annotations
 
 import html
-import io
 import math
 import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 
 from rsbench import metrics, plots
 from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
-from rsbench.leaderboard import Entry, Interval, Leaderboard, add_run, files, load, read_stored, stored_records
+from rsbench.admission import add_run
+from rsbench.leaderboard import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
 
 LOWER_IS_BETTER = {"r50", "pct_cohen", "time_s", "total_time_s", "first_ratio_r50", "first_ratio_time",
                    "robust_accuracy", "l2_mean", "attack_error"}

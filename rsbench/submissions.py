@@ -20,7 +20,7 @@ import torch
 import yaml
 from pydantic import Field, ValidationError
 
-from rsbench import audit, leaderboard, registry, runner
+from rsbench import admission, audit, leaderboard, registry, runner
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import Leaderboard, Protocol, Source
@@ -111,7 +111,7 @@ def judged_run(board: Leaderboard, out: Path, name: str) -> tuple[list, list]:
     records = leaderboard.parse_jsonl((out / "samples.jsonl").read_bytes(), leaderboard.record_type(board.protocol.goal))
     examples_path = out / "adversarial" / f"{name}.pt"
     examples = torch.load(examples_path, weights_only=True) if examples_path.exists() else None
-    reason = leaderboard.unconfirmed(board.protocol, board.defense, records, examples)
+    reason = admission.unconfirmed(board.protocol, board.defense, records, examples)
     if reason:
         raise RsbenchError(f"{name} on {board.track}: {reason}; refused")
     defense = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([])))
@@ -167,7 +167,7 @@ def verify(folder: Path, root: Path, timeout: float = 1800) -> list[str]:
                     raise RsbenchError(f"{submission.name} claims {metric} {claimed:g} on {track}; its run reproduces "
                                        f"{interval.value:.3g} [{interval.ci_low:.3g}, {interval.ci_high:.3g}]; refused")
             source = Source(kind="submission", submission=submission.name, commit=commit_of(folder))
-            written, _ = leaderboard.add_run(root, out, source)
+            written, _ = admission.add_run(root, out, source)
         lines.append(f"{track}: claims reproduced, entry {submission.name} added to {written}")
     return lines
 

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
-from rsbench import audit, leaderboard
+from rsbench import admission, audit, leaderboard
 from rsbench.errors import RsbenchError
 from rsbench.stats import bootstrap
 
@@ -59,7 +58,7 @@ def test_bootstrap_contains_the_point_and_shrinks_with_more_samples() -> None:
 
 def test_add_stores_hashed_records_and_intervals(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
     run = make_evasion_run(tmp_path / "run", {"caa": [0.5, 0.6, None, 0.8]})
-    path, added = leaderboard.add_run(root, run)
+    path, added = admission.add_run(root, run)
     assert added == ["caa"] and path == root / f"evasion-{DEFENSE}" / "v1.json"
     board = leaderboard.load(path)
     entry = board.entries[0]
@@ -71,10 +70,10 @@ def test_add_stores_hashed_records_and_intervals(root: Path, tmp_path: Path, mak
 
 
 def test_best_is_recomputed_when_an_attack_that_wins_on_some_samples_is_added(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
-    path, _ = leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
+    path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
     assert leaderboard.load(path).comparison.best["caa"].value == 100
     first = leaderboard.load(path).entries[0]
-    leaderboard.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.4, 0.9, 0.3, None]}))
+    admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.4, 0.9, 0.3, None]}))
     board = leaderboard.load(path)
     assert board.comparison.best["caa"].value == 50 and board.comparison.best["pgd"].value == 50
     assert board.comparison.paired["pgd"]["caa"].value == 50 and board.comparison.paired["caa"]["pgd"].value == 50
@@ -83,18 +82,18 @@ def test_best_is_recomputed_when_an_attack_that_wins_on_some_samples_is_added(ro
 
 def refusal(root: Path, run: Path, **options: object) -> str:
     with pytest.raises(RsbenchError) as caught:
-        leaderboard.add_run(root, run, **options)
+        admission.add_run(root, run, **options)
     message = str(caught.value)
     assert "\n" not in message
     return message
 
 
 def test_duplicate_and_protocol_mismatch_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
-    leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+    admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
     assert "already has an entry for 'caa'" in refusal(root, make_evasion_run(tmp_path / "b", {"caa": [0.5, 0.6]}))
     other = make_evasion_run(tmp_path / "c", {"pgd": [0.5, 0.6]}, judge_n=1000)
     assert "protocol hash" in refusal(root, other) and "judge_n" in refusal(root, other)
-    path, _ = leaderboard.add_run(root, other, new_version=True)
+    path, _ = admission.add_run(root, other, new_version=True)
     assert path.name == "v2.json" and (path.parent / "v1.json").exists()
 
 
@@ -108,7 +107,7 @@ def test_unconfirmed_example_is_refused(root: Path, tmp_path: Path, make_evasion
 
 
 def test_tampered_records_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
-    path, _ = leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+    path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
     stored = path.parent / leaderboard.load(path).entries[0].records.path
     lines = gzip.decompress(stored.read_bytes()).decode().splitlines()
     lines[0] = lines[0].replace('"best_radius":0.5', '"best_radius":0.1')
@@ -119,7 +118,7 @@ def test_tampered_records_are_refused(root: Path, tmp_path: Path, make_evasion_r
 
 
 def test_a_changed_old_entry_is_refused_against_git_history(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
-    path, _ = leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+    path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
     git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)

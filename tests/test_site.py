@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rsbench import leaderboard, site
+from rsbench import admission, site
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -42,9 +42,9 @@ def rows(browser: object, table: str) -> list[str]:
 def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: Path,
                                                      make_evasion_run: Callable[..., Path]) -> None:
     root = tmp_path / "leaderboards"
-    leaderboard.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
-    leaderboard.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.9, 0.2, 1.0, 1.1]}))
-    leaderboard.add_run(root, make_evasion_run(tmp_path / "c", {"deepfool": [0.55, 0.65, None, 0.4]}))
+    admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
+    admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.9, 0.2, 1.0, 1.1]}))
+    admission.add_run(root, make_evasion_run(tmp_path / "c", {"deepfool": [0.55, 0.65, None, 0.4]}))
     site.render(root)
     browser.get((root / "site" / "index.html").as_uri())
     links = browser.find_elements("css selector", "#tracks tbody a")
