@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError
 
 from rsbench import registry
 from rsbench.errors import RsbenchError
+from rsbench.goals import GOALS
 from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunConfig, SampleRecord, Spec
 from rsbench.stats import BOOTSTRAP_RESAMPLES, bootstrap
 
@@ -274,8 +275,13 @@ def find(root: Path, track: str) -> Path:
 # -- metrics -------------------------------------------------------------------------------------------------
 
 
+def goal_class(goal: str) -> Any:
+    """The job of a goal (`rsbench.goals`), whose summary the leaderboard's metrics are read from."""
+    return registry.resolve(GOALS[goal])
+
+
 def record_type(goal: str) -> type:
-    return registry.resolve(f"rsbench.goals.{goal}:{goal.capitalize()}").record_type
+    return goal_class(goal).record_type
 
 
 def _resampled(clean: Sequence[SampleRecord], records: Sequence[Any], draw: Sequence[int]) -> tuple[list, list]:
@@ -295,8 +301,7 @@ def point_metrics(board: Leaderboard, name: str, clean: list[SampleRecord], reco
     """The goal's own metrics of entry `name` (percentages for rates), from the goal's summary."""
     protocol = board.protocol
     config = protocol.run_config([])
-    summary = registry.resolve(f"rsbench.goals.{protocol.goal}:{protocol.goal.capitalize()}").summarize(
-        board.defense, config, clean, records)
+    summary = goal_class(protocol.goal).summarize(board.defense, config, clean, records)
     row = summary["attacks"].get(name, {})
     values = {k: (100 * v["value"] if isinstance(v, dict) else v) for k, v in row.items()}
     if "robustness" in summary:
