@@ -215,6 +215,8 @@ One JSON file per track version (`<goal>-<defense>/v<N>.json`, a `rsbench.leader
 with each entry's per-sample records and saved examples stored gzip-compressed beside it and pinned
 by sha256. `rsbench leaderboard check` validates them all (CI runs it on every pull request),
 `rsbench leaderboard verify TRACK` judges the stored examples again, and `rsbench leaderboard render`
-writes this file and the static site in `site/` (open `site/index.html`). Generated; do not edit.
+writes this file and the static site in `site/` (open `site/index.html`). The seeded tracks come from
+`benchmarks/seed_leaderboards.sh`: small protocols that fit a 2-core CPU (first 20 test samples,
+n = 10,000; on smoothing a judge of N = 1500 confirmed on 15,000 fresh copies). Generated; do not edit.
 
 """
