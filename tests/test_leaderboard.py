@@ -129,3 +129,15 @@ def test_a_changed_old_entry_is_refused_against_git_history(root: Path, tmp_path
     path.write_text(json.dumps(data))
     with pytest.raises(RsbenchError, match="entry caa changed or was removed since HEAD"):
         audit.check(root)
+
+
+def test_evaluate_prints_the_leaderboard_intervals_and_legend(tmp_path: Path,
+                                                              make_evasion_run: Callable[..., Path]) -> None:
+    from rsbench import site
+
+    run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, None, 0.8]})
+    text = site.run_table(run)
+    path, _ = admission.add_run(tmp_path / "leaderboards", run)
+    success = leaderboard.load(path).entries[0].metrics["success"]
+    assert success.value == 75 and f"| 75 [{success.ci_low:.3g}, {success.ci_high:.3g}] |" in text
+    assert "- `r50`: median radius" in text
