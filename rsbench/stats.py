@@ -1,7 +1,11 @@
-"""Confidence bounds used by certification; each is checked against statsmodels in the tests."""
+"""Confidence bounds used by certification (each checked against statsmodels in the tests) and bootstrap intervals."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
 from scipy.stats import beta, binomtest
 
 
@@ -20,3 +24,35 @@ def lower_confidence_bound(successes: int, trials: int, alpha: float) -> float:
 def binomial_p_value(successes: int, trials: int) -> float:
     """Two-sided p-value of `successes` out of `trials` under p = 1/2 (Cohen et al.'s BINOMPVALUE)."""
     return float(binomtest(successes, trials, 0.5).pvalue)
+
+
+BOOTSTRAP_RESAMPLES = 1000
+"""Resamples of every bootstrap interval rsbench reports (leaderboards, `evaluate`'s tables)."""
+
+
+def bootstrap(statistic: Callable[[Sequence[int]], dict[str, float | None]], units: int, *, seed: int = 0,
+              resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95) -> dict[str, tuple[float | None, float, float]]:
+    """Point estimate and percentile bootstrap interval of each number `statistic` computes from a list of units.
+
+    `statistic` receives positions in range(units): all of them for the point estimate, then `resamples`
+    draws with replacement from a numpy generator seeded with `seed`, so an interval is reproduced exactly.
+    Resamples where a number is undefined (None) are left out of its interval; a number undefined on the
+    full sample has no interval. The interval is widened to the point estimate when the point falls outside
+    it (a median of few samples can), so it always contains the number it qualifies.
+    """
+    point = statistic(list(range(units)))
+    draws = np.random.default_rng(seed).integers(0, units, size=(resamples, units)) if units else np.zeros((0, 0))
+    values: dict[str, list[float]] = {key: [] for key in point}
+    for draw in draws:
+        for key, value in statistic(draw.tolist()).items():
+            if value is not None and key in values:
+                values[key].append(value)
+    tail = 100 * (1 - level) / 2
+    intervals: dict[str, tuple[float | None, float, float]] = {}
+    for key, value in point.items():
+        if value is None or not values[key]:
+            intervals[key] = (value, math.nan, math.nan) if value is None else (value, value, value)
+            continue
+        low, high = np.percentile(values[key], [tail, 100 - tail])
+        intervals[key] = (value, min(float(low), value), max(float(high), value))
+    return intervals

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from rsbench import registry, runner
 from rsbench.defenses.base import Defense
+from rsbench.engine import save_example
 from rsbench.goals.evasion import Evasion
-from rsbench.specs import AttackSpec, DefenseSpec, RunConfig
+from rsbench.rundir import RunDir
+from rsbench.specs import AttackRecord, AttackSpec, DefenseSpec, RunConfig, SampleRecord
 
 
 class BinaryLinear(nn.Module):
@@ -61,3 +67,44 @@ def harness(defense: Defense, attacks: list[AttackSpec], *, sigma: float = 0.25,
     config = RunConfig(command="evaluate", defense=spec.name, defense_hash="", num_samples=1, n0=1, n=1,
                        alpha=0.01, batch_size=defense.batch_size, seed=seed, **judge)
     return Evasion(spec, defense, attacks, config)
+
+
+def write_evasion_run(folder: Path, radii: dict[str, list[float | None]], *, judge_n: int = 1500,
+             confirm_n: int | None = None, num_samples: int | None = None) -> Path:
+    """A finished evasion run written by hand: per attack, the best radius of each sample (None: failed).
+
+    Every sample is correct and certified; the saved example of a success lies exactly at its radius.
+    """
+    spec = registry.get_defense("smoothing-digits-0.50")
+    attacks = [registry.get_attack(name) for name in radii]
+    count = num_samples or len(next(iter(radii.values())))
+    config = runner.run_config(spec, "evaluate", num_samples=count, n=1000, judge_n=judge_n, confirm_n=confirm_n,
+                               goal="evasion", attacks=[a.name for a in attacks],
+                               attack_hashes=[a.spec_hash() for a in attacks])
+    clean = [SampleRecord(index=i, label=i % 10, prediction=i % 10, radius=0.5, correct=True, time_s=0.1)
+             for i in range(count)]
+    clean_run, attack_run = RunDir(folder, config, "clean.jsonl"), RunDir(folder, config, "samples.jsonl")
+    for record in clean:
+        clean_run.append(record)
+    generator = torch.Generator().manual_seed(0)
+    for name, values in radii.items():
+        for index, radius in enumerate(values):
+            attack_run.append(AttackRecord(
+                index=index, label=index % 10, attack=name, success=radius is not None, first_radius=radius,
+                first_time_s=None if radius is None else 0.1, best_radius=radius,
+                best_time_s=None if radius is None else 0.1, total_time_s=1.0, cohen_radius=0.4, iterations=5,
+                judge_calls=5, candidates=1 if radius else 0, rejected=0, judge_n=config.judge_n,
+                judge_alpha=config.judge_alpha, confirm_n=config.confirm_n))
+            if radius is not None:
+                x = torch.full((1, 8, 8), 0.5)
+                direction = torch.randn(1, 8, 8, generator=generator)
+                save_example(folder / "adversarial", name, index, x, x + radius * direction / direction.norm())
+    result = runner.summarize(spec, config, clean, torch.device("cpu")).model_copy(update={"attacks": attacks})
+    attack_run.write_result(result)
+    return folder
+
+
+@pytest.fixture
+def make_evasion_run() -> Callable[..., Path]:
+    """`write_evasion_run`: a finished evasion run on smoothing-digits-0.50 written by hand."""
+    return write_evasion_run

@@ -1,0 +1,371 @@
+"""Leaderboards: one file per track version, entries anyone can re-check, append-only.
+
+A track is a defense and a goal under a fixed `Protocol` (samples, certification, judge,
+epsilon, seeds, metric definitions, bootstrap). Its file `leaderboards/<track>/v<version>.json`
+holds the protocol and its hash, and one `Entry` per attack: every metric of the goal with a
+95% bootstrap interval over samples, the run's seeds, versions and hardware, and the sha256 of
+its per-sample records and saved examples, stored gzip-compressed in `v<version>/` beside it.
+A run with another protocol starts a new version; old versions and entries are never
+rewritten (`rsbench.admission` adds entries, `rsbench.audit` checks and re-judges them). Only the `comparison` block (`best`, paired comparisons) changes when an entry is
+added, recomputed from the stored records of all entries.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from rsbench import registry
+from rsbench.errors import RsbenchError
+from rsbench.goals import GOALS
+from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunConfig, SampleRecord, Spec
+from rsbench.stats import BOOTSTRAP_RESAMPLES, bootstrap
+
+LEADERBOARD_SCHEMA_VERSION = 1
+"""Version of the leaderboard file schema; bumped on any breaking change to `Leaderboard`."""
+COMPARATIVE = {"best"}
+"""Metrics that compare an entry with the others of its track; kept in `Leaderboard.comparison`."""
+METRICS: dict[str, dict[str, str]] = {
+    "evasion": {
+        "success": "% of attacked samples with a confirmed adversarial example",
+        "best": "% of attacked samples where this entry's smallest example is the smallest of the track (ties credit all)",
+        "r50": "median radius (in the defense's norm) of the smallest confirmed example, over successes",
+        "pct_cohen": "median % excess of that radius over the clean sample's certificate",
+        "time_s": "median seconds to the smallest example, over successes",
+        "total_time_s": "median seconds the attack ran",
+        "first_ratio_r50": "median radius of the first confirmed example over r50",
+        "first_ratio_time": "median time to the first example over the median total time",
+        "confirmed": "% of kept candidates that passed confirmation on fresh noise",
+        "robust_accuracy": "GloRo and KW: % of all samples correct and not broken within epsilon",
+    },
+    "degradation": {
+        "fpr_lower": "% of test_R (correct and certified at epsilon) the attack made the defense reject",
+        "best": "% of test_R where this entry's rejected point is the closest of the track",
+        "utility_reduction": "% of all samples turned from certified answers into rejections (VRA x fpr_lower)",
+    },
+    "spoofing": {
+        "success": "% of attacked samples certified with a wrong label at the attack image",
+        "best": "% of attacked samples where this entry's spoofed image is the most similar (SSIM) of the track",
+        "spoof_rate": "% whose wrong-label radius is at least the natural one",
+        "spoofed_mean": "mean certified radius of the wrong labels, over successes",
+        "ssim_mean": "mean SSIM of attack and natural image",
+        "l2_mean": "mean l2 distance of attack and natural image",
+        "robust_error": "GloRo and KW: % of natural images wrong or not certified at epsilon",
+        "attack_error": "GloRo and KW: % of attack images not certified with a wrong label at epsilon",
+    },
+}
+"""Each goal's leaderboard metrics and their definitions (part of the protocol); rates are percentages."""
+SCORE = {"evasion": "best_radius", "degradation": "distance", "spoofing": "ssim"}
+"""The per-sample field `best` and paired comparisons rank by: smaller is better (SSIM: larger), failures last."""
+
+
+class Interval(Spec):
+    """A number with its 95% bootstrap interval over samples; all null where the number is undefined."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class Protocol(Spec):
+    """Everything that fixes a track's numbers; its `spec_hash` is the track's protocol hash."""
+
+    defense: str
+    """Defense name."""
+    defense_hash: str
+    """spec_hash of the defense spec."""
+    goal: Literal["evasion", "degradation", "spoofing"]
+    """What the attacks try to achieve."""
+    epsilon: float | None
+    """Radius of the threat model where the goal has one."""
+    split: Literal["train", "test"]
+    """Dataset split."""
+    num_samples: int
+    """The first K samples of the split are evaluated."""
+    n0: int
+    """Certification: selection noise samples."""
+    n: int
+    """Certification: estimation noise samples."""
+    alpha: float
+    """Certification: failure probability."""
+    judge_n: int
+    """The judge's N (smoothing)."""
+    judge_alpha: float
+    """The judge's and the confirmation's alpha (smoothing)."""
+    confirm_n: int
+    """Copies of the confirmation (smoothing)."""
+    seed: int
+    """Master seed of every noise stream."""
+    metrics: dict[str, str]
+    """The goal's metrics and their definitions."""
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
+    """Resamples (with replacement, over the evaluated samples) of every interval."""
+    bootstrap_seed: int = 0
+    """Seed of the numpy generator drawing the resamples."""
+
+    @classmethod
+    def of_run(cls, config: RunConfig) -> Protocol:
+        """The protocol a run followed."""
+        fields = {k: getattr(config, k) for k in cls.model_fields if k in RunConfig.model_fields}
+        return cls(**fields, metrics=METRICS[config.goal])
+
+    def run_config(self, attacks: Sequence[AttackSpec], batch_size: int = 1000) -> RunConfig:
+        """A run config that follows this protocol with `attacks`."""
+        fields = {k: getattr(self, k) for k in RunConfig.model_fields if k in type(self).model_fields}
+        return RunConfig(command="evaluate", **fields, attacks=[a.name for a in attacks],
+                         attack_hashes=[a.spec_hash() for a in attacks], batch_size=batch_size)
+
+
+class Source(Spec):
+    """Where an entry's attack comes from."""
+
+    kind: Literal["registry", "submission"]
+    submission: str | None = None
+    """The submission's folder name under `submissions/`."""
+    commit: str | None = None
+    """Git commit of the submission's code."""
+
+
+class StoredFile(Spec):
+    """A file stored gzip-compressed beside the leaderboard file, pinned by the sha256 of its uncompressed bytes."""
+
+    path: str
+    """Path relative to the leaderboard file's folder."""
+    sha256: str
+
+
+class Entry(Spec):
+    """One attack on the track: never changed once added."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    """Entry name: the attack's name."""
+    attack: AttackSpec
+    """Full spec of the attack (its version and params)."""
+    attack_hash: str
+    """spec_hash of the attack spec."""
+    source: Source
+    metrics: dict[str, Interval]
+    """The goal's metrics (not the comparative ones) with 95% bootstrap intervals over samples."""
+    attacked: int
+    """Samples attacked (those the goal lets through)."""
+    samples: int
+    """Samples evaluated."""
+    seed: int
+    """Master seed of the run."""
+    bootstrap_seed: int
+    """Seed of the intervals' resamples."""
+    environment: Environment
+    """rsbench, torch and python versions, git commit and hardware of the run."""
+    weights_sha256: str | None
+    """sha256 of the weights the run loaded."""
+    date: str
+    """UTC time the run finished (ISO 8601)."""
+    records: StoredFile
+    """The per-sample records (JSON lines)."""
+    examples: StoredFile | None
+    """The saved examples (`index`, `x`, `x_adv`), when the attack found any."""
+
+
+class Comparison(Spec):
+    """Metrics comparing the entries, recomputed from the stored records whenever an entry is added."""
+
+    best: dict[str, Interval] = Field(default_factory=dict)
+    """Per entry, the goal's `best` metric (%) with its interval."""
+    paired: dict[str, dict[str, Interval]] = Field(default_factory=dict)
+    """paired[a][b]: % of samples attacked by both where a's example beats b's (`SCORE`), with its interval."""
+
+
+class Leaderboard(Spec):
+    """One track version: `leaderboards/<track>/v<version>.json`."""
+
+    schema_version: int = LEADERBOARD_SCHEMA_VERSION
+    track: str
+    """`<goal>-<defense>`."""
+    version: int = Field(ge=1)
+    defense: DefenseSpec
+    """Full spec of the defense."""
+    protocol: Protocol
+    protocol_hash: str
+    """spec_hash of the protocol."""
+    clean: StoredFile
+    """Clean certificates of the evaluated samples (JSON lines)."""
+    entries: list[Entry] = Field(default_factory=list)
+    comparison: Comparison = Comparison()
+
+
+def track_name(protocol: Protocol) -> str:
+    """`<goal>-<defense>`: the folder of a track's versions."""
+    return f"{protocol.goal}-{protocol.defense}"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_stored(folder: Path, relative: str, data: bytes) -> StoredFile:
+    """Store `data` gzip-compressed (reproducibly: no timestamp) at folder/relative."""
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0))
+    return StoredFile(path=relative, sha256=sha256(data))
+
+
+def read_stored(folder: Path, stored: StoredFile) -> bytes:
+    """A stored file's bytes, refused with one line when missing or not matching its sha256."""
+    path = folder / stored.path
+    try:
+        data = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as error:
+        raise RsbenchError(f"{path}: cannot read ({error})") from None
+    if sha256(data) != stored.sha256:
+        raise RsbenchError(f"{path}: records do not match their sha256 in the leaderboard file (tampered?)")
+    return data
+
+
+def jsonl(records: Sequence[Spec]) -> bytes:
+    return b"".join(json.dumps(r.model_dump(mode="json"), separators=(",", ":")).encode() + b"\n" for r in records)
+
+
+def parse_jsonl(data: bytes, record_type: type) -> list:
+    return [record_type.model_validate_json(line) for line in data.splitlines() if line.strip()]
+
+
+def load(path: Path) -> Leaderboard:
+    """A leaderboard file, validated; refused with one line when it is not one."""
+    try:
+        return Leaderboard.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as error:
+        detail = error.errors()[0] if isinstance(error, ValidationError) else error
+        raise RsbenchError(f"{path}: not a valid leaderboard file ({detail})") from None
+
+
+def save(path: Path, board: Leaderboard) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(board.model_dump_json(indent=1) + "\n")
+
+
+def files(root: Path) -> list[Path]:
+    """Every leaderboard file under root, by track then version."""
+    return sorted(root.glob("*/v*.json"), key=lambda p: (p.parent.name, int(p.stem[1:])))
+
+
+def latest(root: Path, track: str) -> Path | None:
+    """The newest version's file of a track, or None."""
+    versions = [p for p in files(root) if p.parent.name == track]
+    return versions[-1] if versions else None
+
+
+def find(root: Path, track: str) -> Path:
+    """A track's file: `TRACK` (newest version) or `TRACK@vN`; refused with the known tracks otherwise."""
+    name, _, version = track.partition("@")
+    path = root / name / f"{version}.json" if version else latest(root, name)
+    if path is None or not path.exists():
+        known = sorted({p.parent.name for p in files(root)})
+        raise RsbenchError(f"no track {track!r} under {root}; known: {', '.join(known) or 'none'}")
+    return path
+
+
+# -- metrics -------------------------------------------------------------------------------------------------
+
+
+def goal_class(goal: str) -> Any:
+    """The job of a goal (`rsbench.goals`), whose summary the leaderboard's metrics are read from."""
+    return registry.resolve(GOALS[goal])
+
+
+def record_type(goal: str) -> type:
+    return goal_class(goal).record_type
+
+
+def _resampled(clean: Sequence[SampleRecord], records: Sequence[Any], draw: Sequence[int]) -> tuple[list, list]:
+    """The clean and attack records of the drawn samples, renumbered so that a sample drawn twice counts twice."""
+    by_index: dict[int, list] = {}
+    for r in records:
+        by_index.setdefault(r.index, []).append(r)
+    new_clean, new_records = [], []
+    for k, position in enumerate(draw):
+        sample = clean[position]
+        new_clean.append(sample.model_copy(update={"index": k}))
+        new_records += [r.model_copy(update={"index": k}) for r in by_index.get(sample.index, [])]
+    return new_clean, new_records
+
+
+def point_metrics(board: Leaderboard, name: str, clean: list[SampleRecord], records: list) -> dict[str, float | None]:
+    """The goal's own metrics of entry `name` (percentages for rates), from the goal's summary."""
+    protocol = board.protocol
+    config = protocol.run_config([])
+    summary = goal_class(protocol.goal).summarize(board.defense, config, clean, records)
+    row = summary["attacks"].get(name, {})
+    values = {k: (100 * v["value"] if isinstance(v, dict) else v) for k, v in row.items()}
+    if "robustness" in summary:
+        robust = summary["robustness"]["attacks"].get(name)
+        values["robust_accuracy"] = 100 * robust["accuracy"] if robust else None
+    return {k: values.get(k) for k in protocol.metrics if k not in COMPARATIVE and
+            (k in values or k == "robust_accuracy" and "robustness" in summary)}
+
+
+def entry_metrics(board: Leaderboard, name: str, clean: list[SampleRecord], records: list) -> dict[str, Interval]:
+    """Every metric of one entry with its seeded bootstrap interval over the evaluated samples."""
+    intervals = bootstrap(lambda draw: point_metrics(board, name, *_resampled(clean, records, draw)), len(clean),
+                          seed=board.protocol.bootstrap_seed, resamples=board.protocol.bootstrap_resamples)
+    return {k: _interval(*v) for k, v in intervals.items()}
+
+
+def _interval(value: float | None, low: float, high: float) -> Interval:
+    return Interval(value=value, ci_low=None if value is None else low, ci_high=None if value is None else high)
+
+
+def _score(goal: str, record: Any) -> float:
+    value = getattr(record, SCORE[goal])
+    if not record.success or value is None:
+        return math.inf
+    return -value if goal == "spoofing" else value
+
+
+def comparison(board: Leaderboard, clean: list[SampleRecord], records: dict[str, list]) -> Comparison:
+    """`best` of every entry and the paired comparisons of every two, from all entries' records."""
+    goal, names = board.protocol.goal, list(records)
+
+    def statistic(draw: Sequence[int]) -> dict[str, float | None]:
+        scores: dict[str, dict[int, float]] = {}
+        for name in names:
+            _, mine = _resampled(clean, records[name], draw)
+            scores[name] = {r.index: _score(goal, r) for r in mine}
+        top: dict[int, float] = {}
+        for table in scores.values():
+            for index, score in table.items():
+                top[index] = min(top.get(index, math.inf), score)
+        values: dict[str, float | None] = {}
+        for a in names:
+            mine = scores[a]
+            wins = sum(s <= top[i] and s < math.inf for i, s in mine.items())
+            values[f"best/{a}"] = 100 * wins / len(mine) if mine else None
+            for b in names:
+                if a != b:
+                    both = mine.keys() & scores[b].keys()
+                    wins = sum(mine[i] < scores[b][i] for i in both)
+                    values[f"paired/{a}/{b}"] = 100 * wins / len(both) if both else None
+        return values
+
+    intervals = bootstrap(statistic, len(clean), seed=board.protocol.bootstrap_seed,
+                          resamples=board.protocol.bootstrap_resamples)
+    paired: dict[str, dict[str, Interval]] = {}
+    for a in names:
+        for b in names:
+            if a != b:
+                paired.setdefault(a, {})[b] = _interval(*intervals[f"paired/{a}/{b}"])
+    return Comparison(best={a: _interval(*intervals[f"best/{a}"]) for a in names}, paired=paired)
+
+
+def stored_records(folder: Path, board: Leaderboard) -> tuple[list[SampleRecord], dict[str, list]]:
+    """The track's clean records and every entry's records, each checked against its sha256."""
+    clean = parse_jsonl(read_stored(folder, board.clean), SampleRecord)
+    kind = record_type(board.protocol.goal)
+    return clean, {e.name: parse_jsonl(read_stored(folder, e.records), kind) for e in board.entries}

@@ -1,0 +1,143 @@
+"""Leaderboards: protocol hashes, append-only tracks, refusals, bootstrap intervals, `best` across entries."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from rsbench import admission, audit, leaderboard
+from rsbench.errors import RsbenchError
+from rsbench.stats import bootstrap
+
+DEFENSE = "smoothing-digits-0.50"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "leaderboards"
+
+
+def protocol(**changes: object) -> leaderboard.Protocol:
+    base = leaderboard.Protocol(
+        defense=DEFENSE, defense_hash="a" * 64, goal="evasion", epsilon=None, split="test", num_samples=20, n0=100,
+        n=10_000, alpha=0.001, judge_n=1500, judge_alpha=0.005, confirm_n=15_000, seed=0,
+        metrics=leaderboard.METRICS["evasion"])
+    return base.model_copy(update=changes)
+
+
+def test_protocol_hash_is_the_sha256_of_canonical_json_and_changes_with_every_field() -> None:
+    p = protocol()
+    canonical = json.dumps(p.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    assert p.spec_hash() == hashlib.sha256(canonical.encode()).hexdigest() == protocol().spec_hash()
+    changed = {"defense": "other", "defense_hash": "b" * 64, "goal": "degradation", "epsilon": 0.5, "split": "train",
+               "num_samples": 21, "n0": 101, "n": 10_001, "alpha": 0.002, "judge_n": 1501, "judge_alpha": 0.01,
+               "confirm_n": 15_001, "seed": 1, "metrics": {"success": "changed"}, "bootstrap_resamples": 999,
+               "bootstrap_seed": 1}
+    assert set(changed) == set(leaderboard.Protocol.model_fields)
+    hashes = {protocol(**{field: value}).spec_hash() for field, value in changed.items()}
+    assert len(hashes) == len(changed) and p.spec_hash() not in hashes
+
+
+def test_bootstrap_contains_the_point_and_shrinks_with_more_samples() -> None:
+    def widths(units: int) -> float:
+        hits = [k % 3 == 0 for k in range(units)]
+        (value, low, high), = bootstrap(lambda draw: {"mean": sum(hits[i] for i in draw) / len(draw)}, units).values()
+        assert low <= value <= high and value == pytest.approx(sum(hits) / units)
+        return high - low
+
+    assert widths(300) < widths(30) / 2  # sqrt(10) narrower in theory
+    median = bootstrap(lambda draw: {"m": sorted(draw)[len(draw) // 2]}, 7, seed=3)["m"]
+    assert median[1] <= median[0] <= median[2]
+
+
+def test_add_stores_hashed_records_and_intervals(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    run = make_evasion_run(tmp_path / "run", {"caa": [0.5, 0.6, None, 0.8]})
+    path, added = admission.add_run(root, run)
+    assert added == ["caa"] and path == root / f"evasion-{DEFENSE}" / "v1.json"
+    board = leaderboard.load(path)
+    entry = board.entries[0]
+    assert entry.metrics["success"].value == 75 and entry.metrics["r50"].value == pytest.approx(0.6)
+    assert entry.metrics["success"].ci_low <= 75 <= entry.metrics["success"].ci_high
+    records = gzip.decompress((path.parent / entry.records.path).read_bytes())
+    assert hashlib.sha256(records).hexdigest() == entry.records.sha256
+    assert audit.check(root) == [path]
+
+
+def test_best_is_recomputed_when_an_attack_that_wins_on_some_samples_is_added(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
+    assert leaderboard.load(path).comparison.best["caa"].value == 100
+    first = leaderboard.load(path).entries[0]
+    admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.4, 0.9, 0.3, None]}))
+    board = leaderboard.load(path)
+    assert board.comparison.best["caa"].value == 50 and board.comparison.best["pgd"].value == 50
+    assert board.comparison.paired["pgd"]["caa"].value == 50 and board.comparison.paired["caa"]["pgd"].value == 50
+    assert board.entries[0] == first  # old entries are never rewritten
+
+
+def refusal(root: Path, run: Path, **options: object) -> str:
+    with pytest.raises(RsbenchError) as caught:
+        admission.add_run(root, run, **options)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_duplicate_and_protocol_mismatch_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+    assert "already has an entry for 'caa'" in refusal(root, make_evasion_run(tmp_path / "b", {"caa": [0.5, 0.6]}))
+    other = make_evasion_run(tmp_path / "c", {"pgd": [0.5, 0.6]}, judge_n=1000)
+    assert "protocol hash" in refusal(root, other) and "judge_n" in refusal(root, other)
+    path, _ = admission.add_run(root, other, new_version=True)
+    assert path.name == "v2.json" and (path.parent / "v1.json").exists()
+
+
+def test_unconfirmed_example_is_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]})
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    record = json.loads(lines[1]) | {"rejected": 1}  # its only kept candidate failed confirmation
+    (run / "samples.jsonl").write_text("\n".join([lines[0], json.dumps(record)]) + "\n")
+    assert "not confirmed" in refusal(root, run)
+    assert not root.exists()  # nothing written
+
+
+def test_tampered_records_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+    stored = path.parent / leaderboard.load(path).entries[0].records.path
+    lines = gzip.decompress(stored.read_bytes()).decode().splitlines()
+    lines[0] = lines[0].replace('"best_radius":0.5', '"best_radius":0.1')
+    stored.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    assert "do not match their sha256" in refusal(root, make_evasion_run(tmp_path / "b", {"pgd": [0.5, 0.6]}))
+    with pytest.raises(RsbenchError, match="do not match their sha256"):
+        audit.check(root)
+
+
+def test_a_changed_old_entry_is_refused_against_git_history(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
+    path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "seed"], check=True)
+    assert audit.check(root) == [path]
+    data = json.loads(path.read_text())
+    data["entries"][0]["date"] = "2020-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(data))
+    with pytest.raises(RsbenchError, match="entry caa changed or was removed since HEAD"):
+        audit.check(root)
+
+
+def test_evaluate_prints_the_leaderboard_intervals_and_legend(tmp_path: Path,
+                                                              make_evasion_run: Callable[..., Path]) -> None:
+    from rsbench import site
+
+    run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, None, 0.8]})
+    text = site.run_table(run)
+    path, _ = admission.add_run(tmp_path / "leaderboards", run)
+    success = leaderboard.load(path).entries[0].metrics["success"]
+    assert success.value == 75 and f"| 75 [{success.ci_low:.3g}, {success.ci_high:.3g}] |" in text
+    assert "- `r50`: median radius" in text

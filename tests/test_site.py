@@ -1,0 +1,66 @@
+"""The static site in a real headless Chromium: the right rows, sorting by a click, pictures that load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from rsbench import admission, site
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    """Debian's chromium driven by its chromium-driver; `.ci/run` installs both, so CI never skips."""
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver must be installed on CI (.ci/run installs them)")
+        pytest.skip("chromium or chromium-driver is not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    yield chrome
+    chrome.quit()
+
+
+def rows(browser: object, table: str) -> list[str]:
+    return [row.get_attribute("data-entry") for row in browser.find_elements("css selector", f"#{table} tbody tr")]
+
+
+def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: Path,
+                                                     make_evasion_run: Callable[..., Path]) -> None:
+    root = tmp_path / "leaderboards"
+    admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
+    admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.9, 0.2, 1.0, 1.1]}))
+    admission.add_run(root, make_evasion_run(tmp_path / "c", {"deepfool": [0.55, 0.65, None, 0.4]}))
+    site.render(root)
+    browser.get((root / "site" / "index.html").as_uri())
+    links = browser.find_elements("css selector", "#tracks tbody a")
+    assert [a.text for a in links] == ["evasion-smoothing-digits-0.50"]
+    links[0].click()
+    assert rows(browser, "entries") == ["caa", "pgd", "deepfool"]  # by best: 50%, 25%, 25% (ties in order added)
+    header = browser.find_elements("css selector", "#entries th")
+    r50 = [h for h in header if h.text == "r50"][0]
+    r50.click()  # ascending: pgd 0.95, caa 0.65, deepfool 0.55
+    assert rows(browser, "entries") == ["deepfool", "caa", "pgd"]
+    r50.click()
+    assert rows(browser, "entries") == ["pgd", "caa", "deepfool"]
+    success = [h for h in browser.find_elements("css selector", "#entries th") if h.text == "success"][0]
+    success.click()  # deepfool's 75% below the others' 100%
+    assert rows(browser, "entries")[0] == "deepfool"
+    pictures = browser.find_elements("css selector", "img")
+    assert len(pictures) == 2  # certified accuracy, attack proportion
+    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", p) > 100
+               for p in pictures)
