@@ -21,10 +21,18 @@ from rsbench.attacks.success import is_adversarial
 from rsbench.defenses import load_defense
 from rsbench.defenses.base import Defense
 from rsbench.errors import RsbenchError
+from rsbench.goals import within
 from rsbench.goals.degradation import rejects
-from rsbench.goals.evasion import DISTANCE_SLACK, judge_view
+from rsbench.goals.evasion import judge_view
 from rsbench.leaderboard import (
-    LEADERBOARD_SCHEMA_VERSION, Leaderboard, files, load, point_metrics, read_stored, stored_records, track_name,
+    LEADERBOARD_SCHEMA_VERSION,
+    Leaderboard,
+    files,
+    load,
+    point_metrics,
+    read_stored,
+    stored_records,
+    track_name,
 )
 from rsbench.runner import spec_for_run, stream
 
@@ -137,16 +145,16 @@ def judges_success(board: Leaderboard, defense: Defense, label: int, x: torch.Te
     x, x_adv = x.to(defense.device), x_adv.to(defense.device)
     delta = (x_adv - x).flatten()
     inside = 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
-    within = protocol.epsilon is None or inside and float(
-        delta.norm() if spec.norm == "l2" else delta.abs().max()) <= protocol.epsilon * (1 + DISTANCE_SLACK)
+    distance = float(delta.norm() if spec.norm == "l2" else delta.abs().max())
+    in_ball = protocol.epsilon is None or inside and within(distance, protocol.epsilon)
     if protocol.goal == "evasion" and spec.kind == "smoothing":
         view = judge_view(defense, protocol.run_config([]))
         return is_adversarial(view.hard_counts(x_adv, noise, protocol.confirm_n), label, protocol.judge_alpha)
     if protocol.goal == "evasion":
         with torch.no_grad():
-            return within and int(defense.model(x_adv[None]).argmax(1)) != label
+            return in_ball and int(defense.model(x_adv[None]).argmax(1)) != label
     if protocol.goal == "degradation":
-        return within and rejects(defense, x_adv, protocol.epsilon, noise)
+        return in_ball and rejects(defense, x_adv, protocol.epsilon, noise)
     certificate = defense.certify(x_adv, generator=noise)
     eps = 0.0 if spec.kind == "smoothing" else protocol.epsilon or 0.0
     return certificate.prediction is not None and certificate.prediction != label and certificate.radius >= eps

@@ -306,7 +306,7 @@ def point_metrics(board: Leaderboard, name: str, clean: list[SampleRecord], reco
     values = {k: (100 * v["value"] if isinstance(v, dict) else v) for k, v in row.items()}
     if "robustness" in summary:
         robust = summary["robustness"]["attacks"].get(name)
-        values["robust_accuracy"] = 100 * robust["accuracy"] if robust else None
+        values["robust_accuracy"] = 100 * robust["value"] if robust else None
     return {k: values.get(k) for k in protocol.metrics if k not in COMPARATIVE and
             (k in values or k == "robust_accuracy" and "robustness" in summary)}
 

@@ -16,12 +16,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
 from rsbench import metrics, plots
+from rsbench.admission import add_run
 from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
-from rsbench.admission import add_run
 from rsbench.leaderboard import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
 
 LOWER_IS_BETTER = {"r50", "pct_cohen", "time_s", "total_time_s", "first_ratio_r50", "first_ratio_time",
