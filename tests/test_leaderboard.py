@@ -141,3 +141,10 @@ def test_evaluate_prints_the_leaderboard_intervals_and_legend(tmp_path: Path,
     success = leaderboard.load(path).entries[0].metrics["success"]
     assert success.value == 75 and f"| 75 [{success.ci_low:.3g}, {success.ci_high:.3g}] |" in text
     assert "- `r50`: median radius" in text
+
+
+def test_the_committed_leaderboards_are_valid() -> None:
+    """Every shipped track file validates: schema, hashes of protocol, specs and stored records, metrics."""
+    shipped = Path(__file__).resolve().parents[1] / "leaderboards"
+    checked = audit.check(shipped)
+    assert len(checked) >= 7
