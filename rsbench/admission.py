@@ -19,8 +19,23 @@ from pydantic import ValidationError
 
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import (
-    Entry, Leaderboard, Protocol, Source, StoredFile, comparison, entry_metrics, files, jsonl, latest, load,
-    parse_jsonl, record_type, save, stored_records, track_name, write_stored,
+    Entry,
+    Leaderboard,
+    Protocol,
+    Source,
+    StoredFile,
+    comparison,
+    entry_metrics,
+    files,
+    jsonl,
+    latest,
+    load,
+    parse_jsonl,
+    record_type,
+    save,
+    stored_records,
+    track_name,
+    write_stored,
 )
 from rsbench.specs import DefenseSpec, RunResult, SampleRecord
 

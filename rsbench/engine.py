@@ -28,7 +28,7 @@ from rsbench import runner
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
-from rsbench.goals import Goal, goal_of
+from rsbench.goals import Goal, check_attack, goal_of
 from rsbench.rundir import RunDir
 from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
 
@@ -153,6 +153,8 @@ def evaluate(
         raise RsbenchError(f"the run's config names goal {config.goal!r}, its attacks {goal.name!r}")
     if len({s.name for s in attack_specs}) != len(attack_specs):
         raise RsbenchError("each --attack may be named only once")
+    for spec in attack_specs:
+        check_attack(spec, defense_spec)
     dataset = load_dataset(defense_spec.dataset.name, config.split, defense_spec.dataset.root)
     if config.num_samples > len(dataset):
         raise RsbenchError(f"--num-samples {config.num_samples} exceeds the {len(dataset)} samples of the split")

@@ -137,7 +137,10 @@ def test_a_run_mixing_goals_is_refused_in_one_line(tmp_path: Path) -> None:
 
 def test_an_attack_refuses_a_defense_kind_it_does_not_attack(tmp_path: Path) -> None:
     with pytest.raises(RsbenchError, match="attacks smoothing defenses; 'gloro-digits-0.25' is gloro"):
-        evaluate("gloro-digits-0.25", ["caa"], tmp_path, 2)
+        evaluate("gloro-digits-0.25", ["caa"], tmp_path / "kind", 2)
+    with pytest.raises(RsbenchError, match="'pgd-l2-quick' measures l2; 'kw-digits-0.05' certifies linf"):
+        evaluate("kw-digits-0.05", ["pgd-l2-quick"], tmp_path / "norm", 2)
+    assert not (tmp_path / "kind").exists() and not (tmp_path / "norm").exists()  # refused before writing
 
 
 def test_degradation_curve_from_one_certification_pass(tmp_path: Path) -> None:

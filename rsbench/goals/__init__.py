@@ -44,7 +44,6 @@ class Goal(ABC):
     def __init__(self, defense_spec: DefenseSpec, defense: Defense, attack_specs: Sequence[AttackSpec],
                  config: RunConfig) -> None:
         self.spec, self.defense, self.config = defense_spec, defense, config
-        check_norms(attack_specs, defense_spec)
         self.attacks = {spec.name: (spec, instantiate(spec, defense_spec)) for spec in attack_specs}
 
     @classmethod
@@ -104,21 +103,21 @@ def within(distance: float, epsilon: float) -> bool:
 
 
 def instantiate(spec: AttackSpec, defense_spec: DefenseSpec) -> Attack:
-    """The attack a spec describes, refusing with one line a defense kind it does not attack."""
-    attack = registry.resolve(spec.implementation)(registry.attack_params(spec))
-    if defense_spec.kind not in attack.kinds:
-        raise RsbenchError(
-            f"attack {spec.name!r} attacks {', '.join(attack.kinds)} defenses; {defense_spec.name!r} is {defense_spec.kind}"
-        )
-    return attack
+    """The attack a spec describes, after `check_attack`."""
+    check_attack(spec, defense_spec)
+    return registry.resolve(spec.implementation)(registry.attack_params(spec))
 
 
-def check_norms(attack_specs: Sequence[AttackSpec], defense_spec: DefenseSpec) -> None:
-    """Refuse, with one line, an attack whose fixed norm is not the one the defense certifies."""
-    for spec in attack_specs:
-        if spec.norm not in (None, defense_spec.norm):
-            raise RsbenchError(f"attack {spec.name!r} measures {spec.norm}; {defense_spec.name!r} certifies "
-                               f"{defense_spec.norm}")
+def check_attack(spec: AttackSpec, defense_spec: DefenseSpec) -> None:
+    """Refuse, with one line, an attack of a defense kind it does not attack or in a norm the defense does not
+    certify; cheap (no model is built), so a run checks its attacks before it writes anything."""
+    kinds = registry.resolve(spec.implementation).kinds
+    if defense_spec.kind not in kinds:
+        raise RsbenchError(f"attack {spec.name!r} attacks {', '.join(kinds)} defenses; {defense_spec.name!r} is "
+                           f"{defense_spec.kind}")
+    if spec.norm not in (None, defense_spec.norm):
+        raise RsbenchError(f"attack {spec.name!r} measures {spec.norm}; {defense_spec.name!r} certifies "
+                           f"{defense_spec.norm}")
 
 
 def goal_of(attack_specs: Sequence[AttackSpec]) -> type[Goal]:
