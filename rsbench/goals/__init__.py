@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +24,16 @@ GOALS = {
     "spoofing": "rsbench.goals.spoofing:Spoofing",
 }
 """Goal name -> `module:class` of its job, imported on use."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One test sample handed to a goal: the input, its label, its index and its clean certificate."""
+
+    x: torch.Tensor
+    label: int
+    index: int
+    clean: SampleRecord
 
 
 class Goal(ABC):
@@ -56,6 +67,11 @@ class Goal(ABC):
                clean: SampleRecord) -> tuple[BaseModel, torch.Tensor | None]:
         """Run attack `name` on sample `index` (clean certificate `clean`), judge it; its record and the
         example to save (or None)."""
+
+    def attack_many(self, name: str, samples: Sequence[Sample]) -> list[tuple[BaseModel, torch.Tensor | None]]:
+        """`attack` on each of several samples, in order. A goal whose attacks can run several samples in
+        one batch overrides this; its records must equal the one-at-a-time ones (times aside)."""
+        return [self.attack(name, s.x, s.label, s.index, s.clean) for s in samples]
 
     def run_in_ball(self, name: str, x: torch.Tensor, label: int, index: int, epsilon: float,
                     accepts: Callable[[torch.Tensor], bool]) -> tuple[Tracker, float]:
