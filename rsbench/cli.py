@@ -63,8 +63,17 @@ def certification_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Master seed; sample i is seeded from (seed, i)."),
         DEVICE,
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                     help="Arithmetic of a smoothed base classifier; bf16/fp16 autocast is faster on GPUs but "
+                          "changes the classifier certified (recorded; leaderboards take fp32 only)."),
+        click.option("--channels-last", is_flag=True,
+                     help="Run a smoothed base classifier on channels-last inputs (faster convolutions on GPUs)."),
+        click.option("--images-per-batch", type=click.IntRange(min=1), default=None,
+                     help="Test images sharing each pass through the model; records do not depend on it "
+                          "[1 on the CPU; on a GPU, as many as fit half its free memory, at most 64]."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
-                     help="Run directory; re-running with the same one resumes [under runs/<defense>/]."),
+                     help="Run directory; re-running with the same one resumes "
+                          "[runs/<defense>/<command>-seed<seed>-<hash of the settings that fix the records>]."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -77,21 +86,22 @@ def certification_options(command: Callable[..., None]) -> Callable[..., None]:
               help="Certify the first K samples of the test split.")
 @certification_options
 def certify(defense: str, num_samples: int, n0: int | None, n: int | None, alpha: float | None,
-            batch_size: int | None, seed: int, device: str, out: Path | None) -> None:
+            batch_size: int | None, seed: int, device: str, precision: str, channels_last: bool,
+            images_per_batch: int | None, out: Path | None) -> None:
     """Certify a defense on test samples: records, a certified-accuracy table and a plot.
 
     Writes OUT/samples.jsonl (one line per sample, as it finishes), OUT/result.json and
-    OUT/certified_accuracy.png [OUT: runs/<defense>/certify-n<n>-alpha<alpha>-seed<seed>].
+    OUT/certified_accuracy.png.
     Re-running with the same OUT resumes.
     """
-    from rsbench import registry, requirements, runner
+    from rsbench import registry, requirements, rundir, runner
 
     spec = registry.get_defense(defense)
     requirements.require(spec)
     config = runner.run_config(spec, "certify", num_samples=num_samples, n0=n0, n=n, alpha=alpha,
-                        batch_size=batch_size, seed=seed)
-    out = out or Path("runs") / spec.name / f"certify-n{config.n}-alpha{config.alpha:g}-seed{seed}"
-    result = runner.certify(spec, config, out, runner.resolve_device(device))
+                               batch_size=batch_size, seed=seed, precision=precision, channels_last=channels_last)
+    out = out or rundir.default_path(config)
+    result = runner.certify(spec, config, out, runner.resolve_device(device), images_per_batch=images_per_batch)
     click.echo(format_certified_table(result))
     click.echo(f"records, result.json and certified_accuracy.png in {out}")
 
@@ -135,8 +145,8 @@ def format_certified_table(result: RunResult) -> str:
                    "at least --judge-n [10 x judge N].")
 @click.option("--save-examples", is_flag=True, help="Save each attack's best examples to OUT/adversarial/<attack>.pt.")
 def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int | None, n: int | None,
-             alpha: float | None, batch_size: int | None, seed: int, device: str, out: Path | None,
-             workers: int, epsilon: float | None, judge_n: int | None, judge_alpha: float | None,
+             alpha: float | None, batch_size: int | None, seed: int, device: str, precision: str,
+             channels_last: bool, images_per_batch: int | None, out: Path | None, workers: int, epsilon: float | None, judge_n: int | None, judge_alpha: float | None,
              confirm_n: int | None, save_examples: bool) -> None:
     """Attack a certified defense; the attacks' goal decides the job and its table.
 
@@ -153,9 +163,9 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
 
     Writes OUT/clean.jsonl (clean certificates), OUT/samples.jsonl (one record per sample
     and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
-    [OUT: runs/<defense>/evaluate-<attacks>-seed<seed>]. Re-running with the same OUT resumes.
+    Re-running with the same OUT resumes; a run naming more attacks reuses the records of the others.
     """
-    from rsbench import engine, registry, requirements, runner, site
+    from rsbench import engine, registry, requirements, rundir, runner, site
     from rsbench.goals import goal_of
 
     spec = registry.get_defense(defense)
@@ -167,10 +177,11 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
         judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n, goal=goal.name,
         epsilon=runner.default_epsilon(spec, goal.name, epsilon),
         attacks=[s.name for s in attack_specs], attack_hashes=[s.spec_hash() for s in attack_specs], workers=workers,
+        precision=precision, channels_last=channels_last,
     )
-    out = out or Path("runs") / spec.name / f"evaluate-{'-'.join(config.attacks)}-seed{seed}"
+    out = out or rundir.default_path(config)
     result = engine.evaluate(spec, attack_specs, config, out, runner.resolve_device(device),
-                             save_examples=save_examples)
+                             save_examples=save_examples, images_per_batch=images_per_batch)
     click.echo(engine.format_table(result))
     click.echo("\nWith 95% bootstrap intervals over samples, as the leaderboards report them:")
     click.echo(site.run_table(out))
@@ -183,22 +194,23 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
               help="Certify the first K samples of the test split.")
 @certification_options
 def degradation_curve(defense: str, num_samples: int, n0: int | None, n: int | None, alpha: float | None,
-                      batch_size: int | None, seed: int, device: str, out: Path | None) -> None:
+                      batch_size: int | None, seed: int, device: str, precision: str, channels_last: bool,
+                      images_per_batch: int | None, out: Path | None) -> None:
     """VRA and the false positive rate's upper bound against epsilon (the degradation paper's Figures 2-3).
 
     One certification pass per sample answers every epsilon: a sample certified at epsilon can only be
     degraded when it is not certified at 2 epsilon. Writes OUT/degradation_curve.png and .json next to
-    the certify run's records [OUT: runs/<defense>/certify-n<n>-alpha<alpha>-seed<seed>], resuming it.
+    the certify run's records, resuming it.
     """
-    from rsbench import registry, requirements, runner
+    from rsbench import registry, requirements, rundir, runner
     from rsbench.goals.degradation import curve_files
 
     spec = registry.get_defense(defense)
     requirements.require(spec)
     config = runner.run_config(spec, "certify", num_samples=num_samples, n0=n0, n=n, alpha=alpha,
-                               batch_size=batch_size, seed=seed)
-    out = out or Path("runs") / spec.name / f"certify-n{config.n}-alpha{config.alpha:g}-seed{seed}"
-    runner.certify(spec, config, out, runner.resolve_device(device))
+                               batch_size=batch_size, seed=seed, precision=precision, channels_last=channels_last)
+    out = out or rundir.default_path(config)
+    runner.certify(spec, config, out, runner.resolve_device(device), images_per_batch=images_per_batch)
     records = runner.certify_records(out, config)
     files = curve_files(spec, records, out)
     if not files:

@@ -24,11 +24,10 @@ import torch
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from rsbench import runner
+from rsbench import batching, runner
 from rsbench.data import load_dataset
-from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
-from rsbench.goals import Goal, check_attack, goal_of
+from rsbench.goals import Goal, Sample, check_attack, goal_of
 from rsbench.rundir import RunDir
 from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
 
@@ -69,24 +68,30 @@ class SampleOutcome:
 
 
 class SampleWorker:
-    """Certifies and attacks one sample at a time; built once per process, it holds the model and the goal's job."""
+    """Certifies and attacks a batch of samples at a time; built once per process, it holds the model and the
+    goal's job. The batch's clean inputs are certified in shared passes (`Defense.certify_many`) and each
+    attack runs on the batch's qualifying samples at once (`Goal.attack_many`); neither changes a record."""
 
     def __init__(self, defense_spec: DefenseSpec, attack_specs: list[AttackSpec], config: RunConfig,
                  device: torch.device) -> None:
         self.config, self.device = config, device
         self.dataset = load_dataset(defense_spec.dataset.name, config.split, defense_spec.dataset.root)
-        defense = load_defense(runner.spec_for_run(defense_spec, config), device)
+        defense = runner.load_for_run(defense_spec, config, device)
         self.goal: Goal = goal_of(attack_specs)(defense_spec, defense, attack_specs, config)
+        self.order = [spec.name for spec in attack_specs]
 
-    def __call__(self, task: SampleTask) -> SampleOutcome:
-        x, label = self.dataset[task.index]
-        clean = task.clean or runner.certify_sample(
-            self.goal.defense, x, int(label), task.index, self.config.seed, self.device
-        )
-        attacks = []
-        if self.goal.qualifies(self.config, clean):
-            attacks = [self.goal.attack(name, x, int(label), task.index, clean) for name in task.attacks]
-        return SampleOutcome(task.index, clean, attacks)
+    def __call__(self, tasks: list[SampleTask]) -> list[SampleOutcome]:
+        inputs = {t.index: (self.dataset[t.index][0], int(self.dataset[t.index][1])) for t in tasks}
+        todo = [(*inputs[t.index], t.index) for t in tasks if t.clean is None]
+        certified = {r.index: r for r in runner.certify_samples(self.goal.defense, todo, self.config.seed, self.device)}
+        clean = {t.index: t.clean or certified[t.index] for t in tasks}
+        attacked: dict[int, list] = {t.index: [] for t in tasks}
+        for name in self.order:
+            samples = [Sample(*inputs[t.index], t.index, clean[t.index]) for t in tasks
+                       if name in t.attacks and self.goal.qualifies(self.config, clean[t.index])]
+            for sample, outcome in zip(samples, self.goal.attack_many(name, samples) if samples else []):
+                attacked[sample.index].append(outcome)
+        return [SampleOutcome(t.index, clean[t.index], attacked[t.index]) for t in tasks]
 
 
 _WORKER: SampleWorker | Exception | None = None
@@ -108,26 +113,26 @@ def _start_worker(threads: int, *args: object) -> None:
         _WORKER = error
 
 
-def _run_in_worker(task: SampleTask) -> SampleOutcome:
+def _run_in_worker(batch: list[SampleTask]) -> list[SampleOutcome]:
     if isinstance(_WORKER, Exception):
         raise _WORKER
     assert _WORKER is not None, "_start_worker did not run"
-    return _WORKER(task)
+    return _WORKER(batch)
 
 
-def run_tasks(tasks: list[SampleTask], args: tuple, workers: int) -> Iterator[SampleOutcome]:
-    """Outcomes of `tasks`, in order with one worker, as they finish with several processes.
+def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int) -> Iterator[list[SampleOutcome]]:
+    """Outcomes of each batch of tasks, in order with one worker, as they finish with several processes.
 
     Records do not depend on the worker that computes them (every noise stream is seeded
     from the sample and the attack), so only their times change with `workers`.
     """
     if workers == 1:
-        yield from map(SampleWorker(*args), tasks)
+        yield from map(SampleWorker(*args), batches)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (threads, *args))
     try:
-        yield from pool.imap_unordered(_run_in_worker, tasks)
+        yield from pool.imap_unordered(_run_in_worker, batches)
         pool.close()
     finally:
         pool.terminate()
@@ -143,10 +148,13 @@ def evaluate(
     *,
     save_examples: bool = False,
     progress: bool = True,
+    images_per_batch: int | None = None,
 ) -> RunResult:
     """Certify and attack the first `config.num_samples` test samples, resuming from `out`; returns the summary.
 
-    With `config.workers` > 1 that many processes take samples side by side; this process alone writes the records.
+    With `config.workers` > 1 that many processes take batches of samples side by side; this process alone
+    writes the records. `images_per_batch` samples go to a worker at once (default 1 on the CPU, chosen from
+    free memory on a GPU).
     """
     goal = goal_of(attack_specs)
     if config.goal != goal.name:
@@ -168,17 +176,31 @@ def evaluate(
         if index not in clean or (goal.qualifies(config, clean[index]) and left):
             tasks.append(SampleTask(index, clean.get(index), left))
     if tasks:
-        outcomes = run_tasks(tasks, (defense_spec, attack_specs, config, device), min(config.workers, len(tasks)))
-        bar = tqdm(outcomes, total=len(tasks), desc=f"{goal.name} {defense_spec.name}", unit="sample",
-                   disable=not progress)
-        for outcome in bar:
-            if outcome.index not in clean:
-                clean_run.append(outcome.clean)
-            for record, example in outcome.attacks:
-                if (save_examples or goal.keeps_examples) and example is not None:
-                    save_example(out / "adversarial", record.attack, outcome.index, dataset[outcome.index][0], example)
-                attack_run.append(record)
+        per_batch = images_per_batch or batch_for_device(defense_spec, config, dataset[0][0].shape, device)
+        batches = list(batching.chunked(tasks, per_batch))
+        outcomes = run_tasks(batches, (defense_spec, attack_specs, config, device), min(config.workers, len(batches)))
+        with tqdm(total=len(tasks), desc=f"{goal.name} {defense_spec.name}", unit="sample",
+                  disable=not progress) as bar:
+            for batch in outcomes:
+                for outcome in batch:
+                    if outcome.index not in clean:
+                        clean_run.append(outcome.clean)
+                    for record, example in outcome.attacks:
+                        if (save_examples or goal.keeps_examples) and example is not None:
+                            save_example(out / "adversarial", record.attack, outcome.index,
+                                         dataset[outcome.index][0], example)
+                        attack_run.append(record)
+                bar.update(len(batch))
     return summarize(goal, defense_spec, attack_specs, config, clean_run, attack_run, device)
+
+
+def batch_for_device(defense_spec: DefenseSpec, config: RunConfig, shape: Sequence[int],
+                     device: torch.device) -> int:
+    """Samples per batch from the device's free memory (`batching.images_per_batch`); 1 on the CPU."""
+    if device.type != "cuda":
+        return 1
+    model = runner.defense_model(runner.load_for_run(defense_spec, config, device))
+    return batching.images_per_batch(model, shape, config.batch_size, device)
 
 
 def summarize(

@@ -112,7 +112,9 @@ class Protocol(Spec):
 
     @classmethod
     def of_run(cls, config: RunConfig) -> Protocol:
-        """The protocol a run followed."""
+        """The protocol a run followed; tracks certify in float32, so a reduced-precision run has none."""
+        if config.precision != "fp32":
+            raise RsbenchError(f"the run certified in {config.precision}; leaderboard tracks certify in fp32")
         fields = {k: getattr(config, k) for k in cls.model_fields if k in RunConfig.model_fields}
         return cls(**fields, metrics=METRICS[config.goal])
 

@@ -4,11 +4,16 @@ Records are appended one JSON line at a time and flushed to disk, so an interrup
 run loses at most the sample in progress. Re-opening the directory with the same
 config resumes: finished samples are skipped. A torn last line (a crash mid-write)
 is dropped, never duplicated. A different config is refused, except for the number
-of samples, which may grow to extend a run.
+of samples, which may grow to extend a run, the workers, and the attacks: a run may name
+more attacks, in any order, and reuses the finished records of those whose spec did not
+change (an attack whose spec hash changed is refused, its records being another attack's).
+The default directory is named after everything else (`default_path`), so runs with
+different settings never share one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,8 +25,21 @@ from rsbench.errors import RsbenchError
 from rsbench.specs import RunConfig
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
-RESUMABLE_CHANGES = {"num_samples", "workers"}
-"""Config fields that may differ on resume: records are per sample and do not depend on them."""
+RESUMABLE_CHANGES = {"num_samples", "workers", "attacks", "attack_hashes"}
+"""Config fields that may differ on resume: records are per (sample, attack) and do not depend on them."""
+
+
+def run_key(config: RunConfig) -> str:
+    """A short hash of every config field that fixes the records (all but RESUMABLE_CHANGES)."""
+    fixed = config.model_dump(mode="json", exclude=RESUMABLE_CHANGES)
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def default_path(config: RunConfig, root: Path = Path("runs")) -> Path:
+    """`runs/<defense>/<command>[-<goal>]-seed<seed>-<run_key>`: one folder per set of record-fixing settings,
+    shared by every run of them whatever its attacks or number of samples."""
+    goal = f"-{config.goal}" if config.command == "evaluate" else ""
+    return root / config.defense / f"{config.command}{goal}-seed{config.seed}-{run_key(config)}"
 
 
 def write_json_atomic(path: Path, model: BaseModel) -> None:
@@ -63,6 +81,7 @@ class RunDir:
                     f"{self.path} holds a run with a different config ({', '.join(changed)} changed); "
                     "use another --out or the original settings"
                 )
+            config = _with_earlier_attacks(previous, config, self.path)
         write_json_atomic(config_path, config)
 
     def records(self, record_type: type[RecordT]) -> list[RecordT]:
@@ -90,3 +109,16 @@ class RunDir:
         path = self.path / name
         write_json_atomic(path, result)
         return path
+
+
+def _with_earlier_attacks(previous: RunConfig, config: RunConfig, path: Path) -> RunConfig:
+    """`config` naming every attack the folder holds records of, earlier ones first; refuses an attack whose spec
+    changed, whose records the folder could not tell apart from the old ones."""
+    earlier = dict(zip(previous.attacks, previous.attack_hashes))
+    now = dict(zip(config.attacks, config.attack_hashes))
+    changed = [name for name, digest in now.items() if earlier.get(name, digest) != digest]
+    if changed:
+        raise RsbenchError(f"{path} holds records of another spec of attack {', '.join(changed)} (its spec hash "
+                           "changed); use another --out")
+    merged = {**earlier, **now}
+    return config.model_copy(update={"attacks": list(merged), "attack_hashes": list(merged.values())})

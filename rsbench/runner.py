@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,12 +20,13 @@ import torch
 from tqdm import tqdm
 
 import rsbench
-from rsbench import hub, metrics, plots
+from rsbench import batching, hub, metrics, plots
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.defenses.base import Defense
-from rsbench.defenses.smoothing import check_sampling
+from rsbench.defenses.smoothing import Smoothing, check_sampling
 from rsbench.errors import RsbenchError
+from rsbench.layers import ReducedPrecision
 from rsbench.rundir import RunDir
 from rsbench.specs import CertifyDefaults, DefenseSpec, Environment, RunConfig, RunResult, SampleRecord
 
@@ -133,22 +135,42 @@ def spec_for_run(spec: DefenseSpec, config: RunConfig) -> DefenseSpec:
     return spec.model_copy(update={"certify": settings})
 
 
-def certify_sample(
-    defense: Defense, x: torch.Tensor, label: int, index: int, seed: int, device: torch.device
-) -> SampleRecord:
-    """Certify test sample `index` with its own generator, timed, as one record."""
+def load_for_run(spec: DefenseSpec, config: RunConfig, device: torch.device) -> Defense:
+    """The defense with the run's certification settings, its base classifier in the run's precision and layout."""
+    defense = load_defense(spec_for_run(spec, config), device)
+    if config.precision != "fp32" or config.channels_last:
+        if not isinstance(defense, Smoothing):
+            raise RsbenchError(f"--precision and --channels-last apply to smoothing; {spec.name} is {spec.kind}, "
+                               "whose deterministic certificate holds for float32 arithmetic only")
+        defense.base_classifier = ReducedPrecision(defense.base_classifier, config.precision, config.channels_last)
+    return defense
+
+
+def certify_samples(defense: Defense, samples: Sequence[tuple[torch.Tensor, int, int]], seed: int,
+                    device: torch.device) -> list[SampleRecord]:
+    """Certify several (x, label, index) test samples in shared batches, each on its own generator (so each
+    record equals the one-at-a-time one), as records; each carries an equal share of the batch's time."""
+    if not samples:
+        return []
     started = time.perf_counter()
-    certificate = defense.certify(x, generator=sample_generator(seed, index, device))
-    return SampleRecord(
-        index=index, label=label, prediction=certificate.prediction, radius=certificate.radius,
-        correct=certificate.prediction == label, time_s=time.perf_counter() - started,
-    )
+    generators = [sample_generator(seed, index, device) for _, _, index in samples]
+    certificates = defense.certify_many([x for x, _, _ in samples], generators)
+    share = (time.perf_counter() - started) / len(samples)
+    return [
+        SampleRecord(index=index, label=label, prediction=c.prediction, radius=c.radius,
+                     correct=c.prediction == label, time_s=share)
+        for (_, label, index), c in zip(samples, certificates)
+    ]
 
 
 def certify(
-    spec: DefenseSpec, config: RunConfig, out: Path, device: torch.device, *, progress: bool = True
+    spec: DefenseSpec, config: RunConfig, out: Path, device: torch.device, *, progress: bool = True,
+    images_per_batch: int | None = None,
 ) -> RunResult:
-    """Certify the first `config.num_samples` samples of the split, resuming from `out` if it holds records."""
+    """Certify the first `config.num_samples` samples of the split, resuming from `out` if it holds records.
+
+    `images_per_batch` images share each pass through the model (default: chosen from free device memory).
+    """
     dataset = load_dataset(spec.dataset.name, config.split, spec.dataset.root)
     if config.num_samples > len(dataset):
         raise RsbenchError(f"--num-samples {config.num_samples} exceeds the {len(dataset)} samples of the split")
@@ -156,15 +178,25 @@ def certify(
     done = {record.index for record in run.records(SampleRecord)}
     todo = [i for i in range(config.num_samples) if i not in done]
     if todo:
-        defense = load_defense(spec_for_run(spec, config), device)
-        for index in tqdm(todo, desc=f"certify {spec.name}", unit="sample", disable=not progress):
-            x, label = dataset[index]
-            run.append(certify_sample(defense, x, int(label), index, config.seed, device))
+        defense = load_for_run(spec, config, device)
+        per_pass = batching.images_per_batch(defense_model(defense), dataset[0][0].shape, config.batch_size, device,
+                                             images_per_batch)
+        with tqdm(total=len(todo), desc=f"certify {spec.name}", unit="sample", disable=not progress) as bar:
+            for group in batching.chunked(todo, per_pass):
+                samples = [(dataset[i][0], int(dataset[i][1]), i) for i in group]
+                for record in certify_samples(defense, samples, config.seed, device):
+                    run.append(record)
+                bar.update(len(group))
     records = certify_records(out, config)
     result = summarize(spec, config, records, device)
     run.write_result(result)
     plots.certified_accuracy_plot(records, result.certified_accuracy, spec.name, run.path / "certified_accuracy.png")
     return result
+
+
+def defense_model(defense: Defense) -> torch.nn.Module:
+    """The network a defense runs on every pass: a smoothing defense's base classifier, or the certified model."""
+    return defense.base_classifier if isinstance(defense, Smoothing) else defense.model
 
 
 def certify_records(out: Path, config: RunConfig) -> list[SampleRecord]:

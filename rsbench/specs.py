@@ -228,6 +228,11 @@ class RunConfig(Spec):
     """Noisy copies per forward pass (does not change results for a given seed)."""
     seed: int
     """Master seed; sample i uses a generator seeded from (seed, i)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Arithmetic of the smoothed base classifier: float32, or autocast to bfloat16 or float16 (which changes the
+    classifier being certified and attacked; leaderboard tracks are float32)."""
+    channels_last: bool = False
+    """Whether the base classifier ran on channels-last inputs (speed on GPUs; float rounding may differ)."""
     workers: int = Field(1, ge=1)
     """Processes that took samples side by side (evaluate); records do not depend on it, their times do,
     since the processes share the machine. It may change when a run is resumed."""

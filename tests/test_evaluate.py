@@ -147,7 +147,9 @@ def test_a_worker_that_cannot_start_reports_why(user_registry: None, tmp_path: P
         engine.evaluate(broken, attacks, config, tmp_path / "run", torch.device("cpu"), progress=False)
 
 
-def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], tmp_path: Path) -> None:
+def test_a_run_naming_fewer_attacks_reuses_their_records_and_reports_only_them(
+    reference: tuple[Path, object], tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     shutil.copytree(reference[0], out)
     spec = registry.get_defense("smoothing-digits-0.50")
@@ -157,8 +159,11 @@ def test_evaluate_refuses_a_changed_attack_list(reference: tuple[Path, object], 
         attack_hashes=[only.spec_hash()], num_samples=1, n0=20, n=500, alpha=0.01, batch_size=500, seed=1,
         judge_n=400, confirm_n=4000,
     )
-    with pytest.raises(RsbenchError, match="different config"):
-        engine.evaluate(spec, [only], config, out, torch.device("cpu"), progress=False)
+    before = (out / "samples.jsonl").read_bytes()
+    result = engine.evaluate(spec, [only], config, out, torch.device("cpu"), progress=False)
+    assert (out / "samples.jsonl").read_bytes() == before
+    assert list(result.metrics["attacks"]) == ["caa-small"] and result.num_samples == 1
+    assert json.loads((out / "config.json").read_text())["attacks"] == list(SMALL_ATTACKS)
 
 
 def test_cli_prints_table_1(user_registry: None, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,10 @@ class Defense(ABC):
     @abstractmethod
     def certify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> Certificate:
         """The label at x and the largest radius the defense certifies for it."""
+
+    def certify_many(self, xs: Sequence[torch.Tensor], generators: Sequence[torch.Generator | None]) -> list[Certificate]:
+        """`certify` of several inputs, input i with `generators[i]`; defenses that batch them override this."""
+        return [self.certify(x, generator=g) for x, g in zip(xs, generators)]
 
     def certified_at(self, x: torch.Tensor, eps: float, *, generator: torch.Generator | None = None) -> bool:
         """Whether the defense certifies its label at x within radius eps."""

@@ -26,7 +26,7 @@ noise (torch draws a tensor's values in order for these shapes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
@@ -41,7 +41,6 @@ GUMBEL_TEMPERATURE = 1.0
 confident logits while a single noisy copy near a decision boundary still passes a gradient."""
 
 
-@torch.no_grad()
 def count_votes(
     base_classifier: nn.Module, x: torch.Tensor, sigma: float, num_classes: int, num: int, batch_size: int,
     generator: torch.Generator | None = None,
@@ -50,15 +49,33 @@ def count_votes(
 
     The smoothed classifier's hard votes, shared by CERTIFY and the view so both count alike.
     """
-    counts = torch.zeros(num_classes, dtype=torch.long, device=x.device)
+    return count_votes_many(base_classifier, x.unsqueeze(0), sigma, num_classes, num, batch_size, [generator])[0]
+
+
+@torch.inference_mode()
+def count_votes_many(
+    base_classifier: nn.Module, xs: torch.Tensor, sigma: float, num_classes: int, num: int, batch_size: int,
+    generators: Sequence[torch.Generator | None],
+) -> torch.Tensor:
+    """`count_votes` for k inputs `xs` (k, C, H, W) at once, as a (k, num_classes) LongTensor on the CPU.
+
+    Input i's noise comes from `generators[i]` in chunks of `batch_size`, exactly as `count_votes`
+    draws it alone, so its counts do not depend on the other inputs; the k chunks go through the
+    model as one batch of k * batch_size copies, which keeps a device busy when the model is
+    small. Votes are counted on the device without reading anything back inside the loop.
+    """
+    k, shape = xs.shape[0], xs.shape[1:]
+    counts = torch.zeros(k * num_classes, dtype=torch.long, device=xs.device)
     remaining = num
     while remaining > 0:
         size = min(batch_size, remaining)
-        noise = torch.randn((size, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-        labels = base_classifier(x.unsqueeze(0) + sigma * noise).argmax(dim=1)
-        counts += torch.bincount(labels, minlength=num_classes)
+        draws = [torch.randn((size, *shape), generator=g, device=xs.device, dtype=xs.dtype) for g in generators]
+        noise = draws[0].unsqueeze(0) if k == 1 else torch.stack(draws)
+        labels = base_classifier((xs.unsqueeze(1) + sigma * noise).flatten(0, 1)).argmax(dim=1)
+        owner = torch.arange(k, device=xs.device).repeat_interleave(size) * num_classes
+        counts.index_add_(0, owner + labels, torch.ones_like(labels))
         remaining -= size
-    return counts.cpu()
+    return counts.view(k, num_classes).cpu()
 
 
 @lru_cache(maxsize=64)

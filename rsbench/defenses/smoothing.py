@@ -9,12 +9,14 @@ procedures that are wrong with probability at most alpha.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from scipy.stats import norm
 from torch import nn
 
 from rsbench.defenses.base import Certificate, Defense, check_input
-from rsbench.defenses.smoothed_view import SmoothedView, count_votes
+from rsbench.defenses.smoothed_view import SmoothedView, count_votes_many
 from rsbench.errors import RsbenchError
 from rsbench.specs import DefenseSpec
 from rsbench.stats import binomial_p_value, lower_confidence_bound
@@ -67,11 +69,15 @@ class Smoothing(Defense):
         self.base_classifier.to(device)
         return self
 
-    @torch.no_grad()
     def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """How often f picks each class on `num` noisy copies of x (a LongTensor of num_classes)."""
-        return count_votes(self.base_classifier, x.to(self.device), self.sigma, self.num_classes, num,
-                           self.batch_size, generator)
+        return self.sample_counts_many(x.unsqueeze(0), num, [generator])[0]
+
+    def sample_counts_many(self, xs: torch.Tensor, num: int,
+                           generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+        """`sample_counts` of k inputs (k, C, H, W), each on its own generator, in shared batches: (k, num_classes)."""
+        return count_votes_many(self.base_classifier, xs.to(self.device), self.sigma, self.num_classes, num,
+                                self.batch_size, generators)
 
     def predict(
         self,
@@ -103,14 +109,33 @@ class Smoothing(Defense):
         generator: torch.Generator | None = None,
     ) -> Certificate:
         """CERTIFY: select with n0 samples, estimate with n fresh ones, radius sigma * PhiInv(pA_lower)."""
+        return self.certify_many([x], [generator], n0=n0, n=n, alpha=alpha)[0]
+
+    def certify_many(
+        self,
+        xs: Sequence[torch.Tensor],
+        generators: Sequence[torch.Generator | None],
+        *,
+        n0: int | None = None,
+        n: int | None = None,
+        alpha: float | None = None,
+    ) -> list[Certificate]:
+        """CERTIFY of several inputs in shared batches; input i draws all its noise from `generators[i]`, in the
+        order `certify` would, so each certificate equals the one `certify` gives alone."""
         n0 = self.n0 if n0 is None else n0
         n = self.n if n is None else n
         alpha = self.alpha if alpha is None else alpha
         check_sampling(n0, alpha, "n0")
         check_sampling(n, alpha)
-        check_input(x)
-        guess = int(self.sample_counts(x, n0, generator).argmax())
-        count = int(self.sample_counts(x, n, generator)[guess])
+        for x in xs:
+            check_input(x)
+        batch = torch.stack([x.to(self.device) for x in xs])
+        guesses = self.sample_counts_many(batch, n0, generators).argmax(dim=1)
+        counts = self.sample_counts_many(batch, n, generators).gather(1, guesses.unsqueeze(1)).squeeze(1)
+        return [self._certificate(int(guess), int(count), n, alpha) for guess, count in zip(guesses, counts)]
+
+    def _certificate(self, guess: int, count: int, n: int, alpha: float) -> Certificate:
+        """The certificate of `guess` counted `count` times out of n: radius sigma * PhiInv(pA_lower), or abstain."""
         p_lower = lower_confidence_bound(count, n, alpha)
         if p_lower <= 0.5:
             return Certificate(prediction=None, radius=0.0, p_lower=p_lower)
