@@ -66,12 +66,15 @@ def count_votes_many(
     """
     k, shape = xs.shape[0], xs.shape[1:]
     counts = torch.zeros(k * num_classes, dtype=torch.long, device=xs.device)
+    noisy = torch.empty((k, min(batch_size, num), *shape), device=xs.device, dtype=xs.dtype)
     remaining = num
     while remaining > 0:
         size = min(batch_size, remaining)
-        draws = [torch.randn((size, *shape), generator=g, device=xs.device, dtype=xs.dtype) for g in generators]
-        noise = draws[0].unsqueeze(0) if k == 1 else torch.stack(draws)
-        labels = base_classifier((xs.unsqueeze(1) + sigma * noise).flatten(0, 1)).argmax(dim=1)
+        batch = noisy[:, :size]
+        for i, generator in enumerate(generators):
+            torch.randn((size, *shape), generator=generator, out=batch[i])
+        batch.mul_(sigma).add_(xs.unsqueeze(1))  # x + sigma * noise, in place: no allocation per pass
+        labels = base_classifier(batch.flatten(0, 1)).argmax(dim=1)
         owner = torch.arange(k, device=xs.device).repeat_interleave(size) * num_classes
         counts.index_add_(0, owner + labels, torch.ones_like(labels))
         remaining -= size
