@@ -52,7 +52,7 @@ def plain_autograd_gradient(view: SmoothedView, x: torch.Tensor, seed: int, draw
     owner, noise, gumbel = (torch.cat(parts) for parts in zip(*view.noise(x, (int(seeds[0]), int(seeds[1])), draws)))
     assert owner.tolist() == [c // view.num_noise for c in range(draws * view.num_noise)]
     leaf = x.clone().requires_grad_(True)
-    votes = view.soft_votes(leaf, noise, gumbel)
+    votes = view.soft_votes(leaf.unsqueeze(0), noise, gumbel)
     radii = []
     for draw in range(draws):
         freq = votes[draw * view.num_noise : (draw + 1) * view.num_noise].mean(0)

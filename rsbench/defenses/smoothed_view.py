@@ -18,6 +18,11 @@ Several independent draws of N copies (Expectation over Transformation) can be t
 one pass: `draws` sets of N copies run as one stream of draws * N copies, so on a GPU
 twenty draws cost about what one does.
 
+Several inputs can share those passes too (`grad_many`, for attacks that run samples in
+lockstep): each input keeps its own noise streams, drawn in the chunks it would use alone, and
+the same chunk of every input runs in one forward pass, so each input's frequencies and gradient
+are those of `grad` at that input while the device sees k times larger batches.
+
 Noise comes from two generators seeded from the caller's: one for the Gaussian
 perturbations, one for the Gumbel variables. Each stream is therefore drawn in one
 sequence whatever the chunk size, so on the CPU the chunk size does not change the
@@ -128,45 +133,58 @@ class ViewOutput:
         )
 
 
-class _AveragedSoftVotes(torch.autograd.Function):
-    """Mean Gumbel-softmax vote of each draw of N copies, with a backward pass that recomputes chunk by chunk.
+LossFn = Callable[[ViewOutput, torch.Tensor], torch.Tensor]
+"""What `SmoothedView.grad` differentiates: a scalar from the view's output and the input (as a leaf)."""
 
-    Copies are numbered 0 .. draws * N - 1 in one noise stream; copy c belongs to draw c // N.
-    The last chunk's graph is kept from the forward pass (so draws * N <= chunk_size costs
-    no recomputation); the others are drawn again and recomputed one at a time. At most
-    two chunks' activations are alive at once, whatever N and the number of draws.
+
+def _seed_pair(generator: torch.Generator) -> tuple[int, int]:
+    """Seeds of one input's Gaussian and Gumbel streams, drawn from the caller's generator."""
+    seeds = torch.randint(0, 2**62, (2,), generator=generator, device=generator.device).tolist()
+    return int(seeds[0]), int(seeds[1])
+
+
+class _AveragedSoftVotes(torch.autograd.Function):
+    """Mean Gumbel-softmax vote of each draw of N copies of each input, with a backward pass that recomputes
+    chunk by chunk.
+
+    Input i's copies are numbered 0 .. draws * N - 1 in its own noise stream; copy c belongs to
+    row i * draws + c // N of the output. Every forward pass runs the same chunk of every input's
+    stream side by side, so each input sees the noise it would see alone. The last chunk's graph is
+    kept from the forward pass (so draws * N <= chunk_size costs no recomputation); the others are
+    drawn again and recomputed one at a time. At most two chunks' activations are alive at once,
+    whatever N and the number of draws.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, view: SmoothedView, seeds: tuple[int, int], draws: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, xs: torch.Tensor, view: SmoothedView, seeds: tuple[tuple[int, int], ...], draws: int) -> torch.Tensor:  # type: ignore[override]
         chunks = view.chunk_sizes(draws)
-        total = torch.zeros(draws, view.num_classes, dtype=x.dtype, device=x.device)
+        total = torch.zeros(len(seeds) * draws, view.num_classes, dtype=xs.dtype, device=xs.device)
         ctx.leaf = ctx.votes = ctx.owner = None
-        for k, (owner, noise, gumbel) in enumerate(view.noise(x, seeds, draws)):
+        for k, (owner, noise, gumbel) in enumerate(view.joint_noise(xs, seeds, draws)):
             if k == len(chunks) - 1 and ctx.needs_input_grad[0]:
                 with torch.enable_grad():
-                    ctx.leaf = x.detach().requires_grad_(True)
+                    ctx.leaf = xs.detach().requires_grad_(True)
                     ctx.votes, ctx.owner = view.soft_votes(ctx.leaf, noise, gumbel), owner
                 total.index_add_(0, owner, ctx.votes.detach())
             else:
                 with torch.no_grad():
-                    total.index_add_(0, owner, view.soft_votes(x, noise, gumbel))
-        ctx.save_for_backward(x)
+                    total.index_add_(0, owner, view.soft_votes(xs, noise, gumbel))
+        ctx.save_for_backward(xs)
         ctx.view, ctx.seeds, ctx.draws, ctx.chunks = view, seeds, draws, len(chunks)
         return total / view.num_noise
 
     @staticmethod
     def backward(ctx, grad_freq: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
+        (xs,) = ctx.saved_tensors
         view: SmoothedView = ctx.view
-        weight = grad_freq / view.num_noise  # d loss / d vote of one copy, per draw and class
-        (grad_x,) = torch.autograd.grad(ctx.votes, ctx.leaf, weight[ctx.owner])
+        weight = grad_freq / view.num_noise  # d loss / d vote of one copy, per input, draw and class
+        (grad_xs,) = torch.autograd.grad(ctx.votes, ctx.leaf, weight[ctx.owner])
         ctx.leaf = ctx.votes = ctx.owner = None
-        for _, (owner, noise, gumbel) in zip(range(ctx.chunks - 1), view.noise(x, ctx.seeds, ctx.draws)):
+        for _, (owner, noise, gumbel) in zip(range(ctx.chunks - 1), view.joint_noise(xs, ctx.seeds, ctx.draws)):
             with torch.enable_grad():
-                leaf = x.detach().requires_grad_(True)
-                grad_x += torch.autograd.grad(view.soft_votes(leaf, noise, gumbel), leaf, weight[owner])[0]
-        return grad_x, None, None, None
+                leaf = xs.detach().requires_grad_(True)
+                grad_xs += torch.autograd.grad(view.soft_votes(leaf, noise, gumbel), leaf, weight[owner])[0]
+        return grad_xs, None, None, None
 
 
 class SmoothedView:
@@ -218,14 +236,28 @@ class SmoothedView:
             yield owner, self.sigma * noise, gumbel
             start += size
 
+    def joint_noise(
+        self, xs: torch.Tensor, seeds: Sequence[tuple[int, int]], draws: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """`noise` of every input xs[i] (seeded by seeds[i]), one chunk of each at a time, concatenated:
+        input i's rows come i-th and its copies' draws are numbered from i * draws."""
+        streams = [self.noise(x, pair, draws) for x, pair in zip(xs, seeds, strict=True)]
+        for parts in zip(*streams):
+            owners, noises, gumbels = zip(*parts)
+            yield torch.cat([owner + i * draws for i, owner in enumerate(owners)]), torch.cat(noises), torch.cat(gumbels)
+
     def chunk_sizes(self, draws: int = 1) -> list[int]:
         """Noisy copies per forward pass for `draws` * N copies: full chunks, then the remainder."""
         full, rest = divmod(draws * self.num_noise, self.chunk_size)
         return [self.chunk_size] * full + ([rest] if rest else [])
 
-    def soft_votes(self, x: torch.Tensor, noise: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
-        """Gumbel-softmax of the base logits on x + noise: one soft one-hot vote per noisy copy."""
-        log_probs = torch.log_softmax(self.base_classifier(x.unsqueeze(0) + noise), dim=1)
+    def soft_votes(self, xs: torch.Tensor, noise: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
+        """Gumbel-softmax of the base logits on xs[i] + noise: one soft one-hot vote per noisy copy.
+
+        xs holds k inputs; the rows of `noise` and `gumbel` are k equal groups, the i-th for xs[i].
+        """
+        inputs = (xs.unsqueeze(1) + noise.unflatten(0, (len(xs), -1))).flatten(0, 1)
+        log_probs = torch.log_softmax(self.base_classifier(inputs), dim=1)
         return torch.softmax((log_probs + gumbel) / self.temperature, dim=1)
 
     def frequencies(self, x: torch.Tensor, generator: torch.Generator, draws: int = 1) -> torch.Tensor:
@@ -233,10 +265,16 @@ class SmoothedView:
 
         Differentiable; memory depends on the chunk size only.
         """
+        return self.joint_frequencies(x.unsqueeze(0), [generator], draws)[0]
+
+    def joint_frequencies(self, xs: torch.Tensor, generators: Sequence[torch.Generator], draws: int = 1) -> torch.Tensor:
+        """`frequencies` of every input xs[i] with its own generator, in shared forward passes of k chunks;
+        shape (k, draws, num_classes). Each input's noise, and so its frequencies, are those it gets alone."""
         if draws < 1:
             raise RsbenchError(f"draws must be positive, got {draws!r}")
-        seeds = torch.randint(0, 2**62, (2,), generator=generator, device=generator.device).tolist()
-        return _AveragedSoftVotes.apply(x.to(self.device), self, (int(seeds[0]), int(seeds[1])), draws)
+        seeds = tuple(_seed_pair(generator) for generator in generators)
+        freq = _AveragedSoftVotes.apply(xs.to(self.device), self, seeds, draws)
+        return freq.unflatten(0, (len(seeds), draws))
 
     def output(self, freq: torch.Tensor) -> ViewOutput:
         """Algorithm 2 from one draw's frequencies: Goodman bounds, top two classes and the certified radius."""
@@ -250,14 +288,8 @@ class SmoothedView:
         """Algorithm 2 at x on one draw of N noisy copies."""
         return self.output(self.frequencies(x, generator)[0])
 
-    def grad(
-        self,
-        x: torch.Tensor,
-        loss_fn: Callable[[ViewOutput, torch.Tensor], torch.Tensor],
-        generator: torch.Generator,
-        *,
-        draws: int = 1,
-    ) -> tuple[float, ViewOutput, torch.Tensor]:
+    def grad(self, x: torch.Tensor, loss_fn: LossFn, generator: torch.Generator, *,
+             draws: int = 1) -> tuple[float, ViewOutput, torch.Tensor]:
         """Value of `loss_fn(view_output, x)` at x, the view output, and the loss's gradient with respect to x.
 
         `loss_fn` receives the input as a leaf tensor so that it may add terms of its own
@@ -265,11 +297,23 @@ class SmoothedView:
         over that many independent draws of N copies (EOT), computed in one pass, and the
         output returned is the first draw's. The returned output is detached.
         """
-        leaf = x.detach().to(self.device).requires_grad_(True)
-        outputs = [self.output(freq) for freq in self.frequencies(leaf, generator, draws)]
-        loss = sum(loss_fn(out, leaf) for out in outputs) / draws
-        (grad_x,) = torch.autograd.grad(loss, leaf)
-        return float(loss.detach()), outputs[0].detach(), grad_x
+        return self.grad_many([x], [loss_fn], [generator], draws=draws)[0]
+
+    def grad_many(self, xs: Sequence[torch.Tensor], loss_fns: Sequence[LossFn], generators: Sequence[torch.Generator],
+                  *, draws: int = 1) -> list[tuple[float, ViewOutput, torch.Tensor]]:
+        """`grad` at every xs[i] with its loss_fns[i] and generators[i], sharing forward and backward passes.
+
+        Each input draws its noise from its own generator in the chunks it would use alone, so on the
+        CPU every result equals `grad` at that input (the model's rows do not mix); one forward pass
+        runs k * chunk_size copies, so a caller sizes k to fit memory.
+        """
+        leaves = [x.detach().to(self.device).requires_grad_(True) for x in xs]
+        freqs = self.joint_frequencies(torch.stack(leaves), generators, draws)
+        outputs = [[self.output(freq) for freq in draw_freqs] for draw_freqs in freqs]
+        losses = [sum(loss_fn(out, leaf) for out in outs) / draws for loss_fn, outs, leaf in
+                  zip(loss_fns, outputs, leaves, strict=True)]
+        grads = torch.autograd.grad(losses, leaves)
+        return [(float(loss.detach()), outs[0].detach(), g) for loss, outs, g in zip(losses, outputs, grads)]
 
     @torch.no_grad()
     def hard_counts(self, x: torch.Tensor, generator: torch.Generator, num: int | None = None) -> torch.Tensor:
