@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -141,12 +141,16 @@ class Attack(ABC):
     """One attack: parameters in, adversarial candidates proposed to a Tracker.
 
     Subclasses define `Params` (an AttackParams model whose defaults are the paper's)
-    and `run`. The model is never stored in the attack; it is passed to `run`.
+    and `run`. The model is never stored in the attack; it is passed to `run`. An attack
+    that can advance several samples in lockstep, sharing the view's forward and backward
+    passes, overrides `run_many` and sets `batches`.
     """
 
     Params: ClassVar[type[AttackParams]] = AttackParams
     kinds: ClassVar[tuple[str, ...]] = ("smoothing", "gloro", "kw")
     """Defense kinds the attack knows how to attack; the harness refuses the others with one line."""
+    batches: ClassVar[bool] = False
+    """Whether `run_many` runs its samples together (so the harness prefers it to `run` one at a time)."""
 
     def __init__(self, params: AttackParams | None = None, **overrides: object) -> None:
         base = params.model_dump() if params is not None else {}
@@ -159,3 +163,10 @@ class Attack(ABC):
         `view` is the defense's differentiable surrogate (for smoothing, the Gumbel-softmax
         view with Goodman bounds of Algorithm 2). Count iterations in `tracker.iterations`.
         """
+
+    def run_many(self, view: object, xs: Sequence[torch.Tensor], labels: Sequence[int], trackers: Sequence[Tracker],
+                 generators: Sequence[torch.Generator]) -> None:
+        """`run` on each sample i with its own label, tracker and generator; every tracker must end as `run`
+        leaves it (times aside). This default runs the samples one after another."""
+        for x, label, tracker, generator in zip(xs, labels, trackers, generators, strict=True):
+            self.run(view, x, label, tracker, generator)

@@ -31,6 +31,8 @@ How this implementation reads the algorithm where the paper leaves room:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pydantic import Field
 
@@ -67,37 +69,55 @@ class CAAParams(ViewParams):
     """Separation E0_lower - E1_upper the adversarial iterate keeps."""
 
 
+class _Iterate:
+    """One sample's state in Algorithm 1: its iterate and its Lagrange multiplier."""
+
+    def __init__(self, params: CAAParams, x: torch.Tensor, label: int, tracker: Tracker) -> None:
+        self.params, self.x, self.label, self.tracker = params, x, label, tracker
+        self.x_adv = x.clone()
+        self.lagrange = params.lagrange
+
+    def objective(self, out: ViewOutput, x_leaf: torch.Tensor) -> torch.Tensor:
+        """The margin, plus the distance term and the separation switch once another class is predicted."""
+        p, margin = self.params, out.e0_lower - out.e1_upper
+        if out.top == self.label:
+            return margin
+        distance = (x_leaf - self.x).norm(p=2)
+        if float(margin.detach()) > p.delta:
+            return margin + self.lagrange * distance
+        return p.gamma * (margin - p.delta).abs() + self.lagrange * distance
+
+    def step(self, out: ViewOutput, direction: torch.Tensor) -> None:
+        """One iteration from the view at the iterate: propose it if confidently adversarial, then step."""
+        p = self.params
+        self.tracker.iterations += 1
+        radius = abs(float(out.radius))
+        if out.top == self.label:
+            step = min(p.step_out * radius, p.cutoff)
+        else:
+            if float(out.e0_lower) > float(out.e1_upper):
+                self.tracker.offer(self.x_adv)
+            step = min(p.step_in * radius, p.cutoff)
+            self.lagrange *= p.lagrange_scale
+        self.x_adv = (self.x_adv - step * l2_normalize(direction)).clamp(0.0, 1.0)
+
+
 class CAA(Attack):
     """Certification Aware Attack: certified-radius step sizes and a growing distance penalty."""
 
     Params = CAAParams
     kinds = ("smoothing",)
+    batches = True
     params: CAAParams
 
     def run(self, view: SmoothedView, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
-        p = self.params
-        x = x.to(view.device)
-        x_adv = x.clone()
-        lagrange = p.lagrange
+        self.run_many(view, [x], [label], [tracker], [generator])
 
-        def objective(out: ViewOutput, x_leaf: torch.Tensor) -> torch.Tensor:
-            margin = out.e0_lower - out.e1_upper
-            if out.top == label:
-                return margin
-            distance = (x_leaf - x).norm(p=2)
-            if float(margin.detach()) > p.delta:
-                return margin + lagrange * distance
-            return p.gamma * (margin - p.delta).abs() + lagrange * distance
-
-        for _ in range(p.iterations):
-            _, out, direction = view.grad(x_adv, objective, generator)
-            tracker.iterations += 1
-            radius = abs(float(out.radius))
-            if out.top == label:
-                step = min(p.step_out * radius, p.cutoff)
-            else:
-                if float(out.e0_lower) > float(out.e1_upper):
-                    tracker.offer(x_adv)
-                step = min(p.step_in * radius, p.cutoff)
-                lagrange *= p.lagrange_scale
-            x_adv = (x_adv - step * l2_normalize(direction)).clamp(0.0, 1.0)
+    def run_many(self, view: SmoothedView, xs: Sequence[torch.Tensor], labels: Sequence[int],
+                 trackers: Sequence[Tracker], generators: Sequence[torch.Generator]) -> None:
+        iterates = [_Iterate(self.params, x.to(view.device), label, tracker)
+                    for x, label, tracker in zip(xs, labels, trackers, strict=True)]
+        for _ in range(self.params.iterations):
+            results = view.grad_many([it.x_adv for it in iterates], [it.objective for it in iterates], generators)
+            for it, (_, out, direction) in zip(iterates, results):
+                it.step(out, direction)
