@@ -30,7 +30,7 @@ from rsbench.attacks.success import confirm, make_judge
 from rsbench.defenses.base import Defense
 from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.errors import RsbenchError
-from rsbench.goals import Goal
+from rsbench.goals import Goal, Sample
 from rsbench.specs import AttackRecord, AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
 
 SMOOTHING_NOTE = (
@@ -75,22 +75,40 @@ class Evasion(Goal):
     def attack(self, name: str, x: torch.Tensor, label: int, index: int,
                clean: SampleRecord) -> tuple[AttackRecord, torch.Tensor | None]:
         if self.smoothing:
-            return self._smoothed(name, x, label, index)
+            return self._smoothed(name, [Sample(x, label, index, clean)])[0]
         return self._bounded(name, x, label, index, clean)
 
-    def _smoothed(self, name: str, x: torch.Tensor, label: int, index: int) -> tuple[AttackRecord, torch.Tensor | None]:
+    def attack_many(self, name: str, samples: Sequence[Sample]) -> list[tuple[AttackRecord, torch.Tensor | None]]:
+        """Samples attacked together when the attack batches on smoothing; otherwise one at a time."""
+        if self.smoothing and self.attacks[name][1].batches and len(samples) > 1:
+            return self._smoothed(name, samples)
+        return super().attack_many(name, samples)  # type: ignore[return-value]
+
+    def _smoothed(self, name: str, samples: Sequence[Sample]) -> list[tuple[AttackRecord, torch.Tensor | None]]:
+        """Attack the samples together (`Attack.run_many`), each with its own cohen, judge, attack and confirm
+        streams, so each record is the one the sample gets alone. Times are the run's wall time shared out
+        evenly: what one sample cost."""
         config, view = self.config, self.views[name]
         device, seed = view.device, config.seed
-        x = x.to(device)
-        bound = self.judging.hard_radius(x, runner.stream(seed, index, "", "cohen", device))
-        judge = make_judge(self.judging, label, runner.stream(seed, index, name, "judge", device))
-        tracker = Tracker(x, judge, norm="l2")
-        self.attacks[name][1].run(view, x, label, tracker, runner.stream(seed, index, name, "attack", device))
-        total_time_s = time.perf_counter() - tracker.started
+        xs = [s.x.to(device) for s in samples]
+        bounds = [self.judging.hard_radius(x, runner.stream(seed, s.index, "", "cohen", device))
+                  for x, s in zip(xs, samples)]
+        trackers = [Tracker(x, make_judge(self.judging, s.label, runner.stream(seed, s.index, name, "judge", device)),
+                            norm="l2") for x, s in zip(xs, samples)]
+        self.attacks[name][1].run_many(view, xs, [s.label for s in samples], trackers,
+                                       [runner.stream(seed, s.index, name, "attack", device) for s in samples])
+        finished, share = time.perf_counter(), 1 / len(samples)
+        return [self._confirmed(name, s, tracker, bound, (finished - tracker.started) * share, share)
+                for s, tracker, bound in zip(samples, trackers, bounds)]
+
+    def _confirmed(self, name: str, sample: Sample, tracker: Tracker, bound: float, total_time_s: float,
+                   share: float) -> tuple[AttackRecord, torch.Tensor | None]:
+        """The record of one attacked sample once its kept candidates are confirmed on fresh noise."""
+        config, device = self.config, self.judging.device
         kept = tracker.candidates()
-        confirmed = confirm(self.judging, kept, label, config.confirm_n,
-                            runner.stream(seed, index, name, "confirm", device))
-        record = _record(index, label, name, confirmed, total_time_s, bound, tracker, len(kept),
+        confirmed = confirm(self.judging, kept, sample.label, config.confirm_n,
+                            runner.stream(config.seed, sample.index, name, "confirm", device))
+        record = _record(sample.index, sample.label, name, confirmed, total_time_s, bound, tracker, len(kept), share,
                          judge_n=config.judge_n, judge_alpha=config.judge_alpha, confirm_n=config.confirm_n)
         best = min(confirmed, key=lambda f: f.radius, default=None)
         return record, best.x_adv if best else None
@@ -106,7 +124,7 @@ class Evasion(Goal):
 
         tracker, total_time_s = self.run_in_ball(name, x, label, index, self.config.epsilon, wrong_label)
         found = tracker.candidates()  # the judge is exact: every accepted candidate is confirmed
-        record = _record(index, label, name, found, total_time_s, clean.radius, tracker, len(found))
+        record = _record(index, label, name, found, total_time_s, clean.radius, tracker, len(found), 1.0)
         best = min(found, key=lambda f: f.radius, default=None)
         return record, best.x_adv if best else None
 
@@ -146,14 +164,15 @@ def judge_view(defense: Defense, config: RunConfig) -> SmoothedView:
 
 
 def _record(index: int, label: int, name: str, confirmed: list, total_time_s: float, bound: float,
-            tracker: Tracker, kept: int, **judge: Any) -> AttackRecord:
-    """An AttackRecord from the confirmed candidates: the earliest is `first`, the smallest `best`."""
+            tracker: Tracker, kept: int, share: float, **judge: Any) -> AttackRecord:
+    """An AttackRecord from the confirmed candidates: the earliest is `first`, the smallest `best`. Their times
+    are multiplied by `share`, the sample's part of an attack run on several samples at once."""
     first = min(confirmed, key=lambda f: f.time_s, default=None)
     best = min(confirmed, key=lambda f: f.radius, default=None)
     return AttackRecord(
         index=index, label=label, attack=name, success=best is not None,
-        first_radius=first.radius if first else None, first_time_s=first.time_s if first else None,
-        best_radius=best.radius if best else None, best_time_s=best.time_s if best else None,
+        first_radius=first.radius if first else None, first_time_s=first.time_s * share if first else None,
+        best_radius=best.radius if best else None, best_time_s=best.time_s * share if best else None,
         total_time_s=total_time_s, cohen_radius=bound, iterations=tracker.iterations,
         judge_calls=tracker.judge_calls, candidates=kept, rejected=kept - len(confirmed),
         judge_n=judge.get("judge_n"), judge_alpha=judge.get("judge_alpha"), confirm_n=judge.get("confirm_n"),
