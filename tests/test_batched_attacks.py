@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from rsbench import registry
+from rsbench import engine, registry, runner
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.defenses.smoothed_view import SmoothedView, ViewOutput
@@ -65,11 +68,16 @@ def digits_samples() -> tuple[Smoothing, list[Sample]]:
     return defense, samples
 
 
+def small_attack(name: str, **budget: int):
+    """The registered attack with the SMALL budget, updated by `budget`."""
+    attack = registry.get_attack(name)
+    return attack.model_copy(update={"params": {**attack.params, **SMALL, **budget}})
+
+
 def evasion(defense: Smoothing, name: str) -> Evasion:
     """The evasion job of a run of attack `name` (small budget) with a small judge."""
     spec = registry.get_defense("smoothing-digits-0.50")
-    attack = registry.get_attack(name)
-    attack = attack.model_copy(update={"params": {**attack.params, **SMALL}})
+    attack = small_attack(name)
     config = RunConfig(command="evaluate", defense=spec.name, defense_hash=spec.spec_hash(), attacks=[name],
                        attack_hashes=[attack.spec_hash()], num_samples=4, n0=20, n=500, alpha=0.01, batch_size=128,
                        seed=3, judge_n=300, confirm_n=1000)
@@ -89,3 +97,18 @@ def test_batched_records_equal_one_at_a_time(digits_samples: tuple[Smoothing, li
         assert example is None or torch.equal(example, alone_example)
     if name == "caa":
         assert any(record.success for record, _ in together)  # the comparison covers confirmed examples
+
+
+def test_an_evaluate_run_with_caa_in_batches_writes_the_records_of_one_sample_at_a_time(tmp_path: Path) -> None:
+    spec, attack = registry.get_defense("smoothing-digits-0.50"), small_attack("caa", iterations=18)
+    config = runner.run_config(spec, "evaluate", num_samples=8, n0=20, n=500, alpha=0.01, batch_size=128,
+                               seed=3, judge_n=300, confirm_n=1000, attacks=["caa"], attack_hashes=[attack.spec_hash()])
+    runs = {}
+    for per_batch in (1, 8):
+        out = tmp_path / str(per_batch)
+        engine.evaluate(spec, [attack], config, out, torch.device("cpu"), progress=False, images_per_batch=per_batch)
+        rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        runs[per_batch] = sorted(({k: v for k, v in r.items() if k not in TIMES} for r in rows),
+                                 key=lambda r: r["index"])
+    assert len(runs[1]) >= 3 and any(r["success"] for r in runs[1])
+    assert runs[1] == runs[8]
