@@ -74,6 +74,17 @@ def test_verify_refuses_claims_its_run_does_not_reproduce(root: Path, tmp_path: 
 
 
 @pytest.mark.slow
+def test_verify_on_a_subset_checks_the_claims_on_its_samples_and_adds_no_entry(root: Path, tmp_path: Path) -> None:
+    idle = submission(tmp_path, "idle", IDLE, "Idle", {"success": 0})
+    [line] = submissions.verify(idle, root, timeout=120, samples=1)
+    assert "consistent with the first 1 samples; no entry added" in line
+    assert leaderboard.load(root / TRACK / "v1.json").entries == []
+    boastful = submission(tmp_path / "other", "idle", IDLE, "Idle", {"success": 100})
+    with pytest.raises(RsbenchError, match=r"claims success 100 .* reproduces 0 \[0, 0\]; refused"):
+        submissions.verify(boastful, root, timeout=120, samples=1)
+
+
+@pytest.mark.slow
 def test_verify_refuses_examples_that_are_not_adversarial(root: Path, tmp_path: Path) -> None:
     folder = submission(tmp_path, "cheat", SELF_JUDGING, "Cheat", {"success": 100})
     with pytest.raises(RsbenchError, match="returned examples are not what their records claim"):
