@@ -18,6 +18,15 @@ ev --defense kw-digits-0.05 --attack degradation-pgd-linf --attack degradation-e
 ev --defense smoothing-digits-0.25 --attack degradation-spgd --attack degradation-adaptive \
    --out "$runs/degradation-smoothing-digits-0.25"
 ev --defense gloro-digits-0.25 --attack shadow-1ch --out "$runs/spoofing-gloro-digits-0.25"
+ev --defense gloro-digits-0.50 --attack pgd-l2 --out "$runs/evasion-gloro-digits-0.50"
+ev --defense gloro-digits-0.50 --attack degradation-pgd --attack degradation-eps-pgd --attack degradation-adaptive \
+   --out "$runs/degradation-gloro-digits-0.50"
+ev --defense gloro-digits-0.50 --attack shadow-1ch --out "$runs/spoofing-gloro-digits-0.50"
+ev --defense kw-digits-0.05 --attack shadow-1ch --out "$runs/spoofing-kw-digits-0.05"
+ev --defense kw-digits-0.10 --attack pgd-linf --out "$runs/evasion-kw-digits-0.10"
+ev --defense kw-digits-0.10 --attack degradation-pgd-linf --attack degradation-eps-pgd-linf \
+   --attack degradation-adaptive-linf --out "$runs/degradation-kw-digits-0.10"
+ev --defense kw-digits-0.10 --attack shadow-1ch --out "$runs/spoofing-kw-digits-0.10"
 for run in "$runs"/*/; do rsbench leaderboard add "$run"; done
 rsbench submission validate submissions/fmn-smoothed
 rsbench submission verify submissions/fmn-smoothed
