@@ -182,8 +182,7 @@ def evaluate(
     once per (sample, attack) even if a retried batch delivers it again. `images_per_batch` samples go to a
     worker at once (default 1 on the CPU, chosen from free memory on a GPU).
     """
-    if address is not None and backend != "ray":
-        raise RsbenchError("--address names a Ray cluster; it needs --backend ray")
+    check_backend(backend, address)
     goal = goal_of(attack_specs)
     if config.goal != goal.name:
         raise RsbenchError(f"the run's config names goal {config.goal!r}, its attacks {goal.name!r}")
@@ -225,6 +224,16 @@ def evaluate(
                         attack_run.append(record)
                 bar.update(len(batch))
     return summarize(goal, defense_spec, attack_specs, config, clean_run, attack_run, device)
+
+
+def check_backend(backend: Backend, address: str | None) -> None:
+    """Refuse, before the run directory is written, an address without Ray, or the Ray backend without Ray."""
+    if backend == "ray":
+        from rsbench import cluster
+
+        cluster.import_ray()
+    elif address is not None:
+        raise RsbenchError("--address names a Ray cluster; it needs --backend ray")
 
 
 def batch_for_device(defense_spec: DefenseSpec, config: RunConfig, shape: Sequence[int],
