@@ -4,7 +4,7 @@ For each of the first K test samples the defense certifies the clean input (reco
 `clean.jsonl`, the same as `rsbench certify` writes). Samples the run's goal lets through
 (`Goal.qualifies`; for every goal: classified correctly with a certificate) are attacked by
 every named attack, in order, with `workers` > 1 several samples at once, each in its own
-process. The goal (`rsbench.goals`) runs and judges one attack on one sample; the engine
+process or Ray actor. The goal (`rsbench.goals`) runs and judges one attack on one sample; the engine
 appends its record to `samples.jsonl` as soon as it finishes, from this process alone, so
 re-running the same command resumes where it stopped, and writes the goal's summary
 (`result.json`), table and plots. Every noise stream is seeded from (seed, sample, attack,
@@ -31,6 +31,9 @@ from rsbench.errors import RsbenchError
 from rsbench.goals import Goal, Sample, check_attack, goal_of
 from rsbench.rundir import RunDir
 from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
+
+Backend = Literal["local", "ray"]
+"""Where a run's batches are computed: this machine's processes, or Ray actors (`rsbench.cluster`)."""
 
 
 def save_example(folder: Path, attack: str, index: int, x: torch.Tensor, x_adv: torch.Tensor) -> None:
@@ -94,9 +97,6 @@ class SampleWorker:
                 attacked[sample.index].append(outcome)
         return [SampleOutcome(t.index, clean[t.index], attacked[t.index]) for t in tasks]
 
-
-Backend = Literal["local", "ray"]
-"""Where a run's batches are computed: this machine's processes, or Ray actors."""
 
 _WORKER: SampleWorker | Exception | None = None
 """The SampleWorker of a pool process, or why it could not be built (see `run_tasks`)."""
