@@ -4,7 +4,7 @@ Ray is started first and not timed; each run starts its own actors (each loads t
 so the times are what a user waits for on a running Ray. Each actor claims one CPU core (or
 one GPU with --device cuda) and runs torch on one thread; records do not depend on the workers.
 Run: python benchmarks/ray_scaling.py [--defense gloro-digits-0.25] [--attack degradation-pgd]
-     [--num-samples 200] [--repeats 2] [--address ADDR]
+     [--num-samples 500] [--repeats 2] [--address ADDR]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--defense", default="gloro-digits-0.25")
     parser.add_argument("--attack", default="degradation-pgd")
-    parser.add_argument("--num-samples", type=int, default=200)
+    parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=2, help="Runs per worker count; the fastest is kept.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--address", default=None, help="A running Ray cluster [start a local Ray].")
