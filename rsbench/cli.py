@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from rsbench.cli_options import DEVICE, attack_options, certification_options, sampling_options
 from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
     from rsbench.specs import RunResult
-
-DEVICE = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-    help="Where the model runs; auto picks a CUDA GPU when there is one.",
-)
 
 
 class UserError(click.ClickException):
@@ -47,37 +42,6 @@ def cli() -> None:
     Defenses and attacks are named in the registry (`rsbench registry list`). Every run
     writes per-sample records as it goes to a run directory and resumes when re-run.
     """
-
-
-def certification_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The options certify and evaluate share: clean-certificate sampling, seed, device and run directory."""
-    options = [
-        click.option("--n0", type=int, default=None,
-                     help="Selection noise samples of each certificate [spec default, 100]."),
-        click.option("--n", "n", type=int, default=None,
-                     help="Estimation noise samples of each certificate [spec default, 100,000]."),
-        click.option("--alpha", type=float, default=None,
-                     help="Failure probability of each certificate [spec default, 0.001]."),
-        click.option("--batch-size", type=int, default=None,
-                     help="Noisy copies per forward pass; for evaluate also the attacks' chunk size [spec default]."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Master seed; sample i is seeded from (seed, i)."),
-        DEVICE,
-        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-                     help="Arithmetic of a smoothed base classifier; bf16/fp16 autocast is faster on GPUs but "
-                          "changes the classifier certified (recorded; leaderboards take fp32 only)."),
-        click.option("--channels-last", is_flag=True,
-                     help="Run a smoothed base classifier on channels-last inputs (faster convolutions on GPUs)."),
-        click.option("--images-per-batch", type=click.IntRange(min=1), default=None,
-                     help="Test images sharing each pass through the model; records do not depend on it "
-                          "[1 on the CPU; on a GPU, as many as fit half its free memory, at most 64]."),
-        click.option("--out", type=click.Path(path_type=Path), default=None,
-                     help="Run directory; re-running with the same one resumes "
-                          "[runs/<defense>/<command>-seed<seed>-<hash of the settings that fix the records>]."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 @cli.command()
@@ -129,25 +93,9 @@ def format_certified_table(result: RunResult) -> str:
                    "(CAA costs about 100 N-sample forward-backward passes per sample: about 90 s for the default "
                    "on 2 CPU cores with a digits model).")
 @certification_options
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes attacking samples side by side (CPU cores, or several per GPU); "
-                   "records do not change, times include the sharing.")
-@click.option("--epsilon", type=float, default=None,
-              help="Radius of the threat model for degradation and for evasion of GloRo and KW "
-                   "[the defense's epsilon; for smoothing, its sigma].")
-@click.option("--judge-n", type=int, default=None,
-              help="The judge's N: fresh noisy copies whose hard votes decide each candidate, for every attack "
-                   "alike [1500].")
-@click.option("--judge-alpha", type=float, default=None,
-              help="Significance level of the judge and of the confirmation [0.005].")
-@click.option("--confirm-n", type=int, default=None,
-              help="Fresh copies with which each kept candidate is tested again before it is reported; "
-                   "at least --judge-n [10 x judge N].")
-@click.option("--save-examples", is_flag=True, help="Save each attack's best examples to OUT/adversarial/<attack>.pt.")
-def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int | None, n: int | None,
-             alpha: float | None, batch_size: int | None, seed: int, device: str, precision: str,
-             channels_last: bool, images_per_batch: int | None, out: Path | None, workers: int, epsilon: float | None, judge_n: int | None, judge_alpha: float | None,
-             confirm_n: int | None, save_examples: bool) -> None:
+@attack_options
+def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_batch: int | None, out: Path | None,
+             backend: str, address: str | None, save_examples: bool, **settings: object) -> None:
     """Attack a certified defense; the attacks' goal decides the job and its table.
 
     \b
@@ -166,26 +114,50 @@ def evaluate(defense: str, attacks: tuple[str, ...], num_samples: int, n0: int |
     Re-running with the same OUT resumes; a run naming more attacks reuses the records of the others.
     """
     from rsbench import engine, registry, requirements, rundir, runner, site
-    from rsbench.goals import goal_of
 
     spec = registry.get_defense(defense)
     attack_specs = [registry.get_attack(name) for name in attacks]
-    goal = goal_of(attack_specs)
+    config = engine.evaluate_config(spec, attack_specs, **settings)
     requirements.require(spec)
-    config = runner.run_config(
-        spec, "evaluate", num_samples=num_samples, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
-        judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n, goal=goal.name,
-        epsilon=runner.default_epsilon(spec, goal.name, epsilon),
-        attacks=[s.name for s in attack_specs], attack_hashes=[s.spec_hash() for s in attack_specs], workers=workers,
-        precision=precision, channels_last=channels_last,
-    )
     out = out or rundir.default_path(config)
-    result = engine.evaluate(spec, attack_specs, config, out, runner.resolve_device(device),
-                             save_examples=save_examples, images_per_batch=images_per_batch)
+    result = engine.evaluate(spec, attack_specs, config, out, runner.resolve_device(device), save_examples=save_examples,
+                             images_per_batch=images_per_batch, backend=backend, address=address)
     click.echo(engine.format_table(result))
     click.echo("\nWith 95% bootstrap intervals over samples, as the leaderboards report them:")
     click.echo(site.run_table(out))
     click.echo(f"records, result.json and plots in {out}")
+
+
+@cli.command()
+@click.option("--defense", "defense_pattern", required=True,
+              help="Glob of defense names (fnmatch; quote it), e.g. 'gloro-*' or '*-digits-*'.")
+@click.option("--attack", "attack_pattern", required=True,
+              help="Glob of attack names (fnmatch; quote it), e.g. 'degradation-*' or '*'.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Use the first K samples of the test split in every run.")
+@sampling_options
+@attack_options
+@click.option("--root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+              help="Folder of the runs' default directories (ROOT/<defense>/evaluate-<goal>-seed<seed>-<hash>).")
+def sweep(defense_pattern: str, attack_pattern: str, device: str, root: Path, **settings: object) -> None:
+    """Evaluate every defense matching --defense with every attack matching --attack that fits it.
+
+    One evaluate run per defense and goal, with the matching attacks of that goal that attack the
+    defense's kind in its norm, each in its default run directory under ROOT (so a sweep resumes,
+    and reuses `rsbench evaluate` runs of the same settings). Prints each run's table, then one
+    summary line per run.
+    """
+    from rsbench import engine, runner
+    from rsbench import sweep as sweeps
+
+    finished = []
+    for run in sweeps.run(sweeps.plan(defense_pattern, attack_pattern), runner.resolve_device(device), root=root,
+                          **settings):
+        click.echo(f"\n{run.planned.defense.name}, {run.planned.goal}:\n{engine.format_table(run.result)}")
+        finished.append(run)
+    click.echo("\nsweep:")
+    for run in finished:
+        click.echo(sweeps.summary_line(run))
 
 
 @cli.command("degradation-curve")

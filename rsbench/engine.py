@@ -4,7 +4,7 @@ For each of the first K test samples the defense certifies the clean input (reco
 `clean.jsonl`, the same as `rsbench certify` writes). Samples the run's goal lets through
 (`Goal.qualifies`; for every goal: classified correctly with a certificate) are attacked by
 every named attack, in order, with `workers` > 1 several samples at once, each in its own
-process. The goal (`rsbench.goals`) runs and judges one attack on one sample; the engine
+process or Ray actor. The goal (`rsbench.goals`) runs and judges one attack on one sample; the engine
 appends its record to `samples.jsonl` as soon as it finishes, from this process alone, so
 re-running the same command resumes where it stopped, and writes the goal's summary
 (`result.json`), table and plots. Every noise stream is seeded from (seed, sample, attack,
@@ -19,6 +19,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel
@@ -30,6 +31,9 @@ from rsbench.errors import RsbenchError
 from rsbench.goals import Goal, Sample, check_attack, goal_of
 from rsbench.rundir import RunDir
 from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
+
+Backend = Literal["local", "ray"]
+"""Where a run's batches are computed: this machine's processes, or Ray actors (`rsbench.cluster`)."""
 
 
 def save_example(folder: Path, attack: str, index: int, x: torch.Tensor, x_adv: torch.Tensor) -> None:
@@ -120,12 +124,20 @@ def _run_in_worker(batch: list[SampleTask]) -> list[SampleOutcome]:
     return _WORKER(batch)
 
 
-def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int) -> Iterator[list[SampleOutcome]]:
-    """Outcomes of each batch of tasks, in order with one worker, as they finish with several processes.
+def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int, backend: Backend = "local",
+              address: str | None = None) -> Iterator[list[SampleOutcome]]:
+    """Outcomes of each batch of tasks: in order with one local worker, as they finish with several processes
+    or on Ray (`rsbench.cluster`, on the cluster at `address`, else a local one).
 
     Records do not depend on the worker that computes them (every noise stream is seeded
-    from the sample and the attack), so only their times change with `workers`.
+    from the sample and the attack), so only their times change with `workers` and `backend`.
     """
+    if backend == "ray":
+        from rsbench import cluster
+
+        device: torch.device = args[-1]  # SampleWorker's arguments end with the device
+        yield from cluster.run_batches(SampleWorker, batches, args, workers, device, address)
+        return
     if workers == 1:
         yield from map(SampleWorker(*args), batches)
         return
@@ -139,6 +151,17 @@ def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int) -> Ite
         pool.join()
 
 
+def evaluate_config(defense_spec: DefenseSpec, attack_specs: Sequence[AttackSpec], *, epsilon: float | None = None,
+                    **settings: object) -> RunConfig:
+    """The config of an evaluate run: `runner.run_config` with `settings`, plus the attacks' goal, names and spec
+    hashes and the run's radius (`epsilon`, else the defense's default for the goal)."""
+    goal = goal_of(attack_specs).name
+    return runner.run_config(
+        defense_spec, "evaluate", goal=goal, epsilon=runner.default_epsilon(defense_spec, goal, epsilon),
+        attacks=[s.name for s in attack_specs], attack_hashes=[s.spec_hash() for s in attack_specs], **settings,
+    )
+
+
 def evaluate(
     defense_spec: DefenseSpec,
     attack_specs: list[AttackSpec],
@@ -149,13 +172,17 @@ def evaluate(
     save_examples: bool = False,
     progress: bool = True,
     images_per_batch: int | None = None,
+    backend: Backend = "local",
+    address: str | None = None,
 ) -> RunResult:
     """Certify and attack the first `config.num_samples` test samples, resuming from `out`; returns the summary.
 
-    With `config.workers` > 1 that many processes take batches of samples side by side; this process alone
-    writes the records. `images_per_batch` samples go to a worker at once (default 1 on the CPU, chosen from
-    free memory on a GPU).
+    With `config.workers` > 1 that many processes (`backend` "local") or Ray actors ("ray", on the cluster at
+    `address`, else a local Ray) take batches of samples side by side; this process alone writes the records,
+    once per (sample, attack) even if a retried batch delivers it again. `images_per_batch` samples go to a
+    worker at once (default 1 on the CPU, chosen from free memory on a GPU).
     """
+    check_backend(backend, address)
     goal = goal_of(attack_specs)
     if config.goal != goal.name:
         raise RsbenchError(f"the run's config names goal {config.goal!r}, its attacks {goal.name!r}")
@@ -178,20 +205,35 @@ def evaluate(
     if tasks:
         per_batch = images_per_batch or batch_for_device(defense_spec, config, dataset[0][0].shape, device)
         batches = list(batching.chunked(tasks, per_batch))
-        outcomes = run_tasks(batches, (defense_spec, attack_specs, config, device), min(config.workers, len(batches)))
+        outcomes = run_tasks(batches, (defense_spec, attack_specs, config, device),
+                             min(config.workers, len(batches)), backend, address)
         with tqdm(total=len(tasks), desc=f"{goal.name} {defense_spec.name}", unit="sample",
                   disable=not progress) as bar:
             for batch in outcomes:
                 for outcome in batch:
                     if outcome.index not in clean:
+                        clean[outcome.index] = outcome.clean
                         clean_run.append(outcome.clean)
                     for record, example in outcome.attacks:
+                        if (outcome.index, record.attack) in done:
+                            continue  # delivered again by a retried batch: the same record, appended already
+                        done.add((outcome.index, record.attack))
                         if (save_examples or goal.keeps_examples) and example is not None:
                             save_example(out / "adversarial", record.attack, outcome.index,
                                          dataset[outcome.index][0], example)
                         attack_run.append(record)
                 bar.update(len(batch))
     return summarize(goal, defense_spec, attack_specs, config, clean_run, attack_run, device)
+
+
+def check_backend(backend: Backend, address: str | None) -> None:
+    """Refuse, before the run directory is written, an address without Ray, or the Ray backend without Ray."""
+    if backend == "ray":
+        from rsbench import cluster
+
+        cluster.import_ray()
+    elif address is not None:
+        raise RsbenchError("--address names a Ray cluster; it needs --backend ray")
 
 
 def batch_for_device(defense_spec: DefenseSpec, config: RunConfig, shape: Sequence[int],

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from torch import nn
 
+import rsbench
 from rsbench import registry, runner
 from rsbench.defenses.base import Defense
 from rsbench.engine import save_example
@@ -108,3 +110,15 @@ def write_evasion_run(folder: Path, radii: dict[str, list[float | None]], *, jud
 def make_evasion_run() -> Callable[..., Path]:
     """`write_evasion_run`: a finished evasion run on smoothing-digits-0.50 written by hand."""
     return write_evasion_run
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[ModuleType]:
+    """A small local Ray (2 CPUs, a 100 MB object store, no dashboard), started once per test session; its
+    workers import this checkout's rsbench."""
+    ray = pytest.importorskip("ray")
+    checkout = str(Path(rsbench.__file__).resolve().parents[1])
+    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": checkout}})
+    yield ray
+    ray.shutdown()
