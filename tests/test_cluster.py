@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -38,10 +40,22 @@ def same_records(out: Path, reference: Path) -> bool:
     return all(rows(out, name) == rows(reference, name) for name in ("clean.jsonl", "samples.jsonl"))
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread, as each Ray actor runs: a thread count orders float64 sums (GloRo's radii, say)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("single-process")
-    evaluate(out)
+    with one_thread():
+        evaluate(out)
     assert rows(out, "samples.jsonl"), "no sample was attacked: the comparisons below would be empty"
     return out
 
@@ -86,7 +100,8 @@ def test_an_outcome_delivered_twice_is_appended_once(
             yield batch  # as a batch retried after its first result was delivered would be
 
     monkeypatch.setattr(engine, "run_tasks", twice)
-    evaluate(tmp_path)
+    with one_thread():
+        evaluate(tmp_path)
     assert same_records(tmp_path, single_process)
 
 
