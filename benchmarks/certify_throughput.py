@@ -33,19 +33,21 @@ SHAPES = {"digits-cnn": (1, 8, 8), "rgbdigits-cnn": (3, 8, 8), "cifar-resnet20":
 CLASSES = {"imagenet-resnet50": 1000}
 
 
-def best_of(repeats: int, work: Callable[[], object], device: torch.device) -> float:
-    """Smallest wall time of several repeats (the least disturbed one), after one warm-up run."""
-    work()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return min(times)
+def best_times(repeats: int, works: dict[str, Callable[[], object]], device: torch.device) -> dict[str, float]:
+    """Smallest wall time of each work over `repeats` rounds that run every work once, in turn (after one
+    warm-up round), so that a slow spell of a shared machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for round_ in range(repeats + 1):
+        for name, work in works.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            work()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    return {name: min(values) for name, values in times.items()}
 
 
 def reference_counts(model: torch.nn.Module, x: torch.Tensor, sigma: float, num: int, batch_size: int,
@@ -91,18 +93,15 @@ def main() -> None:
             for _ in range(passes):
                 model(batch)
 
-    timings = {
-        "forward passes only (the limit)": best_of(args.repeats, limit, device),
-        "rsbench certify, one image": best_of(
-            args.repeats, lambda: smoothing.sample_counts(xs[0], args.n, torch.Generator(device).manual_seed(0)), device),
-        "reference loop, one image": best_of(
-            args.repeats, lambda: reference_counts(model, xs[0], 0.5, args.n, args.batch_size, classes), device),
-        f"rsbench certify, {args.images} images per pass": best_of(
-            args.repeats,
-            lambda: smoothing.sample_counts_many(xs, args.n, [torch.Generator(device).manual_seed(i)
-                                                              for i in range(args.images)]),
-            device) / args.images,
-    }
+    batched = f"rsbench certify, {args.images} images per pass"
+    timings = best_times(args.repeats, {
+        "forward passes only (the limit)": limit,
+        "rsbench certify, one image":
+            lambda: smoothing.sample_counts(xs[0], args.n, torch.Generator(device).manual_seed(0)),
+        "reference loop, one image": lambda: reference_counts(model, xs[0], 0.5, args.n, args.batch_size, classes),
+        batched: lambda: smoothing.sample_counts_many(
+            xs, args.n // args.images, [torch.Generator(device).manual_seed(i) for i in range(args.images)]),
+    }, device)
     print(f"{args.model} {shape}, {device}, {args.precision}{', channels-last' if args.channels_last else ''}: "
           f"n={args.n}, {args.batch_size} copies per image per pass")
     limit_s = timings["forward passes only (the limit)"]
@@ -110,8 +109,7 @@ def main() -> None:
         print(f"  {name:<40}{args.n / seconds:>14,.0f} noise samples/s   ratio to the limit {limit_s / seconds:.2f}")
     one = timings["rsbench certify, one image"]
     print(f"  rsbench / reference loop: {timings['reference loop, one image'] / one:.2f}x the speed")
-    batched = timings[f"rsbench certify, {args.images} images per pass"]
-    print(f"  {args.images} images per pass / one image: {one / batched:.2f}x the speed")
+    print(f"  {args.images} images per pass / one image: {one / timings[batched]:.2f}x the speed")
 
 
 if __name__ == "__main__":
