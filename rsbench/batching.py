@@ -41,14 +41,15 @@ def memory_per_image(model: nn.Module, shape: Sequence[int], copies: int, device
 
 
 def images_per_batch(model: nn.Module, shape: Sequence[int], copies: int, device: torch.device,
-                     requested: int | None = None) -> int:
-    """Images per pass: `requested` when given; on CUDA, as many as fill MEMORY_SHARE of the free memory with
-    forward-and-backward passes of `copies` copies each (attacks need the backward, certification less);
-    on the CPU one, since its per-image loop already runs near the limit of its cores."""
+                     requested: int | None = None, sharing: int = 1) -> int:
+    """Images per pass: `requested` when given; on CUDA, as many as fill MEMORY_SHARE of the free memory, split
+    between the `sharing` processes that use the device, with forward-and-backward passes of `copies` copies
+    each (attacks need the backward, certification less); on the CPU one, since its per-image loop already
+    runs near the limit of its cores."""
     if requested is not None:
         return requested
     if device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(device)
-    fits = int(MEMORY_SHARE * free // memory_per_image(model, shape, copies, device))
+    fits = int(MEMORY_SHARE * free / sharing // memory_per_image(model, shape, copies, device))
     return max(1, min(MAX_IMAGES, fits))

@@ -203,7 +203,8 @@ def evaluate(
         if index not in clean or (goal.qualifies(config, clean[index]) and left):
             tasks.append(SampleTask(index, clean.get(index), left))
     if tasks:
-        per_batch = images_per_batch or batch_for_device(defense_spec, config, dataset[0][0].shape, device)
+        sharing = config.workers if backend == "local" else 1  # Ray actors each claim a whole GPU
+        per_batch = images_per_batch or batch_for_device(defense_spec, config, dataset[0][0].shape, device, sharing)
         batches = list(batching.chunked(tasks, per_batch))
         outcomes = run_tasks(batches, (defense_spec, attack_specs, config, device),
                              min(config.workers, len(batches)), backend, address)
@@ -237,12 +238,13 @@ def check_backend(backend: Backend, address: str | None) -> None:
 
 
 def batch_for_device(defense_spec: DefenseSpec, config: RunConfig, shape: Sequence[int],
-                     device: torch.device) -> int:
-    """Samples per batch from the device's free memory (`batching.images_per_batch`); 1 on the CPU."""
+                     device: torch.device, sharing: int = 1) -> int:
+    """Samples per batch from the device's free memory, split between the `sharing` processes that use it
+    (`batching.images_per_batch`); 1 on the CPU."""
     if device.type != "cuda":
         return 1
     model = runner.defense_model(runner.load_for_run(defense_spec, config, device))
-    return batching.images_per_batch(model, shape, config.batch_size, device)
+    return batching.images_per_batch(model, shape, config.batch_size, device, sharing=sharing)
 
 
 def summarize(

@@ -155,3 +155,18 @@ def test_a_changed_attack_spec_is_refused_in_the_folder_of_its_old_records(tmp_p
     with pytest.raises(RsbenchError, match="another spec of attack degradation-pgd"):
         RunDir(tmp_path, changed)
     assert RunDir(tmp_path, evaluate_config(["degradation-pgd"])).records(SampleRecord) == []
+
+
+def test_the_choice_on_a_gpu_fills_half_the_free_memory_split_between_its_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    free = 4000 * 2**20
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
+    monkeypatch.setattr(batching, "memory_per_image", lambda model, shape, copies, device: 50 * 2**20)
+    cuda, model = torch.device("cuda"), torch.nn.Linear(4, 2)
+    assert batching.images_per_batch(model, (4,), 100, cuda) == 40  # half of 4000 MiB in 50 MiB images
+    assert batching.images_per_batch(model, (4,), 100, cuda, sharing=4) == 10
+    free = 10 * 2**30
+    assert batching.images_per_batch(model, (4,), 100, cuda) == batching.MAX_IMAGES
+    free = 10 * 2**20
+    assert batching.images_per_batch(model, (4,), 100, cuda) == 1
