@@ -266,7 +266,8 @@ class SampleRecord(Spec):
     correct: bool
     """prediction == label."""
     time_s: float
-    """Wall-clock seconds spent certifying the sample."""
+    """Wall-clock seconds spent certifying the sample; when several samples shared the passes, an equal share
+    of their time."""
 
 
 class CertifiedPoint(Spec):
@@ -358,7 +359,8 @@ class AttackRecord(Spec):
     best_time_s: float | None
     """Seconds from the start of the attack until it found the smallest confirmed example; null on failure."""
     total_time_s: float
-    """Seconds the attack ran (confirmation excluded): the paper's "time"."""
+    """Seconds the attack ran (confirmation excluded): the paper's "time". When samples were attacked together,
+    an equal share of the batch's time, as are first_time_s and best_time_s."""
     cohen_radius: float
     """The clean sample's certificate, below which no adversarial example exists. Smoothing: equation 3's
     radius sigma/2 (PhiInv(lower of top) - PhiInv(upper of runner-up)) from hard votes with the judge's N and
