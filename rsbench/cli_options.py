@@ -47,7 +47,7 @@ SAMPLING_OPTIONS = [
 sampling_options = with_options(SAMPLING_OPTIONS)
 OUT = click.option("--out", type=click.Path(path_type=Path), default=None,
                    help="Run directory; re-running with the same one resumes "
-                        "[runs/<defense>/<command>-seed<seed>-<hash of the settings that fix the records>].")
+                        "[runs/<defense>/<command>[-<goal>]-seed<seed>-<hash of the settings that fix the records>].")
 certification_options = with_options([*SAMPLING_OPTIONS, OUT])
 """The options certify, evaluate and degradation-curve share."""
 ATTACK_OPTIONS = [

@@ -244,7 +244,10 @@ def batch_for_device(defense_spec: DefenseSpec, config: RunConfig, shape: Sequen
     if device.type != "cuda":
         return 1
     model = runner.defense_model(runner.load_for_run(defense_spec, config, device))
-    return batching.images_per_batch(model, shape, config.batch_size, device, sharing=sharing)
+    per_batch = batching.images_per_batch(model, shape, config.batch_size, device, sharing=sharing)
+    del model
+    torch.cuda.empty_cache()  # hand the probe's memory back before the workers load their own models
+    return per_batch
 
 
 def summarize(

@@ -110,6 +110,9 @@ def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | N
                            "confirmation must not be weaker than the test it confirms")
     if batch_size is not None and batch_size < 1:
         raise RsbenchError(f"--batch-size must be positive, got {batch_size}")
+    if spec.kind != "smoothing" and (extra.get("precision", "fp32") != "fp32" or extra.get("channels_last")):
+        raise RsbenchError(f"--precision and --channels-last apply to smoothing; {spec.name} is {spec.kind}, "
+                           "whose deterministic certificate holds for float32 arithmetic only")
     return RunConfig(
         command=command, defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
         n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed,
@@ -138,10 +141,7 @@ def spec_for_run(spec: DefenseSpec, config: RunConfig) -> DefenseSpec:
 def load_for_run(spec: DefenseSpec, config: RunConfig, device: torch.device) -> Defense:
     """The defense with the run's certification settings, its base classifier in the run's precision and layout."""
     defense = load_defense(spec_for_run(spec, config), device)
-    if config.precision != "fp32" or config.channels_last:
-        if not isinstance(defense, Smoothing):
-            raise RsbenchError(f"--precision and --channels-last apply to smoothing; {spec.name} is {spec.kind}, "
-                               "whose deterministic certificate holds for float32 arithmetic only")
+    if isinstance(defense, Smoothing) and (config.precision != "fp32" or config.channels_last):
         defense.base_classifier = ReducedPrecision(defense.base_classifier, config.precision, config.channels_last)
     return defense
 

@@ -170,3 +170,11 @@ def test_the_choice_on_a_gpu_fills_half_the_free_memory_split_between_its_proces
     assert batching.images_per_batch(model, (4,), 100, cuda) == batching.MAX_IMAGES
     free = 10 * 2**20
     assert batching.images_per_batch(model, (4,), 100, cuda) == 1
+
+
+def test_the_cli_refuses_reduced_precision_on_gloro_in_one_line_before_writing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["evaluate", "--defense", "gloro-digits-0.25", "--attack", "pgd-l2",
+                                      "--precision", "bf16", "--num-samples", "1", "--out", str(out)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "apply to smoothing" in result.output
+    assert not out.exists()
