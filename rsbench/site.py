@@ -180,6 +180,32 @@ def page(board: Leaderboard, pictures: list[str]) -> str:
             f"<table>{protocol}</table><script>{SORT_SCRIPT}</script></body></html>\n")
 
 
+INDEX_COLUMNS = ("track", "version", "goal", "defense", "entries", "leader", "leader's best")
+
+
+def leader_of(board: Leaderboard) -> tuple[Entry | None, Interval]:
+    """The entry ranked first on `best` and its share; None on a track without entries or `best`."""
+    if "best" not in metric_columns(board):
+        return None, Interval(value=None, ci_low=None, ci_high=None)
+    leader = sorted_entries(board, "best")[0]
+    return leader, value_of(board, leader, "best")
+
+
+def index_row(board: Leaderboard, slug: str) -> str:
+    """The track's row on the index: what it is and which entry leads it on `best`."""
+    leader, best = leader_of(board)
+    cells = [  # (the value a click sorts by, what the cell shows)
+        (board.track, f'<a href="{slug}.html">{html.escape(board.track)}</a>'),
+        (board.version, board.version),
+        (board.protocol.goal, board.protocol.goal),
+        (board.defense.name, board.defense.name),
+        (len(board.entries), len(board.entries)),
+        (leader.name if leader else "", html.escape(leader.name) if leader else "–"),
+        ("" if best.value is None else best.value, html.escape(cell(best))),
+    ]
+    return "<tr>" + "".join(f'<td data-value="{html.escape(str(key))}">{text}</td>' for key, text in cells) + "</tr>"
+
+
 def render(root: Path) -> list[Path]:
     """Write root/README.md and root/site/ from every leaderboard file; the written paths."""
     paths = files(root)
@@ -187,24 +213,26 @@ def render(root: Path) -> list[Path]:
     if site.exists():
         shutil.rmtree(site)
     site.mkdir(parents=True)
-    sections, links = [], []
+    sections, links, summary = [], [], ["| track | entries | leader | leader's best |", "|---|---|---|---|"]
     for path in paths:
         board = load(path)
         slug = f"{board.track}-v{board.version}"
         pictures = _pictures(board, path.parent, site, slug)
         (site / f"{slug}.html").write_text(page(board, pictures))
         sections.append(markdown(board, "best" if "best" in board.protocol.metrics else None))
-        links.append(f'<tr><td><a href="{slug}.html">{html.escape(board.track)}</a></td><td>{board.version}</td>'
-                     f"<td>{board.protocol.goal}</td><td>{board.defense.name}</td><td>{len(board.entries)}</td></tr>")
+        links.append(index_row(board, slug))
+        leader, best = leader_of(board)
+        summary.append(f"| {board.track} v{board.version} | {len(board.entries)} | {leader.name if leader else '–'} "
+                       f"| {cell(best)} |")
     (site / "index.html").write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title><style>{STYLE}</style>'
         "</head><body><h1>rsbench leaderboards</h1><p>Attacks on certified defenses, one table per track (a defense "
         "and a goal under a fixed protocol). Every entry can be re-checked with <code>rsbench leaderboard verify"
-        '</code>.</p><table class="sortable" id="tracks"><thead><tr><th>track</th><th>version</th><th>goal</th>'
-        f"<th>defense</th><th>entries</th></tr></thead><tbody>{''.join(links)}</tbody></table>"
+        '</code>. Click a column header to sort.</p><table class="sortable" id="tracks"><thead><tr>'
+        + "".join(f"<th>{name}</th>" for name in INDEX_COLUMNS) + f"</tr></thead><tbody>{''.join(links)}</tbody></table>"
         f"<script>{SORT_SCRIPT}</script></body></html>\n")
     readme = root / "README.md"
-    readme.write_text(README_HEAD + "\n\n".join(sections) + "\n")
+    readme.write_text(README_HEAD + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n")
     return [readme, site / "index.html"]
 
 
@@ -217,5 +245,7 @@ by sha256. `rsbench leaderboard check` validates them all (CI runs it on every p
 writes this file and the static site in `site/` (open `site/index.html`). The seeded tracks come from
 `benchmarks/seed_leaderboards.sh`: small protocols that fit a 2-core CPU (first 20 test samples,
 n = 10,000; on smoothing a judge of N = 1500 confirmed on 15,000 fresh copies). Generated; do not edit.
+The leader of a track is its entry with the largest `best`: the share of samples on which its example is
+the track's strongest.
 
 """

@@ -39,17 +39,31 @@ def rows(browser: object, table: str) -> list[str]:
     return [row.get_attribute("data-entry") for row in browser.find_elements("css selector", f"#{table} tbody tr")]
 
 
+def index_rows(browser: object) -> list[list[str]]:
+    """The index's rows as (version, entries, leader, leader's best)."""
+    return [[row.find_elements("css selector", "td")[i].text for i in (1, 4, 5, 6)]
+            for row in browser.find_elements("css selector", "#tracks tbody tr")]
+
+
 def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: Path,
                                                      make_evasion_run: Callable[..., Path]) -> None:
     root = tmp_path / "leaderboards"
     admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
     admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.9, 0.2, 1.0, 1.1]}))
     admission.add_run(root, make_evasion_run(tmp_path / "c", {"deepfool": [0.55, 0.65, None, 0.4]}))
+    admission.add_run(root, make_evasion_run(tmp_path / "d", {"pgd": [0.3, 0.2]}, judge_n=1000), new_version=True)
     site.render(root)
+    summary = (root / "README.md").read_text()
+    assert "| evasion-smoothing-digits-0.50 v1 | 3 | caa | 50 [0, 100] |" in summary
+    assert "| evasion-smoothing-digits-0.50 v2 | 1 | pgd | 100 [100, 100] |" in summary
     browser.get((root / "site" / "index.html").as_uri())
+    assert index_rows(browser) == [["1", "3", "caa", "50 [0, 100]"], ["2", "1", "pgd", "100 [100, 100]"]]
+    entries = [h for h in browser.find_elements("css selector", "#tracks th") if h.text == "entries"][0]
+    entries.click()  # ascending: v2's one entry first
+    assert [row[0] for row in index_rows(browser)] == ["2", "1"]
     links = browser.find_elements("css selector", "#tracks tbody a")
-    assert [a.text for a in links] == ["evasion-smoothing-digits-0.50"]
-    links[0].click()
+    assert [a.text for a in links] == ["evasion-smoothing-digits-0.50"] * 2
+    links[1].click()
     assert rows(browser, "entries") == ["caa", "pgd", "deepfool"]  # by best: 50%, 25%, 25% (ties in order added)
     header = browser.find_elements("css selector", "#entries th")
     r50 = [h for h in header if h.text == "r50"][0]
