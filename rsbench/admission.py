@@ -94,15 +94,19 @@ def _torch_bytes(examples: dict) -> bytes:
 
 
 def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"), *,
-            new_version: bool = False, require_examples: bool = True) -> tuple[Path, list[str]]:
+            new_version: bool = False, preview: bool = False) -> tuple[Path, list[str]]:
     """Add every attack of a finished run as an entry of its track; nothing is written unless all are accepted.
 
     Refused with one line: a protocol differing from the track's newest version (unless `new_version`),
     stored records not matching their hash, clean certificates differing from the track's, an entry
-    already on the track, a success without a confirmed, saved example (`require_examples` False: the
-    example may be missing, for previews of runs made without --save-examples).
+    already on the track, a success without a confirmed, saved example, a run in which no sample was
+    attacked (an entry would measure nothing). `preview` (evaluate's table, in a scratch folder) lets
+    the last two pass: runs made without --save-examples, or with nothing to attack, are shown too.
     """
     result, clean, records = _read_run(run_dir)
+    if not records and not preview:
+        raise RsbenchError(f"{run_dir}: none of its {len(clean)} samples was attacked (none is correct and certified "
+                           "where the goal needs it), so an entry would measure nothing; refused")
     protocol = Protocol.of_run(result.config)
     track = track_name(protocol)
     path = latest(root, track)
@@ -131,7 +135,7 @@ def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"),
             raise RsbenchError(f"{track} v{board.version} already has an entry for {spec.name!r} (or its spec)")
         mine = [r for r in records if r.attack == spec.name]
         examples = _examples(run_dir / "adversarial" / f"{spec.name}.pt")
-        reason = unconfirmed(protocol, result.defense, mine, examples, require_examples)
+        reason = unconfirmed(protocol, result.defense, mine, examples, require_examples=not preview)
         if reason:
             raise RsbenchError(f"{run_dir}: {reason}; refused")
         stored[spec.name] = mine

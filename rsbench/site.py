@@ -111,7 +111,7 @@ def markdown(board: Leaderboard, sort: str | None = None) -> str:
 def run_table(run_dir: Path) -> str:
     """A finished run's attacks as a leaderboard table, with the leaderboard's bootstrap intervals (for `evaluate`)."""
     with tempfile.TemporaryDirectory() as scratch:
-        path, _ = add_run(Path(scratch), run_dir, require_examples=False)
+        path, _ = add_run(Path(scratch), run_dir, preview=True)
         board = load(path)
     return markdown(board, "best" if "best" in board.protocol.metrics else None)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rsbench import admission, audit, leaderboard
+from rsbench import admission, audit, leaderboard, site
 from rsbench.errors import RsbenchError
 from rsbench.stats import bootstrap
 
@@ -106,6 +106,15 @@ def test_unconfirmed_example_is_refused(root: Path, tmp_path: Path, make_evasion
     assert not root.exists()  # nothing written
 
 
+def test_a_run_that_attacked_no_sample_is_refused_yet_previewed(root: Path, tmp_path: Path,
+                                                                  make_evasion_run: Callable[..., Path]) -> None:
+    run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]})
+    (run / "samples.jsonl").write_text("")  # as when no sample is correct and certified
+    assert "none of its 2 samples was attacked" in refusal(root, run)
+    assert not root.exists()
+    assert "| caa | registry | 0 |" in site.run_table(run)
+
+
 def test_tampered_records_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
     path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
     stored = path.parent / leaderboard.load(path).entries[0].records.path
@@ -133,8 +142,6 @@ def test_a_changed_old_entry_is_refused_against_git_history(root: Path, tmp_path
 
 def test_evaluate_prints_the_leaderboard_intervals_and_legend(tmp_path: Path,
                                                               make_evasion_run: Callable[..., Path]) -> None:
-    from rsbench import site
-
     run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, None, 0.8]})
     text = site.run_table(run)
     path, _ = admission.add_run(tmp_path / "leaderboards", run)
