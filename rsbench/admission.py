@@ -107,7 +107,7 @@ def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"),
     if not records and not preview:
         raise RsbenchError(f"{run_dir}: none of its {len(clean)} samples was attacked (none is correct and certified "
                            "where the goal needs it), so an entry would measure nothing; refused")
-    protocol = Protocol.of_run(result.config)
+    protocol = Protocol.of_run(result.config, result.defense.kind)
     track = track_name(protocol)
     path = latest(root, track)
     board = load(path) if path else None

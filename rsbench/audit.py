@@ -22,7 +22,7 @@ from rsbench.defenses import load_defense
 from rsbench.defenses.base import Defense
 from rsbench.errors import RsbenchError
 from rsbench.goals import within
-from rsbench.goals.degradation import rejects
+from rsbench.goals.degradation import judged_rejection
 from rsbench.goals.evasion import judge_view
 from rsbench.leaderboard import (
     LEADERBOARD_SCHEMA_VERSION,
@@ -138,8 +138,9 @@ def judges_success(board: Leaderboard, defense: Defense, label: int, x: torch.Te
     """Whether an example achieves the track's goal, judged as the protocol says on the noise of `noise`.
 
     Evasion of smoothing: the judge's test on confirm_n fresh copies; of GloRo and KW: the network's label
-    within epsilon inside [0, 1]; degradation: the defense's check rejects within epsilon; spoofing: the
-    defense certifies a wrong label (at epsilon for GloRo and KW).
+    within epsilon inside [0, 1]; degradation: the defense's check rejects within epsilon (smoothing: with
+    confidence, on confirm_n fresh copies); spoofing: the defense certifies a wrong label (at epsilon for
+    GloRo and KW).
     """
     protocol, spec = board.protocol, board.defense
     x, x_adv = x.to(defense.device), x_adv.to(defense.device)
@@ -154,7 +155,8 @@ def judges_success(board: Leaderboard, defense: Defense, label: int, x: torch.Te
         with torch.no_grad():
             return in_ball and int(defense.model(x_adv[None]).argmax(1)) != label
     if protocol.goal == "degradation":
-        return in_ball and rejects(defense, x_adv, protocol.epsilon, noise)
+        return in_ball and judged_rejection(defense, x_adv, protocol.epsilon, noise, protocol.confirm_n,
+                                            protocol.judge_alpha)
     certificate = defense.certify(x_adv, generator=noise)
     eps = 0.0 if spec.kind == "smoothing" else protocol.epsilon or 0.0
     return certificate.prediction is not None and certificate.prediction != label and certificate.radius >= eps

@@ -62,8 +62,21 @@ METRICS: dict[str, dict[str, str]] = {
     },
 }
 """Each goal's leaderboard metrics and their definitions (part of the protocol); rates are percentages."""
+SMOOTHING_DEFINITIONS: dict[str, dict[str, str]] = {
+    "degradation": {
+        "fpr_lower": "% of test_R (correct and certified at epsilon) the attack made the defense reject, with "
+                     "confidence: on judge_n copies, and again on confirm_n fresh ones, every class's Goodman upper "
+                     "bound (at judge_alpha) stays below Phi(epsilon / sigma)",
+    },
+}
+"""Definitions that differ on smoothing, whose verdicts are statistical; they are part of its protocols too."""
 SCORE = {"evasion": "best_radius", "degradation": "distance", "spoofing": "ssim"}
 """The per-sample field `best` and paired comparisons rank by: smaller is better (SSIM: larger), failures last."""
+
+
+def goal_metrics(goal: str, kind: str) -> dict[str, str]:
+    """The goal's metrics and their definitions on a defense of `kind`."""
+    return METRICS[goal] | (SMOOTHING_DEFINITIONS.get(goal, {}) if kind == "smoothing" else {})
 
 
 class Interval(Spec):
@@ -111,12 +124,13 @@ class Protocol(Spec):
     """Seed of the numpy generator drawing the resamples."""
 
     @classmethod
-    def of_run(cls, config: RunConfig) -> Protocol:
-        """The protocol a run followed; tracks certify in float32, so a reduced-precision run has none."""
+    def of_run(cls, config: RunConfig, kind: str) -> Protocol:
+        """The protocol a run on a defense of `kind` followed; tracks certify in float32, so a reduced-precision
+        run has none."""
         if config.precision != "fp32":
             raise RsbenchError(f"the run certified in {config.precision}; leaderboard tracks certify in fp32")
         fields = {k: getattr(config, k) for k in cls.model_fields if k in RunConfig.model_fields}
-        return cls(**fields, metrics=METRICS[config.goal])
+        return cls(**fields, metrics=goal_metrics(config.goal, kind))
 
     def run_config(self, attacks: Sequence[AttackSpec], batch_size: int = 1000) -> RunConfig:
         """A run config that follows this protocol with `attacks`."""

@@ -74,7 +74,7 @@ def smoke_protocol(submission: Submission, kind: str) -> tuple[Protocol, Leaderb
     eps = spec.sigma if eps is None and submission.attack.goal == "degradation" else eps
     protocol = Protocol(defense=spec.name, defense_hash=spec.spec_hash(), goal=submission.attack.goal, epsilon=eps,
                         split="test", num_samples=SMOKE_SAMPLES, n0=100, n=1000, alpha=0.001, judge_n=200,
-                        judge_alpha=0.005, confirm_n=2000, seed=0, metrics=leaderboard.METRICS[submission.attack.goal])
+                        judge_alpha=0.005, confirm_n=2000, seed=0, metrics=leaderboard.goal_metrics(submission.attack.goal, kind))
     board = Leaderboard(track="smoke", version=1, defense=spec, protocol=protocol, protocol_hash=protocol.spec_hash(),
                         clean=leaderboard.StoredFile(path="", sha256=""))
     return protocol, board

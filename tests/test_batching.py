@@ -101,7 +101,7 @@ def test_reduced_precision_is_recorded_and_refused_where_it_would_break_a_certif
     result = runner.certify(spec, bf16, tmp_path / "bf16", torch.device("cpu"), progress=False)
     assert result.config.precision == "bf16" and result.config.channels_last
     with pytest.raises(RsbenchError, match="fp32"):
-        Protocol.of_run(bf16.model_copy(update={"command": "evaluate"}))
+        Protocol.of_run(bf16.model_copy(update={"command": "evaluate"}), "smoothing")
     gloro = registry.get_defense("gloro-digits-0.25")
     with pytest.raises(RsbenchError, match="apply to smoothing"):
         runner.load_for_run(gloro, runner.run_config(gloro, "certify", num_samples=1, precision="fp16"),

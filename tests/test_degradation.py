@@ -172,6 +172,29 @@ def test_smoothing_attacks_degrade_a_point_certified_at_eps_but_not_at_two_eps(n
     assert not success and len(offered) == 5 and in_ball(offered, x, EPS, "l2")
 
 
+def test_smoothing_rejections_are_judged_only_with_confidence_which_one_certify_lacks() -> None:
+    """At true radius 0.26 > eps the smoothed line is certified at eps in the limit, yet CERTIFY with n = 10,000
+    rejects it most of the time; the harness's verdict never counts it. At 0.05 both reject, at 0.6 neither."""
+    defense, point = smoothed_line(alpha=0.001, n=10_000)
+
+    def judged(d: float, num: int, seed: int) -> bool:
+        return goal.judged_rejection(defense, point(d), EPS, torch.Generator().manual_seed(seed), num, 0.005)
+
+    def certify_rejects(d: float, seed: int) -> bool:
+        return goal.rejects(defense, point(d), EPS, torch.Generator().manual_seed(seed))
+
+    # one CERTIFY certifies 0.26 only when its lower bound lands 1.5 standard deviations above expectation
+    p = norm.cdf(0.26 / SIGMA)
+    lower = lower_confidence_bound(round(10_000 * p), 10_000, 0.001)
+    assert norm.cdf(EPS / SIGMA) - lower == pytest.approx(1.55 * math.sqrt(p * (1 - p) / 10_000), rel=0.05)
+    assert sum(certify_rejects(0.26, seed) for seed in range(10)) >= 8
+    assert not any(judged(0.26, 15_000, seed) for seed in range(10))
+    assert all(judged(0.05, 1500, seed) and certify_rejects(0.05, seed) for seed in range(5))
+    assert not any(judged(0.6, 1500, seed) or certify_rejects(0.6, seed) for seed in range(5))
+    # more copies make a true rejection near the threshold provable: radius 0.24 < eps
+    assert not judged(0.24, 10_000, 0) and judged(0.24, 400_000, 0)
+
+
 @pytest.mark.parametrize("name", ["gloro-digits-0.50", "kw-digits-0.10"])
 def test_attacks_degrade_shipped_points_certified_at_eps_but_not_at_two_eps(name: str) -> None:
     defense = load_defense(name)

@@ -86,7 +86,9 @@ def test_degradation_of_deterministic_defenses_rechecked_from_the_saved_examples
     assert (tmp_path / "degradation_curve.png").stat().st_size > 1000
 
 
-def test_degradation_of_smoothing_counts_only_rejections_an_independent_certify_repeats(tmp_path: Path) -> None:
+def test_degradation_of_smoothing_counts_only_confident_rejections_that_fresh_certificates_repeat(
+    tmp_path: Path
+) -> None:
     result = evaluate("smoothing-digits-0.25", ["degradation-pgd-quick", "degradation-adaptive-quick"], tmp_path, 6,
                       n0=50, n=2000, alpha=0.01, epsilon=0.25)
     m = result.metrics
@@ -101,10 +103,9 @@ def test_degradation_of_smoothing_counts_only_rejections_an_independent_certify_
         saved = torch.load(tmp_path / "adversarial" / f"{name}.pt", weights_only=True)
         for k, (x, x_adv) in enumerate(zip(saved["x"], saved["x_adv"])):
             assert float((x_adv - x).norm()) <= 0.25 * (1 + 1e-6)
-            # CERTIFY is random: near the threshold it rejects on some streams only, so an outsider
-            # re-checks the rate at which fresh certificates reject the saved examples
+            # a confident rejection: every fresh CERTIFY rejects it, up to its failure probability
             checks += [rejects(fresh, x_adv, 0.25, torch.Generator().manual_seed(100 * k + j)) for j in range(3)]
-    assert len(checks) >= 6 and sum(checks) >= 0.75 * len(checks)
+    assert len(checks) >= 6 and all(checks)
 
 
 @pytest.mark.parametrize(("defense", "attack"), [("gloro-digits-0.25", "pgd-l2-quick"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rsbench import admission, audit, leaderboard, site
+from rsbench import admission, audit, leaderboard, registry, runner, site
 from rsbench.errors import RsbenchError
 from rsbench.stats import bootstrap
 
@@ -42,6 +42,15 @@ def test_protocol_hash_is_the_sha256_of_canonical_json_and_changes_with_every_fi
     assert set(changed) == set(leaderboard.Protocol.model_fields)
     hashes = {protocol(**{field: value}).spec_hash() for field, value in changed.items()}
     assert len(hashes) == len(changed) and p.spec_hash() not in hashes
+
+
+def test_smoothing_degradation_protocols_define_the_confident_rejection_they_judge_by() -> None:
+    config = runner.run_config(registry.get_defense("smoothing-digits-0.25"), "evaluate", num_samples=5,
+                               goal="degradation", epsilon=0.25)
+    smoothing, gloro = leaderboard.Protocol.of_run(config, "smoothing"), leaderboard.Protocol.of_run(config, "gloro")
+    assert "Goodman upper bound" in smoothing.metrics["fpr_lower"] and "Goodman" not in gloro.metrics["fpr_lower"]
+    assert smoothing.spec_hash() != gloro.spec_hash()
+    assert leaderboard.goal_metrics("evasion", "smoothing") == leaderboard.METRICS["evasion"]
 
 
 def test_bootstrap_contains_the_point_and_shrinks_with_more_samples() -> None:

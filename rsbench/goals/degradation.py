@@ -22,6 +22,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import matplotlib
@@ -32,6 +33,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from rsbench import runner  # noqa: E402
 from rsbench.defenses.base import Defense  # noqa: E402
+from rsbench.defenses.smoothed_view import goodman_bounds  # noqa: E402
+from rsbench.defenses.smoothing import Smoothing  # noqa: E402
 from rsbench.errors import RsbenchError  # noqa: E402
 from rsbench.goals import Goal  # noqa: E402
 from rsbench.metrics import proportion  # noqa: E402
@@ -42,6 +45,25 @@ def rejects(defense: Defense, x_adv: torch.Tensor, eps: float, generator: torch.
     """Whether the defense's run-time check fails at x_adv: GloRo's ⊥, KW's bound not certifying at eps,
     smoothing's CERTIFY abstaining or certifying a radius below eps (on `generator`'s fresh noise)."""
     return not defense.certified_at(x_adv, eps, generator=generator)
+
+
+def judged_rejection(defense: Defense, x_adv: torch.Tensor, eps: float, generator: torch.Generator,
+                     num: int, alpha: float) -> bool:
+    """The harness's verdict that the defense rejects x_adv at eps.
+
+    GloRo and KW: their deterministic check (`rejects`). Smoothing: a rejection that holds with
+    confidence 1 - alpha. One CERTIFY that rejects proves little, since CERTIFY errs toward rejecting
+    and a point near the threshold is rejected on some streams only. So on `num` copies of
+    `generator`'s noise, the Goodman simultaneous upper bound of every class must stay below
+    Φ(eps / σ), the smallest probability whose radius reaches eps: then, with probability 1 - alpha,
+    no class can be certified at eps, and any later CERTIFY at eps (failure probability alpha')
+    rejects x_adv with probability at least 1 - alpha'.
+    """
+    if not isinstance(defense, Smoothing):
+        return rejects(defense, x_adv, eps, generator)
+    counts = defense.sample_counts(x_adv, num, generator)
+    _, upper = goodman_bounds(counts.double() / num, num, alpha)
+    return bool(upper.max() < NormalDist().cdf(eps / defense.sigma))
 
 
 def certified(records: Sequence[SampleRecord], eps: float) -> list[SampleRecord]:
@@ -117,8 +139,9 @@ def curve_plot(points: Sequence[CurvePoint], title: str, path: Path, *, norm: st
 DEGRADATION_NOTE = (
     "test_R: samples classified correctly and certified at epsilon (its share is the VRA). A sample of test_R "
     "is degraded when an attack's point within epsilon inside [0, 1] makes the defense's run-time check fail; "
-    "on smoothing the in-loop check is CERTIFY on the judge's stream and a rejection counts only when an "
-    "independent CERTIFY (fresh stream, the run's n and alpha) rejects it too. fpr_lower = degraded share of "
+    "on smoothing a rejection must hold with confidence: on judge_n copies of the judge's stream, and again on "
+    "confirm_n fresh copies, every class's Goodman upper bound (at judge_alpha) stays below Phi(epsilon/sigma), so "
+    "any CERTIFY at epsilon rejects the point with high probability. fpr_lower = degraded share of "
     "test_R, fpr_upper = share of test_R not certified at 2 epsilon (these certifiers are monotonic), "
     "utility_reduction = VRA x fpr_lower. Rates carry two-sided 95% Clopper-Pearson intervals over samples; "
     "smoothing certificates hold with probability 1 - alpha each."
@@ -143,7 +166,8 @@ class DegradationRecord(Spec):
     judged: bool
     """The in-loop check (the defense's own, on the judge's stream) rejected some proposed point."""
     success: bool
-    """Degraded: a proposed point within epsilon inside [0, 1] was rejected, confirmed on fresh noise for smoothing."""
+    """Degraded: a proposed point within epsilon inside [0, 1] was rejected (on smoothing with confidence, and
+    confirmed on fresh noise)."""
     distance: float | None
     """Distance to x of the earliest confirmed rejected point; null on failure."""
     first_time_s: float | None
@@ -178,12 +202,14 @@ class Degradation(Goal):
         eps, seed, device = self.config.epsilon, self.config.seed, self.defense.device
         x = x.to(device)
         judge_stream = runner.stream(seed, index, name, "judge", device)
-        tracker, total_time_s = self.run_in_ball(name, x, label, index, eps,
-                                                 lambda x_adv: rejects(self.defense, x_adv, eps, judge_stream))
+        judge_n, alpha = self.config.judge_n, self.config.judge_alpha
+        tracker, total_time_s = self.run_in_ball(
+            name, x, label, index, eps, lambda x_adv: judged_rejection(self.defense, x_adv, eps, judge_stream, judge_n, alpha))
         found = sorted(tracker.candidates(), key=lambda f: f.time_s)
-        if self.spec.kind == "smoothing":  # a rejection by one CERTIFY is random: repeat it on fresh noise
+        if self.spec.kind == "smoothing":  # the loop asked many times; repeat the verdict on noise it never saw
             confirm_stream = runner.stream(seed, index, name, "confirm", device)
-            found = [f for f in found if rejects(self.defense, f.x_adv, eps, confirm_stream)]
+            found = [f for f in found
+                     if judged_rejection(self.defense, f.x_adv, eps, confirm_stream, self.config.confirm_n, alpha)]
         first = found[0] if found else None
         record = DegradationRecord(
             index=index, label=label, attack=name, epsilon=eps, in_test_R=True,
