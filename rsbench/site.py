@@ -85,16 +85,25 @@ def source_of(entry: Entry) -> str:
     return "registry" if source.kind == "registry" else f"submission {source.submission} @ {(source.commit or '?')[:8]}"
 
 
-def markdown(board: Leaderboard, sort: str | None = None) -> str:
+def superseded(board: Leaderboard, newest: int | None) -> str:
+    """A line saying that a newer protocol version of the track exists; empty for the newest."""
+    if newest is None or newest <= board.version:
+        return ""
+    return (f"Superseded by v{newest}, whose protocol differs; kept as measured under its own "
+            f"(leaderboards are append-only), and new entries go to v{newest}.")
+
+
+def markdown(board: Leaderboard, sort: str | None = None, newest: int | None = None) -> str:
     """The track's table in Markdown, with the protocol in one line and what the columns mean."""
     p, columns = board.protocol, metric_columns(board)
     eps = f", epsilon {p.epsilon:g}" if p.epsilon is not None else ""
     lines = [
         f"### {board.track} v{board.version}",
         "",
+        *([superseded(board, newest), ""] if superseded(board, newest) else []),
         f"First {p.num_samples} {p.split} samples{eps}; certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
         + (f"; judge N={p.judge_n}, alpha={p.judge_alpha:g}, confirmation on {p.confirm_n} copies"
-           if board.defense.kind == "smoothing" and p.goal == "evasion" else "")
+           if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
         + f"; seed {p.seed}; protocol `{board.protocol_hash[:12]}`. "
         f"95% bootstrap intervals over samples ({p.bootstrap_resamples} resamples, seed {p.bootstrap_seed}).",
         "",
@@ -144,7 +153,7 @@ def _pictures(board: Leaderboard, folder: Path, out: Path, prefix: str) -> list[
     return names
 
 
-def page(board: Leaderboard, pictures: list[str]) -> str:
+def page(board: Leaderboard, pictures: list[str], newest: int | None = None) -> str:
     """One track version's HTML page."""
     columns = metric_columns(board)
     esc = html.escape
@@ -168,9 +177,10 @@ def page(board: Leaderboard, pictures: list[str]) -> str:
                        for k, v in board.protocol.model_dump().items() if k != "metrics")
     legend = "".join(f"<li><b>{esc(k)}</b>: {esc(board.protocol.metrics[k])}</li>" for k in columns)
     images = "".join(f'<img src="{esc(name)}" alt="{esc(name)}">' for name in pictures)
+    note = f'<p id="superseded"><b>{esc(superseded(board, newest))}</b></p>' if superseded(board, newest) else ""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{esc(board.track)} v{board.version}</title>'
             f"<style>{STYLE}</style></head><body><p><a href=\"index.html\">all tracks</a></p>"
-            f"<h1>{esc(board.track)} v{board.version}</h1>"
+            f"<h1>{esc(board.track)} v{board.version}</h1>{note}"
             f"<p>Click a column header to sort. Numbers: value [95% bootstrap interval over samples].</p>"
             f'<table class="sortable" id="entries"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             f"<ul>{legend}</ul><h2>Paired comparisons</h2><p>Row beats column: % of samples attacked by both where the "
@@ -191,12 +201,12 @@ def leader_of(board: Leaderboard) -> tuple[Entry | None, Interval]:
     return leader, value_of(board, leader, "best")
 
 
-def index_row(board: Leaderboard, slug: str) -> str:
+def index_row(board: Leaderboard, slug: str, newest: int) -> str:
     """The track's row on the index: what it is and which entry leads it on `best`."""
     leader, best = leader_of(board)
     cells = [  # (the value a click sorts by, what the cell shows)
         (board.track, f'<a href="{slug}.html">{html.escape(board.track)}</a>'),
-        (board.version, board.version),
+        (board.version, f"{board.version} (superseded)" if newest > board.version else board.version),
         (board.protocol.goal, board.protocol.goal),
         (board.defense.name, board.defense.name),
         (len(board.entries), len(board.entries)),
@@ -214,15 +224,17 @@ def render(root: Path) -> list[Path]:
         shutil.rmtree(site)
     site.mkdir(parents=True)
     sections, links, summary = [], [], ["| track | entries | leader | leader's best |", "|---|---|---|---|"]
+    newest = {path.parent.name: int(path.stem[1:]) for path in paths}  # files() sorts versions last
     for path in paths:
         board = load(path)
-        slug = f"{board.track}-v{board.version}"
+        slug, latest_version = f"{board.track}-v{board.version}", newest[path.parent.name]
         pictures = _pictures(board, path.parent, site, slug)
-        (site / f"{slug}.html").write_text(page(board, pictures))
-        sections.append(markdown(board, "best" if "best" in board.protocol.metrics else None))
-        links.append(index_row(board, slug))
+        (site / f"{slug}.html").write_text(page(board, pictures, latest_version))
+        sections.append(markdown(board, "best" if "best" in board.protocol.metrics else None, latest_version))
+        links.append(index_row(board, slug, latest_version))
         leader, best = leader_of(board)
-        summary.append(f"| {board.track} v{board.version} | {len(board.entries)} | {leader.name if leader else '–'} "
+        version = f"v{board.version}" + (" (superseded)" if latest_version > board.version else "")
+        summary.append(f"| {board.track} {version} | {len(board.entries)} | {leader.name if leader else '–'} "
                        f"| {cell(best)} |")
     (site / "index.html").write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title><style>{STYLE}</style>'

@@ -54,16 +54,21 @@ def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: 
     admission.add_run(root, make_evasion_run(tmp_path / "d", {"pgd": [0.3, 0.2]}, judge_n=1000), new_version=True)
     site.render(root)
     summary = (root / "README.md").read_text()
-    assert "| evasion-smoothing-digits-0.50 v1 | 3 | caa | 50 [0, 100] |" in summary
+    assert "| evasion-smoothing-digits-0.50 v1 (superseded) | 3 | caa | 50 [0, 100] |" in summary
     assert "| evasion-smoothing-digits-0.50 v2 | 1 | pgd | 100 [100, 100] |" in summary
+    assert summary.count("Superseded by v2") == 1
     browser.get((root / "site" / "index.html").as_uri())
-    assert index_rows(browser) == [["1", "3", "caa", "50 [0, 100]"], ["2", "1", "pgd", "100 [100, 100]"]]
+    assert index_rows(browser) == [["1 (superseded)", "3", "caa", "50 [0, 100]"], ["2", "1", "pgd", "100 [100, 100]"]]
     entries = [h for h in browser.find_elements("css selector", "#tracks th") if h.text == "entries"][0]
     entries.click()  # ascending: v2's one entry first
-    assert [row[0] for row in index_rows(browser)] == ["2", "1"]
+    assert [row[0] for row in index_rows(browser)] == ["2", "1 (superseded)"]
     links = browser.find_elements("css selector", "#tracks tbody a")
     assert [a.text for a in links] == ["evasion-smoothing-digits-0.50"] * 2
-    links[1].click()
+    links[0].click()  # v2, first after the sort
+    assert not browser.find_elements("id", "superseded")
+    browser.back()
+    browser.find_element("css selector", "#tracks a[href$='v1.html']").click()
+    assert "Superseded by v2" in browser.find_element("id", "superseded").text
     assert rows(browser, "entries") == ["caa", "pgd", "deepfool"]  # by best: 50%, 25%, 25% (ties in order added)
     header = browser.find_elements("css selector", "#entries th")
     r50 = [h for h in header if h.text == "r50"][0]
