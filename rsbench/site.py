@@ -193,12 +193,13 @@ def page(board: Leaderboard, pictures: list[str], newest: int | None = None) -> 
 INDEX_COLUMNS = ("track", "version", "goal", "defense", "entries", "leader", "leader's best")
 
 
-def leader_of(board: Leaderboard) -> tuple[Entry | None, Interval]:
-    """The entry ranked first on `best` and its share; None on a track without entries or `best`."""
+def leader_of(board: Leaderboard) -> tuple[str, Interval]:
+    """The entries ranked first on `best` (ties all named, in order of addition) and their share; "" on a
+    track without entries or `best`."""
     if "best" not in metric_columns(board):
-        return None, Interval(value=None, ci_low=None, ci_high=None)
-    leader = sorted_entries(board, "best")[0]
-    return leader, value_of(board, leader, "best")
+        return "", Interval(value=None, ci_low=None, ci_high=None)
+    first = value_of(board, sorted_entries(board, "best")[0], "best")
+    return ", ".join(e.name for e in board.entries if value_of(board, e, "best").value == first.value), first
 
 
 def index_row(board: Leaderboard, slug: str, newest: int) -> str:
@@ -210,7 +211,7 @@ def index_row(board: Leaderboard, slug: str, newest: int) -> str:
         (board.protocol.goal, board.protocol.goal),
         (board.defense.name, board.defense.name),
         (len(board.entries), len(board.entries)),
-        (leader.name if leader else "", html.escape(leader.name) if leader else "–"),
+        (leader, html.escape(leader) or "–"),
         ("" if best.value is None else best.value, html.escape(cell(best))),
     ]
     return "<tr>" + "".join(f'<td data-value="{html.escape(str(key))}">{text}</td>' for key, text in cells) + "</tr>"
@@ -234,7 +235,7 @@ def render(root: Path) -> list[Path]:
         links.append(index_row(board, slug, latest_version))
         leader, best = leader_of(board)
         version = f"v{board.version}" + (" (superseded)" if latest_version > board.version else "")
-        summary.append(f"| {board.track} {version} | {len(board.entries)} | {leader.name if leader else '–'} "
+        summary.append(f"| {board.track} {version} | {len(board.entries)} | {leader or '–'} "
                        f"| {cell(best)} |")
     (site / "index.html").write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title><style>{STYLE}</style>'
@@ -257,7 +258,7 @@ by sha256. `rsbench leaderboard check` validates them all (CI runs it on every p
 writes this file and the static site in `site/` (open `site/index.html`). The seeded tracks come from
 `benchmarks/seed_leaderboards.sh`: small protocols that fit a 2-core CPU (first 20 test samples,
 n = 10,000; on smoothing a judge of N = 1500 confirmed on 15,000 fresh copies). Generated; do not edit.
-The leader of a track is its entry with the largest `best`: the share of samples on which its example is
-the track's strongest.
+The leader of a track is its entry with the largest `best` (the share of samples on which its example is
+the track's strongest); tied entries are all named.
 
 """

@@ -52,15 +52,16 @@ def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: 
     admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.9, 0.2, 1.0, 1.1]}))
     admission.add_run(root, make_evasion_run(tmp_path / "c", {"deepfool": [0.55, 0.65, None, 0.4]}))
     admission.add_run(root, make_evasion_run(tmp_path / "d", {"pgd": [0.3, 0.2]}, judge_n=1000), new_version=True)
+    admission.add_run(root, make_evasion_run(tmp_path / "e", {"deepfool": [0.3, 0.2]}, judge_n=1000))  # ties pgd
     site.render(root)
     summary = (root / "README.md").read_text()
     assert "| evasion-smoothing-digits-0.50 v1 (superseded) | 3 | caa | 50 [0, 100] |" in summary
-    assert "| evasion-smoothing-digits-0.50 v2 | 1 | pgd | 100 [100, 100] |" in summary
+    assert "| evasion-smoothing-digits-0.50 v2 | 2 | pgd, deepfool | 100 [100, 100] |" in summary
     assert summary.count("Superseded by v2") == 1
     browser.get((root / "site" / "index.html").as_uri())
-    assert index_rows(browser) == [["1 (superseded)", "3", "caa", "50 [0, 100]"], ["2", "1", "pgd", "100 [100, 100]"]]
+    assert index_rows(browser) == [["1 (superseded)", "3", "caa", "50 [0, 100]"], ["2", "2", "pgd, deepfool", "100 [100, 100]"]]
     entries = [h for h in browser.find_elements("css selector", "#tracks th") if h.text == "entries"][0]
-    entries.click()  # ascending: v2's one entry first
+    entries.click()  # ascending: v2's two entries first
     assert [row[0] for row in index_rows(browser)] == ["2", "1 (superseded)"]
     links = browser.find_elements("css selector", "#tracks tbody a")
     assert [a.text for a in links] == ["evasion-smoothing-digits-0.50"] * 2
