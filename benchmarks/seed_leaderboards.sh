@@ -16,7 +16,9 @@ for defense in smoothing-digits-0.25 smoothing-digits-0.50 smoothing-digits-1.00
      --out "$runs/evasion-$defense"
 done
 ev --defense smoothing-digits-1.00 --attack cw --attack autoattack "${judge[@]}" --out "$runs/evasion-smoothing-digits-1.00-baselines"
-ev --defense smoothing-digits-0.50 --attack cw "${judge[@]}" --out "$runs/evasion-smoothing-digits-0.50-cw"
+for defense in smoothing-digits-0.50 macer-digits-0.25; do
+  ev --defense $defense --attack cw "${judge[@]}" --out "$runs/evasion-$defense-cw"
+done
 for defense in gloro-digits-0.25 gloro-digits-0.50; do ev --defense $defense --attack pgd-l2 --out "$runs/evasion-$defense"; done
 for defense in kw-digits-0.05 kw-digits-0.10; do ev --defense $defense --attack pgd-linf --out "$runs/evasion-$defense"; done
 
