@@ -2,7 +2,7 @@
 
 `render` writes `leaderboards/README.md` and `leaderboards/site/`: `index.html` and one page
 per track version with a sortable table (numbers with their 95% intervals; a click on a header
-reorders the rows, in plain JavaScript inside the page), the protocol, the paired comparisons
+reorders the rows, by one plain JavaScript file beside the pages), the protocol, the paired comparisons
 and the pictures (certified accuracy, attack proportion, FPR curve, spoofing examples) drawn
 from the stored records. Nothing is fetched: the site works from the file system or any
 static host.
@@ -45,6 +45,10 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;p
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em}"
          "th{background:#f3f3f3;cursor:pointer}th[data-order=asc]::after{content:' ▲'}"
          "th[data-order=desc]::after{content:' ▼'}td small{color:#666}img{max-width:100%;display:block;margin:1em 0}")
+
+HEAD = '<link rel="stylesheet" href="site.css">'
+SCRIPT = '<script src="sort.js"></script>'
+"""Every page shares one stylesheet and one sorting script, written once beside them."""
 
 
 def metric_columns(board: Leaderboard) -> list[str]:
@@ -97,10 +101,11 @@ def markdown(board: Leaderboard, sort: str | None = None, newest: int | None = N
     """The track's table in Markdown, with the protocol in one line and what the columns mean."""
     p, columns = board.protocol, metric_columns(board)
     eps = f", epsilon {p.epsilon:g}" if p.epsilon is not None else ""
+    note = superseded(board, newest)
     lines = [
         f"### {board.track} v{board.version}",
         "",
-        *([superseded(board, newest), ""] if superseded(board, newest) else []),
+        *([note, ""] if note else []),
         f"First {p.num_samples} {p.split} samples{eps}; certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
         + (f"; judge N={p.judge_n}, alpha={p.judge_alpha:g}, confirmation on {p.confirm_n} copies"
            if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
@@ -177,9 +182,10 @@ def page(board: Leaderboard, pictures: list[str], newest: int | None = None) -> 
                        for k, v in board.protocol.model_dump().items() if k != "metrics")
     legend = "".join(f"<li><b>{esc(k)}</b>: {esc(board.protocol.metrics[k])}</li>" for k in columns)
     images = "".join(f'<img src="{esc(name)}" alt="{esc(name)}">' for name in pictures)
-    note = f'<p id="superseded"><b>{esc(superseded(board, newest))}</b></p>' if superseded(board, newest) else ""
+    note = superseded(board, newest)
+    note = f'<p id="superseded"><b>{esc(note)}</b></p>' if note else ""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{esc(board.track)} v{board.version}</title>'
-            f"<style>{STYLE}</style></head><body><p><a href=\"index.html\">all tracks</a></p>"
+            f"{HEAD}</head><body><p><a href=\"index.html\">all tracks</a></p>"
             f"<h1>{esc(board.track)} v{board.version}</h1>{note}"
             f"<p>Click a column header to sort. Numbers: value [95% bootstrap interval over samples].</p>"
             f'<table class="sortable" id="entries"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -187,7 +193,7 @@ def page(board: Leaderboard, pictures: list[str], newest: int | None = None) -> 
             f"row's example is better (smaller; spoofing: more similar).</p><table id=\"paired\"><tr><th></th>"
             + "".join(f"<th>{esc(n)}</th>" for n in names) + f"</tr>{paired}</table>"
             f"<h2>Pictures</h2>{images}<h2>Protocol <code>{board.protocol_hash[:12]}</code></h2>"
-            f"<table>{protocol}</table><script>{SORT_SCRIPT}</script></body></html>\n")
+            f"<table>{protocol}</table>{SCRIPT}</body></html>\n")
 
 
 INDEX_COLUMNS = ("track", "version", "goal", "defense", "entries", "leader", "leader's best")
@@ -202,12 +208,12 @@ def leader_of(board: Leaderboard) -> tuple[str, Interval]:
     return ", ".join(e.name for e in board.entries if value_of(board, e, "best").value == first.value), first
 
 
-def index_row(board: Leaderboard, slug: str, newest: int) -> str:
+def index_row(board: Leaderboard, slug: str, version: str) -> str:
     """The track's row on the index: what it is and which entry leads it on `best`."""
     leader, best = leader_of(board)
     cells = [  # (the value a click sorts by, what the cell shows)
         (board.track, f'<a href="{slug}.html">{html.escape(board.track)}</a>'),
-        (board.version, f"{board.version} (superseded)" if newest > board.version else board.version),
+        (board.version, version),
         (board.protocol.goal, board.protocol.goal),
         (board.defense.name, board.defense.name),
         (len(board.entries), len(board.entries)),
@@ -224,6 +230,8 @@ def render(root: Path) -> list[Path]:
     if site.exists():
         shutil.rmtree(site)
     site.mkdir(parents=True)
+    (site / "site.css").write_text(STYLE + "\n")
+    (site / "sort.js").write_text(SORT_SCRIPT)
     sections, links, summary = [], [], ["| track | entries | leader | leader's best |", "|---|---|---|---|"]
     newest = {path.parent.name: int(path.stem[1:]) for path in paths}  # files() sorts versions last
     for path in paths:
@@ -232,18 +240,17 @@ def render(root: Path) -> list[Path]:
         pictures = _pictures(board, path.parent, site, slug)
         (site / f"{slug}.html").write_text(page(board, pictures, latest_version))
         sections.append(markdown(board, "best" if "best" in board.protocol.metrics else None, latest_version))
-        links.append(index_row(board, slug, latest_version))
+        version = f"{board.version}" + (" (superseded)" if latest_version > board.version else "")
+        links.append(index_row(board, slug, version))
         leader, best = leader_of(board)
-        version = f"v{board.version}" + (" (superseded)" if latest_version > board.version else "")
-        summary.append(f"| {board.track} {version} | {len(board.entries)} | {leader or '–'} "
-                       f"| {cell(best)} |")
+        summary.append(f"| {board.track} v{version} | {len(board.entries)} | {leader or '–'} | {cell(best)} |")
     (site / "index.html").write_text(
-        f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title><style>{STYLE}</style>'
+        f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title>{HEAD}'
         "</head><body><h1>rsbench leaderboards</h1><p>Attacks on certified defenses, one table per track (a defense "
         "and a goal under a fixed protocol). Every entry can be re-checked with <code>rsbench leaderboard verify"
         '</code>. Click a column header to sort.</p><table class="sortable" id="tracks"><thead><tr>'
         + "".join(f"<th>{name}</th>" for name in INDEX_COLUMNS) + f"</tr></thead><tbody>{''.join(links)}</tbody></table>"
-        f"<script>{SORT_SCRIPT}</script></body></html>\n")
+        f"{SCRIPT}</body></html>\n")
     readme = root / "README.md"
     readme.write_text(README_HEAD + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n")
     return [readme, site / "index.html"]

@@ -61,6 +61,7 @@ def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: 
     browser.get((root / "site" / "index.html").as_uri())
     assert index_rows(browser) == [["1 (superseded)", "3", "caa", "50 [0, 100]"], ["2", "2", "pgd, deepfool", "100 [100, 100]"]]
     entries = [h for h in browser.find_elements("css selector", "#tracks th") if h.text == "entries"][0]
+    assert browser.execute_script("return getComputedStyle(arguments[0]).cursor", entries) == "pointer"  # site.css
     entries.click()  # ascending: v2's two entries first
     assert [row[0] for row in index_rows(browser)] == ["2", "1 (superseded)"]
     links = browser.find_elements("css selector", "#tracks tbody a")
