@@ -37,12 +37,18 @@ class RsbenchGroup(click.Group):
 
 @click.group(cls=RsbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rsbench")
-def cli() -> None:
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars (they are drawn on a terminal only, on stderr; never in a pipe or a log).")
+def cli(quiet: bool) -> None:
     """rsbench: how well do attacks break certified defenses?
 
     Defenses and attacks are named in the registry (`rsbench registry list`). Every run
     writes per-sample records as it goes to a run directory and resumes when re-run.
     """
+    if quiet:
+        from rsbench import progress
+
+        progress.quiet()
 
 
 @cli.command()

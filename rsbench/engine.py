@@ -23,9 +23,9 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel
-from tqdm import tqdm
 
 from rsbench import batching, runner
+from rsbench.progress import bar as bar_of
 from rsbench.data import load_dataset
 from rsbench.errors import RsbenchError
 from rsbench.goals import Goal, Sample, check_attack, goal_of
@@ -208,8 +208,7 @@ def evaluate(
         batches = list(batching.chunked(tasks, per_batch))
         outcomes = run_tasks(batches, (defense_spec, attack_specs, config, device),
                              min(config.workers, len(batches)), backend, address)
-        with tqdm(total=len(tasks), desc=f"{goal.name} {defense_spec.name}", unit="sample",
-                  disable=not progress) as bar:
+        with bar_of(len(tasks), f"{goal.name} {defense_spec.name}", "sample", enabled=progress) as bar:
             for batch in outcomes:
                 for outcome in batch:
                     if outcome.index not in clean:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import rsbench
 from rsbench import batching, hub, metrics, plots
@@ -27,6 +26,7 @@ from rsbench.defenses.base import Defense
 from rsbench.defenses.smoothing import Smoothing, check_sampling
 from rsbench.errors import RsbenchError
 from rsbench.layers import ReducedPrecision
+from rsbench.progress import bar as progress_bar
 from rsbench.rundir import RunDir
 from rsbench.specs import CertifyDefaults, DefenseSpec, Environment, RunConfig, RunResult, SampleRecord
 
@@ -181,7 +181,7 @@ def certify(
         defense = load_for_run(spec, config, device)
         per_pass = batching.images_per_batch(defense_model(defense), dataset[0][0].shape, config.batch_size, device,
                                              images_per_batch)
-        with tqdm(total=len(todo), desc=f"certify {spec.name}", unit="sample", disable=not progress) as bar:
+        with progress_bar(len(todo), f"certify {spec.name}", "sample", enabled=progress) as bar:
             for group in batching.chunked(todo, per_pass):
                 samples = [(dataset[i][0], int(dataset[i][1]), i) for i in group]
                 for record in certify_samples(defense, samples, config.seed, device):
