@@ -105,14 +105,14 @@ def pin_code(spec: DefenseSpec, folder: Path | None = None) -> DefenseSpec:
 
 def folder_of(spec: DefenseSpec) -> Path | None:
     """The folder a spec's relative paths resolve against: the one it was read from, else that of the registered
-    spec with its name and hash (a spec read back from a result or leaderboard file), else None (the working
-    directory)."""
+    spec with its name, code and weights (a spec read back from a result or leaderboard file, whose certification
+    settings may be a run's), else None (the working directory). Whatever is found there is checked against the
+    spec's own pins."""
     if spec._folder is not None:
         return spec._folder
     registered = all_specs("defenses").get(spec.name)
-    if registered is not None and registered.spec_hash() == spec.spec_hash():
-        return registered._folder
-    return None
+    same = registered is not None and (registered.code_sha256, registered.weights) == (spec.code_sha256, spec.weights)
+    return registered._folder if same else None
 
 
 @lru_cache(maxsize=None)

@@ -30,8 +30,8 @@ GOALS_BY_KIND: dict[str, tuple[Goal, ...]] = {
     "plugin": ("evasion", "degradation", "spoofing"),
 }
 """Attack goals each kind of defense can be evaluated under: every certifier can be evaded, made to reject clean
-inputs (degradation) or made to certify a wrong label (spoofing). A plugin is attacked by the attacks its class
-gives what they need (`rsbench.defenses.base.Defense`); the others are refused per attack."""
+inputs (degradation) or made to certify a wrong label (spoofing). A plugin is attacked by every attack whose needs
+its class meets (`rsbench.defenses.base.Defense`); the others are refused, one by one."""
 CODE_REFERENCE = r"^(?P<target>[^:\s]+):(?P<attr>[A-Za-z_]\w*)$"
 """`module.path:name` or `path/to/file.py:name`: code in the user's own files (a model factory, a plugin class)."""
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
@@ -48,8 +48,9 @@ class Spec(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler: Any) -> Any:
         data = handler(self)
+        fields = type(self).model_fields
         for name in self.omitted_when_default:
-            if name in data and getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+            if name in data and getattr(self, name) == fields[name].get_default(call_default_factory=True):
                 del data[name]
         return data
 
@@ -125,7 +126,7 @@ class DatasetSpec(Spec):
     root: str | None = None
     """Folder holding the files; defaults to `$RSBENCH_DATA` or `~/.cache/rsbench/data/<name>`."""
     sha256: str | None = None
-    """`tensors` only: sha256 of the images and labels (`rsbench.in_process.tensors_sha256`)."""
+    """`tensors` only: sha256 of the images and labels (`rsbench.api.data_spec`)."""
 
     @model_validator(mode="after")
     def _tensors_hashed(self) -> DatasetSpec:

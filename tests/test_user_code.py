@@ -59,11 +59,13 @@ def test_your_model_through_a_yaml_and_through_python_gives_the_registered_recor
     assert done.exit_code == 0, done.output
     model = lipschitz_cnn(10)
     model.load_state_dict(torch.load(hub.local_path(registry.get_defense(GLORO).weights), weights_only=True))
-    built = rsbench.evaluate(GloRo(model, 10, 0.25, input_shape=(1, 8, 8)), "pgd-l2", data="digits",
+    tensors = rsbench.load_dataset("digits", "test").tensors  # the same samples, given as (x, y)
+    built = rsbench.evaluate(GloRo(model, 10, 0.25, input_shape=(1, 8, 8)), "pgd-l2", data=tensors,
                              out=tmp_path / "python", **SETTINGS)
     assert registered.metrics["attacked_samples"] > 0
     assert records(tmp_path / "registered") == records(tmp_path / "yaml") == records(tmp_path / "python")
     assert built.defense.weights.source == "memory" and "not admissible" in built.defense.description
+    assert built.defense.dataset.name == "tensors" and len(built.defense.dataset.sha256) == 64
     yaml_result = json.loads((tmp_path / "yaml" / "result.json").read_text())
     assert list(yaml_result["defense"]["code_sha256"]) == [f"{Path(__file__).resolve()}:lipschitz_cnn"]
 

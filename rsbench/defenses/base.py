@@ -4,15 +4,15 @@ rsbench's goals and attacks reach a defense only through this class, so a certif
 not ship runs under them as a plugin (`kind: plugin`, `implementation: MODULE:CLASS`) as soon as it
 implements the parts they use:
 
-| who | needs |
-|---|---|
-| every goal | `certify` / `certify_many` (the clean certificates), `num_classes`, `norm`, `device`, `to` |
-| evasion of a deterministic defense (`pgd-l2`, `pgd-linf`) | `model`: the network whose label the certificate protects. The harness counts a point within the budget at which `model`'s label differs; the certificate promises there is none within its radius |
-| degradation (every attack) | `certified_at(x, eps)`: the run-time check the attack tries to make fail |
-| `degradation-pgd`, `degradation-eps-pgd` | `model`, whose cross-entropy they ascend |
-| `degradation-adaptive` | `worst_case_margins`, whose largest entry it ascends |
-| spoofing (every attack) | `certify` at the attack image: the harness's verdict |
-| `shadow`, `shadow-1ch` | `worst_case_margins`, the defense's own bound, descended toward the target class |
+- every goal: `certify` / `certify_many` (the clean certificates), `num_classes`, `norm`, `device`, `to`;
+- evasion of a deterministic defense (`pgd-l2`, `pgd-linf`): `model`, the network whose label the
+  certificate protects. The harness counts a point within the budget where `model`'s label differs;
+  the certificate promises there is none within its radius;
+- degradation, every attack: `certified_at(x, eps)`, the run-time check the attack tries to make fail;
+  `degradation-pgd` and `degradation-eps-pgd` ascend `model`'s cross-entropy, `degradation-adaptive`
+  the largest entry of `worst_case_margins`;
+- spoofing, every attack: `certify` at the attack image, the harness's verdict; `shadow` and
+  `shadow-1ch` descend the defense's own bound, `worst_case_margins`, toward the target class.
 
 Smoothing is the one randomized kind: its goals and attacks use its differentiable smoothed view
 (`Smoothing.surrogate`) and judge on fresh noise. A plugin is a deterministic certifier: `certify`
