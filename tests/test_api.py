@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import rsbench
-from rsbench import admission
+from rsbench import admission, models
 from rsbench.cli import cli
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
@@ -37,15 +37,15 @@ def python_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Smoothin
     return out, defense
 
 
-def test_a_defense_built_in_python_gives_the_records_of_the_registered_one(python_run: tuple[Path, Smoothing],
-                                                                           tmp_path: Path) -> None:
-    out, _ = python_run
-    registered = rsbench.evaluate("smoothing-digits-0.50", SPGD, out=tmp_path / "registered", **PROTOCOL)
-    assert registered.metrics["test_R"] > 0
-    assert lines(out) == lines(tmp_path / "registered")
+def test_a_python_run_records_the_weights_and_the_run_s_settings(python_run: tuple[Path, Smoothing]) -> None:
+    out, defense = python_run
     result = json.loads((out / "result.json").read_text())
-    assert result["defense"]["weights"]["source"] == "memory" and "not admissible" in result["defense"]["description"]
+    weights = result["defense"]["weights"]
+    assert (weights["source"], weights["filename"]) == ("memory", "rsbench.defenses.smoothing.Smoothing")
+    assert weights["sha256"] == models.state_dict_sha256(defense.base_classifier)
+    assert "not admissible" in result["defense"]["description"] and result["defense"]["certify"]["n"] == 100_000
     assert result["config"]["n"] == 500 and result["weights_sha256"] == result["defense"]["weights"]["sha256"]
+    assert result["metrics"]["test_R"] > 0
 
 
 def test_a_python_run_resumes_and_refuses_changed_weights(python_run: tuple[Path, Smoothing]) -> None:

@@ -3,6 +3,7 @@ incomplete plugins caught in one line."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -19,6 +20,12 @@ from rsbench.errors import RsbenchError
 from rsbench.goals import check_attack
 
 AOL = "aol-digits"
+
+
+def lines(out: Path) -> list[list]:
+    """A run's records, times left out."""
+    return [[v for k, v in json.loads(line).items() if "time" not in k]
+            for line in (out / "samples.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +70,15 @@ def test_the_soundness_check_passes_aol_and_names_the_point_that_breaks_a_double
         soundness.check(spec, unsound, samples)
 
 
-def test_aol_is_attacked_under_every_goal(tmp_path: Path) -> None:
+def test_aol_is_attacked_under_every_goal_and_built_in_python_gives_the_same_records(aol, tmp_path: Path) -> None:  # noqa: ANN001
     settings = {"num_samples": 3, "progress": False}
     evasion = rsbench.evaluate(AOL, "pgd-l2", out=tmp_path / "evasion", **settings)
     robustness = evasion.metrics["robustness"]
     assert robustness["certified_broken"] == 0 and robustness["vra"]["value"] <= robustness["all"]["value"]
+    built = rsbench.evaluate(type(aol)(aol.model, 10, 0.25), "pgd-l2", data="digits", out=tmp_path / "python",
+                             **settings)
+    assert built.defense.kind == "plugin" and built.defense.implementation.endswith(":AOLCertifier")
+    assert [r[1:] for r in lines(tmp_path / "evasion")] == [r[1:] for r in lines(tmp_path / "python")]
     degradation = rsbench.evaluate(AOL, "degradation-adaptive", out=tmp_path / "degradation", **settings)
     assert degradation.metrics["test_R"] == round(3 * robustness["vra"]["value"]) > 0  # the same certificates
     assert "degradation-adaptive" in degradation.metrics["attacks"]
