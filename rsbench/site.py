@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rsbench import metrics, plots
+from rsbench import metrics, plots, profiles
 from rsbench.admission import add_run
 from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import curve_files
@@ -234,6 +234,7 @@ def render(root: Path) -> list[Path]:
     (site / "sort.js").write_text(SORT_SCRIPT)
     sections, links, summary = [], [], ["| track | entries | leader | leader's best |", "|---|---|---|---|"]
     newest = {path.parent.name: int(path.stem[1:]) for path in paths}  # files() sorts versions last
+    current = []
     for path in paths:
         board = load(path)
         slug, latest_version = f"{board.track}-v{board.version}", newest[path.parent.name]
@@ -242,13 +243,17 @@ def render(root: Path) -> list[Path]:
         sections.append(markdown(board, "best" if "best" in board.protocol.metrics else None, latest_version))
         version = f"{board.version}" + (" (superseded)" if latest_version > board.version else "")
         links.append(index_row(board, slug, version))
+        if latest_version == board.version:
+            current.append(profiles.Track(path, board, slug))
         leader, best = leader_of(board)
         summary.append(f"| {board.track} v{version} | {len(board.entries)} | {leader or '–'} | {cell(best)} |")
+    profiles.write(site, current, cell=cell, head=HEAD, script=SCRIPT)
     (site / "index.html").write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title>{HEAD}'
         "</head><body><h1>rsbench leaderboards</h1><p>Attacks on certified defenses, one table per track (a defense "
         "and a goal under a fixed protocol). Every entry can be re-checked with <code>rsbench leaderboard verify"
-        '</code>. Click a column header to sort.</p><table class="sortable" id="tracks"><thead><tr>'
+        '</code>. Click a column header to sort. <a href="defenses.html">Defenses</a>: one profile per defense.</p>'
+        '<table class="sortable" id="tracks"><thead><tr>'
         + "".join(f"<th>{name}</th>" for name in INDEX_COLUMNS) + f"</tr></thead><tbody>{''.join(links)}</tbody></table>"
         f"{SCRIPT}</body></html>\n")
     readme = root / "README.md"
