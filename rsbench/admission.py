@@ -135,6 +135,10 @@ def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"),
             raise RsbenchError(f"the run's protocol hash {protocol.spec_hash()[:12]} differs from {track} "
                                f"v{board.version}'s {board.protocol_hash[:12]} ({', '.join(changed)} changed); "
                                f"follow its protocol or pass --new-version")
+        earlier = [q for q in files(root) if q.parent.name == track and load(q).protocol_hash == protocol.spec_hash()]
+        if earlier:
+            raise RsbenchError(f"the run's protocol is that of {track} {earlier[0].stem}, which v{board.version} "
+                               "supersedes; new entries go to the newest version only")
         path, board = None, None
     if board is None:
         version = 1 + max((int(p.stem[1:]) for p in files(root) if p.parent.name == track), default=0)

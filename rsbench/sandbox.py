@@ -61,6 +61,16 @@ def unavailable() -> str | None:
     return None
 
 
+def require(isolated: bool) -> None:
+    """Refuse, in one line, a sandbox bubblewrap cannot provide here, or a run without one on CI."""
+    if isolated:
+        reason = unavailable()
+        if reason:
+            raise RsbenchError(reason)
+    elif in_ci():
+        raise RsbenchError("--unsandboxed is refused on CI: submission code runs there only inside its sandbox")
+
+
 def python_paths() -> list[str]:
     """Folders this Python installation runs from: prefixes, the interpreter's and the site-packages folders."""
     executable = Path(sys.executable).resolve()
@@ -108,12 +118,7 @@ class Sandbox:
     """(path on this machine, path inside, writable)."""
 
     def __post_init__(self) -> None:
-        if self.isolated:
-            reason = unavailable()
-            if reason:
-                raise RsbenchError(reason)
-        elif in_ci():
-            raise RsbenchError("--unsandboxed is refused on CI: submission code runs there only inside its sandbox")
+        require(self.isolated)
 
     def mount(self, host: Path, inside: str, *, writable: bool = False) -> str:
         """Make `host` visible to the command; the path the command sees it at."""

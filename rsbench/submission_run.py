@@ -118,20 +118,32 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
     return Judged(records, examples, judging, seed)
 
 
+def _plain(path: Path, scratch: Path, name: str) -> Path | None:
+    """`path` if it is a plain file of at most MAX_OUTPUT_BYTES inside the scratch folder (never through a link the
+    child made, which could point at any file of this machine); None if it does not exist."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(scratch.resolve()) \
+            or path.stat().st_size > MAX_OUTPUT_BYTES:
+        raise RsbenchError(f"{name}'s run left {path.name} as something other than a plain file under "
+                           f"{MAX_OUTPUT_BYTES >> 20} MiB in its scratch folder; refused")
+    return path
+
+
 def returned(board: Leaderboard, dataset: Dataset, name: str, run_dir: Path) -> tuple[dict[int, torch.Tensor], dict[int, Any]]:
     """The examples the child returned (by sample index) and its own records (by index), checked for form:
     one record per sample, one example per sample at most, each starting from the dataset's x."""
+    scratch = run_dir.parent
+    records = _plain(run_dir / "samples.jsonl", scratch, name)
     try:
-        reports = [r for r in parse_jsonl((run_dir / "samples.jsonl").read_bytes(), record_type(board.protocol.goal))]
-    except (OSError, ValidationError, ValueError) as error:
+        reports = parse_jsonl(records.read_bytes() if records else b"", record_type(board.protocol.goal))
+    except (ValidationError, ValueError) as error:
         raise RsbenchError(f"{name}'s run left no readable records ({error.__class__.__name__}); refused") from None
     if any(r.attack != name for r in reports) or len({r.index for r in reports}) != len(reports):
         raise RsbenchError(f"{name}'s run left records of other attacks, or two of one sample; refused")
-    path = run_dir / "adversarial" / f"{name}.pt"
-    if not path.exists():
+    path = _plain(run_dir / "adversarial" / f"{name}.pt", scratch, name)
+    if path is None:
         return {}, {r.index: r for r in reports}
-    if path.is_symlink() or path.stat().st_size > MAX_OUTPUT_BYTES:
-        raise RsbenchError(f"{name}'s examples file is not a plain file under {MAX_OUTPUT_BYTES >> 20} MiB; refused")
     try:
         saved = torch.load(path, weights_only=True, map_location="cpu")
         index, xs, advs = saved["index"], saved["x"], saved["x_adv"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rsbench import admission, leaderboard, rederive, registry, runner, submission_run
+from rsbench import admission, leaderboard, rederive, registry, runner, sandbox, submission_run
 from rsbench.errors import RsbenchError
 from rsbench.hub import pinned_sha256
 from rsbench.leaderboard import Leaderboard, Protocol, Source
@@ -56,6 +56,7 @@ def clean_of(board: Leaderboard, folder: Path | None) -> list[SampleRecord]:
 
 def validate(folder: Path, timeout: float = 300, isolated: bool = True) -> str:
     """Schema, import and a smoke run on the embedded track of each defense kind the attack claims; a summary line."""
+    sandbox.require(isolated)
     submission = load_submission(folder)
     kinds = sorted({registry.get_defense(track.split("-", 1)[1]).kind for track in submission.claims})
     successes, attacked = 0, 0
@@ -78,6 +79,7 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     `dry_run`, the whole track is run and checked and the entry it would add is shown, not added.
     Unsandboxed runs (`isolated=False`, a local trial) never add entries either.
     """
+    sandbox.require(isolated)
     submission = load_submission(folder)
     digest, commit = content_sha256(folder), commit_of(folder)
     lines = []

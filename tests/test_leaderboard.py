@@ -119,6 +119,8 @@ def test_duplicate_and_protocol_mismatch_are_refused(root: Path, tmp_path: Path,
     assert "protocol hash" in refusal(root, other) and "judge_n" in refusal(root, other)
     path, _ = admission.add_run(root, other, new_version=True)
     assert path.name == "v2.json" and (path.parent / "v1.json").exists()
+    superseded = make_evasion_run(tmp_path / "d", {"pgd": [0.5, 0.6]})  # v1's protocol
+    assert "is that of evasion-smoothing-digits-0.50 v1, which v2 supersedes" in refusal(root, superseded, new_version=True)
 
 
 def test_unconfirmed_example_is_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import rsbench
-from rsbench import audit, leaderboard, sandbox, submissions
+from rsbench import audit, leaderboard, sandbox, submission_run, submissions
 from rsbench.errors import RsbenchError
 from rsbench.submission_spec import commit_of, content_sha256, load_submission
 
@@ -289,3 +290,18 @@ def test_a_submission_may_not_take_a_registry_attacks_name_nor_hold_links(tmp_pa
     (folder / "data").symlink_to(Path(__file__).resolve().parents[1] / "leaderboards")
     with pytest.raises(RsbenchError, match="plain files only"):
         load_submission(folder)
+
+
+def test_a_link_left_in_the_scratch_folder_is_never_followed(root: Path, tmp_path: Path) -> None:
+    """A child could leave its examples file as a link to any file of the machine (say another run's examples):
+    rsbench reads plain files inside the scratch folder only."""
+    board = leaderboard.load(root / TRACK / "v1.json")
+    _, dataset = submission_run.prepare(board)
+    elsewhere = tmp_path / "someone-elses-run.pt"
+    torch.save({"index": torch.tensor([0]), "x": dataset[0][0][None], "x_adv": dataset[1][0][None]}, elsewhere)
+    run = tmp_path / "scratch" / "run"
+    (run / "adversarial").mkdir(parents=True)
+    (run / "samples.jsonl").write_text("")
+    (run / "adversarial" / "hostile.pt").symlink_to(elsewhere)
+    with pytest.raises(RsbenchError, match="left hostile.pt as something other than a plain file"):
+        submission_run.returned(board, dataset, "hostile", run)
