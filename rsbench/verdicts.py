@@ -10,9 +10,9 @@ Two questions, two rules:
   the protocol's confidence, that its example fails the protocol's test. A claim that holds is then
   refuted with probability at most judge_alpha, whereas running the admission test again would refuse
   a minimum-norm example, which lies close to the test's threshold by design, about half the time.
-  Under strict confirmation (`Protocol.confirm_bounds`) every class's Goodman interval of the fresh
-  copies is taken at its most favourable end, and the judge's test must fail even there; GloRo and KW
-  are judged exactly, so both rules agree.
+  Every class's Goodman interval of the fresh copies is taken at its end most favourable to the record,
+  and the protocol's test (with the bounds `Protocol.confirm_bounds` names) must fail even there; GloRo
+  and KW are judged exactly, so both rules agree.
 """
 
 from __future__ import annotations
@@ -82,12 +82,14 @@ def upheld(board: Leaderboard, defense: Defense, record: Any, x: torch.Tensor, x
            noise: torch.Generator) -> bool:
     """Whether fresh copies on `noise` leave a stored success standing (see the module's docstring).
 
-    Protocols confirmed with bounds at confirm_n (the earlier ones) are verified as they were: the
-    admission test again. Spoofing of smoothing: refuted when the certified wrong class's probability is
-    at most 1/2 with confidence 1 - alpha on n fresh copies (then no CERTIFY could have certified it).
+    Evasion and degradation of smoothing: confirm_n fresh copies, each class's Goodman interval taken at the end
+    most favourable to the record, and the protocol's own test (bounds of judge_n copies under strict
+    confirmation, of confirm_n before it) must fail even there. Spoofing of smoothing: refuted when the certified
+    wrong class's probability is at most 1/2 with confidence 1 - alpha on n fresh copies (then no CERTIFY could
+    have certified it). GloRo and KW: the exact verdict.
     """
     protocol, config = board.protocol, board.protocol.run_config([])
-    if not _smoothing(board) or protocol.goal != "spoofing" and bounds_n(config) is None:
+    if not _smoothing(board):
         return admitted(board, defense, record.label, x, x_adv, noise)
     x, x_adv = x.to(defense.device), x_adv.to(defense.device)
     if protocol.goal == "spoofing":
@@ -95,18 +97,19 @@ def upheld(board: Leaderboard, defense: Defense, record: Any, x: torch.Tensor, x
         chosen = record.adv_prediction
         wrong = chosen is not None and chosen != record.label
         return wrong and clopper_pearson(int(counts[chosen]), protocol.n, 2 * protocol.alpha)[1] > 0.5
-    alpha, judge_n, fresh = protocol.judge_alpha, protocol.judge_n, protocol.confirm_n
+    alpha, fresh = protocol.judge_alpha, protocol.confirm_n
+    bounds = bounds_n(config) or fresh
     if protocol.goal == "degradation":
         counts = defense.sample_counts(x_adv, fresh, noise)
         threshold = NormalDist().cdf(protocol.epsilon / defense.sigma)
-        return in_threat_model(board, x, x_adv) and rejection_not_refuted(counts, threshold, alpha, judge_n)
+        return in_threat_model(board, x, x_adv) and rejection_not_refuted(counts, threshold, alpha, bounds)
     counts = judge_view(defense, config).hard_counts(x_adv, noise, fresh)
-    return adversarial_not_refuted(counts, record.label, alpha, judge_n)
+    return adversarial_not_refuted(counts, record.label, alpha, bounds)
 
 
-def adversarial_not_refuted(counts: torch.Tensor, original: int, alpha: float, judge_n: int) -> bool:
+def adversarial_not_refuted(counts: torch.Tensor, original: int, alpha: float, bounds_n: int) -> bool:
     """Whether some class other than `original`, at the top of its Goodman interval from these counts (the others at
-    the bottom of theirs), passes the judge's test with the bounds of judge_n copies."""
+    the bottom of theirs), passes the protocol's test with the bounds of bounds_n copies."""
     total = int(counts.sum())
     lowest, highest = goodman_bounds(counts.double() / total, total, alpha)
     for winner in range(len(counts)):
@@ -114,15 +117,15 @@ def adversarial_not_refuted(counts: torch.Tensor, original: int, alpha: float, j
             continue
         corner = lowest.clone()
         corner[winner] = highest[winner]
-        lower, upper = goodman_bounds(corner, judge_n, alpha)
+        lower, upper = goodman_bounds(corner, bounds_n, alpha)
         if bool(lower[winner] > torch.cat([upper[:winner], upper[winner + 1:]]).max()):
             return True
     return False
 
 
-def rejection_not_refuted(counts: torch.Tensor, threshold: float, alpha: float, judge_n: int) -> bool:
-    """Whether every class, at the bottom of its Goodman interval from these counts, keeps the upper bound of judge_n
-    copies below `threshold` (Phi(epsilon / sigma))."""
+def rejection_not_refuted(counts: torch.Tensor, threshold: float, alpha: float, bounds_n: int) -> bool:
+    """Whether every class, at the bottom of its Goodman interval from these counts, keeps the upper bound of
+    bounds_n copies below `threshold` (Phi(epsilon / sigma))."""
     total = int(counts.sum())
     lowest, _ = goodman_bounds(counts.double() / total, total, alpha)
-    return bool(goodman_bounds(lowest, judge_n, alpha)[1].max() < threshold)
+    return bool(goodman_bounds(lowest, bounds_n, alpha)[1].max() < threshold)

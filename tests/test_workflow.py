@@ -81,9 +81,10 @@ def git(repo: Path, *args: str) -> None:
 
 
 def run_step(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """A step's script as GitHub runs it: bash --noprofile --norc -eo pipefail."""
-    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=cwd,
-                          env={**os.environ, **env}, capture_output=True, text=True)
+    """A step's script as GitHub runs a `run:` without `shell:`: bash -e, without pipefail, so a failure inside a
+    pipeline would pass unnoticed unless the script sees to it."""
+    return subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                          text=True, check=False)
 
 
 @pytest.fixture
@@ -142,3 +143,21 @@ def test_valid_names_reach_rsbench_through_the_environment(layout: Path) -> None
     assert calls.read_text().splitlines() == [
         "submission validate submissions/good-one", "submission verify submissions/good-one --root leaderboards --dry-run",
         "submission validate submissions/v2.fmn", "submission verify submissions/v2.fmn --root leaderboards --dry-run"]
+
+
+def fake(bin_dir: Path, name: str, body: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/sh\necho {name} \"$@\" >> \"$CALLS\"\n{body}\n")
+    (bin_dir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("check_passes", [True, False])
+def test_the_commit_job_commits_only_what_check_derives_again(tmp_path: Path, check_passes: bool) -> None:
+    script = next(s["run"] for job, s in steps("leaderboard.yml") if job == "commit" and "run" in s and "commit" in s["run"])
+    fake(tmp_path / "bin", "rsbench", "exit 0" if check_passes else 'case "$*" in *check*) exit 2;; esac')
+    fake(tmp_path / "bin", "git", "exit 0")
+    calls = tmp_path / "calls"
+    done = run_step(script, tmp_path, {"CALLS": str(calls), "RUNNER_TEMP": str(tmp_path), "GITHUB_SHA": "a" * 40,
+                                       "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    pushed = any(line.startswith("git") and "push" in line for line in calls.read_text().splitlines())
+    assert (done.returncode == 0) == check_passes and pushed == check_passes
