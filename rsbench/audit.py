@@ -219,7 +219,7 @@ def check_source(where: str, board: Leaderboard, entry: Entry, submissions: Path
 
 def recertify(path: Path, board: Leaderboard) -> None:
     """A new track version's clean certificates, certified again with the protocol's seed: the same labels and
-    predictions, radii within rounding (another device may count a vote or two differently)."""
+    predictions, radii within `rederive.RADIUS_TOLERANCE` (another device may count a vote or two differently)."""
     if not board.clean.path:
         return
     clean = stored_records(path.parent, board)[0]
@@ -231,7 +231,7 @@ def recertify(path: Path, board: Leaderboard) -> None:
     again = runner.certify_samples(defense, samples, board.protocol.seed, defense.device)
     for stored, fresh in zip(clean, again):
         if (stored.label, stored.prediction, stored.correct) != (fresh.label, fresh.prediction, fresh.correct) or \
-                not math.isclose(stored.radius, fresh.radius, abs_tol=1e-3):
+                not math.isclose(stored.radius, fresh.radius, **rederive.RADIUS_TOLERANCE):
             raise RsbenchError(f"{path}: sample {stored.index}'s clean certificate is not what certifying it gives")
 
 

@@ -32,9 +32,10 @@ from rsbench.verdicts import admitted, distance, in_threat_model
 SELF_REPORTED = {"evasion": ["time_s", "total_time_s", "first_ratio_r50", "first_ratio_time"], "degradation": [],
                  "spoofing": []}
 """Per goal, the metrics a submission's entry computes from what the attack reported about itself."""
-COHEN_TOLERANCE = 0.01
-"""How far a stored cohen_radius may lie from the one recomputed here: the same votes on another device can
-differ by a few counts in 1500."""
+RADIUS_TOLERANCE = {"rel_tol": 0.05, "abs_tol": 0.01}
+"""How far a stored clean radius may lie from the one recomputed here: the same noise on another device (a GPU
+run checked on a CPU) can give a vote or two more or less, which near a probability of 1 moves a radius by a few
+percent; a radius made up by hand lies further off."""
 
 
 def attacked(board: Leaderboard, clean: Sequence[SampleRecord]) -> list[SampleRecord]:
@@ -183,7 +184,7 @@ def check_entry(board: Leaderboard, defense: Defense, dataset: Dataset, clean: S
             _check_measures(board, where, r, x, examples["x_adv"][row])
         if board.protocol.goal == "evasion":
             expected = cohen_radius(board, defense, x, r.index, by_index[r.index])
-            if not math.isclose(r.cohen_radius, expected, abs_tol=COHEN_TOLERANCE):
+            if not math.isclose(r.cohen_radius, expected, **RADIUS_TOLERANCE):
                 raise RsbenchError(f"{where}: sample {r.index}'s clean certificate is {expected:.4f}, its record "
                                    f"says {r.cohen_radius:.4f}")
 

@@ -1,10 +1,11 @@
 """Running code nobody vouches for: a bubblewrap sandbox, and fingerprints of what it must leave alone.
 
-Inside the sandbox a process sees the system's libraries and this Python installation (read-only), the
-folders its caller mounts (a read-only copy of the harness, the submission, the data and weights caches)
-and one writable scratch folder; a private /tmp, a minimal /dev and its own /proc; a handful of
-environment variables; a network namespace of its own with nothing but loopback; a PID namespace (it
-cannot see or signal other processes, and all its processes die with it); a new session (no terminal).
+Inside the sandbox a process runs as `nobody` in a user namespace of its own, with no capabilities, and
+sees the system's libraries and this Python installation (read-only), the folders its caller mounts (a
+read-only copy of the harness, the submission, the data and weights caches) and one writable scratch
+folder; a private /tmp, a minimal /dev and its own /proc; a handful of environment variables; a network
+namespace of its own with nothing but loopback; a PID namespace (it cannot see or signal other
+processes, and all its processes die with it); a new session (no terminal).
 It does not see any checkout (no `leaderboards/`, no `.git`), home folders or the caller's environment.
 
 What it does not isolate: CPU, memory and disk use (only the caller's wall-clock limit bounds them),
@@ -134,8 +135,9 @@ class Sandbox:
             scratch = Path(cwd)
             variables = base | {"HOME": str(scratch), "TMPDIR": str(scratch), "MPLCONFIGDIR": str(scratch)} | env
             return _run(argv, variables, cwd, timeout)
-        command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-                   "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        command = ["bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
+                   "--die-with-parent", "--new-session", "--clearenv", "--dev", "/dev", "--proc", "/proc",
+                   "--tmpfs", "/tmp"]
         for path in [*SYSTEM, *python_paths()]:
             command += ["--ro-bind-try", path, path]
         for host, inside, writable in self.mounts:

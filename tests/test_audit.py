@@ -34,7 +34,7 @@ def light_board(samples: int = 4) -> Leaderboard:
 
 
 def add_entry(root: Path, name: str, examples_of: Callable[[torch.Tensor, int], torch.Tensor], *,
-              by_hand: bool = False) -> None:
+              by_hand: bool = False, tamper: Callable[[list, dict], tuple[list, dict]] | None = None) -> None:
     """An entry of registry attack `name` whose records the harness builds from `examples_of(x, label)`, or, `by_hand`,
     written as a hostile pull request would: every example a success at its true distance."""
     path = root / TRACK / "v1.json"
@@ -59,6 +59,8 @@ def add_entry(root: Path, name: str, examples_of: Callable[[torch.Tensor, int], 
                    for r in records]
         examples = {"index": torch.tensor(list(proposals)), "x": torch.stack([dataset[i][0] for i in proposals]),
                     "x_adv": torch.stack(list(proposals.values()))}
+    if tamper is not None:
+        records, examples = tamper(records, examples)
     spec = registry.get_attack(name)
     entry = admission.NewEntry(spec, records, examples, Source(kind="registry"), runner.environment(defense.device),
                                None, "2026-01-01T00:00:00+00:00", board.protocol.seed)
@@ -126,6 +128,26 @@ def test_a_hand_made_entry_whose_examples_are_not_adversarial_is_refused(repo: P
     add_entry(root, "caa", one_pixel, by_hand=True)
     with pytest.raises(RsbenchError, match=rf"fresh noise refutes stored successes of {TRACK} v1 caa .*seed \d+"):
         audit.check(root, "HEAD")
+
+
+def fake_x(records: list, examples: dict) -> tuple[list, dict]:
+    """The forged run directory's trick: x moved next to the example, so that the recorded radius looks small."""
+    x = examples["x_adv"] + 0.05 / 8
+    return [r.model_copy(update={"best_radius": 0.05, "first_radius": 0.05}) for r in records], examples | {"x": x}
+
+
+def fake_certificate(records: list, examples: dict) -> tuple[list, dict]:
+    """A clean certificate made up so that the example's excess over it (pct_cohen) looks small."""
+    return [r.model_copy(update={"cohen_radius": r.best_radius}) for r in records], examples
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [(fake_x, "does not start from the dataset's x"),
+                                                (fake_certificate, "clean certificate is")])
+def test_a_hand_made_entry_inconsistent_with_the_dataset_is_refused(repo: Path, tamper: Callable,
+                                                                     reason: str) -> None:
+    add_entry(repo / "leaderboards", "caa", another_digit, by_hand=True, tamper=tamper)
+    with pytest.raises(RsbenchError, match=reason):
+        audit.check(repo / "leaderboards", "HEAD", intervals=False)
 
 
 def test_a_rewritten_comparison_block_is_refused(repo: Path) -> None:
