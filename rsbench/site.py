@@ -122,6 +122,7 @@ def markdown(board: Leaderboard, sort: str | None = None, newest: int | None = N
         *([note, ""] if note else []),
         f"First {p.num_samples} {p.split} samples{eps}; certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
         + (f"; judge N={p.judge_n}, alpha={p.judge_alpha:g}, confirmation on {p.confirm_n} copies"
+           + (" with the judge's bounds" if p.confirm_bounds else "")
            if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
         + f"; seed {p.seed}; protocol `{board.protocol_hash[:12]}`. "
         f"95% bootstrap intervals over samples ({p.bootstrap_resamples} resamples, seed {p.bootstrap_seed}).",

@@ -204,9 +204,14 @@ def test_a_forged_run_directory_is_refused(sandboxed: None, root: Path, tmp_path
 @pytest.mark.slow
 def test_a_write_into_the_harness_package_is_refused_by_the_sandbox(sandboxed: None, root: Path,
                                                                       tmp_path: Path) -> None:
+    """The sandbox sees no checkout: the write fails or lands in the sandbox's own throwaway root, never in the
+    package the judge imports, and the run earns nothing."""
     plant = Path(rsbench.__file__).parent / "__pycache__" / f"models.{sys.implementation.cache_tag}.pyc"
-    with pytest.raises(RsbenchError, match=r"hostile failed on .*(No such file|Read-only)"):
+    before = plant.read_bytes() if plant.exists() else None
+    with pytest.raises(RsbenchError, match=r"hostile (failed on .*(No such file|Read-only|Permission denied)|"
+                                           r"claims .* reproduces)"):
         submissions.verify(hostile(tmp_path, write=[str(plant)]), root, timeout=300)
+    assert (plant.read_bytes() if plant.exists() else None) == before
 
 
 @pytest.mark.slow

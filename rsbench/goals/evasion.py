@@ -204,7 +204,8 @@ def format_table_1(result: RunResult) -> str:
     lines = [
         f"{result.defense.name}: {result.num_samples} samples, clean accuracy {result.clean_accuracy:.3f}, "
         f"{result.metrics.get('attacked_samples', 0)} attacked (correct and certified); judge N={config.judge_n}, "
-        f"alpha={config.judge_alpha:g}, confirmation on {config.confirm_n} fresh copies",
+        f"alpha={config.judge_alpha:g}, confirmation on {config.confirm_n} fresh copies"
+        + (" with the judge's bounds" if config.confirm_bounds else ""),
         f"{'':<12}{'Smallest attack':^59}{'First attack':^24}",
         f"{'Attack':<12}{'Success':>9}{'Best':>8}{'r50':>8}{'%-Cohen':>10}{'Time (s)':>10}{'Total (s)':>10}"
         f"{'Ratio(r50)':>12}{'Ratio(Time)':>12}{'Confirmed':>11}",
