@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,11 @@ from pydantic import ValidationError
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import (
     Entry,
+    Judging,
     Leaderboard,
     Protocol,
     Source,
     StoredFile,
-    comparison,
-    entry_metrics,
     files,
     jsonl,
     latest,
@@ -37,7 +37,8 @@ from rsbench.leaderboard import (
     track_name,
     write_stored,
 )
-from rsbench.specs import DefenseSpec, RunResult, SampleRecord
+from rsbench.scoring import comparison, entry_metrics
+from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunResult, SampleRecord
 
 
 def unconfirmed(protocol: Protocol, defense: DefenseSpec, records: Sequence[Any], examples: dict | None,
@@ -93,6 +94,23 @@ def _torch_bytes(examples: dict) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class NewEntry:
+    """An entry about to be added: the attack, its judged records and examples, and where they come from."""
+
+    spec: AttackSpec
+    records: list
+    examples: dict | None
+    source: Source
+    environment: Environment
+    weights_sha256: str | None
+    date: str
+    seed: int
+    """Master seed of the run that produced the records."""
+    judging: Judging | None = None
+    self_reported: list[str] = field(default_factory=list)
+
+
 def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"), *,
             new_version: bool = False, preview: bool = False) -> tuple[Path, list[str]]:
     """Add every attack of a finished run as an entry of its track; nothing is written unless all are accepted.
@@ -121,46 +139,60 @@ def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"),
             raise RsbenchError(f"the run's protocol hash {protocol.spec_hash()[:12]} differs from {track} "
                                f"v{board.version}'s {board.protocol_hash[:12]} ({', '.join(changed)} changed); "
                                f"follow its protocol or pass --new-version")
+        earlier = [q for q in files(root) if q.parent.name == track and load(q).protocol_hash == protocol.spec_hash()]
+        if earlier:
+            raise RsbenchError(f"the run's protocol is that of {track} {earlier[0].stem}, which v{board.version} "
+                               "supersedes; new entries go to the newest version only")
         path, board = None, None
     if board is None:
         version = 1 + max((int(p.stem[1:]) for p in files(root) if p.parent.name == track), default=0)
         path = root / track / f"v{version}.json"
         board = Leaderboard(track=track, version=version, defense=result.defense, protocol=protocol,
                             protocol_hash=protocol.spec_hash(), clean=StoredFile(path="", sha256=""))
-        stored_clean, stored = clean, {}
-    else:
-        stored_clean, stored = stored_records(path.parent, board)
+    assert path is not None
+    if board.clean.path:
+        stored_clean, _ = stored_records(path.parent, board)
         if [(c.index, c.prediction, c.correct) for c in stored_clean] != [(c.index, c.prediction, c.correct) for c in clean]:
             raise RsbenchError(f"the run's clean certificates differ from those of {track} v{board.version}")
-    folder = path.parent / path.stem
-    added, entries, writes = [], [], []
+    new = []
     for spec in result.attacks:
-        if spec.name in stored or any(e.attack_hash == spec.spec_hash() for e in board.entries):
-            raise RsbenchError(f"{track} v{board.version} already has an entry for {spec.name!r} (or its spec)")
         mine = [r for r in records if r.attack == spec.name]
         examples = _examples(run_dir / "adversarial" / f"{spec.name}.pt")
         reason = unconfirmed(protocol, result.defense, mine, examples, require_examples=not preview)
         if reason:
             raise RsbenchError(f"{run_dir}: {reason}; refused")
-        stored[spec.name] = mine
-        data = {"records": jsonl(mine), "examples": _torch_bytes(examples) if examples is not None else None}
-        writes.append((spec, data))
-    if board.entries == [] and not board.clean.path:
+        new.append(NewEntry(spec, mine, examples, source, result.environment, result.weights_sha256,
+                            result.finished_at, protocol.seed))
+    return admit(path, board, clean, new), [spec.name for spec in result.attacks]
+
+
+def admit(path: Path, board: Leaderboard, clean: list[SampleRecord], new: Sequence[NewEntry]) -> Path:
+    """Write `new` entries to the track version at `path` (whose clean certificates are `clean`), recompute
+    `comparison`, and save; refused with one line, before anything is written, when an entry's name or spec is
+    already on the track or a success does not rest on a confirmed, saved example."""
+    stored = stored_records(path.parent, board)[1] if board.clean.path else {}
+    for item in new:
+        if item.spec.name in stored or any(e.attack_hash == item.spec.spec_hash() for e in board.entries):
+            raise RsbenchError(f"{board.track} v{board.version} already has an entry for {item.spec.name!r} (or its spec)")
+        stored[item.spec.name] = item.records
+    folder = path.parent / path.stem
+    if not board.clean.path:
         board = board.model_copy(update={"clean": write_stored(folder.parent, f"{folder.name}/clean.jsonl.gz",
                                                                jsonl(clean))})
-    for spec, data in writes:
-        records_file = write_stored(folder.parent, f"{folder.name}/{spec.name}.records.jsonl.gz", data["records"])
-        examples_file = (write_stored(folder.parent, f"{folder.name}/{spec.name}.examples.pt.gz", data["examples"])
-                         if data["examples"] is not None else None)
+    entries = []
+    for item in new:
+        name = item.spec.name
+        records_file = write_stored(folder.parent, f"{folder.name}/{name}.records.jsonl.gz", jsonl(item.records))
+        examples_file = (write_stored(folder.parent, f"{folder.name}/{name}.examples.pt.gz", _torch_bytes(item.examples))
+                         if item.examples is not None else None)
         entries.append(Entry(
-            name=spec.name, attack=spec, attack_hash=spec.spec_hash(), source=source,
-            metrics=entry_metrics(board, spec.name, stored_clean, stored[spec.name]),
-            attacked=len(stored[spec.name]), samples=len(stored_clean), seed=protocol.seed,
-            bootstrap_seed=protocol.bootstrap_seed, environment=result.environment,
-            weights_sha256=result.weights_sha256, date=result.finished_at, records=records_file, examples=examples_file,
+            name=name, attack=item.spec, attack_hash=item.spec.spec_hash(), source=item.source,
+            metrics=entry_metrics(board, name, clean, item.records), attacked=len(item.records), samples=len(clean),
+            seed=item.seed, bootstrap_seed=board.protocol.bootstrap_seed, environment=item.environment,
+            weights_sha256=item.weights_sha256, date=item.date, records=records_file, examples=examples_file,
+            judging=item.judging, self_reported=item.self_reported,
         ))
-        added.append(spec.name)
     board = board.model_copy(update={"entries": [*board.entries, *entries]})
-    board = board.model_copy(update={"comparison": comparison(board, stored_clean, stored)})
+    board = board.model_copy(update={"comparison": comparison(board, clean, stored)})
     save(path, board)
-    return path, added
+    return path

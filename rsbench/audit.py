@@ -1,44 +1,79 @@
-"""Auditing leaderboards: every file and hash checked, history kept, stored examples judged again.
+"""Auditing leaderboards: every file re-derived, history kept, new entries judged again on secret noise.
 
-`check` is what CI runs on every pull request: each file validates, its protocol and specs
-match their hashes, its stored records and examples match their sha256, its metrics are what
-the records give, and against git history no file, protocol or entry was changed or removed.
-`verify` re-executes the claims, as VNN-COMP re-executes counterexamples: every stored example
-is judged again on noise no one has used (smoothing) or by the exact certifier.
+`check` is what CI runs on every pull request. Each file validates; its protocol and specs match their
+hashes; its stored records and examples match their sha256; every entry's metrics and intervals and the
+whole `comparison` block are recomputed from the records; no two versions of a track share a protocol.
+Against a git revision (which must resolve), no file, protocol, clean certificate or entry there may be
+changed or removed, and every entry new since then is derived again: it goes to its track's newest
+version; a registry entry has a registry attack's spec; a submission entry the content hash of the
+submission folder it names; its records are one per attacked sample, with the dataset's labels, x and
+distances and the clean certificates of the track (recertified for a new track version); and every stored
+example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now.
+`verify` re-judges a track's stored examples the same way, with a fresh seed or one to replay.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import re
+import secrets
 import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from rsbench.attacks.success import is_adversarial
+from rsbench import rederive, registry, runner, verdicts
+from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
-from rsbench.defenses.base import Defense
 from rsbench.errors import RsbenchError
-from rsbench.goals import within
-from rsbench.goals.degradation import judged_rejection
-from rsbench.goals.evasion import judge_view
 from rsbench.leaderboard import (
     LEADERBOARD_SCHEMA_VERSION,
+    Entry,
+    Judging,
     Leaderboard,
     files,
     load,
-    point_metrics,
     read_stored,
     stored_records,
     track_name,
 )
-from rsbench.runner import spec_for_run, stream
+from rsbench.progress import each
+from rsbench.scoring import comparison, entry_metrics, point_metrics
+from rsbench.submission_spec import content_sha256
+from rsbench.verdicts import upheld
 
 
-def check_file(path: Path) -> Leaderboard:
-    """One file: schema, names, hashes of the protocol, specs and stored files, metrics recomputed from records."""
+@dataclass
+class Verification:
+    """A re-judging: the seed its noise came from (so anyone can replay it), when and by which rsbench, and per
+    `track vN entry`, (stored successes upheld, stored successes re-judged)."""
+
+    judging: Judging
+    agreement: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        j = self.judging
+        head = (f"verification seed {j.seed} ({j.date}, rsbench {j.rsbench_version}"
+                + (f" at {j.git_commit[:12]}" if j.git_commit else "") + ")")
+        return [head, *(f"  {name:<48} {a}/{t} stored successes upheld" for name, (a, t) in self.agreement.items())]
+
+    def refuted(self) -> list[str]:
+        return [name for name, (agree, total) in self.agreement.items() if agree != total]
+
+
+def judging(seed: int | None = None) -> Judging:
+    """A judging on noise from `seed`, or from a seed drawn from the operating system now."""
+    environment = runner.environment(torch.device("cpu"))
+    return Judging(seed=secrets.randbits(63) if seed is None else seed,
+                   date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   rsbench_version=environment.rsbench_version, git_commit=environment.git_commit)
+
+
+def check_file(path: Path, intervals: bool = True) -> Leaderboard:
+    """One file: schema, names, hashes of the protocol, specs and stored files, and every metric recomputed from
+    the records; with `intervals`, every bootstrap interval and the whole comparison block too."""
     board = load(path)
     if board.schema_version != LEADERBOARD_SCHEMA_VERSION:
         raise RsbenchError(f"{path}: schema version {board.schema_version}, expected {LEADERBOARD_SCHEMA_VERSION}")
@@ -49,16 +84,28 @@ def check_file(path: Path) -> Leaderboard:
     names = [e.name for e in board.entries]
     if len(set(names)) != len(names):
         raise RsbenchError(f"{path}: an entry appears twice")
+    if not board.entries:
+        return board
     clean, records = stored_records(path.parent, board)
     for entry in board.entries:
         if entry.attack_hash != entry.attack.spec_hash():
             raise RsbenchError(f"{path}: entry {entry.name}'s attack spec does not match its hash")
         if entry.examples is not None:
             read_stored(path.parent, entry.examples)
-        for key, value in point_metrics(board, entry.name, clean, records[entry.name]).items():
-            kept = entry.metrics.get(key)
-            if kept is None or not _same(kept.value, value):
-                raise RsbenchError(f"{path}: entry {entry.name}'s {key} is not what its records give")
+        if entry.attacked != len(records[entry.name]) or entry.samples != len(clean):
+            raise RsbenchError(f"{path}: entry {entry.name}'s sample counts are not what its records give")
+        if intervals:
+            fresh = entry_metrics(board, entry.name, clean, records[entry.name])
+            same = fresh.keys() == entry.metrics.keys() and all(
+                _same(fresh[k].value, v.value) and _same(fresh[k].ci_low, v.ci_low) and _same(fresh[k].ci_high, v.ci_high)
+                for k, v in entry.metrics.items())
+        else:
+            points = point_metrics(board, entry.name, clean, records[entry.name])
+            same = points.keys() == entry.metrics.keys() and all(_same(entry.metrics[k].value, v) for k, v in points.items())
+        if not same:
+            raise RsbenchError(f"{path}: entry {entry.name}'s metrics are not what its records give")
+    if intervals and board.comparison != comparison(board, clean, records):
+        raise RsbenchError(f"{path}: its comparison block (best, paired) is not what the records give")
     return board
 
 
@@ -68,95 +115,178 @@ def _same(a: float | None, b: float | None) -> bool:
 
 def _git(root: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60)
     except OSError:
         return None
     return done.stdout if done.returncode == 0 else None
 
 
-def check(root: Path, against: str = "HEAD") -> list[Path]:
-    """Check every file under root; in a git checkout also that no file or entry at `against` was removed or changed."""
-    checked = [p for p in files(root)]
-    boards = {p.resolve(): check_file(p) for p in checked}
+def in_git(root: Path) -> bool:
+    """Whether root lies in a git checkout."""
+    return _git(root, "rev-parse", "--show-toplevel") is not None
+
+
+@dataclass
+class Checked:
+    """What `check` looked at: the files, the entries new since the revision, and their re-judging."""
+
+    files: list[Path]
+    new: list[str] = field(default_factory=list)
+    verification: Verification | None = None
+
+
+def check(root: Path, against: str | None = None, *, intervals: bool = True, seed: int | None = None,
+          pull_request: bool = False, submissions: Path | None = None) -> Checked:
+    """Check every file under root and, against git revision `against`, the history and every new entry.
+
+    `pull_request` refuses new submission entries (the trusted job adds those after merge); `submissions` is
+    the folder of submission folders (default: beside root); `seed` replays a re-judging.
+    """
+    paths = files(root)
+    boards = {p.resolve(): check_file(p, intervals) for p in each(paths, "check", "file")}
+    hashes: dict[str, set[str]] = {}
+    for board in boards.values():
+        if board.protocol_hash in hashes.setdefault(board.track, set()):
+            raise RsbenchError(f"{board.track}: two versions share one protocol; a new version is a new protocol")
+        hashes[board.track].add(board.protocol_hash)
+    if against is None:
+        return Checked(paths)
     top = _git(root, "rev-parse", "--show-toplevel")
-    if top is None or _git(root, "rev-parse", "--verify", "--quiet", against) is None:
-        return checked
+    if top is None or _git(root, "rev-parse", "--verify", "--quiet", f"{against}^{{commit}}") is None:
+        raise RsbenchError(f"--against {against!r} does not resolve to a commit in the git checkout of {root}")
     base = Path(top.strip())
     listed = _git(base, "ls-tree", "-r", "--name-only", against, "--", str(root.resolve().relative_to(base))) or ""
-    for name in listed.splitlines():
-        if not re.fullmatch(r".*/v\d+\.json", name):
-            continue
-        path = (base / name).resolve()
+    old_files = {(base / name).resolve(): name for name in listed.splitlines() if _is_board(name)}
+    new: list[tuple[Path, Leaderboard, Entry]] = []
+    for path, name in old_files.items():
         if path not in boards:
             raise RsbenchError(f"{name}: removed since {against}; leaderboard files are never deleted")
         old = Leaderboard.model_validate_json(_git(base, "show", f"{against}:{name}") or "{}")
-        now = {e.name: e for e in boards[path].entries}
-        if old.protocol_hash != boards[path].protocol_hash:
-            raise RsbenchError(f"{name}: its protocol changed since {against}; a new protocol is a new version")
-        for entry in old.entries:
-            if now.get(entry.name) != entry:
-                raise RsbenchError(f"{name}: entry {entry.name} changed or was removed since {against}")
-    return checked
+        now = boards[path]
+        fixed = ("track", "version", "defense", "protocol", "protocol_hash", *(("clean",) if old.clean.path else ()))
+        if any(getattr(old, k) != getattr(now, k) for k in fixed):
+            raise RsbenchError(f"{name}: its protocol, defense or clean certificates changed since {against}; "
+                               "a new protocol is a new version")
+        if now.entries[:len(old.entries)] != old.entries:
+            raise RsbenchError(f"{name}: an entry changed or was removed since {against}")
+        if not old.clean.path:  # a track file written with its protocol only: its first entry set its samples
+            recertify(path, now)
+        new += [(path, now, e) for e in now.entries[len(old.entries):]]
+    for path, board in boards.items():
+        if path not in old_files:
+            recertify(path, board)
+            new += [(path, board, e) for e in board.entries]
+    newest = {b.track: max(o.version for o in boards.values() if o.track == b.track) for b in boards.values()}
+    for path, board, entry in new:
+        where = f"{board.track} v{board.version} entry {entry.name}"
+        if board.version != newest[board.track]:
+            raise RsbenchError(f"{where}: new entries go to the track's newest version, v{newest[board.track]}")
+        check_source(where, board, entry, submissions or root.parent / "submissions", pull_request)
+    verification = Verification(judging(seed))
+    for path, board, entry in each(new, "re-judge", "entry"):
+        agreement = rederive_entry(path, board, entry, verification.judging.seed)
+        verification.agreement[f"{board.track} v{board.version} {entry.name}"] = agreement
+    refuted = verification.refuted()
+    if refuted:
+        raise RsbenchError(f"fresh noise refutes stored successes of {', '.join(refuted)} (verification seed "
+                           f"{verification.judging.seed}; replay with --seed)")
+    return Checked(paths, [f"{b.track} v{b.version} {e.name}" for _, b, e in new], verification)
 
 
-def verify(path: Path, entry: str | None = None, device: torch.device = torch.device("cpu"),
-           purpose: str = "verify") -> dict[str, tuple[int, int]]:
-    """Re-judge every stored example on fresh noise (smoothing) or with the exact certifier; per entry,
-    (examples whose verdict agrees with the record, examples re-judged)."""
-    board = check_file(path)
-    protocol = board.protocol
-    config = protocol.run_config([])
-    defense = load_defense(spec_for_run(board.defense, config), device)
+def _is_board(name: str) -> bool:
+    parts = name.rsplit("/", 1)[-1]
+    return parts.startswith("v") and parts.endswith(".json") and parts[1:-5].isdigit()
+
+
+def check_source(where: str, board: Leaderboard, entry: Entry, submissions: Path, pull_request: bool) -> None:
+    """A new entry's attack comes from where it says: a registry attack's spec, or the submission folder it names,
+    unchanged since it ran (and never, in a pull request, a submission entry: the trusted job adds those)."""
+    source = entry.source
+    if source.kind == "registry":
+        known = entry.name in registry.names("attacks") and registry.get_attack(entry.name).spec_hash()
+        if known != entry.attack_hash:
+            raise RsbenchError(f"{where}: comes from the registry, but no registry attack has its spec")
+        return
+    if pull_request:
+        raise RsbenchError(f"{where}: submission entries are added by the trusted job once the submission is merged; "
+                           "a pull request carries the submission folder only")
+    folder = submissions / (source.submission or "")
+    if source.submission != entry.name or not folder.is_dir() or source.content_sha256 != content_sha256(folder):
+        raise RsbenchError(f"{where}: no submission folder {folder} with the content hash the entry records")
+    if entry.judging is None or entry.self_reported != rederive.SELF_REPORTED[board.protocol.goal]:
+        raise RsbenchError(f"{where}: a submission entry records how rsbench judged it and what is self-reported")
+
+
+def recertify(path: Path, board: Leaderboard) -> None:
+    """A new track version's clean certificates, certified again with the protocol's seed: the same labels and
+    predictions, radii within `rederive.RADIUS_TOLERANCE` (another device may count a vote or two differently)."""
+    if not board.clean.path:
+        return
+    clean = stored_records(path.parent, board)[0]
+    defense = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([])))
+    dataset = load_dataset(board.defense.dataset.name, board.protocol.split, board.defense.dataset.root)
+    if [c.index for c in clean] != list(range(board.protocol.num_samples)):
+        raise RsbenchError(f"{path}: its clean certificates are not one per sample of the protocol")
+    samples = [(dataset[c.index][0], int(dataset[c.index][1]), c.index) for c in clean]
+    again = runner.certify_samples(defense, samples, board.protocol.seed, defense.device)
+    for stored, fresh in zip(clean, again):
+        if (stored.label, stored.prediction, stored.correct) != (fresh.label, fresh.prediction, fresh.correct) or \
+                not math.isclose(stored.radius, fresh.radius, **rederive.RADIUS_TOLERANCE):
+            raise RsbenchError(f"{path}: sample {stored.index}'s clean certificate is not what certifying it gives")
+
+
+def rederive_entry(path: Path, board: Leaderboard, entry: Entry, seed: int) -> tuple[int, int]:
+    """A new entry's records checked against the dataset and its examples (`rederive.check_entry`), then every
+    stored success judged again on noise of `seed`: (upheld, re-judged)."""
+    defense = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([])))
+    dataset = load_dataset(board.defense.dataset.name, board.protocol.split, board.defense.dataset.root)
+    clean, records = stored_records(path.parent, board)
+    examples = _examples(path, entry)
+    rederive.check_entry(board, defense, dataset, clean, entry.name, records[entry.name], examples)
+    return rejudge(board, defense, entry.name, records[entry.name], examples, seed)
+
+
+def _examples(path: Path, entry: Entry) -> dict | None:
+    if entry.examples is None:
+        return None
+    return torch.load(io.BytesIO(read_stored(path.parent, entry.examples)), weights_only=True)
+
+
+def rejudge(board: Leaderboard, defense, name: str, records: list, examples: dict | None, seed: int,
+            as_admitted: bool = False) -> tuple[int, int]:
+    """(stored successes upheld, stored successes re-judged), each on its own stream of `seed`. `as_admitted`
+    replays a submission's judging instead: the admission rule on the streams it used, for every stored example."""
+    if examples is None:
+        return 0, 0
+    by_index = {r.index: r for r in records}
+    agree = total = 0
+    for row, index in enumerate(examples["index"].tolist()):
+        record = by_index[index]
+        x, x_adv = examples["x"][row], examples["x_adv"][row]
+        if as_admitted:
+            purpose = "certify" if board.protocol.goal == "spoofing" else "confirm"
+            noise = runner.stream(seed, index, name, purpose, defense.device)
+            agree += verdicts.admitted(board, defense, record.label, x, x_adv, noise) == record.success
+            total += 1
+        elif record.success:
+            agree += upheld(board, defense, record, x, x_adv, runner.stream(seed, index, name, "verify", defense.device))
+            total += 1
+    return agree, total
+
+
+def verify(path: Path, entry: str | None = None, device: torch.device = torch.device("cpu"), seed: int | None = None,
+           as_admitted: bool = False) -> Verification:
+    """Re-judge every stored success of the track (or of one entry) on noise of `seed` (default: drawn now)."""
+    board = check_file(path, intervals=False)
+    defense = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([])), device)
     _, records = stored_records(path.parent, board)
     chosen = [e for e in board.entries if entry in (None, e.name)]
     if not chosen:
         raise RsbenchError(f"{board.track} has no entry {entry!r}; entries: {', '.join(e.name for e in board.entries)}")
-    agreement: dict[str, tuple[int, int]] = {}
-    for e in chosen:
-        examples = None if e.examples is None else torch.load(io.BytesIO(read_stored(path.parent, e.examples)),
-                                                               weights_only=True)
-        agreement[e.name] = rejudge(board, defense, e.name, records[e.name], examples, purpose)
-    return agreement
-
-
-def rejudge(board: Leaderboard, defense: Defense, name: str, records: list, examples: dict | None,
-            purpose: str = "verify") -> tuple[int, int]:
-    """(saved examples judged as their records say, saved examples), each on its own fresh `purpose` stream."""
-    if examples is None:
-        return 0, 0
-    by_index = {r.index: r for r in records}
-    agree = 0
-    for row, index in enumerate(examples["index"].tolist()):
-        noise = stream(board.protocol.seed, index, name, purpose, defense.device)
-        verdict = judges_success(board, defense, by_index[index].label, examples["x"][row], examples["x_adv"][row], noise)
-        agree += verdict == by_index[index].success
-    return agree, len(examples["index"])
-
-
-def judges_success(board: Leaderboard, defense: Defense, label: int, x: torch.Tensor, x_adv: torch.Tensor,
-                   noise: torch.Generator) -> bool:
-    """Whether an example achieves the track's goal, judged as the protocol says on the noise of `noise`.
-
-    Evasion of smoothing: the judge's test on confirm_n fresh copies; of GloRo and KW: the network's label
-    within epsilon inside [0, 1]; degradation: the defense's check rejects within epsilon (smoothing: with
-    confidence, on confirm_n fresh copies); spoofing: the defense certifies a wrong label (at epsilon for
-    GloRo and KW).
-    """
-    protocol, spec = board.protocol, board.defense
-    x, x_adv = x.to(defense.device), x_adv.to(defense.device)
-    delta = (x_adv - x).flatten()
-    inside = 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
-    distance = float(delta.norm() if spec.norm == "l2" else delta.abs().max())
-    in_ball = protocol.epsilon is None or inside and within(distance, protocol.epsilon)
-    if protocol.goal == "evasion" and spec.kind == "smoothing":
-        view = judge_view(defense, protocol.run_config([]))
-        return is_adversarial(view.hard_counts(x_adv, noise, protocol.confirm_n), label, protocol.judge_alpha)
-    if protocol.goal == "evasion":
-        with torch.no_grad():
-            return in_ball and int(defense.model(x_adv[None]).argmax(1)) != label
-    if protocol.goal == "degradation":
-        return in_ball and judged_rejection(defense, x_adv, protocol.epsilon, noise, protocol.confirm_n,
-                                            protocol.judge_alpha)
-    certificate = defense.certify(x_adv, generator=noise)
-    eps = 0.0 if spec.kind == "smoothing" else protocol.epsilon or 0.0
-    return certificate.prediction is not None and certificate.prediction != label and certificate.radius >= eps
+    if as_admitted and (len(chosen) != 1 or chosen[0].judging is None or seed is None):
+        raise RsbenchError("--as-admitted replays one submission entry's judging: give --entry and its judging's --seed")
+    verification = Verification(judging(seed))
+    for e in each(chosen, f"verify {board.track}", "entry"):
+        verification.agreement[e.name] = rejudge(board, defense, e.name, records[e.name], _examples(path, e),
+                                                 verification.judging.seed, as_admitted)
+    return verification

@@ -57,30 +57,56 @@ def leaderboard_add(run_dir: Path, new_version: bool, root: Path) -> None:
 
 @leaderboard_group.command("check")
 @click.argument("root", type=click.Path(path_type=Path), default=Path("leaderboards"))
-@click.option("--against", default="HEAD", show_default=True,
-              help="Git revision whose files and entries must be unchanged (CI: the pull request's base).")
-def leaderboard_check(root: Path, against: str) -> None:
-    """Validate every file, hash and metric under ROOT, and that no entry changed against git history."""
+@click.option("--against", default=None,
+              help="Git revision (it must resolve) whose files and entries must be unchanged, and since which every "
+                   "new entry is derived and judged again (CI: the pull request's base). Default: HEAD in a git "
+                   "checkout, else no history.")
+@click.option("--quick", is_flag=True, help="Recompute point values only, not every bootstrap interval and the "
+                                            "comparison blocks (seconds instead of about a minute).")
+@click.option("--seed", type=int, default=None, help="Replay a re-judging of new entries with this verification seed "
+                                                     "(default: drawn from the operating system now).")
+@click.option("--pull-request", is_flag=True, help="Refuse new submission entries: the trusted job adds those after "
+                                                   "merge (CI on pull requests).")
+@click.option("--submissions", type=click.Path(path_type=Path), default=None,
+              help="Folder of the submission folders (default: submissions/ beside ROOT).")
+def leaderboard_check(root: Path, against: str | None, quick: bool, seed: int | None, pull_request: bool,
+                      submissions: Path | None) -> None:
+    """Validate and re-derive every file under ROOT; against git history, derive and re-judge every new entry."""
     from rsbench import audit
 
-    checked = audit.check(root, against)
-    click.echo(f"{len(checked)} leaderboard files valid; no entry changed since {against}")
+    against = against or ("HEAD" if audit.in_git(root) else None)
+    checked = audit.check(root, against, intervals=not quick, seed=seed, pull_request=pull_request,
+                          submissions=submissions)
+    what = "point values" if quick else "metrics, intervals and comparisons"
+    click.echo(f"{len(checked.files)} leaderboard files valid, {what} recomputed from their records")
+    if against is None:
+        click.echo("not a git checkout: history and new entries not checked")
+        return
+    click.echo(f"no file or entry changed since {against}; {len(checked.new)} new entries derived again")
+    if checked.new and checked.verification is not None:
+        for line in checked.verification.lines():
+            click.echo(line)
 
 
 @leaderboard_group.command("verify")
 @click.argument("track")
 @click.option("--entry", default=None, help="Only this entry.")
+@click.option("--seed", type=int, default=None, help="Replay a verification with this seed (default: drawn from the "
+                                                     "operating system now, and printed).")
+@click.option("--as-admitted", is_flag=True, help="Replay a submission entry's judging: with --entry and --seed its "
+                                                  "judging's seed, every verdict must come out as recorded.")
 @DEVICE
 @LEADERBOARDS
-def leaderboard_verify(track: str, entry: str | None, device: str, root: Path) -> None:
-    """Judge every stored example again, on fresh noise or with the exact certifier; report agreement."""
+def leaderboard_verify(track: str, entry: str | None, seed: int | None, as_admitted: bool, device: str,
+                       root: Path) -> None:
+    """Judge every stored success again on fresh noise (or exactly, for GloRo and KW); report agreement."""
     from rsbench import audit, leaderboard, runner
 
-    agreement = audit.verify(leaderboard.find(root, track), entry, runner.resolve_device(device))
-    for name, (agree, total) in agreement.items():
-        click.echo(f"{name:<24} {agree}/{total} stored examples judged as their records say")
-    if any(agree != total for agree, total in agreement.values()):
-        raise RsbenchError("some stored examples were not judged as their records say")
+    verification = audit.verify(leaderboard.find(root, track), entry, runner.resolve_device(device), seed, as_admitted)
+    for line in verification.lines():
+        click.echo(line)
+    if verification.refuted():
+        raise RsbenchError(f"fresh noise refutes stored successes of {', '.join(verification.refuted())}")
 
 
 @leaderboard_group.command("render")
@@ -98,14 +124,20 @@ def submission_group() -> None:
     """Attacks submitted by pull request: submissions/<name>/submission.yaml and the attack's code."""
 
 
+UNSANDBOXED = click.option("--unsandboxed", is_flag=True,
+                           help="Run the code without the bubblewrap sandbox: only to try your own code where bwrap is "
+                                "missing; refused on CI, and never adds an entry.")
+
+
 @submission_group.command("validate")
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds the smoke run may take.")
-def submission_validate(folder: Path, timeout: float) -> None:
-    """Schema, import, and a smoke run on a tiny embedded track in a subprocess, judged by rsbench."""
+@UNSANDBOXED
+def submission_validate(folder: Path, timeout: float, unsandboxed: bool) -> None:
+    """Schema, import, and a smoke run on a tiny embedded track in the sandbox, judged by rsbench."""
     from rsbench import submissions
 
-    click.echo(submissions.validate(folder, timeout))
+    click.echo(submissions.validate(folder, timeout, isolated=not unsandboxed))
 
 
 @submission_group.command("verify")
@@ -113,10 +145,14 @@ def submission_validate(folder: Path, timeout: float) -> None:
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds each claimed track may take.")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Check the claims on the first K samples of each track only (large tracks in CI); adds no entry.")
+@click.option("--dry-run", is_flag=True, help="Run and judge every claimed track and check the claims; add no entry.")
+@UNSANDBOXED
 @LEADERBOARDS
-def submission_verify(folder: Path, timeout: float, samples: int | None, root: Path) -> None:
-    """Run each claimed track's protocol, judge the examples here, compare with the claims, add the entries."""
+def submission_verify(folder: Path, timeout: float, samples: int | None, dry_run: bool, unsandboxed: bool,
+                      root: Path) -> None:
+    """Run each claimed track's protocol in the sandbox, judge the examples here, compare with the claims, add the
+    entries."""
     from rsbench import submissions
 
-    for line in submissions.verify(folder, root, timeout, samples):
+    for line in submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed):
         click.echo(line)

@@ -6,8 +6,9 @@ holds the protocol and its hash, and one `Entry` per attack: every metric of the
 95% bootstrap interval over samples, the run's seeds, versions and hardware, and the sha256 of
 its per-sample records and saved examples, stored gzip-compressed in `v<version>/` beside it.
 A run with another protocol starts a new version; old versions and entries are never
-rewritten (`rsbench.admission` adds entries, `rsbench.audit` checks and re-judges them). Only the `comparison` block (`best`, paired comparisons) changes when an entry is
-added, recomputed from the stored records of all entries.
+rewritten (`rsbench.admission` adds entries, `rsbench.audit` checks and re-judges them). Only the
+`comparison` block (`best`, paired comparisons) changes when an entry is added, recomputed from the
+stored records of all entries (`rsbench.scoring`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,7 @@ from rsbench import registry
 from rsbench.errors import RsbenchError
 from rsbench.goals import GOALS
 from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunConfig, SampleRecord, Spec
-from rsbench.stats import BOOTSTRAP_RESAMPLES, bootstrap
+from rsbench.stats import BOOTSTRAP_RESAMPLES
 
 LEADERBOARD_SCHEMA_VERSION = 1
 """Version of the leaderboard file schema; bumped on any breaking change to `Leaderboard`."""
@@ -70,13 +70,31 @@ SMOOTHING_DEFINITIONS: dict[str, dict[str, str]] = {
     },
 }
 """Definitions that differ on smoothing, whose verdicts are statistical; they are part of its protocols too."""
+STRICT_DEFINITIONS: dict[str, dict[str, str]] = {
+    "evasion": {
+        "success": "% of attacked samples with a confirmed adversarial example: the frequencies of confirm_n fresh "
+                   "copies pass the judge's own test, Goodman bounds of judge_n copies at judge_alpha, so a point "
+                   "the judge accepted on one lucky draw is not counted",
+    },
+    "degradation": {
+        "fpr_lower": "% of test_R (correct and certified at epsilon) the attack made the defense reject, with "
+                     "confidence: on judge_n copies, and again at the frequencies of confirm_n fresh copies with the "
+                     "judge's bounds (Goodman, judge_n copies, judge_alpha), every class's upper bound stays below "
+                     "Phi(epsilon / sigma)",
+    },
+}
+"""Smoothing definitions of protocols whose confirmation takes the judge's bounds (`Protocol.confirm_bounds`)."""
+HEADLINE = {"evasion": ("success", "r50"), "degradation": ("fpr_lower",), "spoofing": ("success", "ssim_mean")}
+"""Each goal's headline metrics: what a submission must claim on every track it claims."""
 SCORE = {"evasion": "best_radius", "degradation": "distance", "spoofing": "ssim"}
 """The per-sample field `best` and paired comparisons rank by: smaller is better (SSIM: larger), failures last."""
 
 
-def goal_metrics(goal: str, kind: str) -> dict[str, str]:
-    """The goal's metrics and their definitions on a defense of `kind`."""
-    return METRICS[goal] | (SMOOTHING_DEFINITIONS.get(goal, {}) if kind == "smoothing" else {})
+def goal_metrics(goal: str, kind: str, confirm_bounds: str | None = None) -> dict[str, str]:
+    """The goal's metrics and their definitions on a defense of `kind`, confirmed with `confirm_bounds`."""
+    if kind != "smoothing":
+        return METRICS[goal]
+    return METRICS[goal] | SMOOTHING_DEFINITIONS.get(goal, {}) | (STRICT_DEFINITIONS.get(goal, {}) if confirm_bounds else {})
 
 
 class Interval(Spec):
@@ -114,6 +132,10 @@ class Protocol(Spec):
     """The judge's and the confirmation's alpha (smoothing)."""
     confirm_n: int
     """Copies of the confirmation (smoothing)."""
+    confirm_bounds: Literal["judge_n"] | None = None
+    """Smoothing evasion and degradation: confirmation applies the Goodman bounds of judge_n copies to the
+    frequencies of its confirm_n copies (`RunConfig.confirm_bounds`); null: bounds at confirm_n. Left out of the
+    hash while null, so the protocols written before the field existed keep theirs."""
     seed: int
     """Master seed of every noise stream."""
     metrics: dict[str, str]
@@ -123,6 +145,11 @@ class Protocol(Spec):
     bootstrap_seed: int = 0
     """Seed of the numpy generator drawing the resamples."""
 
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON form, without `confirm_bounds` while it is null."""
+        data = self.model_dump(mode="json", exclude={"confirm_bounds"} if self.confirm_bounds is None else set())
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
     @classmethod
     def of_run(cls, config: RunConfig, kind: str) -> Protocol:
         """The protocol a run on a defense of `kind` followed; tracks certify in float32, so a reduced-precision
@@ -130,7 +157,7 @@ class Protocol(Spec):
         if config.precision != "fp32":
             raise RsbenchError(f"the run certified in {config.precision}; leaderboard tracks certify in fp32")
         fields = {k: getattr(config, k) for k in cls.model_fields if k in RunConfig.model_fields}
-        return cls(**fields, metrics=goal_metrics(config.goal, kind))
+        return cls(**fields, metrics=goal_metrics(config.goal, kind, config.confirm_bounds))
 
     def run_config(self, attacks: Sequence[AttackSpec], batch_size: int = 1000) -> RunConfig:
         """A run config that follows this protocol with `attacks`."""
@@ -146,7 +173,22 @@ class Source(Spec):
     submission: str | None = None
     """The submission's folder name under `submissions/`."""
     commit: str | None = None
-    """Git commit of the submission's code."""
+    """Git commit of the submission's code, when the folder that ran is that commit's (null otherwise)."""
+    content_sha256: str | None = None
+    """sha256 of the submission folder as it ran (every file's path and bytes, `submission_spec.content_sha256`)."""
+
+
+class Judging(Spec):
+    """How rsbench judged a submission's examples: on noise drawn from a seed no one knew in advance."""
+
+    seed: int
+    """Drawn from the operating system (`secrets`) once the submission had finished; with it, anyone replays every
+    verdict (`rsbench leaderboard verify TRACK --entry NAME --seed SEED --as-admitted`)."""
+    date: str
+    """UTC time of the judging (ISO 8601)."""
+    rsbench_version: str
+    git_commit: str | None
+    """Commit of the rsbench checkout that judged."""
 
 
 class StoredFile(Spec):
@@ -187,6 +229,11 @@ class Entry(Spec):
     """The per-sample records (JSON lines)."""
     examples: StoredFile | None
     """The saved examples (`index`, `x`, `x_adv`), when the attack found any."""
+    judging: Judging | None = None
+    """Submissions: the seed, date and version of the harness's judging of every returned example."""
+    self_reported: list[str] = Field(default_factory=list)
+    """Metrics computed from numbers the attack reported about itself (times, iterations, its first example),
+    which the harness did not judge; every other metric rests on the harness's verdicts."""
 
 
 class Comparison(Spec):
@@ -298,86 +345,6 @@ def goal_class(goal: str) -> Any:
 
 def record_type(goal: str) -> type:
     return goal_class(goal).record_type
-
-
-def _resampled(clean: Sequence[SampleRecord], records: Sequence[Any], draw: Sequence[int]) -> tuple[list, list]:
-    """The clean and attack records of the drawn samples, renumbered so that a sample drawn twice counts twice."""
-    by_index: dict[int, list] = {}
-    for r in records:
-        by_index.setdefault(r.index, []).append(r)
-    new_clean, new_records = [], []
-    for k, position in enumerate(draw):
-        sample = clean[position]
-        new_clean.append(sample.model_copy(update={"index": k}))
-        new_records += [r.model_copy(update={"index": k}) for r in by_index.get(sample.index, [])]
-    return new_clean, new_records
-
-
-def point_metrics(board: Leaderboard, name: str, clean: list[SampleRecord], records: list) -> dict[str, float | None]:
-    """The goal's own metrics of entry `name` (percentages for rates), from the goal's summary."""
-    protocol = board.protocol
-    config = protocol.run_config([])
-    summary = goal_class(protocol.goal).summarize(board.defense, config, clean, records)
-    row = summary["attacks"].get(name, {})
-    values = {k: (100 * v["value"] if isinstance(v, dict) else v) for k, v in row.items()}
-    if "robustness" in summary:
-        robust = summary["robustness"]["attacks"].get(name)
-        values["robust_accuracy"] = 100 * robust["value"] if robust else None
-    return {k: values.get(k) for k in protocol.metrics if k not in COMPARATIVE and
-            (k in values or k == "robust_accuracy" and "robustness" in summary)}
-
-
-def entry_metrics(board: Leaderboard, name: str, clean: list[SampleRecord], records: list) -> dict[str, Interval]:
-    """Every metric of one entry with its seeded bootstrap interval over the evaluated samples."""
-    intervals = bootstrap(lambda draw: point_metrics(board, name, *_resampled(clean, records, draw)), len(clean),
-                          seed=board.protocol.bootstrap_seed, resamples=board.protocol.bootstrap_resamples)
-    return {k: _interval(*v) for k, v in intervals.items()}
-
-
-def _interval(value: float | None, low: float, high: float) -> Interval:
-    return Interval(value=value, ci_low=None if value is None else low, ci_high=None if value is None else high)
-
-
-def _score(goal: str, record: Any) -> float:
-    value = getattr(record, SCORE[goal])
-    if not record.success or value is None:
-        return math.inf
-    return -value if goal == "spoofing" else value
-
-
-def comparison(board: Leaderboard, clean: list[SampleRecord], records: dict[str, list]) -> Comparison:
-    """`best` of every entry and the paired comparisons of every two, from all entries' records."""
-    goal, names = board.protocol.goal, list(records)
-
-    def statistic(draw: Sequence[int]) -> dict[str, float | None]:
-        scores: dict[str, dict[int, float]] = {}
-        for name in names:
-            _, mine = _resampled(clean, records[name], draw)
-            scores[name] = {r.index: _score(goal, r) for r in mine}
-        top: dict[int, float] = {}
-        for table in scores.values():
-            for index, score in table.items():
-                top[index] = min(top.get(index, math.inf), score)
-        values: dict[str, float | None] = {}
-        for a in names:
-            mine = scores[a]
-            wins = sum(s <= top[i] and s < math.inf for i, s in mine.items())
-            values[f"best/{a}"] = 100 * wins / len(mine) if mine else None
-            for b in names:
-                if a != b:
-                    both = mine.keys() & scores[b].keys()
-                    wins = sum(mine[i] < scores[b][i] for i in both)
-                    values[f"paired/{a}/{b}"] = 100 * wins / len(both) if both else None
-        return values
-
-    intervals = bootstrap(statistic, len(clean), seed=board.protocol.bootstrap_seed,
-                          resamples=board.protocol.bootstrap_resamples)
-    paired: dict[str, dict[str, Interval]] = {}
-    for a in names:
-        for b in names:
-            if a != b:
-                paired.setdefault(a, {})[b] = _interval(*intervals[f"paired/{a}/{b}"])
-    return Comparison(best={a: _interval(*intervals[f"best/{a}"]) for a in names}, paired=paired)
 
 
 def stored_records(folder: Path, board: Leaderboard) -> tuple[list[SampleRecord], dict[str, list]]:

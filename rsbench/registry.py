@@ -160,7 +160,8 @@ def broken_specs(kind: Kind) -> dict[str, str]:
     return _load(kind, tuple(registry_dirs()))[1]
 
 
-def _names(kind: Kind) -> list[str]:
+def names(kind: Kind) -> list[str]:
+    """Every name of a kind the registry knows: specs, their aliases and broken files."""
     specs = all_specs(kind)
     return [*specs, *(a for s in specs.values() for a in getattr(s, "aliases", [])), *broken_specs(kind)]
 
@@ -174,7 +175,7 @@ def _lookup(kind: Kind, name: str) -> Any:
             return spec
     if name in broken:
         raise RsbenchError(f"{kind[:-1]} {name!r} is broken: {broken[name]}")
-    close = difflib.get_close_matches(name, _names(kind), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, names(kind), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(specs)) or 'none'}"
     raise RsbenchError(f"unknown {kind[:-1]} {name!r}{hint}")
 
@@ -200,11 +201,11 @@ def get_attack(name: str) -> AttackSpec:
 
 def find(name: str) -> DefenseSpec | AttackSpec:
     """The defense or attack registered under a name (an attack with its params checked)."""
-    if name in _names("defenses"):
+    if name in names("defenses"):
         return get_defense(name)
-    if name in _names("attacks"):
+    if name in names("attacks"):
         return get_attack(name)
-    close = difflib.get_close_matches(name, _names("defenses") + _names("attacks"), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, names("defenses") + names("attacks"), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise RsbenchError(f"unknown defense or attack {name!r}{hint}")
 

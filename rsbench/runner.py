@@ -28,7 +28,15 @@ from rsbench.errors import RsbenchError
 from rsbench.layers import ReducedPrecision
 from rsbench.progress import bar as progress_bar
 from rsbench.rundir import RunDir
-from rsbench.specs import CertifyDefaults, DefenseSpec, Environment, RunConfig, RunResult, SampleRecord
+from rsbench.specs import (
+    STRICT_CONFIRMATION_GOALS,
+    CertifyDefaults,
+    DefenseSpec,
+    Environment,
+    RunConfig,
+    RunResult,
+    SampleRecord,
+)
 
 STATISTICS_NOTE = (
     "Smoothing certificates are Monte Carlo: each holds with probability at least 1 - alpha "
@@ -94,7 +102,8 @@ def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | N
                judge_n: int | None = None, judge_alpha: float | None = None, confirm_n: int | None = None,
                **extra: object) -> RunConfig:
     """A run's config: the settings given, the defense's certification defaults and the protocol's judge
-    defaults (N = 1500, alpha = 0.005, confirmation on ten times N) for those left None."""
+    defaults (N = 1500, alpha = 0.005, confirmation on ten times N, with the judge's bounds on smoothing
+    evasion and degradation) for those left None."""
     defaults, judge = spec.certify, RunConfig.model_fields
     n0, n = n0 if n0 is not None else defaults.n0, n if n is not None else defaults.n
     alpha = alpha if alpha is not None else defaults.alpha
@@ -113,10 +122,12 @@ def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | N
     if spec.kind != "smoothing" and (extra.get("precision", "fp32") != "fp32" or extra.get("channels_last")):
         raise RsbenchError(f"--precision and --channels-last apply to smoothing; {spec.name} is {spec.kind}, "
                            "whose deterministic certificate holds for float32 arithmetic only")
+    strict = command == "evaluate" and spec.kind == "smoothing" and extra.get("goal") in STRICT_CONFIRMATION_GOALS
     return RunConfig(
         command=command, defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
         n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed,
-        judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n, **extra,
+        judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n,
+        confirm_bounds="judge_n" if strict else None, **extra,
     )
 
 

@@ -85,8 +85,22 @@ def sorted_entries(board: Leaderboard, metric: str | None) -> list[Entry]:
 
 
 def source_of(entry: Entry) -> str:
+    """Where the entry's attack comes from: the registry, or a submission's commit (or, for code that was not
+    committed as it ran, its content hash)."""
     source = entry.source
-    return "registry" if source.kind == "registry" else f"submission {source.submission} @ {(source.commit or '?')[:8]}"
+    if source.kind == "registry":
+        return "registry"
+    if source.commit:
+        return f"submission {source.submission} @ {source.commit[:8]}"
+    return f"submission {source.submission}, content {(source.content_sha256 or 'unknown')[:8]}"
+
+
+SELF_REPORTED_NOTE = "* self-reported by the attack (times, iterations, its first example); rsbench did not judge it."
+
+
+def marked(entry: Entry, metric: str, text: str) -> str:
+    """A cell's text, starred when the entry's attack reported the number itself."""
+    return f"{text}*" if metric in entry.self_reported and text != "–" else text
 
 
 def superseded(board: Leaderboard, newest: int | None) -> str:
@@ -108,6 +122,7 @@ def markdown(board: Leaderboard, sort: str | None = None, newest: int | None = N
         *([note, ""] if note else []),
         f"First {p.num_samples} {p.split} samples{eps}; certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
         + (f"; judge N={p.judge_n}, alpha={p.judge_alpha:g}, confirmation on {p.confirm_n} copies"
+           + (" with the judge's bounds" if p.confirm_bounds else "")
            if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
         + f"; seed {p.seed}; protocol `{board.protocol_hash[:12]}`. "
         f"95% bootstrap intervals over samples ({p.bootstrap_resamples} resamples, seed {p.bootstrap_seed}).",
@@ -116,9 +131,11 @@ def markdown(board: Leaderboard, sort: str | None = None, newest: int | None = N
         "|---|---|---|" + "---|" * len(columns),
     ]
     for entry in sorted_entries(board, sort):
-        values = " | ".join(cell(value_of(board, entry, k)) for k in columns)
+        values = " | ".join(marked(entry, k, cell(value_of(board, entry, k))) for k in columns)
         lines.append(f"| {entry.name} | {source_of(entry)} | {entry.attacked} | {values} |")
     lines += ["", *(f"- `{k}`: {p.metrics[k]}" for k in columns)]
+    if any(e.self_reported for e in board.entries):
+        lines += ["", SELF_REPORTED_NOTE]
     return "\n".join(lines)
 
 
@@ -170,7 +187,7 @@ def page(board: Leaderboard, pictures: list[str], newest: int | None = None) -> 
                  f'<td data-value="{entry.attacked}">{entry.attacked}</td>']
         for k in columns:
             v = value_of(board, entry, k)
-            text = "–" if v.value is None else f"{v.value:.3g} <small>[{v.ci_low:.3g}, {v.ci_high:.3g}]</small>"
+            text = "–" if v.value is None else marked(entry, k, f"{v.value:.3g} <small>[{v.ci_low:.3g}, {v.ci_high:.3g}]</small>")
             cells.append(f'<td data-value="{"" if v.value is None else v.value}">{text}</td>')
         rows.append(f'<tr data-entry="{esc(entry.name)}">{"".join(cells)}</tr>')
     names = [e.name for e in board.entries]
@@ -181,6 +198,7 @@ def page(board: Leaderboard, pictures: list[str], newest: int | None = None) -> 
     protocol = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>"
                        for k, v in board.protocol.model_dump().items() if k != "metrics")
     legend = "".join(f"<li><b>{esc(k)}</b>: {esc(board.protocol.metrics[k])}</li>" for k in columns)
+    legend += f"<li>{esc(SELF_REPORTED_NOTE)}</li>" if any(e.self_reported for e in board.entries) else ""
     images = "".join(f'<img src="{esc(name)}" alt="{esc(name)}">' for name in pictures)
     note = superseded(board, newest)
     note = f'<p id="superseded"><b>{esc(note)}</b></p>' if note else ""
@@ -253,13 +271,22 @@ def render(root: Path) -> list[Path]:
         "</head><body><h1>rsbench leaderboards</h1><p>Attacks on certified defenses, one table per track (a defense "
         "and a goal under a fixed protocol). Every entry can be re-checked with <code>rsbench leaderboard verify"
         '</code>. Click a column header to sort. <a href="defenses.html">Defenses</a>: one profile per defense.</p>'
+        f"<p>{html.escape(TRUST)}</p>"
         '<table class="sortable" id="tracks"><thead><tr>'
         + "".join(f"<th>{name}</th>" for name in INDEX_COLUMNS) + f"</tr></thead><tbody>{''.join(links)}</tbody></table>"
         f"{SCRIPT}</body></html>\n")
     readme = root / "README.md"
-    readme.write_text(README_HEAD + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n")
+    readme.write_text(README_HEAD + TRUST + "\n\n" + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n")
     return [readme, site / "index.html"]
 
+
+TRUST = ("What you can trust: every success rests on a stored example that rsbench judged itself under the track's "
+         "protocol, and any success can be judged again on fresh noise (rsbench leaderboard verify). A submitted "
+         "attack ran in a sandbox; rsbench rebuilt its records from the dataset and the examples it returned, judged "
+         "on noise from a seed drawn after it finished (recorded in the entry, so anyone can replay it). Numbers "
+         "marked * (times, iterations, first examples) are the attack's own report. Smoothing verdicts are "
+         "statistical, with the protocol's alpha; every number carries a 95% bootstrap interval over samples.")
+"""What a visitor can trust, and why; on the site's index and in the leaderboards README."""
 
 README_HEAD = """# Leaderboards
 

@@ -35,6 +35,8 @@ its class meets (`rsbench.defenses.base.Defense`); the others are refused, one b
 CODE_REFERENCE = r"^(?P<target>[^:\s]+):(?P<attr>[A-Za-z_]\w*)$"
 """`module.path:name` or `path/to/file.py:name`: code in the user's own files (a model factory, a plugin class)."""
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
+STRICT_CONFIRMATION_GOALS: tuple[Goal, ...] = ("evasion", "degradation")
+"""Goals whose smoothing runs confirm with the judge's bounds (`RunConfig.confirm_bounds`)."""
 
 
 class Spec(BaseModel):
@@ -302,6 +304,11 @@ class RunConfig(Spec):
     confirm_n: int = Field(15_000, ge=1)
     """Fresh noisy copies with which each kept candidate is tested again after the attack; only confirmed
     candidates are reported. At least judge_n (default ten times it)."""
+    confirm_bounds: Literal["judge_n"] | None = None
+    """Smoothing evasion and degradation: the N of the Goodman bounds confirmation puts around the frequencies
+    it measures on confirm_n fresh copies. `judge_n` (every such run since this field exists) makes confirmation
+    at least as strict as the judge it confirms, so a point the judge accepted on one lucky draw is not
+    confirmed; null (earlier runs, kept as measured, and every other run): bounds at confirm_n."""
 
     @model_validator(mode="after")
     def _confirmation_not_weaker(self) -> RunConfig:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import numpy as np
 from scipy.stats import beta, binomtest
 
 
+@lru_cache(maxsize=65536)
 def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:
-    """Two-sided (1 - alpha) Clopper-Pearson interval for a binomial proportion."""
+    """Two-sided (1 - alpha) Clopper-Pearson interval for a binomial proportion (cached: bootstrap intervals of
+    rates ask for the same few counts thousands of times)."""
     low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
     high = 1.0 if successes == trials else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
     return low, high

@@ -1,14 +1,25 @@
-"""Submissions: run in a subprocess, judged by rsbench itself, claims compared with reproduced intervals."""
+"""Submissions: run in the sandbox, every judged fact rebuilt by rsbench, claims compared with reproduced intervals.
+
+Each hostile submission here replays a way in that once got an undeserved entry admitted: a forged run
+directory, a write into the harness package or the leaderboards, reading other entries' examples, judging
+itself. A test that needs bubblewrap fails on CI (CI=1), where `.ci/run` installs it, and skips elsewhere.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from rsbench import leaderboard, submissions
+import rsbench
+from rsbench import audit, leaderboard, sandbox, submission_run, submissions
 from rsbench.errors import RsbenchError
+from rsbench.submission_spec import commit_of, content_sha256, load_submission
 
 TRACK = "evasion-smoothing-digits-0.50"
 ATTACK_HEADER = '''
@@ -31,7 +42,7 @@ class Idle(Attack):
 SELF_JUDGING = ATTACK_HEADER + '''
 import rsbench.attacks.success
 
-rsbench.attacks.success.is_adversarial = lambda counts, original, alpha: True  # judges itself a winner
+rsbench.attacks.success.is_adversarial = lambda *args, **kwargs: True  # judges itself a winner
 
 
 class Cheat(Attack):
@@ -41,9 +52,86 @@ class Cheat(Attack):
     def run(self, view, x, label, tracker, generator):
         tracker.offer((x + 0.01).clamp(0, 1))  # barely moved: not adversarial
 '''
+NEAREST_OTHER = ATTACK_HEADER + '''
+from rsbench.data import load_dataset
 
 
-def submission(folder: Path, name: str, code: str, cls: str, claims: dict[str, float]) -> Path:
+class NearestOther(Attack):
+    """Proposes the test images of other classes nearest to x: far, but honestly adversarial."""
+
+    Params = Params
+    kinds = ("smoothing",)
+
+    def run(self, view, x, label, tracker, generator):
+        data = load_dataset("digits", "test")
+        others = sorted((float((data[k][0] - x.cpu()).norm()), k) for k in range(len(data)) if int(data[k][1]) != label)
+        for _, k in others[:5]:
+            tracker.offer(data[k][0].to(x.device))
+            tracker.iterations += 1
+'''
+HOSTILE = ATTACK_HEADER + '''
+import atexit
+import json
+from pathlib import Path
+
+from pydantic import Field
+
+
+class HostileParams(ViewParams):
+    write: list[str] = Field(default_factory=list)
+    """Files to write into (a plant in the harness package, a leaderboard file)."""
+    read: str = ""
+    """A file to read (another entry's stored examples)."""
+    forge: bool = False
+    """Rewrite the run directory at exit: a fake x 0.05 from an image of another class, tiny radii."""
+
+
+def forge():
+    from rsbench.data import load_dataset
+
+    data = load_dataset("digits", "test")
+    out = next(Path.cwd().rglob("samples.jsonl")).parent
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines() if line.strip()]
+    index, xs, advs = [], [], []
+    for r in records:
+        other = next(data[k][0] for k in range(60, len(data)) if int(data[k][1]) != r["label"])
+        index.append(r["index"]), xs.append(other + 0.05 / 8), advs.append(other)  # ||x_adv - x|| = 0.05
+        r.update(success=True, best_radius=0.05, first_radius=0.05, best_time_s=0.01, first_time_s=0.01,
+                 candidates=1, rejected=0)
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in records))
+    (out / "adversarial").mkdir(exist_ok=True)
+    torch.save({"index": torch.tensor(index), "x": torch.stack(xs), "x_adv": torch.stack(advs)},
+               out / "adversarial" / "hostile.pt")
+
+
+class Hostile(Attack):
+    Params = HostileParams
+    kinds = ("smoothing",)
+
+    def run(self, view, x, label, tracker, generator):
+        for path in self.params.write:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(b"planted")
+        if self.params.read:
+            Path(self.params.read).read_bytes()
+        if self.params.forge:
+            atexit.register(forge)
+        tracker.iterations += 1
+'''
+
+
+@pytest.fixture
+def sandboxed() -> None:
+    """Skip where bubblewrap cannot sandbox, except on CI, which must test the real sandbox."""
+    reason = sandbox.unavailable()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must test the sandbox (.ci/run installs bubblewrap): {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def submission(folder: Path, name: str, code: str, cls: str, claims: dict[str, float | None],
+               params: dict | None = None) -> Path:
     path = folder / name
     path.mkdir(parents=True)
     module = name.replace("-", "_")
@@ -51,7 +139,7 @@ def submission(folder: Path, name: str, code: str, cls: str, claims: dict[str, f
     (path / "submission.yaml").write_text(yaml.safe_dump({
         "name": name, "authors": ["a"], "paper": "https://example.org", "licence": "MIT", "claims": {TRACK: claims},
         "attack": {"name": name, "implementation": f"{module}:{cls}", "goal": "evasion", "norm": "l2",
-                   "params": {"num_noise": 100}},
+                   "params": {"num_noise": 100, **(params or {})}},
     }))
     return path
 
@@ -59,64 +147,166 @@ def submission(folder: Path, name: str, code: str, cls: str, claims: dict[str, f
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A track with the smoke protocol (two samples, light certification and judge) and no entries yet."""
-    probe = submission(tmp_path / "probe", "probe", IDLE, "Idle", {"success": 0})
-    _, board = submissions.smoke_protocol(submissions.load_submission(probe), "smoothing")
+    probe = submission(tmp_path / "probe", "probe", IDLE, "Idle", {"success": 0, "r50": None})
+    _, board = submissions.smoke_protocol(load_submission(probe), "smoothing")
     folder = tmp_path / "leaderboards"
     leaderboard.save(folder / TRACK / "v1.json", board.model_copy(update={"track": TRACK}))
     return folder
 
 
-@pytest.mark.slow  # a subprocess imports torch and certifies two samples
-def test_verify_refuses_claims_its_run_does_not_reproduce(root: Path, tmp_path: Path) -> None:
-    folder = submission(tmp_path, "idle", IDLE, "Idle", {"success": 100})
-    with pytest.raises(RsbenchError, match=r"claims success 100 on .* reproduces 0 \[0, 0\]; refused"):
-        submissions.verify(folder, root, timeout=120)
+def hostile(tmp_path: Path, **params: object) -> Path:
+    return submission(tmp_path / "submissions", "hostile", HOSTILE, "Hostile", {"success": 100, "r50": 0.05}, params)
+
+
+@pytest.mark.slow  # each test starts a sandboxed process that imports torch
+def test_an_honest_submission_gets_an_entry_whose_judging_anyone_replays(sandboxed: None, root: Path,
+                                                                          tmp_path: Path) -> None:
+    """The trusted job's path: the entry rests on verdicts rebuilt here; check derives it again, and a pull
+    request may not carry such an entry itself."""
+    folder = submission(tmp_path / "submissions", "nearest-other", NEAREST_OTHER, "NearestOther",
+                        {"success": 100, "r50": 0.05})
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "leaderboards", "submissions"], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    base = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    with pytest.raises(RsbenchError, match=r"claims r50 0.05 on .* reproduces") as refused:  # its true distances
+        submissions.verify(folder, root, timeout=300)
+    reproduced = str(refused.value).split("reproduces ")[1].split()[0]
+    assert float(reproduced) > 1  # another digit lies far from x
+    text = (folder / "submission.yaml").read_text()
+    (folder / "submission.yaml").write_text(text.replace("r50: 0.05", f"r50: {reproduced}"))
+    assert commit_of(folder) is None  # changed since its commit: the entry records no commit
+    subprocess.run([*git, "commit", "-qam", "claims"], check=True)
+    [line] = submissions.verify(folder, root, timeout=300)
+    assert "entry nearest-other added" in line
+    path = root / TRACK / "v1.json"
+    entry = leaderboard.load(path).entries[0]
+    assert entry.source.commit == commit_of(folder) and entry.source.content_sha256 == content_sha256(folder)
+    assert entry.judging is not None and "time_s" in entry.self_reported and entry.attacked >= 1
+    replay = audit.verify(path, "nearest-other", seed=entry.judging.seed, as_admitted=True)
+    assert replay.agreement["nearest-other"][0] == replay.agreement["nearest-other"][1] >= 1
+    checked = audit.check(root, base)
+    assert checked.new == [f"{TRACK} v1 nearest-other"] and not checked.verification.refuted()
+    with pytest.raises(RsbenchError, match="added by the trusted job"):
+        audit.check(root, base, pull_request=True)
 
 
 @pytest.mark.slow
-def test_verify_on_a_subset_checks_the_claims_on_its_samples_and_adds_no_entry(root: Path, tmp_path: Path) -> None:
-    idle = submission(tmp_path, "idle", IDLE, "Idle", {"success": 0})
-    [line] = submissions.verify(idle, root, timeout=120, samples=1)
-    assert "consistent with the first 1 samples; no entry added" in line
+def test_a_forged_run_directory_is_refused(sandboxed: None, root: Path, tmp_path: Path) -> None:
+    """An exit hook rewrote the records and saved fake x 0.05 from images of other classes: the examples
+    are read against the dataset, and the records are never read for a judged fact."""
+    with pytest.raises(RsbenchError, match="whose x is not the dataset's; refused"):
+        submissions.verify(hostile(tmp_path, forge=True), root, timeout=300)
     assert leaderboard.load(root / TRACK / "v1.json").entries == []
-    boastful = submission(tmp_path / "other", "idle", IDLE, "Idle", {"success": 100})
-    with pytest.raises(RsbenchError, match=r"claims success 100 .* reproduces 0 \[0, 0\]; refused"):
-        submissions.verify(boastful, root, timeout=120, samples=1)
 
 
 @pytest.mark.slow
-def test_verify_refuses_examples_that_are_not_adversarial(root: Path, tmp_path: Path) -> None:
-    folder = submission(tmp_path, "cheat", SELF_JUDGING, "Cheat", {"success": 100})
-    with pytest.raises(RsbenchError, match="returned examples are not what their records claim"):
-        submissions.verify(folder, root, timeout=120)
-    assert [e.name for e in leaderboard.load(root / TRACK / "v1.json").entries] == []
+def test_a_write_into_the_harness_package_is_refused_by_the_sandbox(sandboxed: None, root: Path,
+                                                                      tmp_path: Path) -> None:
+    """The sandbox sees no checkout: the write fails or lands in the sandbox's own throwaway root, never in the
+    package the judge imports, and the run earns nothing."""
+    plant = Path(rsbench.__file__).parent / "__pycache__" / f"models.{sys.implementation.cache_tag}.pyc"
+    before = plant.read_bytes() if plant.exists() else None
+    with pytest.raises(RsbenchError, match=r"hostile (failed on .*(No such file|Read-only|Permission denied)|"
+                                           r"claims .* reproduces)"):
+        submissions.verify(hostile(tmp_path, write=[str(plant)]), root, timeout=300)
+    assert (plant.read_bytes() if plant.exists() else None) == before
 
 
-def test_a_submission_must_name_its_folder_and_goal_consistently(tmp_path: Path) -> None:
-    folder = submission(tmp_path, "idle", IDLE, "Idle", {"success": 0})
-    text = (folder / "submission.yaml").read_text().replace(TRACK, "degradation-gloro-digits-0.25")
-    (folder / "submission.yaml").write_text(text)
-    with pytest.raises(RsbenchError, match="the attack's goal is evasion"):
-        submissions.load_submission(folder)
+@pytest.mark.slow
+def test_reading_other_entries_examples_is_refused_by_the_sandbox(sandboxed: None, root: Path,
+                                                                 tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parents[1] / "leaderboards"
+    stored = shipped / TRACK / leaderboard.load(shipped / TRACK / "v1.json").entries[0].examples.path
+    assert stored.exists()
+    with pytest.raises(RsbenchError, match="hostile failed on .*No such file"):
+        submissions.verify(hostile(tmp_path, read=str(stored)), root, timeout=300)
 
 
-def test_the_workflow_parses_and_every_rsbench_command_it_calls_exists() -> None:
-    import shlex
+@pytest.mark.slow
+def test_without_the_sandbox_a_write_into_the_package_or_leaderboards_is_caught_by_the_digests(
+        root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--unsandboxed (a local trial; refused on CI) still fingerprints the trees a run must leave alone."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    plant = Path(rsbench.__file__).parent / "__pycache__" / "zz-planted-by-a-test.pyc"
+    folder = hostile(tmp_path, write=[str(plant), str(root / TRACK / "planted.json")])
+    try:
+        with pytest.raises(RsbenchError, match="the rsbench package and the leaderboards changed while hostile ran"):
+            submissions.verify(folder, root, timeout=300, isolated=False)
+    finally:
+        plant.unlink(missing_ok=True)
 
-    import click
 
-    from rsbench.cli import cli
+def test_unsandboxed_runs_are_refused_on_ci(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(RsbenchError, match="refused on CI"):
+        submissions.verify(hostile(tmp_path), root, timeout=300, isolated=False)
 
-    workflow = yaml.safe_load((Path(__file__).parents[1] / ".github/workflows/leaderboard.yml").read_text())
-    assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as true
-    scripts = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
-    calls = [line[line.index("rsbench "):] for script in scripts for line in script.splitlines() if "rsbench " in line]
-    assert len(calls) >= 5
-    for call in calls:
-        words = shlex.split(call.split(";")[0].split("|")[0].replace("$(", " "))[1:]
-        command: click.Command = cli
-        while isinstance(command, click.Group):
-            assert words and words[0] in command.commands, f"{call!r}: no such rsbench command"
-            command, words = command.commands[words.pop(0)], words
-        options = {opt for param in command.params for opt in param.opts}
-        assert all(word in options for word in words if word.startswith("--")), call
+
+@pytest.mark.slow
+def test_a_submission_judging_itself_reproduces_nothing(sandboxed: None, root: Path, tmp_path: Path) -> None:
+    folder = submission(tmp_path, "cheat", SELF_JUDGING, "Cheat", {"success": 100, "r50": None})
+    with pytest.raises(RsbenchError, match=r"claims success 100 on .* reproduces 0 \[0, 0\]; refused"):
+        submissions.verify(folder, root, timeout=300)
+    assert leaderboard.load(root / TRACK / "v1.json").entries == []
+
+
+@pytest.mark.slow
+def test_verify_on_a_subset_checks_the_claims_on_its_samples_and_adds_no_entry(sandboxed: None, root: Path,
+                                                                              tmp_path: Path) -> None:
+    idle = submission(tmp_path, "idle", IDLE, "Idle", {"success": 0, "r50": None})
+    [line] = submissions.verify(idle, root, timeout=300, samples=1)
+    assert "consistent with the first 1 samples" in line and "no entry added" in line
+    assert leaderboard.load(root / TRACK / "v1.json").entries == []
+
+
+def test_claims_are_checked_against_the_reproduced_intervals() -> None:
+    reproduced = {"success": leaderboard.Interval(value=50, ci_low=20, ci_high=80),
+                  "r50": leaderboard.Interval(value=None, ci_low=None, ci_high=None)}
+    submissions.check_claims("a", TRACK, {"success": 79, "r50": None}, reproduced)
+    for claims, reason in [({"success": 81}, r"claims success 81 .* reproduces 50 \[20, 80\]"),
+                           ({"r50": 0.5}, "claims r50 0.5 .* reproduces -"), ({"time_s": 1}, "does not report")]:
+        with pytest.raises(RsbenchError, match=reason):
+            submissions.check_claims("a", TRACK, claims, reproduced)
+
+
+@pytest.mark.parametrize(("claims", "reason"), [
+    ({TRACK: {}}, "must give success, r50"),
+    ({TRACK: {"success": 100}}, r"r50 missing"),
+    ({"degradation-gloro-digits-0.25": {"fpr_lower": 1}}, "the attack's goal, evasion"),
+    ({f"{TRACK}@v1": {"success": 1, "r50": 1}}, "without a version"),
+])
+def test_claims_name_tracks_of_the_goal_and_give_its_headline_metrics(tmp_path: Path, claims: dict,
+                                                                       reason: str) -> None:
+    folder = submission(tmp_path, "idle", IDLE, "Idle", {})
+    data = yaml.safe_load((folder / "submission.yaml").read_text()) | {"claims": claims}
+    (folder / "submission.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RsbenchError, match=reason):
+        load_submission(folder)
+
+
+def test_a_submission_may_not_take_a_registry_attacks_name_nor_hold_links(tmp_path: Path) -> None:
+    folder = submission(tmp_path, "pgd", IDLE, "Idle", {"success": 0, "r50": None})
+    with pytest.raises(RsbenchError, match="'pgd' is the name of a registry attack"):
+        load_submission(folder)
+    folder = submission(tmp_path / "other", "idle", IDLE, "Idle", {"success": 0, "r50": None})
+    (folder / "data").symlink_to(Path(__file__).resolve().parents[1] / "leaderboards")
+    with pytest.raises(RsbenchError, match="plain files only"):
+        load_submission(folder)
+
+
+def test_a_link_left_in_the_scratch_folder_is_never_followed(root: Path, tmp_path: Path) -> None:
+    """A child could leave its examples file as a link to any file of the machine (say another run's examples):
+    rsbench reads plain files inside the scratch folder only."""
+    board = leaderboard.load(root / TRACK / "v1.json")
+    _, dataset = submission_run.prepare(board)
+    elsewhere = tmp_path / "someone-elses-run.pt"
+    torch.save({"index": torch.tensor([0]), "x": dataset[0][0][None], "x_adv": dataset[1][0][None]}, elsewhere)
+    run = tmp_path / "scratch" / "run"
+    (run / "adversarial").mkdir(parents=True)
+    (run / "samples.jsonl").write_text("")
+    (run / "adversarial" / "hostile.pt").symlink_to(elsewhere)
+    with pytest.raises(RsbenchError, match="left hostile.pt as something other than a plain file"):
+        submission_run.returned(board, dataset, "hostile", run)

@@ -48,7 +48,7 @@ def rejects(defense: Defense, x_adv: torch.Tensor, eps: float, generator: torch.
 
 
 def judged_rejection(defense: Defense, x_adv: torch.Tensor, eps: float, generator: torch.Generator,
-                     num: int, alpha: float) -> bool:
+                     num: int, alpha: float, bounds_n: int | None = None) -> bool:
     """The harness's verdict that the defense rejects x_adv at eps.
 
     GloRo and KW: their deterministic check (`rejects`). Smoothing: a rejection that holds with
@@ -57,12 +57,14 @@ def judged_rejection(defense: Defense, x_adv: torch.Tensor, eps: float, generato
     `generator`'s noise, the Goodman simultaneous upper bound of every class must stay below
     Φ(eps / σ), the smallest probability whose radius reaches eps: then, with probability 1 - alpha,
     no class can be certified at eps, and any later CERTIFY at eps (failure probability alpha')
-    rejects x_adv with probability at least 1 - alpha'.
+    rejects x_adv with probability at least 1 - alpha'. With `bounds_n` (the judge's N, when a strict
+    protocol confirms on more copies) the bounds are those of bounds_n copies at the frequencies measured
+    on num: the confirmation then rejects only what the judge rejects at the point's expected votes.
     """
     if not isinstance(defense, Smoothing):
         return rejects(defense, x_adv, eps, generator)
     counts = defense.sample_counts(x_adv, num, generator)
-    _, upper = goodman_bounds(counts.double() / num, num, alpha)
+    _, upper = goodman_bounds(counts.double() / num, bounds_n or num, alpha)
     return bool(upper.max() < NormalDist().cdf(eps / defense.sigma))
 
 
@@ -139,8 +141,9 @@ def curve_plot(points: Sequence[CurvePoint], title: str, path: Path, *, norm: st
 DEGRADATION_NOTE = (
     "test_R: samples classified correctly and certified at epsilon (its share is the VRA). A sample of test_R "
     "is degraded when an attack's point within epsilon inside [0, 1] makes the defense's run-time check fail; "
-    "on smoothing a rejection must hold with confidence: on judge_n copies of the judge's stream, and again on "
-    "confirm_n fresh copies, every class's Goodman upper bound (at judge_alpha) stays below Phi(epsilon/sigma), so "
+    "on smoothing a rejection must hold with confidence: on judge_n copies of the judge's stream, and again on the "
+    "frequencies of confirm_n fresh copies (with the judge's bounds, those of judge_n copies, where the protocol "
+    "says so), every class's Goodman upper bound (at judge_alpha) stays below Phi(epsilon/sigma), so "
     "any CERTIFY at epsilon rejects the point with high probability. fpr_lower = degraded share of "
     "test_R, fpr_upper = share of test_R not certified at 2 epsilon (these certifiers are monotonic), "
     "utility_reduction = VRA x fpr_lower. Rates carry two-sided 95% Clopper-Pearson intervals over samples; "
@@ -208,8 +211,9 @@ class Degradation(Goal):
         found = sorted(tracker.candidates(), key=lambda f: f.time_s)
         if self.spec.kind == "smoothing":  # the loop asked many times; repeat the verdict on noise it never saw
             confirm_stream = runner.stream(seed, index, name, "confirm", device)
+            strict = judge_n if self.config.confirm_bounds == "judge_n" else None
             found = [f for f in found
-                     if judged_rejection(self.defense, f.x_adv, eps, confirm_stream, self.config.confirm_n, alpha)]
+                     if judged_rejection(self.defense, f.x_adv, eps, confirm_stream, self.config.confirm_n, alpha, strict)]
         first = found[0] if found else None
         record = DegradationRecord(
             index=index, label=label, attack=name, epsilon=eps, in_test_R=True,

@@ -37,9 +37,10 @@ SMOOTHING_NOTE = (
     "Clean samples are certified as by `rsbench certify` (Clopper-Pearson, n noise samples, alpha). "
     "A candidate is accepted when hard votes of the base classifier on judge_n fresh noise draws give "
     "another class a Goodman lower bound above every other class's upper bound at judge_alpha, the same "
-    "for every attack; it is reported only if the same test passes again on confirm_n copies of an "
-    "independent stream (Bonferroni over the candidates tested, so all confirmations together err with "
-    "probability at most judge_alpha per attack and sample). cohen_radius is the radius "
+    "for every attack; it is reported only if the same test passes again on the frequencies of confirm_n copies "
+    "of an independent stream, with the judge's bounds (those of judge_n copies) where the protocol says so, so "
+    "that a point the judge accepted on one lucky draw is not reported (Bonferroni over the candidates tested, so "
+    "all confirmations together err with probability at most judge_alpha per attack and sample). cohen_radius is the radius "
     "sigma/2 (PhiInv(lower of top) - PhiInv(upper of runner-up)) from hard votes at the clean sample with "
     "judge_n and judge_alpha. Medians are over each attack's successes (total time: over attacked samples); "
     "percentages are over the attacked samples (correct and certified)."
@@ -107,7 +108,7 @@ class Evasion(Goal):
         config, device = self.config, self.judging.device
         kept = tracker.candidates()
         confirmed = confirm(self.judging, kept, sample.label, config.confirm_n,
-                            runner.stream(config.seed, sample.index, name, "confirm", device))
+                            runner.stream(config.seed, sample.index, name, "confirm", device), bounds_n(config))
         record = _record(sample.index, sample.label, name, confirmed, total_time_s, bound, tracker, len(kept), share,
                          judge_n=config.judge_n, judge_alpha=config.judge_alpha, confirm_n=config.confirm_n)
         best = min(confirmed, key=lambda f: f.radius, default=None)
@@ -158,6 +159,11 @@ class Evasion(Goal):
         return [plots.attack_proportion_plot(records, spec.name, folder / "attack_proportion.png")]
 
 
+def bounds_n(config: RunConfig) -> int | None:
+    """The N of confirmation's Goodman bounds: the judge's under a strict protocol, else confirm_n (None)."""
+    return config.judge_n if config.confirm_bounds == "judge_n" else None
+
+
 def judge_view(defense: Defense, config: RunConfig) -> SmoothedView:
     """The view whose hard votes judge every attack of a smoothing run: the protocol's N and alpha."""
     return defense.surrogate(num_noise=config.judge_n, alpha=config.judge_alpha)
@@ -198,7 +204,8 @@ def format_table_1(result: RunResult) -> str:
     lines = [
         f"{result.defense.name}: {result.num_samples} samples, clean accuracy {result.clean_accuracy:.3f}, "
         f"{result.metrics.get('attacked_samples', 0)} attacked (correct and certified); judge N={config.judge_n}, "
-        f"alpha={config.judge_alpha:g}, confirmation on {config.confirm_n} fresh copies",
+        f"alpha={config.judge_alpha:g}, confirmation on {config.confirm_n} fresh copies"
+        + (" with the judge's bounds" if config.confirm_bounds else ""),
         f"{'':<12}{'Smallest attack':^59}{'First attack':^24}",
         f"{'Attack':<12}{'Success':>9}{'Best':>8}{'r50':>8}{'%-Cohen':>10}{'Time (s)':>10}{'Total (s)':>10}"
         f"{'Ratio(r50)':>12}{'Ratio(Time)':>12}{'Confirmed':>11}",

@@ -1,0 +1,207 @@
+"""`leaderboard check --against BASE` on a pull-request-shaped git history: everything new is derived again.
+
+The track here is real (smoothing-digits-0.50 under a light protocol: four samples, a judge of 200 copies
+confirmed on 2000) and its honest entries are built with the harness's own judging of examples that are
+images of other digits, so that every refusal below comes from what a hostile pull request changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from rsbench import admission, audit, leaderboard, rederive, registry, runner, submission_run
+from rsbench.errors import RsbenchError
+from rsbench.leaderboard import Leaderboard, Protocol, Source, StoredFile
+from rsbench.specs import AttackRecord
+
+TRACK = "evasion-smoothing-digits-0.50"
+
+
+def light_board(samples: int = 4) -> Leaderboard:
+    spec = registry.get_defense("smoothing-digits-0.50")
+    config = runner.run_config(spec, "evaluate", num_samples=samples, n0=100, n=1000, judge_n=200, confirm_n=2000,
+                               goal="evasion")
+    protocol = Protocol.of_run(config, spec.kind)
+    return Leaderboard(track=TRACK, version=1, defense=spec, protocol=protocol, protocol_hash=protocol.spec_hash(),
+                       clean=StoredFile(path="", sha256=""))
+
+
+def add_entry(root: Path, name: str, examples_of: Callable[[torch.Tensor, int], torch.Tensor], *,
+              by_hand: bool = False, tamper: Callable[[list, dict], tuple[list, dict]] | None = None) -> None:
+    """An entry of registry attack `name` whose records the harness builds from `examples_of(x, label)`, or, `by_hand`,
+    written as a hostile pull request would: every example a success at its true distance."""
+    path = root / TRACK / "v1.json"
+    board = leaderboard.load(path)
+    defense, dataset = submission_run.prepare(board)
+    if board.clean.path:
+        clean = leaderboard.stored_records(path.parent, board)[0]
+    else:
+        samples = [(dataset[i][0], int(dataset[i][1]), i) for i in range(board.protocol.num_samples)]
+        clean = runner.certify_samples(defense, samples, board.protocol.seed, defense.device)
+    targets = rederive.attacked(board, clean)
+    proposals = {c.index: examples_of(dataset[c.index][0], c.label) for c in targets}
+    reports = {c.index: AttackRecord(
+        index=c.index, label=c.label, attack=name, success=True, first_radius=100.0, first_time_s=1.0, best_radius=None,
+        best_time_s=1.0, total_time_s=1.0, cohen_radius=0.0, iterations=1, judge_calls=1, candidates=1, rejected=0,
+        judge_n=None, judge_alpha=None, confirm_n=None) for c in targets}
+    records, examples = rederive.rebuild(board, defense, dataset, clean, name, proposals, reports, seed=7)
+    if by_hand:
+        distance = {i: float((a - dataset[i][0]).norm()) for i, a in proposals.items()}
+        records = [r.model_copy(update={"success": True, "best_radius": distance[r.index], "rejected": 0,
+                                        "first_radius": distance[r.index], "first_time_s": 1.0, "best_time_s": 1.0})
+                   for r in records]
+        examples = {"index": torch.tensor(list(proposals)), "x": torch.stack([dataset[i][0] for i in proposals]),
+                    "x_adv": torch.stack(list(proposals.values()))}
+    if tamper is not None:
+        records, examples = tamper(records, examples)
+    spec = registry.get_attack(name)
+    entry = admission.NewEntry(spec, records, examples, Source(kind="registry"), runner.environment(defense.device),
+                               None, "2026-01-01T00:00:00+00:00", board.protocol.seed)
+    admission.admit(path, board, clean, [entry])
+
+
+def another_digit(x: torch.Tensor, label: int) -> torch.Tensor:
+    """The nearest test image of another class that the smoothed classifier certifies as its own: adversarial."""
+    defense, dataset = submission_run.prepare(light_board())
+    others = sorted((float((dataset[k][0] - x).norm()), k) for k in range(60) if int(dataset[k][1]) != label)
+    for _, k in others:
+        certificate = defense.certify(dataset[k][0], generator=torch.Generator().manual_seed(k))
+        if certificate.prediction == int(dataset[k][1]) and certificate.radius > 0.3:
+            return dataset[k][0]
+    raise AssertionError("no confidently classified digit of another class")
+
+
+def one_pixel(x: torch.Tensor, label: int) -> torch.Tensor:
+    """x plus 0.1 in one pixel: not adversarial."""
+    moved = x.clone()
+    moved.view(-1)[0] += 0.1
+    return moved
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def base_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository whose base commit holds the light track with one honest registry entry (pgd)."""
+    repo = tmp_path_factory.mktemp("base")
+    leaderboard.save(repo / "leaderboards" / TRACK / "v1.json", light_board())
+    add_entry(repo / "leaderboards", "pgd", another_digit)
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "base")
+    return repo
+
+
+@pytest.fixture
+def repo(base_repo: Path, tmp_path: Path) -> Path:
+    """A pull request's checkout: a copy of the base repository."""
+    shutil.copytree(base_repo, tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+def test_an_honest_new_entry_is_derived_and_judged_again_on_a_recorded_seed(repo: Path) -> None:
+    root = repo / "leaderboards"
+    add_entry(root, "caa", another_digit)
+    checked = audit.check(root, "HEAD")
+    assert checked.new == [f"{TRACK} v1 caa"]
+    agreement = checked.verification.agreement[f"{TRACK} v1 caa"]
+    assert agreement[0] == agreement[1] >= 1
+    replay = audit.check(root, "HEAD", seed=checked.verification.judging.seed)
+    assert replay.verification.judging.seed == checked.verification.judging.seed and replay.verification.agreement == \
+        checked.verification.agreement
+
+
+def test_a_hand_made_entry_whose_examples_are_not_adversarial_is_refused(repo: Path) -> None:
+    """Its records are consistent with its examples and the dataset; fresh noise refutes every success."""
+    root = repo / "leaderboards"
+    add_entry(root, "caa", one_pixel, by_hand=True)
+    with pytest.raises(RsbenchError, match=rf"fresh noise refutes stored successes of {TRACK} v1 caa .*seed \d+"):
+        audit.check(root, "HEAD")
+
+
+def fake_x(records: list, examples: dict) -> tuple[list, dict]:
+    """The forged run directory's trick: x moved next to the example, so that the recorded radius looks small."""
+    x = examples["x_adv"] + 0.05 / 8
+    return [r.model_copy(update={"best_radius": 0.05, "first_radius": 0.05}) for r in records], examples | {"x": x}
+
+
+def fake_certificate(records: list, examples: dict) -> tuple[list, dict]:
+    """A clean certificate made up so that the example's excess over it (pct_cohen) looks small."""
+    return [r.model_copy(update={"cohen_radius": r.best_radius}) for r in records], examples
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [(fake_x, "does not start from the dataset's x"),
+                                                (fake_certificate, "clean certificate is")])
+def test_a_hand_made_entry_inconsistent_with_the_dataset_is_refused(repo: Path, tamper: Callable,
+                                                                     reason: str) -> None:
+    add_entry(repo / "leaderboards", "caa", another_digit, by_hand=True, tamper=tamper)
+    with pytest.raises(RsbenchError, match=reason):
+        audit.check(repo / "leaderboards", "HEAD", intervals=False)
+
+
+def test_a_rewritten_comparison_block_is_refused(repo: Path) -> None:
+    path = repo / "leaderboards" / TRACK / "v1.json"
+    data = json.loads(path.read_text())
+    assert data["comparison"]["best"]["pgd"]["value"] == 100
+    data["comparison"]["best"]["pgd"] = {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    path.write_text(json.dumps(data))
+    with pytest.raises(RsbenchError, match="comparison block"):
+        audit.check(repo / "leaderboards", "HEAD")
+    audit.check(repo / "leaderboards", "HEAD", intervals=False)  # point values alone cannot see it
+
+
+def test_a_rewritten_interval_is_refused(repo: Path) -> None:
+    path = repo / "leaderboards" / TRACK / "v1.json"
+    data = json.loads(path.read_text())
+    data["entries"][0]["metrics"]["r50"]["ci_low"] = 0.01
+    path.write_text(json.dumps(data))
+    git(repo, "commit", "-qam", "narrower")  # even once committed, the interval is not what the records give
+    with pytest.raises(RsbenchError, match="entry pgd's metrics are not what its records give"):
+        audit.check(repo / "leaderboards", "HEAD")
+
+
+def test_an_entry_not_from_the_registry_or_a_submission_is_refused(repo: Path) -> None:
+    root = repo / "leaderboards"
+    add_entry(root, "caa", another_digit)
+    path = root / TRACK / "v1.json"
+    data = json.loads(path.read_text())
+    data["entries"][1]["attack"]["params"]["iterations"] = 1  # not the registry's caa
+    data["entries"][1]["attack_hash"] = registry.get_attack("caa").model_copy(
+        update={"params": data["entries"][1]["attack"]["params"]}).spec_hash()
+    path.write_text(json.dumps(data))
+    with pytest.raises(RsbenchError, match="no registry attack has its spec"):
+        audit.check(root, "HEAD")
+    data["entries"][1]["source"] = {"kind": "submission", "submission": "caa", "commit": None,
+                                    "content_sha256": "0" * 64}
+    path.write_text(json.dumps(data))
+    with pytest.raises(RsbenchError, match="no submission folder .* with the content hash"):
+        audit.check(root, "HEAD")
+
+
+def test_against_a_revision_that_does_not_resolve_fails(repo: Path) -> None:
+    with pytest.raises(RsbenchError, match="'no-such-branch' does not resolve"):
+        audit.check(repo / "leaderboards", "no-such-branch", intervals=False)
+    git(repo, "checkout", "-q", "-b", "pr")
+    assert audit.check(repo / "leaderboards", "master" if "master" in git(repo, "branch") else "main",
+                       intervals=False).new == []
+
+
+def test_new_entries_go_to_the_newest_version_only(repo: Path) -> None:
+    root = repo / "leaderboards"
+    newer = light_board().model_copy(update={"version": 2})
+    newer = newer.model_copy(update={"protocol": newer.protocol.model_copy(update={"seed": 1})})
+    leaderboard.save(root / TRACK / "v2.json", newer.model_copy(update={"protocol_hash": newer.protocol.spec_hash()}))
+    add_entry(root, "caa", another_digit)  # written to v1 by hand, as a pull request could
+    with pytest.raises(RsbenchError, match="new entries go to the track's newest version, v2"):
+        audit.check(root, "HEAD", intervals=False)

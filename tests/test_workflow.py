@@ -1,0 +1,163 @@
+"""The leaderboard workflows are safe on forks: no pull-request text reaches a shell, no job that touches the pull
+request holds a write token or runs its code outside the sandbox, and a folder name built to inject a command
+is refused by the very scripts the workflow runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from rsbench.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / ".github" / "workflows"
+INJECTED = "x$(id>INJECTED;env>>INJECTED)"
+
+
+def workflow(name: str) -> dict:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def steps(name: str) -> list[tuple[str, dict]]:
+    return [(job, step) for job, spec in workflow(name)["jobs"].items() for step in spec["steps"]]
+
+
+def test_every_rsbench_command_the_workflow_calls_exists() -> None:
+    scripts = [step["run"] for _, step in steps("leaderboard.yml") if "run" in step]
+    calls = [match.group(1) for script in scripts for line in script.splitlines()
+             for match in [re.search(r"(?:^|[;{]\s*)(rsbench .*)", line.strip())] if match]
+    assert len(calls) >= 6
+    for call in calls:
+        words = shlex.split(call.split(";")[0].split("|")[0].split("2>&1")[0])[1:]
+        command: click.Command = cli
+        while isinstance(command, click.Group):
+            assert words and words[0] in command.commands, f"{call!r}: no such rsbench command"
+            command = command.commands[words.pop(0)]
+        options = {opt for param in command.params for opt in param.opts}
+        assert all(word in options for word in words if word.startswith("--")), call
+
+
+def test_no_expression_is_pasted_into_a_script_and_every_token_is_scoped() -> None:
+    for name in ("leaderboard.yml", "leaderboard-comment.yml"):
+        assert workflow(name)["permissions"] == {}  # nothing by default: each job asks for what it needs
+        for job, step in steps(name):
+            assert "${{" not in step.get("run", ""), f"{name} {job}: an expression inside run:"
+    jobs = workflow("leaderboard.yml")["jobs"]
+    assert jobs["pull-request"]["permissions"] == {"contents": "read"} == jobs["derive"]["permissions"]
+    assert jobs["commit"]["permissions"] == {"contents": "write"}
+    assert workflow("leaderboard-comment.yml")["jobs"]["comment"]["permissions"] == {"actions": "read",
+                                                                                     "pull-requests": "write"}
+
+
+def test_the_pull_request_is_data_for_the_base_branchs_harness() -> None:
+    job = workflow("leaderboard.yml")["jobs"]["pull-request"]
+    checkouts = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout")]
+    assert all(s["with"]["persist-credentials"] is False for s in checkouts)
+    harness = next(s for s in checkouts if s["with"].get("path") == "harness")
+    assert harness["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    script = "\n".join(s.get("run", "") for s in job["steps"])
+    assert "pip install ./harness" in script and "pip install -e" not in script and "pip install ./pr" not in script
+    assert "../harness/.github/scripts/changed-submissions" in script
+    assert any(s.get("uses") == "./harness/.github/actions/sandbox" for s in job["steps"])
+    assert "--pull-request" in script and "--dry-run" in script
+    derive = workflow("leaderboard.yml")["jobs"]["derive"]["steps"]
+    assert all(s["with"]["persist-credentials"] is False for s in derive if s.get("uses", "").startswith("actions/checkout"))
+    comment = workflow("leaderboard-comment.yml")
+    assert comment[True] == {"workflow_run": {"workflows": ["leaderboard"], "types": ["completed"]}}  # YAML reads `on` as true
+    assert not any(s.get("uses", "").startswith("actions/checkout") for _, s in steps("leaderboard-comment.yml"))
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+def run_step(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A step's script as GitHub runs a `run:` without `shell:`: bash -e, without pipefail, so a failure inside a
+    pipeline would pass unnoticed unless the script sees to it."""
+    return subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                          text=True, check=False)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Path:
+    """The pull-request job's workspace: the base branch's scripts in harness/, a pull request's checkout in pr/
+    whose base commit holds one submission."""
+    shutil.copytree(REPO / ".github", tmp_path / "harness" / ".github")
+    pr = tmp_path / "pr"
+    (pr / "submissions" / "old").mkdir(parents=True)
+    (pr / "submissions" / "old" / "a.py").write_text("")
+    git(pr, "init", "-q")
+    git(pr, "add", ".")
+    git(pr, "commit", "-qm", "base")
+    return tmp_path
+
+
+def changed_step(name: str) -> str:
+    return next(s["run"] for _, s in steps(name) if s.get("id") == "changed")
+
+
+def test_an_injected_folder_name_is_refused_and_never_run(layout: Path) -> None:
+    pr = layout / "pr"
+    for folder in (INJECTED, "good-one"):
+        (pr / "submissions" / folder).mkdir()
+        (pr / "submissions" / folder / "a.py").write_text("")
+    git(pr, "add", ".")
+    git(pr, "commit", "-qm", "pull request")
+    output = layout / "output"
+    done = run_step(changed_step("leaderboard.yml"), pr, {"BASE_SHA": "HEAD~1", "GITHUB_OUTPUT": str(output)})
+    assert done.returncode != 0 and "must match" in done.stderr
+    assert not list(layout.rglob("INJECTED")) and not Path("INJECTED").exists()
+    assert not output.exists() or "good-one" not in output.read_text()
+
+
+def test_valid_names_reach_rsbench_through_the_environment(layout: Path) -> None:
+    pr = layout / "pr"
+    for folder in ("good-one", "v2.fmn"):
+        (pr / "submissions" / folder).mkdir()
+        (pr / "submissions" / folder / "a.py").write_text("")
+    git(pr, "add", ".")
+    git(pr, "commit", "-qm", "pull request")
+    output = layout / "output"
+    done = run_step(changed_step("leaderboard.yml"), pr, {"BASE_SHA": "HEAD~1", "GITHUB_OUTPUT": str(output)})
+    assert done.returncode == 0, done.stderr
+    names = output.read_text().strip().removeprefix("names=")
+    assert names.split() == ["good-one", "v2.fmn"]
+    bin_dir = layout / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rsbench").write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
+    (bin_dir / "rsbench").chmod(0o755)
+    (layout / "tables").mkdir()
+    verify = next(s["run"] for _, s in steps("leaderboard.yml") if "NAMES" in s.get("env", {}) and "--dry-run" in s["run"])
+    calls = layout / "calls"
+    done = run_step(verify, pr, {"NAMES": names, "CALLS": str(calls), "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == [
+        "submission validate submissions/good-one", "submission verify submissions/good-one --root leaderboards --dry-run",
+        "submission validate submissions/v2.fmn", "submission verify submissions/v2.fmn --root leaderboards --dry-run"]
+
+
+def fake(bin_dir: Path, name: str, body: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/sh\necho {name} \"$@\" >> \"$CALLS\"\n{body}\n")
+    (bin_dir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("check_passes", [True, False])
+def test_the_commit_job_commits_only_what_check_derives_again(tmp_path: Path, check_passes: bool) -> None:
+    script = next(s["run"] for job, s in steps("leaderboard.yml") if job == "commit" and "run" in s and "commit" in s["run"])
+    fake(tmp_path / "bin", "rsbench", "exit 0" if check_passes else 'case "$*" in *check*) exit 2;; esac')
+    fake(tmp_path / "bin", "git", "exit 0")
+    calls = tmp_path / "calls"
+    done = run_step(script, tmp_path, {"CALLS": str(calls), "RUNNER_TEMP": str(tmp_path), "GITHUB_SHA": "a" * 40,
+                                       "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    pushed = any(line.startswith("git") and "push" in line for line in calls.read_text().splitlines())
+    assert (done.returncode == 0) == check_passes and pushed == check_passes
