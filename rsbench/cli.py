@@ -101,8 +101,11 @@ def format_certified_table(result: RunResult) -> str:
                    "on 2 CPU cores with a digits model).")
 @certification_options
 @attack_options
+@click.option("--leaderboards", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
+              help="Folder of the leaderboard tracks; the interval table names the run's track only when the run "
+                   "followed its protocol exactly, and otherwise says which protocol fields differ.")
 def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_batch: int | None, out: Path | None,
-             backend: str, address: str | None, save_examples: bool, **settings: object) -> None:
+             backend: str, address: str | None, save_examples: bool, leaderboards: Path, **settings: object) -> None:
     """Attack a certified defense; the attacks' goal decides the job and its table.
 
     \b
@@ -120,7 +123,7 @@ def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_bat
     and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
     Re-running with the same OUT resumes; a run naming more attacks reuses the records of the others.
     """
-    from rsbench import engine, registry, requirements, rundir, runner, site
+    from rsbench import engine, registry, requirements, rundir, runner, track_table
 
     spec = registry.get_defense(defense)
     attack_specs = [registry.get_attack(name) for name in attacks]
@@ -131,7 +134,7 @@ def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_bat
                              images_per_batch=images_per_batch, backend=backend, address=address)
     click.echo(engine.format_table(result))
     click.echo("\nWith 95% bootstrap intervals over samples, as the leaderboards report them:")
-    click.echo(site.run_table(out))
+    click.echo(track_table.run_table(out, leaderboards))
     click.echo(f"records, result.json and plots in {out}")
 
 

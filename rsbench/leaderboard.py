@@ -216,6 +216,15 @@ class Leaderboard(Spec):
     comparison: Comparison = Comparison()
 
 
+def protocol_differences(mine: Protocol, theirs: Protocol) -> list[str]:
+    """The fields in which two protocols differ, as "field mine ≠ theirs" (metric definitions by name only)."""
+    def shown(field: str, value: object) -> str:
+        return "(definitions)" if field == "metrics" else f"{value:,}" if isinstance(value, int) else str(value)
+
+    return [f"{k} {shown(k, getattr(mine, k))} ≠ {shown(k, getattr(theirs, k))}" for k in Protocol.model_fields
+            if getattr(mine, k) != getattr(theirs, k)]
+
+
 def track_name(protocol: Protocol) -> str:
     """`<goal>-<defense>`: the folder of a track's versions."""
     return f"{protocol.goal}-{protocol.defense}"
@@ -338,7 +347,8 @@ def _interval(value: float | None, low: float, high: float) -> Interval:
     return Interval(value=value, ci_low=None if value is None else low, ci_high=None if value is None else high)
 
 
-def _score(goal: str, record: Any) -> float:
+def score(goal: str, record: Any) -> float:
+    """A record's `SCORE`, oriented so that smaller is stronger; inf for a failure."""
     value = getattr(record, SCORE[goal])
     if not record.success or value is None:
         return math.inf
@@ -353,11 +363,11 @@ def comparison(board: Leaderboard, clean: list[SampleRecord], records: dict[str,
         scores: dict[str, dict[int, float]] = {}
         for name in names:
             _, mine = _resampled(clean, records[name], draw)
-            scores[name] = {r.index: _score(goal, r) for r in mine}
+            scores[name] = {r.index: score(goal, r) for r in mine}
         top: dict[int, float] = {}
         for table in scores.values():
-            for index, score in table.items():
-                top[index] = min(top.get(index, math.inf), score)
+            for index, value in table.items():
+                top[index] = min(top.get(index, math.inf), value)
         values: dict[str, float | None] = {}
         for a in names:
             mine = scores[a]
