@@ -191,7 +191,7 @@ def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int, backen
         worker.report = report
         yield from map(worker, batches)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, default_workers(None, torch.device("cpu")) // workers)
     context = multiprocessing.get_context("spawn")
     reports = context.SimpleQueue()
     relay = threading.Thread(target=_relay, args=(reports, report), daemon=True)
@@ -215,6 +215,16 @@ def _relay(reports: Any, report: Report | None) -> None:
         doing[process] = text
         if report is not None:
             report("; ".join(doing[p] for p in sorted(doing)))
+
+
+def default_workers(workers: int | None, device: torch.device, backend: Backend = "local") -> int:
+    """`workers`, or when not given: for local processes on the CPU one per core this process may use, each with one
+    thread (on small models several single-thread processes beat one process whose threads wait for each other,
+    the more so when other programs share the cores); on a GPU, or on Ray, one."""
+    if workers is not None:
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores if device.type == "cpu" and backend == "local" else 1
 
 
 def evaluate_config(defense_spec: DefenseSpec, attack_specs: Sequence[AttackSpec], *, epsilon: float | None = None,

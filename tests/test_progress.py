@@ -95,7 +95,7 @@ def test_progress_is_drawn_on_a_terminal_only_and_never_with_quiet(tmp_path: Pat
                                                                   {"num_noise": 50, "iterations": 2})})
     monkeypatch.setenv("RSBENCH_REGISTRY", str(registry))
     monkeypatch.setenv("RSBENCH_QUIET", "0")  # restored (unset) after the test, which --quiet sets to 1
-    evaluate = ["evaluate", *TINY, "--attack", "caa-tiny"]
+    evaluate = ["evaluate", *TINY, "--workers", "1", "--attack", "caa-tiny"]
     shown = stderr_of([*evaluate, "--out", str(tmp_path / "a")], terminal=True)
     assert "evasion smoothing-digits-0.50" in shown and "\r" in shown
     assert "sample 0: certifying" in shown and "sample 0: caa-tiny" in shown  # what runs, as it starts
@@ -129,7 +129,7 @@ def test_a_failing_attack_names_its_sample_keeps_what_finished_and_resumes(
     assert (broken, "steady") in kept and (broken, "flaky") not in kept  # the sample's finished attack is kept
 
     monkeypatch.setenv("FLAKY_BROKEN", "0")
-    resumed = CliRunner().invoke(cli, args)
+    resumed = CliRunner().invoke(cli, [*args, "--workers", "1"])
     assert resumed.exit_code == 0, resumed.output
     after = (out / "samples.jsonl").read_text()
     assert after.startswith(before)
