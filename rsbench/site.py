@@ -45,7 +45,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;p
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em}"
          "th{background:#f3f3f3;cursor:pointer}th[data-order=asc]::after{content:' ▲'}"
          "th[data-order=desc]::after{content:' ▼'}td small{color:#666}img{max-width:100%;display:block;margin:1em 0}"
-         "#leader{font-size:1.1em}")
+         "#leader{font-size:1.1em}td.protocol{font-size:.85em;min-width:16em}")
 
 HEAD = '<link rel="stylesheet" href="site.css">'
 SCRIPT = '<script src="sort.js"></script>'
@@ -147,6 +147,8 @@ def page(board: Leaderboard, ranking: Ranking, p_values: dict[str, dict[str, flo
 
 
 INDEX_COLUMNS = ("track", "version", "goal", "defense", "protocol", "entries", "leader", "top entry's best")
+PROTOCOL = ' class="protocol"'
+"""The index's protocol cells, set smaller (site.css): each is a sentence."""
 INDEX_LEGEND = (
     "leader: the entry first alone in at least 95% of the bootstrap resamples; \"tied: A, B\" names the entries "
     "whose rank interval reaches 1 when none is; \"–\" on a track with a single entry or where no entry is best on "
@@ -175,7 +177,8 @@ def index_row(board: Leaderboard, ranking: Ranking, slug: str, version: str) -> 
         (ranking.headline, html.escape(ranking.headline)),
         ("" if best.value is None else best.value, html.escape(cell(best))),
     ]
-    return "<tr>" + "".join(f'<td data-value="{html.escape(str(key))}">{text}</td>' for key, text in cells) + "</tr>"
+    return "<tr>" + "".join(f'<td data-value="{html.escape(str(key))}"{PROTOCOL if column == "protocol" else ""}>'
+                            f"{text}</td>" for column, (key, text) in zip(INDEX_COLUMNS, cells)) + "</tr>"
 
 
 def metric_legend(boards: list[Leaderboard]) -> str:

@@ -19,7 +19,7 @@ LOWER_IS_BETTER = {"r50", "pct_cohen", "time_s", "total_time_s", "first_ratio_r5
 """Metrics where a smaller number means a stronger attack; the others rank larger first."""
 NONE = Interval(value=None, ci_low=None, ci_high=None)
 """A number that is undefined (an entry without the metric)."""
-RANK_LEGEND = (f"rank: the entry's rank by `best` and, when it moves, its 95% bootstrap interval (the resamples "
+RANK_LEGEND = (f"rank: the entry's rank by best and, when it moves, its 95% bootstrap interval (the resamples "
                f"behind every other interval); the leader is the entry first alone in at least "
                f"{100 * LEADER_SHARE:.0f}% of them; otherwise the entries whose interval reaches 1 are tied")
 TIME_LEGEND = ("times: multiples of the reference entry's (the track's first), when both ran on the same hardware "
