@@ -98,6 +98,9 @@ class SampleWorker:
     goal's job. The batch's clean inputs are certified in shared passes (`Defense.certify_many`) and each
     attack runs on the batch's qualifying samples at once (`Goal.attack_many`); neither changes a record."""
 
+    report: Report | None = None
+    """Told what the worker starts next; None: nobody listens."""
+
     def __init__(self, defense_spec: DefenseSpec, attack_specs: list[AttackSpec], config: RunConfig,
                  device: torch.device) -> None:
         self.config, self.device = config, device
@@ -105,9 +108,6 @@ class SampleWorker:
         defense = runner.load_for_run(defense_spec, config, device)
         self.goal: Goal = goal_of(attack_specs)(defense_spec, defense, attack_specs, config)
         self.order = [spec.name for spec in attack_specs]
-
-    report: Report | None = None
-    """Told what the worker starts next; None: nobody listens."""
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleOutcome]:
         inputs = {t.index: (self.dataset[t.index][0], int(self.dataset[t.index][1])) for t in tasks}
@@ -137,8 +137,8 @@ class SampleWorker:
         try:
             return work()
         except Exception as error:  # noqa: BLE001 - any failure of an attack is reported with where it happened
-            where = f"{step} failed on {_samples(indices)}" if step == "certifying" else \
-                f"attack {step} failed on {_samples(indices)}"
+            where = (f"certifying {_samples(indices)} failed" if step == "certifying"
+                     else f"attack {step} failed on {_samples(indices)}")
             message = f"{where}: {type(error).__name__}: {' '.join(str(error).split())}"
             raise StepFailed(message, traceback.format_exc(), finished) from None
 
@@ -191,7 +191,7 @@ def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int, backen
         worker.report = report
         yield from map(worker, batches)
         return
-    threads = max(1, default_workers(None, torch.device("cpu")) // workers)
+    threads = max(1, cores() // workers)
     context = multiprocessing.get_context("spawn")
     reports = context.SimpleQueue()
     relay = threading.Thread(target=_relay, args=(reports, report), daemon=True)
@@ -217,14 +217,18 @@ def _relay(reports: Any, report: Report | None) -> None:
             report("; ".join(doing[p] for p in sorted(doing)))
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers(workers: int | None, device: torch.device, backend: Backend = "local") -> int:
-    """`workers`, or when not given: for local processes on the CPU one per core this process may use, each with one
-    thread (on small models several single-thread processes beat one process whose threads wait for each other,
-    the more so when other programs share the cores); on a GPU, or on Ray, one."""
+    """`workers`, or when not given: for local processes on the CPU one per core, each with one thread (on small
+    models several single-thread processes beat one process whose threads wait for each other, the more so when
+    other programs share the cores); on a GPU, or on Ray, one."""
     if workers is not None:
         return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores if device.type == "cpu" and backend == "local" else 1
+    return cores() if device.type == "cpu" and backend == "local" else 1
 
 
 def evaluate_config(defense_spec: DefenseSpec, attack_specs: Sequence[AttackSpec], *, epsilon: float | None = None,

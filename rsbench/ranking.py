@@ -53,7 +53,8 @@ class Ranking:
     standings: list[Standing]
     leader: str | None
     contenders: list[str]
-    """Entries whose rank interval reaches 1 (the leader alone when there is one)."""
+    """Entries whose rank interval reaches 1: the leader alone when there is one, none on a single-entry track or
+    where no entry is best on any sample."""
     reason: str
     """Why there is no leader ("" when there is one)."""
 
@@ -122,10 +123,10 @@ def rank(board: Leaderboard, clean: Sequence[SampleRecord], records: dict[str, l
         standings.append(Standing(name, int(point_ranks[k]), min(low, int(point_ranks[k])),
                                   max(high, int(point_ranks[k])), first))
     standings.sort(key=lambda s: s.rank)  # stable: ties stay in order of addition
-    return _verdict(standings, point, names)
+    return _verdict(standings, point)
 
 
-def _verdict(standings: list[Standing], point: np.ndarray, names: list[str]) -> Ranking:
+def _verdict(standings: list[Standing], point: np.ndarray) -> Ranking:
     """The leader (first alone in LEADER_SHARE of the resamples), else the entries that may be first."""
     if not standings:
         return Ranking([], None, [], "no entries")
@@ -135,8 +136,8 @@ def _verdict(standings: list[Standing], point: np.ndarray, names: list[str]) -> 
         return Ranking(standings, None, [], "a single entry")
     if top <= 0:
         return Ranking(standings, None, [], "no entry is best on any sample")
-    first = standings[0]
-    if first.first >= LEADER_SHARE and point[names.index(first.name)] == top:
+    first = standings[0]  # ranked first on the full sample
+    if first.first >= LEADER_SHARE:
         return Ranking(standings, first.name, [first.name], "")
     if len(contenders) > 1:
         return Ranking(standings, None, contenders, "")
@@ -144,7 +145,8 @@ def _verdict(standings: list[Standing], point: np.ndarray, names: list[str]) -> 
                    f"{first.name} first in {100 * first.first:.0f}% of resamples, short of {100 * LEADER_SHARE:.0f}%")
 
 
-def sign_tests(board: Leaderboard, clean: Sequence[SampleRecord], records: dict[str, list]) -> dict[str, dict[str, float | None]]:
+def sign_tests(board: Leaderboard, clean: Sequence[SampleRecord],
+               records: dict[str, list]) -> dict[str, dict[str, float | None]]:
     """p[a][b]: two-sided sign test of "a's example beats b's as often as the reverse" over the samples both
     attacked, ties (both failed, or equal) left out; None where no sample separates them."""
     scores = score_matrix(board, clean, records)

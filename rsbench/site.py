@@ -225,7 +225,8 @@ def render(root: Path) -> list[Path]:
         "and a goal under a fixed protocol). Every entry can be re-checked with <code>rsbench leaderboard verify"
         '</code>. Click a column header to sort.</p><table class="sortable" id="tracks"><thead><tr>'
         + "".join(f"<th>{name}</th>" for name in INDEX_COLUMNS) + f"</tr></thead><tbody>{''.join(links)}</tbody></table>"
-        f'<p id="legend">{html.escape(INDEX_LEGEND)}</p><h2>Metrics</h2>{metric_legend(boards)}{SCRIPT}</body></html>\n')
+        f'<p id="legend">{html.escape(INDEX_LEGEND)}</p><h2>Metrics</h2>{metric_legend(boards)}'
+        f"{SCRIPT}</body></html>\n")
     readme = root / "README.md"
     readme.write_text(README_HEAD + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n")
     return [readme, site / "index.html"]

@@ -26,7 +26,6 @@ TIME_LEGEND = ("times: multiples of the reference entry's (the track's first), w
                "and device; n/c where they did not (the seconds are shown, but not comparable)")
 
 
-
 def metric_columns(board: Leaderboard) -> list[str]:
     """The track's metrics that some entry has, comparative first."""
     present = {k for e in board.entries for k in e.metrics} | ({"best"} if board.comparison.best else set())
@@ -81,7 +80,8 @@ def protocol_line(board: Leaderboard) -> str:
     eps = f", epsilon {p.epsilon:g}" if p.epsilon is not None else ""
     judge = (f"; judge N={p.judge_n}, alpha={p.judge_alpha:g}, confirmation on {p.confirm_n} copies"
              if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
-    return f"first {p.num_samples} {p.split} samples{eps}; certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}{judge}; seed {p.seed}"
+    certification = f"certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
+    return f"first {p.num_samples} {p.split} samples{eps}; {certification}{judge}; seed {p.seed}"
 
 
 def verdict(ranking: Ranking) -> str:
@@ -116,14 +116,14 @@ def markdown(board: Leaderboard, ranking: Ranking, sort: str | None = None, newe
              title: str | None = None) -> str:
     """The track's table in Markdown, ranked as the site ranks it, with the protocol in one line and what the
     columns mean; `title` replaces the heading (a run's table, which is no track)."""
-    p, columns = board.protocol, metric_columns(board)
+    p, columns, line = board.protocol, metric_columns(board), protocol_line(board)
     note = superseded(board, newest)
     lines = [
         title or f"### {board.track} v{board.version}",
         "",
         *([note, ""] if note else []),
         *([verdict(ranking), ""] if title is None else []),
-        f"{protocol_line(board)[0].upper()}{protocol_line(board)[1:]}; protocol `{board.protocol_hash[:12]}`. "
+        f"{line[:1].upper()}{line[1:]}; protocol `{board.protocol_hash[:12]}`. "
         f"95% bootstrap intervals over samples ({p.bootstrap_resamples} resamples, seed {p.bootstrap_seed}).",
         "",
         "| entry | rank | source | attacked | " + " | ".join(header(board, k) for k in columns) + " |",

@@ -97,7 +97,8 @@ def test_times_are_relative_to_the_first_entry_on_the_same_hardware_only(
 
 
 def test_leaderboard_show_ranks_as_the_site_does(ranked_tracks: Path) -> None:
-    shown = CliRunner().invoke(cli, ["leaderboard", "show", "evasion-smoothing-digits-1.00", "--root", str(ranked_tracks)])
+    shown = CliRunner().invoke(cli, ["leaderboard", "show", "evasion-smoothing-digits-1.00",
+                                     "--root", str(ranked_tracks)])
     assert shown.exit_code == 0, shown.output
     rows = [line.split(" | ")[:2] for line in shown.output.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == [["| caa", "1–2"], ["| deepfool", "1–2"], ["| pgd", "3"]]
