@@ -20,3 +20,11 @@ def load_dataset(name, split="test", root=None):  # noqa: ANN001, ANN201 - mirro
     from rsbench.data import load_dataset as _load
 
     return _load(name, split, root)
+
+
+def evaluate(defense, attacks, **options):  # noqa: ANN001, ANN003, ANN201 - mirrors rsbench.api.evaluate
+    """Run a goal's attacks on a defense (a registry name, a spec or a Defense built in Python) through the engine
+    of `rsbench evaluate`; returns the RunResult (see `rsbench.api.evaluate`)."""
+    from rsbench.api import evaluate as _evaluate
+
+    return _evaluate(defense, attacks, **options)

@@ -104,6 +104,10 @@ def add_run(root: Path, run_dir: Path, source: Source = Source(kind="registry"),
     the last two pass: runs made without --save-examples, or with nothing to attack, are shown too.
     """
     result, clean, records = _read_run(run_dir)
+    if result.defense.weights.source == "memory" and not preview:
+        raise RsbenchError(f"{run_dir}: {result.defense.name} was built in Python (weights: a model object, state dict "
+                           f"sha256 {result.defense.weights.sha256[:12]}…); register it with pinned weights and run "
+                           "the track's protocol on the registered defense; refused")
     if not records and not preview:
         raise RsbenchError(f"{run_dir}: none of its {len(clean)} samples was attacked (none is correct and certified "
                            "where the goal needs it), so an entry would measure nothing; refused")

@@ -299,6 +299,32 @@ def models_import(name: str, path: Path, replace: bool) -> None:
     click.echo(f"{spec.name}: {stored} (sha256 {sha256} pinned)")
 
 
+@models_group.command("card")
+@click.argument("name")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="A finished certify run of this defense to report (default: certify now, resuming its run folder).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Test samples certified when no --run is given.")
+@click.option("--n", type=click.IntRange(min=1), default=None, help="Noise samples per certificate (smoothing; "
+              "default the spec's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The card's file (default model-cards/NAME/README.md: upload the folder with the weights).")
+@DEVICE
+def models_card(name: str, run_dir: Path | None, num_samples: int, n: int | None, out: Path | None,
+                device: str) -> None:
+    """Write a Hugging Face Hub model card: YAML front matter with the dataset, the clean and certified accuracies
+    with their 95% intervals and the rsbench spec, then a table and how to evaluate the weights with rsbench."""
+    from rsbench import model_card, registry, runner
+
+    spec = registry.get_defense(name)
+    result = model_card.certified_result(spec, run_dir, num_samples, n, runner.resolve_device(device))
+    out = out or Path("model-cards") / spec.name / "README.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(model_card.render(spec, result))
+    click.echo(f"{spec.name}: model card in {out} (clean accuracy {result.clean_accuracy:.3f} on "
+               f"{result.num_samples} samples)")
+
+
 @cli.group("data")
 def data_group() -> None:
     """Fetch datasets."""

@@ -3,7 +3,8 @@
 `digits` is bundled with scikit-learn, so rsbench runs with no network and no files;
 `rgbdigits` is the same images in colour, for attacks that treat colour channels differently.
 `mnist` and `cifar10` are read through torchvision (MNIST also from a folder of idx
-files); `imagenet` and `tiny-imagenet` from a local folder of class sub-folders.
+files); `imagenet` and `tiny-imagenet` from a local folder of class sub-folders; `tensors` is
+the (x, y) pair a running `rsbench.evaluate` was given (`rsbench.in_process`).
 Nothing is downloaded unless `download=True` is asked for explicitly.
 """
 
@@ -99,10 +100,17 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
         "cifar10": lambda: _cifar10(split, _root("cifar10", root), download),
         "imagenet": lambda: _image_folder("imagenet", _root("imagenet", root), split, 224),
         "tiny-imagenet": lambda: _image_folder("tiny-imagenet", _root("tiny-imagenet", root), split, 64),
+        "tensors": _held_tensors,
     }
     if name not in loaders:
         raise RsbenchError(f"unknown dataset {name!r}; known: {', '.join(loaders)}")
     return loaders[name]()
+
+
+def _held_tensors() -> Dataset:
+    from rsbench import in_process
+
+    return in_process.held_tensors()
 
 
 def _digits(split: str, *, rgb: bool = False) -> TensorDataset:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -53,24 +53,30 @@ def pinned_sha256(ref: WeightsRef) -> str | None:
     return ref.sha256 or read_pins().get(ref.filename, {}).get("sha256")
 
 
-def local_path(ref: WeightsRef) -> Path:
-    """Where a `package`, `file` or `import` source's file lives on this machine."""
+def local_path(ref: WeightsRef, folder: Path | None = None) -> Path:
+    """Where a `package`, `file`, `import` or `folder` source's file lives on this machine; `folder` is the spec's
+    (`registry.folder_of`; the working directory when None)."""
     if ref.source == "package":
         return PACKAGE_WEIGHTS / ref.filename
     if ref.source == "import":
         return weights_home() / ref.filename
+    if ref.source == "folder":
+        return (folder or Path.cwd()) / ref.filename
     path = Path(ref.filename).expanduser()
     return path if path.is_absolute() else data_home() / path  # a file that comes with the data, e.g. a released model
 
 
-def missing_weights(name: str, ref: WeightsRef) -> str | None:
-    """What is missing to load a defense's weights and the command that provides it; None when present."""
+def missing_weights(name: str, ref: WeightsRef, folder: Path | None = None) -> str | None:
+    """What is missing to load a defense's weights and the command that provides it; None when present (a model
+    held in memory by `rsbench.evaluate` is checked when it is loaded)."""
+    if ref.source == "memory":
+        return None
     if ref.source == "hf":
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(ref.repo_id, ref.filename, revision=ref.revision)
         return None if isinstance(cached, str) else f"weights from the Hub (run `rsbench models pull {name}`)"
-    path = local_path(ref)
+    path = local_path(ref, folder)
     if path.is_file() and pinned_sha256(ref):
         return None
     if ref.url:
@@ -89,24 +95,50 @@ def sha256_of(path: Path) -> str:
 
 
 def _download(ref: WeightsRef) -> Path:
+    """The Hub file at the spec's commit, from the Hugging Face cache or downloaded into it (`HF_ENDPOINT`,
+    `HF_HUB_CACHE` and `HF_HUB_OFFLINE` apply as in the Hub client); its sha256 is checked by the caller."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
+    where = f"{ref.repo_id}/{ref.filename}@{ref.revision[:8]}"
     try:
-        return Path(hf_hub_download(repo_id=ref.repo_id, filename=ref.filename, revision=ref.revision))
+        path = Path(hf_hub_download(repo_id=ref.repo_id, filename=ref.filename, revision=ref.revision))
     except LocalEntryNotFoundError:
         raise RsbenchError(
-            f"weights {ref.repo_id}/{ref.filename}@{ref.revision[:8]} are not in the Hugging Face cache "
+            f"weights {where} are not in the Hugging Face cache "
             "and the Hub cannot be reached; run `rsbench models pull` where there is network, "
             "or copy the cache (HF_HOME) to this machine"
         ) from None
-    except Exception as error:  # the hub client raises many types for a bad repo, file or revision
-        raise RsbenchError(f"cannot fetch {ref.repo_id}/{ref.filename}@{ref.revision[:8]}: {error}") from None
+    except EntryNotFoundError:
+        raise RsbenchError(f"the Hub has no file {ref.filename} in {ref.repo_id} at commit {ref.revision}") from None
+    except RevisionNotFoundError:
+        raise RsbenchError(f"the Hub repository {ref.repo_id} has no commit {ref.revision}") from None
+    except RepositoryNotFoundError:
+        raise RsbenchError(f"the Hub has no repository {ref.repo_id} (or it is private or gated)") from None
+    except Exception as error:  # the hub client raises many types for a bad repo, file, revision or network
+        raise RsbenchError(f"cannot fetch {where}: {_first_line(error)}") from None
+    served = path.parents[len(PurePosixPath(ref.filename).parts) - 1].name  # snapshots/<commit served>/<filename>
+    if served != ref.revision:
+        raise RsbenchError(f"the Hub served {ref.filename} of {ref.repo_id} from commit {served[:12]}, not "
+                           f"the pinned {ref.revision[:12]}: a revision must be a commit, not a branch or tag")
+    return path
 
 
-def resolve_weights(ref: WeightsRef) -> Path:
-    """Local path of the weights a spec names, after verifying their sha256."""
-    path = _download(ref) if ref.source == "hf" else local_path(ref)
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def resolve_weights(ref: WeightsRef, folder: Path | None = None) -> Path:
+    """Local path of the weights a spec names, after verifying their sha256 (`folder`: see `local_path`)."""
+    if ref.source == "memory":
+        raise RsbenchError("a model built in Python has no weights file: it is evaluated through rsbench.evaluate")
+    path = _download(ref) if ref.source == "hf" else local_path(ref, folder)
     if not path.is_file():
         hints = {"file": " (relative file paths resolve against $RSBENCH_DATA)",
                  "import": " (run `rsbench models pull` or `rsbench models import`)"}
@@ -122,9 +154,9 @@ def resolve_weights(ref: WeightsRef) -> Path:
     return path
 
 
-def load_checkpoint(ref: WeightsRef) -> Any:
+def load_checkpoint(ref: WeightsRef, folder: Path | None = None) -> Any:
     """The verified checkpoint, unpickled with `weights_only=True` (tensors and plain containers only)."""
-    path = resolve_weights(ref)
+    path = resolve_weights(ref, folder)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -1,4 +1,4 @@
-"""Architectures by name, and adapters for checkpoints released by the papers' authors.
+"""Architectures by name, models from your own code, and adapters for checkpoints released by the papers' authors.
 
 Every model maps pixels in [0, 1] to logits: dataset normalization is a layer inside
 the model, so smoothing noise and attack budgets live in pixel space.
@@ -7,8 +7,9 @@ the model, so smoothing noise and attack budgets live in pixel space.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from torch import nn
 from rsbench.errors import RsbenchError
 from rsbench.layers import Normalize
 from rsbench.lipschitz import attach_power_iterates
+
+if TYPE_CHECKING:
+    from rsbench.specs import DefenseSpec
 
 _ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {}
 
@@ -54,6 +58,39 @@ def create_model(architecture: str, num_classes: int) -> nn.Module:
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(architectures())}"
         raise RsbenchError(f"unknown architecture {architecture!r}{hint}")
     return _ARCHITECTURES[architecture](num_classes)
+
+
+def build_model(spec: DefenseSpec) -> nn.Module:
+    """The untrained model of a defense spec: a registered architecture, a timm model, or, for `python:MODULE:FACTORY`,
+    what FACTORY(num_classes, **architecture_options) returns from your own code (imported now, its file checked
+    against the spec's pin)."""
+    if not spec.architecture.startswith("python:"):
+        return create_model(spec.architecture, spec.num_classes)
+    from rsbench import registry, user_code
+
+    reference = spec.architecture.removeprefix("python:")
+    factory = user_code.load(spec, reference, registry.folder_of(spec))
+    if not callable(factory):
+        raise RsbenchError(f"{reference} is a {type(factory).__name__}, not a function building the model")
+    try:
+        model = factory(spec.num_classes, **spec.architecture_options)
+    except Exception as error:  # noqa: BLE001 - the user's factory may raise anything
+        raise RsbenchError(f"{reference}({spec.num_classes}, **{spec.architecture_options}) raised "
+                           f"{type(error).__name__}: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise RsbenchError(f"{reference} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 of a model's state dict: every entry's name, dtype, shape and bytes, in name order (what identifies
+    the weights of a model built in Python, which has no file)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 @register_model("digits-cnn")

@@ -3,7 +3,11 @@
 Specs are parsed with `yaml.safe_load` (YAML never executes code) and validated by the
 Pydantic models of `rsbench.specs`; an error names the file and the field. Implementations
 (`module:Class`) are imported only when an attack is used, so listing the registry never
-imports torch-heavy code.
+imports torch-heavy code. Defenses come from `registry/defenses/` and from the defense
+submissions of a checkout (`submissions/defenses/<name>/submission.yaml`, its `defense`);
+a defense naming code of your own has that code's sha256 pinned when it is read
+(`rsbench.user_code`), never imported. `get_defense` also takes the path of such a YAML file,
+or of a submission's folder.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rsbench import user_code
 from rsbench.errors import RsbenchError
 from rsbench.specs import AttackSpec, DefenseSpec
 
@@ -42,20 +47,72 @@ def format_validation_error(error: ValidationError) -> str:
     return f"field '{field}': {first['msg']}{more}"
 
 
-def parse_spec(path: Path, spec_type: type[SpecT]) -> SpecT:
-    """Load one YAML file into a spec, naming the file and field on error."""
+def submission_dirs() -> list[Path]:
+    """Folders of defense submissions: `submissions/defenses/` of the checkout rsbench runs from, when there is one."""
+    folder = Path(__file__).resolve().parents[1] / "submissions" / "defenses"
+    return [folder] if folder.is_dir() else []
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content, read with `yaml.safe_load`; one line naming the file when it cannot be."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise RsbenchError(f"{path}: malformed YAML{where}") from None
+    except OSError as error:
+        raise RsbenchError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def parse_spec(path: Path, spec_type: type[SpecT], key: str | None = None) -> SpecT:
+    """Load one YAML file (or the mapping under `key` in it) into a spec, naming the file and field on error.
+
+    A defense spec is returned with the folder of its file, against which its relative paths resolve,
+    and with the sha256 of the code of yours it names pinned.
+    """
+    data = read_yaml(path)
+    if key is not None:
+        data = data.get(key) if isinstance(data, dict) else None
+        if data is None:
+            raise RsbenchError(f"{path}: no {key!r} mapping")
     if not isinstance(data, dict):
         raise RsbenchError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
     try:
-        return spec_type.model_validate(data)
+        spec = spec_type.model_validate(data)
     except ValidationError as error:
-        raise RsbenchError(f"{path}: {format_validation_error(error)}") from None
+        where = f"{key}." if key else ""
+        raise RsbenchError(f"{path}: {where}{format_validation_error(error)}") from None
+    if isinstance(spec, DefenseSpec):
+        try:
+            spec = pin_code(spec, path.parent.resolve())
+        except RsbenchError as error:
+            raise RsbenchError(f"{path}: {error}") from None
+    return spec
+
+
+def pin_code(spec: DefenseSpec, folder: Path | None = None) -> DefenseSpec:
+    """The spec, with `folder` (default: the one it was read from, else the working directory) as the folder its
+    relative paths resolve against, and the sha256 of the code of yours it names pinned (`user_code.pin`)."""
+    folder = folder or spec._folder or Path.cwd().resolve()
+    pinned = user_code.pin(spec, folder)
+    if pinned is spec and spec._folder == folder:
+        return spec
+    pinned = pinned.model_copy() if pinned is spec else pinned
+    pinned._folder = folder
+    return pinned
+
+
+def folder_of(spec: DefenseSpec) -> Path | None:
+    """The folder a spec's relative paths resolve against: the one it was read from, else that of the registered
+    spec with its name, code and weights (a spec read back from a result or leaderboard file, whose certification
+    settings may be a run's), else None (the working directory). Whatever is found there is checked against the
+    spec's own pins."""
+    if spec._folder is not None:
+        return spec._folder
+    registered = all_specs("defenses").get(spec.name)
+    same = registered is not None and (registered.code_sha256, registered.weights) == (spec.code_sha256, spec.weights)
+    return registered._folder if same else None
 
 
 @lru_cache(maxsize=None)
@@ -67,18 +124,22 @@ def _load(kind: Kind, dirs: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str,
     """
     specs: dict[str, Any] = {}
     broken: dict[str, str] = {}
-    for folder in dirs:
-        for path in sorted((folder / kind).glob("*.yaml")):
-            if path.stem in specs or path.stem in broken:
-                continue  # earlier folders (user registries) override the built-in one
-            try:
-                spec = parse_spec(path, _SPEC_TYPES[kind])
-                if spec.name != path.stem:
-                    raise RsbenchError(f"{path}: field 'name' is {spec.name!r} but the file is {path.stem}.yaml")
-            except RsbenchError as error:
-                broken[path.stem] = str(error)
-                continue
-            specs[spec.name] = spec
+    files = [(path, path.stem, None) for folder in dirs for path in sorted((folder / kind).glob("*.yaml"))]
+    if kind == "defenses":
+        files += [(path, path.parent.name, "defense") for folder in submission_dirs()
+                  for path in sorted(folder.glob("*/submission.yaml"))]
+    for path, stem, key in files:
+        if stem in specs or stem in broken:
+            continue  # earlier folders (user registries) override the built-in one, which overrides submissions
+        try:
+            spec = parse_spec(path, _SPEC_TYPES[kind], key)
+            if spec.name != stem:
+                place = f"the folder is {stem}" if key else f"the file is {stem}.yaml"
+                raise RsbenchError(f"{path}: field 'name' is {spec.name!r} but {place}")
+        except RsbenchError as error:
+            broken[stem] = str(error)
+            continue
+        specs[spec.name] = spec
     return specs, broken
 
 
@@ -119,7 +180,14 @@ def _lookup(kind: Kind, name: str) -> Any:
 
 
 def get_defense(name: str) -> DefenseSpec:
-    """The defense spec registered under a name or alias."""
+    """The defense spec registered under a name or alias, or held by a YAML file (`path/to/spec.yaml`) or a defense
+    submission's folder (its submission.yaml's `defense`)."""
+    path = Path(name)
+    if name.endswith((".yaml", ".yml")) or path.is_dir() and (path / "submission.yaml").is_file():
+        path = path / "submission.yaml" if path.is_dir() else path
+        data = read_yaml(path)
+        key = "defense" if isinstance(data, dict) and "defense" in data and "kind" not in data else None
+        return parse_spec(path, DefenseSpec, key)
     return _lookup("defenses", name)
 
 

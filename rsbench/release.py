@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
-from rsbench import hub, models
+from rsbench import hub, models, registry
 from rsbench.errors import RsbenchError
 from rsbench.specs import DefenseSpec
 
@@ -105,7 +105,7 @@ def _check_checkpoint(spec: DefenseSpec, path: Path, shown: Path) -> None:
     except Exception as error:  # torch raises many types for a file that is not one of its checkpoints
         raise RsbenchError(f"{shown} is not a torch checkpoint ({_first_line(error)})") from None
     try:
-        models.load_weights_into(models.create_model(spec.architecture, spec.num_classes), checkpoint)
+        models.load_weights_into(models.build_model(spec), checkpoint)
     except RsbenchError as error:
         arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
         says = f" (it says arch {arch!r})" if arch else ""
@@ -115,8 +115,9 @@ def _check_checkpoint(spec: DefenseSpec, path: Path, shown: Path) -> None:
 def pull_weights(spec: DefenseSpec) -> tuple[Path, str]:
     """Make a defense's weights present and verified: download the release and import it where needed."""
     ref = spec.weights
-    if ref.source in ("package", "hf") or hub.missing_weights(spec.name, ref) is None:
-        path = hub.resolve_weights(ref)
+    folder = registry.folder_of(spec)
+    if ref.source in ("package", "hf", "folder", "memory") or hub.missing_weights(spec.name, ref, folder) is None:
+        path = hub.resolve_weights(ref, folder)
         return path, hub.pinned_sha256(ref)
     if not ref.url:
         raise RsbenchError(f"{spec.name} names no url to download its weights from; put them at {hub.local_path(ref)}")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsbench import data, hub
+from rsbench import data, hub, registry
 from rsbench.errors import RsbenchError
 from rsbench.specs import GOALS_BY_KIND, DefenseSpec
 
 
 def missing_requirements(spec: DefenseSpec) -> list[str]:
     """Each missing file or folder with the command (or place) that provides it; empty when all are present."""
-    missing = [data.missing_data(spec.dataset), hub.missing_weights(spec.name, spec.weights)]
+    missing = [data.missing_data(spec.dataset), hub.missing_weights(spec.name, spec.weights, registry.folder_of(spec))]
     return [item for item in missing if item]
 
 
@@ -31,5 +31,5 @@ def status(spec: DefenseSpec) -> dict[str, Any]:
     return {
         "goals": list(GOALS_BY_KIND[spec.kind]),
         "data_present": data.missing_data(spec.dataset) is None,
-        "weights_present": hub.missing_weights(spec.name, spec.weights) is None,
+        "weights_present": hub.missing_weights(spec.name, spec.weights, registry.folder_of(spec)) is None,
     }

@@ -5,9 +5,9 @@ protocol in one line, its leader or the entries tied for first, and the metrics'
 per track version with a sortable table (numbers with their 95% intervals, each entry's rank interval;
 a click on a header reorders the rows, by one plain JavaScript file beside the pages), the protocol,
 the paired comparisons with their sign tests and the pictures (certified accuracy, attack proportion,
-FPR curve, spoofing examples) drawn from the stored records. Rankings come from `rsbench.ranking`,
-recomputed from the stored records at every render. Nothing is fetched: the site works from the file
-system or any static host.
+FPR curve, spoofing examples) drawn from the stored records, and one profile per defense
+(`rsbench.profiles`). Rankings come from `rsbench.ranking`, recomputed from the stored records at
+every render. Nothing is fetched: the site works from the file system or any static host.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rsbench import metrics, plots
+from rsbench import metrics, plots, profiles
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
 from rsbench.leaderboard import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
@@ -206,6 +206,7 @@ def render(root: Path) -> list[Path]:
     sections, links, boards = [], [], []
     summary = ["| track | entries | leader | top entry's best |", "|---|---|---|---|"]
     newest = {path.parent.name: int(path.stem[1:]) for path in paths}  # files() sorts versions last
+    current = []
     for path in each(paths, "render leaderboards", "track"):
         board = load(path)
         records = stored_records(path.parent, board)
@@ -217,13 +218,17 @@ def render(root: Path) -> list[Path]:
         version = f"{board.version}" + (" (superseded)" if latest_version > board.version else "")
         links.append(index_row(board, ranking, slug, version))
         boards.append(board)
+        if latest_version == board.version:
+            current.append(profiles.Track(path, board, slug))
         summary.append(f"| {board.track} v{version} | {len(board.entries)} | {ranking.headline} | "
                        f"{cell(top_best(board, ranking))} |")
+    profiles.write(site, current, cell=cell, head=HEAD, script=SCRIPT)
     (site / "index.html").write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title>{HEAD}'
         "</head><body><h1>rsbench leaderboards</h1><p>Attacks on certified defenses, one table per track (a defense "
         "and a goal under a fixed protocol). Every entry can be re-checked with <code>rsbench leaderboard verify"
-        '</code>. Click a column header to sort.</p><table class="sortable" id="tracks"><thead><tr>'
+        '</code>. Click a column header to sort. <a href="defenses.html">Defenses</a>: one profile per defense.</p>'
+        '<table class="sortable" id="tracks"><thead><tr>'
         + "".join(f"<th>{name}</th>" for name in INDEX_COLUMNS) + f"</tr></thead><tbody>{''.join(links)}</tbody></table>"
         f'<p id="legend">{html.escape(INDEX_LEGEND)}</p><h2>Metrics</h2>{metric_legend(boards)}'
         f"{SCRIPT}</body></html>\n")

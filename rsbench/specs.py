@@ -11,24 +11,29 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_serializer, model_validator
 
 SCHEMA_VERSION = 1
 """Version of the result-file schema; bumped on any breaking change to RunResult."""
 
-DatasetName = Literal["digits", "rgbdigits", "mnist", "cifar10", "imagenet", "tiny-imagenet"]
+DatasetName = Literal["digits", "rgbdigits", "mnist", "cifar10", "imagenet", "tiny-imagenet", "tensors"]
 Norm = Literal["l2", "linf"]
 Goal = Literal["evasion", "degradation", "spoofing"]
-DefenseKind = Literal["smoothing", "gloro", "kw"]
+DefenseKind = Literal["smoothing", "gloro", "kw", "plugin"]
 GOALS_BY_KIND: dict[str, tuple[Goal, ...]] = {
     "smoothing": ("evasion", "degradation", "spoofing"),
     "gloro": ("evasion", "degradation", "spoofing"),
     "kw": ("evasion", "degradation", "spoofing"),
+    "plugin": ("evasion", "degradation", "spoofing"),
 }
 """Attack goals each kind of defense can be evaluated under: every certifier can be evaded, made to reject clean
-inputs (degradation) or made to certify a wrong label (spoofing)."""
+inputs (degradation) or made to certify a wrong label (spoofing). A plugin is attacked by every attack whose needs
+its class meets (`rsbench.defenses.base.Defense`); the others are refused, one by one."""
+CODE_REFERENCE = r"^(?P<target>[^:\s]+):(?P<attr>[A-Za-z_]\w*)$"
+"""`module.path:name` or `path/to/file.py:name`: code in the user's own files (a model factory, a plugin class)."""
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 
 
@@ -36,6 +41,18 @@ class Spec(BaseModel):
     """Base of every spec: frozen, strict about unknown fields, field docstrings as descriptions."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    omitted_when_default: ClassVar[frozenset[str]] = frozenset()
+    """Fields added after specs of this type were first written: left out of the dump (and so of `spec_hash`) while
+    they hold their default, so that every spec, hash and leaderboard file written before them stays as it was."""
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: Any) -> Any:
+        data = handler(self)
+        fields = type(self).model_fields
+        for name in self.omitted_when_default:
+            if name in data and getattr(self, name) == fields[name].get_default(call_default_factory=True):
+                del data[name]
+        return data
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON form; equal specs hash equally on every machine."""
@@ -46,16 +63,21 @@ class Spec(BaseModel):
 class WeightsRef(Spec):
     """Where a model's weights come from, pinned by checksum (in the registry, or on import for releases without one)."""
 
-    source: Literal["package", "file", "hf", "import"]
+    source: Literal["package", "file", "hf", "import", "folder", "memory"]
     """`package`: shipped inside rsbench; `file`: a local path; `hf`: a Hugging Face Hub repository; `import`: a
-    released file without a published checksum, stored and pinned by `rsbench models import` (or `pull`)."""
+    released file without a published checksum, stored and pinned by `rsbench models import` (or `pull`);
+    `folder`: a file beside the YAML file that holds the spec (a submission's own folder); `memory`: the model
+    object of a defense built in Python and evaluated by `rsbench.evaluate` in the process holding it (never
+    admitted to a leaderboard: register the defense first)."""
     filename: str
     """File name: inside `rsbench/weights/` for `package`, a path for `file` (relative to the data folder
     `$RSBENCH_DATA`, default `~/.cache/rsbench/data`), a path in the repository for `hf`, a name in the weights
-    cache (`$RSBENCH_WEIGHTS`, default `~/.cache/rsbench/weights`) for `import`."""
+    cache (`$RSBENCH_WEIGHTS`, default `~/.cache/rsbench/weights`) for `import`, a path relative to the spec's
+    folder for `folder`, the model's class for `memory`."""
     sha256: str | None = None
     """Expected sha256 of the file; loading is refused when it differs. Required unless `source` is `import`, whose
-    sha256 is pinned on this machine when the file is imported."""
+    sha256 is pinned on this machine when the file is imported. For `memory`, the sha256 of the model's state dict
+    (`rsbench.models.state_dict_sha256`)."""
     url: str | None = None
     """Where the file, or the release archive holding it, is published; `rsbench models pull` downloads it from
     there. Required for `import`."""
@@ -88,18 +110,29 @@ class WeightsRef(Spec):
             raise ValueError(f"source {self.source!r} needs sha256 (only 'import' is pinned on import)")
         if self.member and not self.url:
             raise ValueError("member names a file inside the release archive at url; url is missing")
+        if self.source == "folder" and (Path(self.filename).is_absolute() or ".." in Path(self.filename).parts):
+            raise ValueError(f"source 'folder' names a file inside the spec's folder, got {self.filename!r}")
         return self
 
 
 class DatasetSpec(Spec):
     """A dataset and the split evaluated."""
 
+    omitted_when_default: ClassVar[frozenset[str]] = frozenset({"sha256"})
     name: DatasetName
-    """Dataset name; pixels are always in [0, 1]."""
+    """Dataset name; pixels are always in [0, 1]. `tensors`: an (x, y) pair given to `rsbench.evaluate`."""
     split: Literal["train", "test"] = "test"
     """Split used for evaluation."""
     root: str | None = None
     """Folder holding the files; defaults to `$RSBENCH_DATA` or `~/.cache/rsbench/data/<name>`."""
+    sha256: str | None = None
+    """`tensors` only: sha256 of the images and labels (`rsbench.api.data_spec`)."""
+
+    @model_validator(mode="after")
+    def _tensors_hashed(self) -> DatasetSpec:
+        if (self.name == "tensors") != (self.sha256 is not None):
+            raise ValueError("sha256 names the tensors of dataset 'tensors', and only those")
+        return self
 
 
 class CertifyDefaults(Spec):
@@ -135,6 +168,12 @@ class TrainingRecipe(Spec):
 class DefenseSpec(Spec):
     """A certified defense: a model, its weights and how it certifies."""
 
+    omitted_when_default: ClassVar[frozenset[str]] = frozenset({"architecture_options", "implementation",
+                                                                "code_sha256"})
+    _folder: Path | None = PrivateAttr(default=None)
+    """Folder of the YAML file the spec was read from: relative paths of its code and `folder` weights resolve
+    there. Set by the registry; never part of the spec's dump or hash."""
+
     name: str = Field(pattern=NAME_PATTERN)
     """Registry name, e.g. `smoothing-digits-0.50`."""
     kind: DefenseKind
@@ -146,7 +185,11 @@ class DefenseSpec(Spec):
     dataset: DatasetSpec
     """Data the model was trained for and is evaluated on."""
     architecture: str
-    """Architecture name known to `rsbench.models`, or `timm:NAME`."""
+    """Architecture name known to `rsbench.models`, `timm:NAME`, or `python:MODULE:FACTORY` for a model in your
+    own code: a dotted module on the Python path or a `.py` file (relative to the spec's folder), whose FACTORY is
+    called as `FACTORY(num_classes, **architecture_options)` and returns an `nn.Module`."""
+    architecture_options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of a `python:` architecture's factory."""
     num_classes: int = Field(ge=2)
     """Number of classes."""
     norm: Norm = "l2"
@@ -163,9 +206,24 @@ class DefenseSpec(Spec):
     """Recipe that produced the weights, if reproducible with `rsbench train`."""
     version: int = Field(1, ge=1)
     """Bumped whenever a change alters results."""
+    implementation: str | None = Field(None, pattern=CODE_REFERENCE)
+    """`plugin` only: `MODULE:CLASS` (a dotted module or a `.py` file relative to the spec's folder) of a class
+    implementing `rsbench.defenses.base.Defense`, built as `CLASS.from_spec(spec, model)`."""
+    code_sha256: dict[str, str] = Field(default_factory=dict)
+    """sha256 of each source file of your own code that the spec names (the `python:` architecture's module and the
+    plugin's), by module or path as written. Filled when the spec is read; a file that no longer matches is
+    refused, so a changed model file is a different defense with another spec hash."""
 
     @model_validator(mode="after")
     def _kind_fields(self) -> DefenseSpec:
+        if (self.kind == "plugin") != (self.implementation is not None):
+            raise ValueError("kind 'plugin' needs implementation (MODULE:CLASS), and only it takes one")
+        if self.architecture_options and not self.architecture.startswith("python:"):
+            raise ValueError("architecture_options are the keyword arguments of a python: architecture's factory")
+        if self.architecture.startswith("python:") and not re.fullmatch(CODE_REFERENCE, self.architecture[7:]):
+            raise ValueError(f"expected architecture python:MODULE:FACTORY, got {self.architecture!r}")
+        if any(not re.fullmatch(r"[0-9a-f]{64}", v) for v in self.code_sha256.values()):
+            raise ValueError("code_sha256 values must be 64 lowercase hex digits")
         if self.kind == "smoothing" and self.sigma is None:
             raise ValueError("kind 'smoothing' needs sigma")
         if self.kind == "smoothing" and self.norm != "l2":

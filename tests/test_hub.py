@@ -1,9 +1,14 @@
-"""Weights from a pre-populated Hugging Face cache (never the network), checksums first."""
+"""Weights from the Hugging Face Hub: a pre-populated cache, and the real download path against a local endpoint."""
 
+import hashlib
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import huggingface_hub.constants
 import pytest
@@ -85,3 +90,112 @@ def test_models_pull_from_a_cache_through_the_environment(tmp_path: Path) -> Non
     cached.write_bytes(b"tampered")
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "checksum mismatch" in done.stderr and "Traceback" not in done.stderr
+
+
+class HubHandler(BaseHTTPRequestHandler):
+    """The part of the Hub API `hf_hub_download` uses: HEAD and GET of /<repo>/resolve/<revision>/<file>, answered
+    with the headers the client needs (X-Repo-Commit, ETag, Content-Length) or its error codes."""
+
+    files: dict[tuple[str, str, str], bytes] = {}
+    refs: dict[str, str] = {}
+    """Branch or tag name -> the commit it points to now."""
+    requests: list[str] = []
+
+    def do_HEAD(self) -> None:  # noqa: N802 - the http.server API
+        self.answer(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.answer(body=True)
+
+    def answer(self, body: bool) -> None:
+        self.requests.append(f"{self.command} {self.path}")
+        owner, name, verb, revision, filename = unquote(self.path).lstrip("/").split("/", 4)
+        commit = self.refs.get(revision, revision)
+        if verb != "resolve" or not any(key[1] == commit for key in self.files):
+            return self.error(404, "RevisionNotFound", {})
+        payload = self.files.get((f"{owner}/{name}", commit, filename))
+        if payload is None:
+            return self.error(404, "EntryNotFound", {"X-Repo-Commit": commit})
+        self.send_response(200)
+        for key, value in {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(payload).hexdigest()}"',
+                           "Content-Length": str(len(payload)), "Content-Type": "application/octet-stream"}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def error(self, status: int, code: str, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in {"X-Error-Code": code, "Content-Length": "0", **headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_server(tmp_path: Path) -> Iterator[str]:
+    """A local Hub on 127.0.0.1 serving rsbench/toy's model.pt at REVISION; `MOVING` is a branch named like a commit."""
+    HubHandler.files = {("rsbench/toy", REVISION, "model.pt"): saved_state(tmp_path)}
+    HubHandler.refs = {MOVING: REVISION}
+    HubHandler.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+MOVING = "f" * 40
+
+
+def hub_registry(folder: Path, entries: dict[str, dict]) -> Path:
+    """A user registry of Hub-weighted copies of smoothing-digits-0.25, one per entry of weights overrides."""
+    spec = registry.get_defense("smoothing-digits-0.25").model_dump(mode="json")
+    (folder / "defenses").mkdir(parents=True)
+    for name, overrides in entries.items():
+        weights = {"source": "hf", "repo_id": "rsbench/toy", "filename": "model.pt", "revision": REVISION, **overrides}
+        (folder / "defenses" / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name, "aliases": [],
+                                                                          "weights": weights}))
+    return folder
+
+
+def pull(names: list[str], env: dict[str, str]) -> list[tuple[int, str]]:
+    """`rsbench models pull NAME` for each name, in one fresh process (so the Hub client reads env as a user's would)."""
+    script = ("import sys; from click.testing import CliRunner; from rsbench.cli import cli\n"
+              "for name in sys.argv[1:]:\n"
+              "    done = CliRunner().invoke(cli, ['models', 'pull', name])\n"
+              "    print(done.exit_code, done.output.strip().replace('\\n', ' | '))\n")
+    done = subprocess.run([sys.executable, "-c", script, *names], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return [(int(line.split(" ", 1)[0]), line.split(" ", 1)[1]) for line in done.stdout.splitlines()]
+
+
+def test_weights_come_from_the_hub_endpoint_pinned_and_then_from_the_cache_offline(hub_server: str,
+                                                                                   tmp_path: Path) -> None:
+    payload = HubHandler.files[("rsbench/toy", REVISION, "model.pt")]
+    sha = hashlib.sha256(payload).hexdigest()
+    user_registry = hub_registry(tmp_path / "registry", {
+        "hub-ok": {"sha256": sha}, "hub-tampered": {"sha256": "0" * 64, "filename": "model.pt"},
+        "hub-moving": {"sha256": sha, "revision": MOVING}, "hub-missing": {"sha256": sha, "filename": "absent.pt"},
+        "hub-branch": {"sha256": sha, "revision": "main"},
+    })
+    env = {**os.environ, "HF_ENDPOINT": hub_server, "HF_HUB_CACHE": str(tmp_path / "cache"),
+           "RSBENCH_REGISTRY": str(user_registry), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    ok, tampered, moving, missing, branch = pull(["hub-ok", "hub-tampered", "hub-moving", "hub-missing", "hub-branch"],
+                                                 env)
+    assert ok[0] == 0 and "sha256 verified" in ok[1] and f"snapshots/{REVISION}/model.pt" in ok[1]
+    assert any(r.startswith("GET /rsbench/toy/resolve/") for r in HubHandler.requests)
+    assert tampered[0] == 2 and "checksum mismatch" in tampered[1]
+    assert moving[0] == 2 and "a revision must be a commit, not a branch or tag" in moving[1]
+    assert missing[0] == 2 and "the Hub has no file absent.pt in rsbench/toy" in missing[1]
+    assert branch[0] == 2 and "revision pinned to a 40-hex commit hash, got 'main'" in branch[1]
+    assert all(" | " not in output for _, output in (tampered, moving, missing, branch))  # one line each
+    served = len(HubHandler.requests)
+    offline = pull(["hub-ok", "hub-missing"], {**env, "HF_HUB_OFFLINE": "1"})
+    assert offline[0][0] == 0 and "sha256 verified" in offline[0][1]
+    assert offline[1][0] == 2 and "not in the Hugging Face cache" in offline[1][1]
+    assert len(HubHandler.requests) == served  # offline means no request at all

@@ -1,6 +1,7 @@
 """Budgeted PGD (Madry et al., 2018) in l2 and linf, against the network under a deterministic defense.
 
-GloRo and KW certify a plain network: GloRo's logits without ⊥, KW's ReLU network. An
+GloRo, KW and plugin certifiers certify a plain network (`Defense.model`): GloRo's logits without
+⊥, KW's ReLU network, a plugin's own. An
 evasion attack on such a defense succeeds when that network's label changes within the
 budget, which the certificate rules out for every point certified at the budget. The
 attack ascends the untargeted cross-entropy from the clean input and from random points
@@ -23,8 +24,7 @@ from torch import nn
 from rsbench.attacks.base import Attack, AttackParams, Target, Tracker
 from rsbench.attacks.steps import ascent_direction, project, random_start
 from rsbench.defenses.base import Defense
-from rsbench.defenses.gloro import GloRo
-from rsbench.defenses.kw import KW
+from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 from rsbench.specs import Norm
 
@@ -59,10 +59,12 @@ def ascend(
 
 
 def network(defense: Defense, attack: str) -> nn.Module:
-    """The logits a deterministic defense certifies (GloRo's without ⊥, KW's network), or a refusal."""
-    if not isinstance(defense, (GloRo, KW)):
-        raise RsbenchError(f"{attack} attacks GloRo and KW defenses, got {type(defense).__name__}")
-    return defense.model
+    """The logits a deterministic defense certifies (GloRo's without ⊥, KW's network, a plugin's model), or a
+    refusal."""
+    model = getattr(defense, "model", None)
+    if isinstance(defense, Smoothing) or not isinstance(model, nn.Module):
+        raise RsbenchError(f"{attack} attacks the network of a deterministic defense, got {type(defense).__name__}")
+    return model
 
 
 def cross_entropy_gradient(model: nn.Module, label: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -82,7 +84,7 @@ class BoundedPGD(Attack):
 
     Params = BudgetParams
     params: BudgetParams
-    kinds = ("gloro", "kw")
+    kinds = ("gloro", "kw", "plugin")
 
     def run(self, target: Target, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
         if target.epsilon is None:

@@ -11,13 +11,14 @@ the defense's own check; they differ in what they ascend and in how far they may
   Networks"): PGD on the classifier's cross-entropy within 2ε, each iterate projected back
   as the paper does (l2: scaled toward x onto the ε-sphere; linf: clipped). On smoothing the
   inner attack is SPGD (Algorithm 3.2), the paper's attack on smoothed models.
-- `degradation-eps-pgd` (Appendix B.1): the same ascent within ε, nothing to project. GloRo
-  and KW; its smoothing counterpart is `degradation-spgd`.
+- `degradation-eps-pgd` (Appendix B.1): the same ascent within ε, nothing to project. GloRo,
+  KW and plugins; its smoothing counterpart is `degradation-spgd`.
 - `degradation-spgd` (Algorithm 3.2): smoothing only; steps up the cross-entropy of the base
   logits averaged over n noisy copies at the defense's σ, normalized, inside ε ∩ [0, 1].
 - `degradation-adaptive` (rsbench's own): ascends the rejection itself within ε: GloRo's
   certified radius downwards (⊥ wins once it drops below ε), KW's largest worst-case logit of
-  another class (certified exactly while all are negative), the smoothed view's radius downwards.
+  another class (certified exactly while all are negative), a plugin's likewise through its
+  `worst_case_margins`, the smoothed view's radius downwards.
 
 The paper gives no iteration counts, step sizes or noise samples. rsbench takes Madry et
 al.'s PGD (50 steps of 2.5 budget / 50, i.e. length 0.05 budget) from the clean input,
@@ -38,6 +39,7 @@ from rsbench.attacks.base import Attack, Target, Tracker, ViewParams, view_optio
 from rsbench.attacks.bounded_pgd import BudgetParams, ascend, cross_entropy_gradient
 from rsbench.attacks.steps import project_linf_ball_box
 from rsbench.defenses.gloro import GloRo
+from rsbench.defenses.kw import KW
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 from rsbench.specs import Norm
@@ -115,11 +117,11 @@ class DegradationPGD(_Degradation):
 
 
 class DegradationEpsPGD(_Degradation):
-    """Appendix B.1: PGD within ε on GloRo's or KW's network."""
+    """Appendix B.1: PGD within ε on the network of GloRo, KW or a plugin."""
 
     name = "degradation-eps-pgd"
     budget_factor = 1.0
-    kinds = ("gloro", "kw")
+    kinds = ("gloro", "kw", "plugin")
 
 
 class DegradationSPGD(_Degradation):
@@ -137,11 +139,13 @@ class DegradationAdaptive(_Degradation):
     params: AdaptiveParams
     name = "degradation-adaptive"
     budget_factor = 1.0
+    plugin_needs = ("worst_case_margins",)
 
     def gradient(self, target: Target, label: int, generator: torch.Generator) -> Gradient:
         """GloRo: minus the certified radius, max_i (y_i - y_label) / K_label,i, which ⊥ beats the label's logit
         exactly when it exceeds -ε (⊥ - y_label itself weighs each class by K, and its ascent can stall on a far
-        class with a large K); KW: the largest worst-case logit of another class; smoothing: minus the view's radius."""
+        class with a large K); KW and plugins: the largest worst-case logit of another class; smoothing: minus the
+        view's radius."""
         defense, eps = target.defense, float(target.epsilon or 0.0)
         if isinstance(defense, Smoothing):
             view = defense.surrogate(**view_options(self.params))
@@ -153,12 +157,17 @@ class DegradationAdaptive(_Degradation):
             def rejection(leaf: torch.Tensor) -> torch.Tensor:
                 logits = defense.model(leaf.unsqueeze(0))[0]
                 return ((logits - logits[label]) / k.to(logits))[others.to(leaf.device)].max()
-        else:
+        elif isinstance(defense, KW):
             bound = defense.surrogate(epsilon=eps)
             labels = torch.tensor([label], device=defense.device)
 
             def rejection(leaf: torch.Tensor) -> torch.Tensor:
                 return bound(leaf.unsqueeze(0), labels)[0][others.to(leaf.device)].max()
+        else:
+            labels = torch.tensor([label], device=defense.device)
+
+            def rejection(leaf: torch.Tensor) -> torch.Tensor:
+                return defense.worst_case_margins(leaf.unsqueeze(0), labels, eps)[0][others.to(leaf.device)].max()
 
         def gradient(x: torch.Tensor) -> torch.Tensor:
             leaf = x.detach().requires_grad_(True)

@@ -15,7 +15,8 @@ penalties that keep δ looking natural while leaving its norm unbounded:
 The loss toward t is the one the defense certifies with: the mean cross-entropy over
 Gaussian copies of x + δ for smoothing (Section 3), the ⊥-augmented logits of a GloRo net
 and the worst-case logits of the convex relaxation for KW (the loss these nets are trained
-with, as Section 5 uses CROWN-IBP's). The attack is untargeted as in the paper: it runs
+with, as Section 5 uses CROWN-IBP's), and those of a plugin's own `worst_case_margins` at the
+run's epsilon (a plugin without one is refused). The attack is untargeted as in the paper: it runs
 every wrong class (or a fixed subset on large label sets) and keeps the image whose
 wrong-label certificate, issued by the defense itself on the attack's generator, is largest.
 """
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from rsbench.attacks.base import Attack, AttackParams, Target, Tracker
-from rsbench.defenses.base import Certificate, Defense
+from rsbench.defenses.base import Certificate, Defense, provides
 from rsbench.defenses.gloro import GloRo
 from rsbench.defenses.kw import KW
 from rsbench.defenses.smoothing import Smoothing
@@ -93,13 +94,14 @@ class Shadow(Attack):
 
     Params = ShadowParams
     params: ShadowParams
+    plugin_needs = ("worst_case_margins",)
 
     def run(self, target: Target, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:  # type: ignore[override]
         """Attack every target class, certify each result with the defense, offer the strongest wrong-label one."""
         defense = target.defense
         best: tuple[float, int, torch.Tensor, Certificate] | None = None
         for cls in self.targets(defense, label):
-            x_adv, _ = self.descend(defense, x, cls, generator)
+            x_adv, _ = self.descend(defense, x, cls, generator, target.epsilon or 0.0)
             tracker.iterations += self.params.steps
             certificate = self.certify(defense, x_adv, generator)
             spoofed = certificate.prediction is not None and certificate.prediction != label
@@ -128,9 +130,10 @@ class Shadow(Attack):
         return defense.certify(x_adv, generator=generator)
 
     def descend(
-        self, defense: Defense, x: torch.Tensor, cls: int, generator: torch.Generator
+        self, defense: Defense, x: torch.Tensor, cls: int, generator: torch.Generator, epsilon: float = 0.0
     ) -> tuple[torch.Tensor, list[float]]:
-        """SGD on δ toward class `cls`; returns x + δ (in [0, 1]) and the loss toward `cls` before every step."""
+        """SGD on δ toward class `cls`; returns x + δ (in [0, 1]) and the loss toward `cls` before every step
+        (`epsilon`: the radius of a plugin's bound)."""
         p = self.params
         x = x.detach().to(defense.device)
         low, high = -x, 1 - x  # the box for δ that keeps x + δ in [0, 1]
@@ -138,7 +141,7 @@ class Shadow(Attack):
             low, high = low.amax(0, keepdim=True), high.amin(0, keepdim=True)
         uniform = torch.rand(low.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
         delta = ((2 * uniform - 1) * p.init_range).clamp(low, high)
-        loss = target_loss(defense, cls, p, generator)
+        loss = target_loss(defense, cls, p, generator, epsilon)
         history = []
         for _ in range(p.steps):
             value, grad = objective_grad(delta, x, loss, p)
@@ -168,8 +171,9 @@ def objective_grad(
     return value, grad + torch.autograd.grad(penalty, leaf)[0]
 
 
-def target_loss(defense: Defense, cls: int, params: ShadowParams, generator: torch.Generator) -> TargetLoss:
-    """The defense's own loss toward class `cls`, as terms (see TargetLoss)."""
+def target_loss(defense: Defense, cls: int, params: ShadowParams, generator: torch.Generator,
+                epsilon: float = 0.0) -> TargetLoss:
+    """The defense's own loss toward class `cls`, as terms (see TargetLoss); a plugin's bound at `epsilon`."""
     if isinstance(defense, Smoothing):
         return _noisy_cross_entropy(defense, cls, params, generator)
     if isinstance(defense, GloRo):
@@ -183,7 +187,16 @@ def target_loss(defense: Defense, cls: int, params: ShadowParams, generator: tor
             yield _cross_entropy(bound(x_adv[None], torch.tensor([cls], device=x_adv.device)), cls)
 
         return worst_case
-    raise RsbenchError(f"the Shadow Attack supports smoothing, GloRo and KW defenses, got {type(defense).__name__}")
+    if provides(defense, "worst_case_margins"):
+
+        def plugin_bound(image: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+            x_adv = image()
+            target = torch.tensor([cls], device=x_adv.device)
+            yield _cross_entropy(defense.worst_case_margins(x_adv[None], target, epsilon), cls)
+
+        return plugin_bound
+    raise RsbenchError(f"the Shadow Attack needs the defense's own differentiable bound; {type(defense).__name__} "
+                       "provides none (worst_case_margins)")
 
 
 def _noisy_cross_entropy(defense: Smoothing, cls: int, params: ShadowParams, generator: torch.Generator) -> TargetLoss:

@@ -1,10 +1,16 @@
-"""Build a defense from its registry spec: weights -> architecture -> certifier of the spec's kind."""
+"""Build a defense from its registry spec: weights -> architecture -> certifier of the spec's kind.
+
+A `plugin` spec names its certifier class in your own code (`implementation`), built with
+`CLASS.from_spec(spec, model)`; a spec with `memory` weights describes a defense built in Python
+and held by `rsbench.evaluate` (`rsbench.in_process`).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from rsbench.defenses.base import Certificate, Defense
+from rsbench.defenses.base import Certificate, Defense, provides
+from rsbench.errors import RsbenchError
 from rsbench.specs import DefenseSpec
 
 BUILDERS = {
@@ -20,9 +26,34 @@ def load_defense(defense: str | DefenseSpec, device: str | torch.device = "cpu")
     from rsbench import hub, models, registry
 
     spec = registry.get_defense(defense) if isinstance(defense, str) else defense
-    model = models.create_model(spec.architecture, spec.num_classes)
-    models.load_weights_into(model, hub.load_checkpoint(spec.weights))
-    return registry.resolve(BUILDERS[spec.kind])(spec, model).to(device)
+    if spec.weights.source == "memory":
+        from rsbench import in_process
+
+        return in_process.held_defense(spec).to(device)
+    model = models.build_model(spec)
+    models.load_weights_into(model, hub.load_checkpoint(spec.weights, registry.folder_of(spec)))
+    build = plugin_class(spec).from_spec if spec.kind == "plugin" else registry.resolve(BUILDERS[spec.kind])
+    defense = build(spec, model)
+    if not isinstance(defense, Defense):
+        raise RsbenchError(f"{spec.implementation}.from_spec returned a {type(defense).__name__}, not a Defense")
+    return defense.to(device)
 
 
-__all__ = ["Certificate", "Defense", "load_defense", "BUILDERS"]
+def plugin_class(spec: DefenseSpec) -> type[Defense]:
+    """The certifier class a plugin spec names, imported from your code (checked against its pin), or the class of
+    the defense `rsbench.evaluate` holds for a spec with `memory` weights."""
+    from rsbench import registry, user_code
+
+    if spec.weights.source == "memory":
+        from rsbench import in_process
+
+        return in_process.held_class(spec)
+    cls = user_code.load(spec, spec.implementation, registry.folder_of(spec))
+    if not (isinstance(cls, type) and issubclass(cls, Defense)):
+        raise RsbenchError(f"{spec.implementation} is not a class deriving rsbench.defenses.base.Defense")
+    if not provides(cls, "from_spec"):
+        raise RsbenchError(f"{spec.implementation} defines no from_spec(spec, model) classmethod to build it from a spec")
+    return cls
+
+
+__all__ = ["Certificate", "Defense", "load_defense", "plugin_class", "BUILDERS"]

@@ -1,14 +1,47 @@
-"""The interface every certified defense implements, whatever its kind."""
+"""The interface every certified defense implements, whatever its kind, and what each attack family needs from it.
+
+rsbench's goals and attacks reach a defense only through this class, so a certifier rsbench does
+not ship runs under them as a plugin (`kind: plugin`, `implementation: MODULE:CLASS`) as soon as it
+implements the parts they use:
+
+- every goal: `certify` / `certify_many` (the clean certificates), `num_classes`, `norm`, `device`, `to`;
+- evasion of a deterministic defense (`pgd-l2`, `pgd-linf`): `model`, the network whose label the
+  certificate protects. The harness counts a point within the budget where `model`'s label differs;
+  the certificate promises there is none within its radius;
+- degradation, every attack: `certified_at(x, eps)`, the run-time check the attack tries to make fail;
+  `degradation-pgd` and `degradation-eps-pgd` ascend `model`'s cross-entropy, `degradation-adaptive`
+  the largest entry of `worst_case_margins`;
+- spoofing, every attack: `certify` at the attack image, the harness's verdict; `shadow` and
+  `shadow-1ch` descend the defense's own bound, `worst_case_margins`, toward the target class.
+
+Smoothing is the one randomized kind: its goals and attacks use its differentiable smoothed view
+(`Smoothing.surrogate`) and judge on fresh noise. A plugin is a deterministic certifier: `certify`
+gives the same certificate whatever the generator. An attack that needs what a plugin class does
+not provide is refused in one line before a run starts (`rsbench.goals.check_attack`).
+
+A certificate must also be sound, which `rsbench.soundness` tests on the first samples: its label is
+`model`'s, repeated calls agree, and no attack finds a point within its radius where `model`'s label
+changes. Degradation's upper bound on the false positive rate assumes a monotonic certifier (a
+radius r at x implies a radius of at least r - d at every point within d of x), as a Lipschitz
+margin, GloRo's and KW's certificates are.
+"""
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from rsbench.errors import RsbenchError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from rsbench.specs import DefenseSpec
 
 
 @dataclass(frozen=True)
@@ -41,6 +74,11 @@ class Defense(ABC):
 
     norm: str = "l2"
     """Norm in which radii are certified."""
+    num_classes: int
+    """Number of classes the defense chooses among."""
+    model: nn.Module
+    """Deterministic defenses: the network whose label the certificate protects, mapping (B, C, H, W) inputs in
+    [0, 1] to (B, num_classes) logits; the deterministic attacks differentiate it."""
 
     @abstractmethod
     def predict(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> int | None:
@@ -59,6 +97,17 @@ class Defense(ABC):
         certificate = self.certify(x, generator=generator)
         return certificate.prediction is not None and certificate.radius >= eps
 
+    def worst_case_margins(self, x: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """Optional, differentiable in x: for inputs (B, C, H, W) and labels (B,), a (B, num_classes) upper bound on
+        logit_j - logit_label over the epsilon-ball around each input, 0 at the label; the label is certified within
+        epsilon when every other entry is negative. The Shadow Attack and adaptive degradation need it."""
+        raise RsbenchError(f"{type(self).__name__} provides no differentiable bound (worst_case_margins)")
+
+    @classmethod
+    def from_spec(cls, spec: DefenseSpec, model: nn.Module) -> Defense:
+        """A plugin's constructor from its registry spec and its loaded model (`kind: plugin` needs it)."""
+        raise RsbenchError(f"{cls.__name__} cannot be built from a spec: it defines no from_spec(spec, model)")
+
     @property
     @abstractmethod
     def device(self) -> torch.device:
@@ -67,3 +116,10 @@ class Defense(ABC):
     @abstractmethod
     def to(self, device: torch.device | str) -> Defense:
         """Move the model to a device; returns self."""
+
+
+def provides(defense: type[Defense] | Defense, method: str) -> bool:
+    """Whether a defense class overrides one of the interface's optional methods (`worst_case_margins`,
+    `from_spec`)."""
+    cls = defense if isinstance(defense, type) else type(defense)
+    return inspect.getattr_static(cls, method, None) is not inspect.getattr_static(Defense, method)

@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from rsbench import registry, runner
 from rsbench.attacks.base import Attack, Target, Tracker
-from rsbench.defenses.base import Defense
+from rsbench.defenses import plugin_class
+from rsbench.defenses.base import Defense, provides
 from rsbench.errors import RsbenchError
 from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
 
@@ -125,12 +126,20 @@ def instantiate(spec: AttackSpec, defense_spec: DefenseSpec) -> Attack:
 
 
 def check_attack(spec: AttackSpec, defense_spec: DefenseSpec) -> None:
-    """Refuse, with one line, an attack of a defense kind it does not attack or in a norm the defense does not
-    certify; cheap (no model is built), so a run checks its attacks before it writes anything."""
-    kinds = registry.resolve(spec.implementation).kinds
+    """Refuse, with one line, an attack of a defense kind it does not attack, in a norm the defense does not
+    certify, or of a plugin whose class lacks what the attack needs; cheap (no model is built), so a run checks
+    its attacks before it writes anything."""
+    attack = registry.resolve(spec.implementation)
+    kinds = attack.kinds
     if defense_spec.kind not in kinds:
         raise RsbenchError(f"attack {spec.name!r} attacks {', '.join(kinds)} defenses; {defense_spec.name!r} is "
                            f"{defense_spec.kind}")
+    if defense_spec.kind == "plugin" and attack.plugin_needs:
+        cls = plugin_class(defense_spec)
+        missing = [method for method in attack.plugin_needs if not provides(cls, method)]
+        if missing:
+            raise RsbenchError(f"attack {spec.name!r} needs the defense's {', '.join(missing)}, which "
+                               f"{defense_spec.name}'s class {cls.__name__} does not provide")
     if spec.norm not in (None, defense_spec.norm):
         raise RsbenchError(f"attack {spec.name!r} measures {spec.norm}; {defense_spec.name!r} certifies "
                            f"{defense_spec.norm}")

@@ -66,7 +66,7 @@ class Evasion(Goal):
                           for name, (_, attack) in self.attacks.items()}
             self.judging = judge_view(defense, config)
         elif config.epsilon is None:
-            raise RsbenchError("evasion of GloRo and KW needs a budget: give --epsilon")
+            raise RsbenchError("evasion of a deterministic defense needs a budget: give --epsilon")
 
     @classmethod
     def qualifies(cls, config: RunConfig, clean: SampleRecord) -> bool:

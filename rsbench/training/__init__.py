@@ -30,7 +30,7 @@ def train(spec: DefenseSpec, out_dir: Path, device: torch.device | str = "cpu") 
     if spec.training is None:
         raise RsbenchError(f"defense {spec.name!r} has no training recipe")
     torch.manual_seed(spec.training.seed)
-    model = models.create_model(spec.architecture, spec.num_classes).to(device)
+    model = models.build_model(spec).to(device)
     train_set = data.load_dataset(spec.dataset.name, "train", spec.dataset.root)
     registry.resolve(RECIPES[spec.training.recipe])(model, train_set, spec, torch.device(device))
     out_dir.mkdir(parents=True, exist_ok=True)

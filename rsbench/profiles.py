@@ -1,0 +1,188 @@
+"""Defense profiles on the site: one page per defense and a sortable index of them all.
+
+A defense's page gathers what its tracks say about it: its clean and certified accuracy (with 95%
+Clopper-Pearson intervals over the track's samples, from the clean certificates the track stores), and
+the headline of each goal, each linked to its track: the strongest evasion (smoothing: the smallest
+r50 and %-Cohen; GloRo, KW and plugins: the lowest robust accuracy beside the VRA), the false positive
+rate's bounds under degradation (the strongest attack's lower bound, the upper bound from the
+certificates) and spoofing (the highest spoof rate and its spoofed radius). Only the newest version of
+each track counts; superseded versions keep their own pages. `defenses.html` lists every defense with
+these numbers, sortable on each. `rsbench.site.render` calls `write`.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rsbench import metrics
+from rsbench.goals.degradation import certified
+from rsbench.leaderboard import Interval, Leaderboard, stored_records
+from rsbench.specs import CertifiedPoint, SampleRecord
+
+Cell = Callable[[Interval], str]
+
+
+@dataclass(frozen=True)
+class Track:
+    """A newest track version as the site rendered it: its file, its board and the slug of its page."""
+
+    path: Path
+    board: Leaderboard
+    slug: str
+
+
+@dataclass
+class Profile:
+    """What the site says about one defense: its tracks and the headline numbers drawn from them."""
+
+    name: str
+    tracks: list[Track] = field(default_factory=list)
+    clean: list[SampleRecord] = field(default_factory=list)
+    reference: Track | None = None
+    """The track whose clean certificates give the accuracies (evasion first, then degradation, then spoofing)."""
+    numbers: dict[str, tuple[Interval, Track | None, str]] = field(default_factory=dict)
+    """Per column: the number, the track it comes from (None: from the certificates) and the entry behind it."""
+
+
+COLUMNS = {
+    "clean": "clean accuracy (%)",
+    "certified": "certified accuracy at the headline radius (%)",
+    "r50": "evasion: smallest r50",
+    "pct_cohen": "evasion: %-Cohen of that entry",
+    "robust_accuracy": "evasion: lowest robust accuracy (%)",
+    "vra": "VRA at epsilon (%)",
+    "fpr_lower": "degradation: FPR lower bound (%)",
+    "fpr_upper": "degradation: FPR upper bound (%)",
+    "spoof_rate": "spoofing: highest spoof rate (%)",
+    "spoofed_mean": "spoofing: its mean spoofed radius",
+}
+"""The index's numeric columns and what each holds."""
+GOAL_ORDER = ("evasion", "degradation", "spoofing")
+NONE = Interval(value=None, ci_low=None, ci_high=None)
+
+
+def headline_radius(board: Leaderboard) -> float:
+    """The radius certified accuracy is quoted at: the defense's epsilon, else (smoothing) its sigma."""
+    return board.defense.epsilon or board.defense.sigma or 0.0
+
+
+def _percent(point: CertifiedPoint | dict) -> Interval:
+    value = point if isinstance(point, dict) else {"value": point.accuracy, "ci_low": point.ci_low,
+                                                   "ci_high": point.ci_high}
+    return Interval(**{k: 100 * value[k] for k in ("value", "ci_low", "ci_high")})
+
+
+def _strongest(track: Track, metric: str, lowest: bool) -> tuple[Interval, str]:
+    """The entry with the lowest (or highest) value of a metric on a track, and that value."""
+    rows = [(e.metrics[metric], e.name) for e in track.board.entries
+            if metric in e.metrics and e.metrics[metric].value is not None]
+    if not rows:
+        return NONE, ""
+    return min(rows, key=lambda row: row[0].value if lowest else -row[0].value)
+
+
+def profile(name: str, tracks: Sequence[Track]) -> Profile:
+    """One defense's profile from its newest tracks."""
+    result = Profile(name, sorted(tracks, key=lambda t: GOAL_ORDER.index(t.board.protocol.goal)))
+    result.reference = result.tracks[0]
+    result.clean = stored_records(result.reference.path.parent, result.reference.board)[0]
+    board = result.reference.board
+    numbers = result.numbers
+    numbers["clean"] = (_percent(metrics.certified_accuracy(result.clean, 0.0)), None, "")
+    numbers["certified"] = (_percent(metrics.certified_accuracy(result.clean, headline_radius(board))), None, "")
+    for track in result.tracks:
+        goal, eps = track.board.protocol.goal, track.board.protocol.epsilon
+        if goal == "evasion" and board.defense.kind == "smoothing":
+            value, entry = _strongest(track, "r50", lowest=True)
+            numbers["r50"] = (value, track, entry)
+            cohen = next((e.metrics.get("pct_cohen", NONE) for e in track.board.entries if e.name == entry), NONE)
+            numbers["pct_cohen"] = (cohen, track, entry)
+        elif goal == "evasion":
+            value, entry = _strongest(track, "robust_accuracy", lowest=True)
+            numbers["robust_accuracy"] = (value, track, entry)
+            numbers["vra"] = (_percent(metrics.certified_accuracy(result.clean, eps)), None, "")
+        elif goal == "degradation":
+            value, entry = _strongest(track, "fpr_lower", lowest=False)
+            numbers["fpr_lower"] = (value, track, entry)
+            robust = certified(stored_records(track.path.parent, track.board)[0], eps)
+            upper = metrics.proportion(sum(r.radius < 2 * eps for r in robust), len(robust))
+            numbers["fpr_upper"] = (_percent(upper), track, "")
+        else:
+            value, entry = _strongest(track, "spoof_rate", lowest=False)
+            numbers["spoof_rate"] = (value, track, entry)
+            spoofed = next((e.metrics.get("spoofed_mean", NONE) for e in track.board.entries if e.name == entry), NONE)
+            numbers["spoofed_mean"] = (spoofed, track, entry)
+    return result
+
+
+def page(item: Profile, cell: Cell, head: str, script: str) -> str:
+    """A defense's page: what it is, its certified accuracy curve, and each goal's headline linked to its track."""
+    esc = html.escape
+    spec, ref = item.reference.board.defense, item.reference.board
+    step = (spec.epsilon or 0.5) / 2
+    curve = "".join(f"<tr><td>{p.radius:g}</td><td>{esc(cell(_percent(p)))}</td></tr>"
+                    for p in metrics.certified_accuracy_curve(item.clean, step))
+    rows = []
+    for key, label in COLUMNS.items():
+        value, track, entry = item.numbers.get(key, (NONE, None, ""))
+        if value.value is None and key not in ("clean", "certified"):
+            continue
+        where = (f'<a href="{esc(track.slug)}.html">{esc(track.board.track)} v{track.board.version}</a>'
+                 if track else "clean certificates")
+        rows.append(f'<tr data-headline="{key}"><td>{esc(label)}</td><td>{esc(cell(value))}</td>'
+                    f"<td>{esc(entry) or '–'}</td><td>{where}</td></tr>")
+    settings = (f"sigma {spec.sigma:g}" if spec.sigma else "") + (f"epsilon {spec.epsilon:g}" if spec.epsilon else "")
+    tracks = "".join(f'<li><a href="{esc(t.slug)}.html">{esc(t.board.track)} v{t.board.version}</a> '
+                     f"({len(t.board.entries)} entries)</li>" for t in item.tracks)
+    p = ref.protocol
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{esc(item.name)}</title>{head}</head><body>'
+            f'<p><a href="defenses.html">all defenses</a> · <a href="index.html">all tracks</a></p>'
+            f"<h1>{esc(item.name)}</h1><p>{esc(spec.description)}</p>"
+            f"<p>{esc(spec.kind)}, {esc(spec.norm)}, {esc(settings)}; data {esc(spec.dataset.name)}; spec hash "
+            f"<code>{spec.spec_hash()[:12]}</code></p>"
+            f"<h2>Clean and certified accuracy</h2><p>First {p.num_samples} {p.split} samples of "
+            f'<a href="{esc(item.reference.slug)}.html">{esc(ref.track)}</a> (n0={p.n0}, n={p.n}, alpha={p.alpha:g}); '
+            f"% with a 95% Clopper-Pearson interval.</p>"
+            f'<table id="certified"><tr><th>radius</th><th>certified accuracy (%)</th></tr>{curve}</table>'
+            f"<h2>Under attack</h2><p>Each goal's strongest entry, value [95% interval], on the newest version of its "
+            f'track.</p><table id="headlines"><tr><th>headline</th><th>value</th><th>entry</th><th>track</th></tr>'
+            f"{''.join(rows)}</table><h2>Tracks</h2><ul>{tracks}</ul>{script}</body></html>\n")
+
+
+def index(profiles: Sequence[Profile], cell: Cell, head: str, script: str) -> str:
+    """`defenses.html`: one row per defense, sortable on each number."""
+    esc = html.escape
+    header = "".join(f"<th>{esc(h)}</th>" for h in ["defense", "kind", *COLUMNS.values()])
+    rows = []
+    for item in profiles:
+        spec = item.reference.board.defense
+        cells = [f'<td data-value="{esc(item.name)}"><a href="defense-{esc(item.name)}.html">{esc(item.name)}</a></td>',
+                 f'<td data-value="{esc(spec.kind)}">{esc(spec.kind)}</td>']
+        for key in COLUMNS:
+            value = item.numbers.get(key, (NONE,))[0]
+            cells.append(f'<td data-value="{"" if value.value is None else value.value}">{esc(cell(value))}</td>')
+        rows.append(f'<tr data-defense="{esc(item.name)}">{"".join(cells)}</tr>')
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench defenses</title>{head}</head><body>'
+            f'<p><a href="index.html">all tracks</a></p><h1>Defenses</h1><p>Every defense with a track: its clean and '
+            "certified accuracy, and the headline of each goal from the strongest entry of its newest track. Click a "
+            "column header to sort; a defense's name opens its profile.</p>"
+            f'<table class="sortable" id="defenses"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody>'
+            f"</table>{script}</body></html>\n")
+
+
+def write(site: Path, tracks: Sequence[Track], *, cell: Cell, head: str, script: str) -> list[Path]:
+    """Write `defense-<name>.html` for every defense with a track, and `defenses.html`; the written paths."""
+    by_defense: dict[str, list[Track]] = {}
+    for track in tracks:
+        by_defense.setdefault(track.board.defense.name, []).append(track)
+    profiles = [profile(name, items) for name, items in sorted(by_defense.items())]
+    written = []
+    for item in profiles:
+        path = site / f"defense-{item.name}.html"
+        path.write_text(page(item, cell, head, script))
+        written.append(path)
+    (site / "defenses.html").write_text(index(profiles, cell, head, script))
+    return [site / "defenses.html", *written]

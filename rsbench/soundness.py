@@ -1,0 +1,160 @@
+"""Soundness checks a certifier must pass before its certified accuracies mean anything.
+
+A certified accuracy is only as good as the certificates behind it, and a defense submitted with its
+own certifier (a plugin) or its own model could claim more than holds. On the first K test samples:
+
+- deterministic certifiers (GloRo, KW, plugins): the certificate must not depend on the generator
+  (two calls agree exactly), its label must be the network's (`Defense.model`), and no point within
+  the certified radius may change that label: every bounded evasion attack of the registry that
+  attacks the kind in its norm (`pgd-l2`, `pgd-linf`) is run at each sample's own certified radius,
+  judged exactly as evasion runs judge. A point found is a counterexample, named with its sample,
+  radius and distance.
+- smoothing: CERTIFY must agree with a second, independent run within its error. For the class
+  each run certifies, its lower bound on that class's probability must not exceed the upper bound
+  (one-sided Clopper-Pearson at the certificate's alpha) that the counts of the other run give. A
+  sound CERTIFY breaks this on a sample only when one of the two bounds fails (probability at most
+  2 alpha), so the check fails only when more samples break it than a binomial at 2 alpha gives
+  with probability `SMOOTHING_SIGNIFICANCE`; the violating samples are named.
+
+`check` runs the one that applies; each returns what it checked and raises one line on a violation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from scipy.stats import binom
+
+from rsbench import registry, runner
+from rsbench.attacks.base import Target, Tracker
+from rsbench.defenses.base import Defense
+from rsbench.defenses.smoothing import Smoothing
+from rsbench.errors import RsbenchError
+from rsbench.goals import instantiate, within
+from rsbench.specs import AttackSpec, DefenseSpec
+from rsbench.stats import clopper_pearson
+
+SAMPLES = 20
+"""K: the first test samples the checks run on (those of the standard tracks)."""
+SMOOTHING_SIGNIFICANCE = 1e-3
+"""Chance that a sound smoothing defense fails the agreement check."""
+RADIUS_SLACK = 1e-6
+"""Attacks run within radius (1 - RADIUS_SLACK), so float rounding at the sphere's edge counts for the certificate."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a soundness check did: the samples it looked at and how many certificates it tested."""
+
+    samples: int
+    tested: int
+    """Certificates tested: attacked (deterministic) or compared with a second run (smoothing)."""
+    detail: str
+
+
+def bounded_attacks(spec: DefenseSpec) -> list[AttackSpec]:
+    """The registry's bounded evasion attacks that attack the defense's kind in its norm."""
+    chosen = []
+    for attack in registry.all_specs("attacks").values():
+        cls = registry.resolve(attack.implementation)
+        if attack.goal == "evasion" and spec.kind in cls.kinds and attack.norm in (None, spec.norm):
+            chosen.append(attack)
+    if not chosen:
+        raise RsbenchError(f"the registry has no bounded evasion attack of {spec.kind} defenses in {spec.norm}")
+    return chosen
+
+
+def check(spec: DefenseSpec, defense: Defense, samples: Sequence[tuple[torch.Tensor, int]], seed: int = 0) -> Report:
+    """The check that applies to the defense's kind, on `samples` (the first K of the test split)."""
+    if isinstance(defense, Smoothing):
+        return check_smoothing(spec, defense, samples, seed)
+    return check_deterministic(spec, defense, samples, seed)
+
+
+def check_deterministic(spec: DefenseSpec, defense: Defense, samples: Sequence[tuple[torch.Tensor, int]],
+                        seed: int = 0, attacks: Sequence[AttackSpec] | None = None) -> Report:
+    """Determinism, the network's label, and no counterexample within any certified radius; raises on the first
+    violation, naming it."""
+    network = getattr(defense, "model", None)
+    if not isinstance(network, torch.nn.Module):
+        raise RsbenchError(f"{spec.name}: the certifier exposes no `model` whose label its certificate protects")
+    attacks = list(attacks) if attacks is not None else bounded_attacks(spec)
+    jobs = [(attack, instantiate(attack, spec)) for attack in attacks]
+    device, tested = defense.device, 0
+    for index, (x, _) in enumerate(samples):
+        x = x.to(device)
+        first = defense.certify(x, generator=runner.sample_generator(seed, index, device))
+        again = defense.certify(x, generator=runner.sample_generator(seed + 1, index, device))
+        if (first.prediction, first.radius) != (again.prediction, again.radius):
+            raise RsbenchError(f"{spec.name}: sample {index}: two certificates of the same input differ "
+                               f"({first.prediction}, {first.radius:.6g}) and ({again.prediction}, {again.radius:.6g}); "
+                               "a deterministic certifier must not depend on the generator")
+        if first.prediction is None or first.radius <= 0:
+            continue
+        with torch.no_grad():
+            label = int(network(x[None]).argmax(1))
+        if label != first.prediction:
+            raise RsbenchError(f"{spec.name}: sample {index}: certified label {first.prediction} is not the network's "
+                               f"label {label}")
+        radius = first.radius * (1 - RADIUS_SLACK)
+        for attack, job in jobs:
+            found = _counterexample(spec, defense, network, job, attack.name, x, label, radius, seed, index)
+            if found is not None:
+                raise RsbenchError(f"{spec.name}: unsound certificate at sample {index}: label {label} certified "
+                                   f"within {spec.norm} radius {first.radius:.4f}, but {attack.name} found label "
+                                   f"{found[0]} at distance {found[1]:.4f}")
+        tested += 1
+    names = ", ".join(a.name for a in attacks)
+    return Report(len(samples), tested, f"{tested} certified samples attacked at their own radius by {names}: no "
+                                        "label changed; every certificate repeats exactly")
+
+
+def _counterexample(spec: DefenseSpec, defense: Defense, network: torch.nn.Module, job: object, name: str,
+                    x: torch.Tensor, label: int, radius: float, seed: int, index: int) -> tuple[int, float] | None:
+    """(the other label, its distance) of a point the attack finds within `radius` of x, or None."""
+    tracker = Tracker(x, lambda _: False, norm=spec.norm)
+
+    def judge(x_adv: torch.Tensor) -> bool:
+        inside = 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+        with torch.no_grad():
+            return inside and within(tracker.distance(x_adv), radius) and int(network(x_adv[None]).argmax(1)) != label
+
+    tracker.judge = judge
+    generator = runner.stream(seed, index, name, "soundness", defense.device)
+    job.run(Target(defense, radius, spec.norm), x, label, tracker, generator)
+    if tracker.first is None:
+        return None
+    x_adv = tracker.first.x_adv.to(x.device)
+    with torch.no_grad():
+        return int(network(x_adv[None]).argmax(1)), tracker.first.radius
+
+
+def check_smoothing(spec: DefenseSpec, defense: Smoothing, samples: Sequence[tuple[torch.Tensor, int]],
+                    seed: int = 0) -> Report:
+    """CERTIFY against a second, independent run on each sample, both ways; raises when more samples disagree
+    than a sound CERTIFY allows (see the module's docstring)."""
+    device, n, alpha = defense.device, defense.n, defense.alpha
+    violations, tested = [], 0
+    for index, (x, _) in enumerate(samples):
+        x = x.to(device)
+        runs = [runner.stream(seed, index, "", f"soundness-{k}", device) for k in (0, 1)]
+        certificates = [defense.certify(x, generator=g) for g in runs]
+        counts = [defense.sample_counts(x, n, runner.stream(seed, index, "", f"soundness-count-{k}", device))
+                  for k in (0, 1)]
+        for certificate, other in zip(certificates, reversed(counts)):
+            if certificate.prediction is None:
+                continue
+            tested += 1
+            upper = clopper_pearson(int(other[certificate.prediction]), n, 2 * alpha)[1]
+            if certificate.p_lower > upper:
+                violations.append(f"sample {index} (class {certificate.prediction}: lower bound "
+                                  f"{certificate.p_lower:.4f} > {upper:.4f})")
+    allowed = int(binom.isf(SMOOTHING_SIGNIFICANCE, max(tested, 1), min(2 * alpha, 1.0)))
+    if len(violations) > allowed:
+        raise RsbenchError(f"{spec.name}: CERTIFY disagrees with a second independent run beyond its error on "
+                           f"{len(violations)} of {tested} certificates (a sound one allows {allowed}): "
+                           + "; ".join(violations[:3]))
+    return Report(len(samples), tested, f"{tested} certificates agree with a second independent run within their "
+                                        f"error ({len(violations)} outside, {allowed} allowed)")
