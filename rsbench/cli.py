@@ -97,12 +97,15 @@ def format_certified_table(result: RunResult) -> str:
                    "All attacks of a run share one goal (evasion, degradation or spoofing).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=10, show_default=True,
               help="Use the first K samples of the test split; only correct, certified ones are attacked "
-                   "(CAA costs about 100 N-sample forward-backward passes per sample: about 90 s for the default "
-                   "on 2 CPU cores with a digits model).")
+                   "(CAA costs about 100 N-sample forward-backward passes per sample: about a minute for the "
+                   "default on 2 idle CPU cores with a digits model).")
 @certification_options
 @attack_options
+@click.option("--leaderboards", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
+              help="Folder of the leaderboard tracks; the interval table names the run's track only when the run "
+                   "followed its protocol exactly, and otherwise says which protocol fields differ.")
 def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_batch: int | None, out: Path | None,
-             backend: str, address: str | None, save_examples: bool, **settings: object) -> None:
+             backend: str, address: str | None, save_examples: bool, leaderboards: Path, **settings: object) -> None:
     """Attack a certified defense; the attacks' goal decides the job and its table.
 
     \b
@@ -120,18 +123,20 @@ def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_bat
     and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
     Re-running with the same OUT resumes; a run naming more attacks reuses the records of the others.
     """
-    from rsbench import engine, registry, requirements, rundir, runner, site
+    from rsbench import engine, registry, requirements, rundir, runner, track_table
 
     spec = registry.get_defense(defense)
     attack_specs = [registry.get_attack(name) for name in attacks]
+    torch_device = runner.resolve_device(device)
+    settings["workers"] = engine.default_workers(settings["workers"], torch_device, backend)  # type: ignore[arg-type]
     config = engine.evaluate_config(spec, attack_specs, **settings)
     requirements.require(spec)
     out = out or rundir.default_path(config)
-    result = engine.evaluate(spec, attack_specs, config, out, runner.resolve_device(device), save_examples=save_examples,
+    result = engine.evaluate(spec, attack_specs, config, out, torch_device, save_examples=save_examples,
                              images_per_batch=images_per_batch, backend=backend, address=address)
     click.echo(engine.format_table(result))
     click.echo("\nWith 95% bootstrap intervals over samples, as the leaderboards report them:")
-    click.echo(site.run_table(out))
+    click.echo(track_table.run_table(out, leaderboards))
     click.echo(f"records, result.json and plots in {out}")
 
 
@@ -158,8 +163,10 @@ def sweep(defense_pattern: str, attack_pattern: str, device: str, root: Path, **
     from rsbench import sweep as sweeps
 
     finished = []
-    for run in sweeps.run(sweeps.plan(defense_pattern, attack_pattern), runner.resolve_device(device), root=root,
-                          **settings):
+    torch_device = runner.resolve_device(device)
+    backend = settings["backend"]
+    settings["workers"] = engine.default_workers(settings["workers"], torch_device, backend)  # type: ignore[arg-type]
+    for run in sweeps.run(sweeps.plan(defense_pattern, attack_pattern), torch_device, root=root, **settings):
         click.echo(f"\n{run.planned.defense.name}, {run.planned.goal}:\n{engine.format_table(run.result)}")
         finished.append(run)
     click.echo("\nsweep:")

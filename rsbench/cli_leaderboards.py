@@ -32,15 +32,23 @@ def leaderboard_list(root: Path) -> None:
 
 @leaderboard_group.command("show")
 @click.argument("track")
-@click.option("--sort", "sort", default=None, help="Rank by this metric (strongest attack first).")
+@click.option("--sort", "sort", default=None,
+              help="Order by this metric (strongest attack first) [by rank on best, as the site orders them].")
 @click.option("--json", "as_json", is_flag=True, help="The leaderboard file itself.")
 @LEADERBOARDS
 def leaderboard_show(track: str, sort: str | None, as_json: bool, root: Path) -> None:
-    """A track's table (TRACK, or TRACK@vN for an older version) with 95% bootstrap intervals."""
-    from rsbench import leaderboard, site
+    """A track's table (TRACK, or TRACK@vN for an older version) with 95% bootstrap intervals, each entry's rank
+    interval, and its leader or the entries tied for first."""
+    from rsbench import leaderboard, ranking, track_table
 
-    board = leaderboard.load(leaderboard.find(root, track))
-    click.echo(board.model_dump_json(indent=1) if as_json else site.markdown(board, sort))
+    path = leaderboard.find(root, track)
+    board = leaderboard.load(path)
+    if as_json:
+        click.echo(board.model_dump_json(indent=1))
+        return
+    newest = int(leaderboard.latest(root, board.track).stem[1:])
+    standings = ranking.rank(board, *leaderboard.stored_records(path.parent, board))
+    click.echo(track_table.markdown(board, standings, sort, newest))
 
 
 @leaderboard_group.command("add")

@@ -51,9 +51,10 @@ OUT = click.option("--out", type=click.Path(path_type=Path), default=None,
 certification_options = with_options([*SAMPLING_OPTIONS, OUT])
 """The options certify, evaluate and degradation-curve share."""
 ATTACK_OPTIONS = [
-    click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    click.option("--workers", type=click.IntRange(min=1), default=None,
                  help="Workers attacking batches of samples side by side (processes, or Ray actors with "
-                      "--backend ray: CPU cores, or GPUs); records do not change, times include the sharing."),
+                      "--backend ray: CPU cores, or GPUs); records do not change, times include the sharing "
+                      "[on the CPU one per core, each with one thread; on a GPU 1]."),
     click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                  help="local: worker processes on this machine; ray: Ray actors, each loading the model once, "
                       "on a local Ray or the cluster at --address; a worker that dies is restarted and its "

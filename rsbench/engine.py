@@ -16,10 +16,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator, Sequence
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel
@@ -71,10 +73,33 @@ class SampleOutcome:
     attacks: list[tuple[BaseModel, torch.Tensor | None]]
 
 
+class StepFailed(Exception):
+    """A step of a batch (certifying, or one attack) raised in a worker: which samples and step, the error in one
+    line, its traceback, and the outcomes the batch finished before it, which the engine keeps."""
+
+    def __init__(self, message: str, details: str, finished: list[SampleOutcome]) -> None:
+        super().__init__(message, details, finished)  # the arguments rebuild it when it crosses processes
+        self.message, self.details, self.finished = message, details, finished
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _samples(indices: Sequence[int]) -> str:
+    return f"sample {indices[0]}" if len(indices) == 1 else f"samples {', '.join(map(str, indices))}"
+
+
+Report = Callable[[str], None]
+"""Where a worker says what it is doing ("sample 3: caa"), for the progress display."""
+
+
 class SampleWorker:
     """Certifies and attacks a batch of samples at a time; built once per process, it holds the model and the
     goal's job. The batch's clean inputs are certified in shared passes (`Defense.certify_many`) and each
     attack runs on the batch's qualifying samples at once (`Goal.attack_many`); neither changes a record."""
+
+    report: Report | None = None
+    """Told what the worker starts next; None: nobody listens."""
 
     def __init__(self, defense_spec: DefenseSpec, attack_specs: list[AttackSpec], config: RunConfig,
                  device: torch.device) -> None:
@@ -87,23 +112,44 @@ class SampleWorker:
     def __call__(self, tasks: list[SampleTask]) -> list[SampleOutcome]:
         inputs = {t.index: (self.dataset[t.index][0], int(self.dataset[t.index][1])) for t in tasks}
         todo = [(*inputs[t.index], t.index) for t in tasks if t.clean is None]
-        certified = {r.index: r for r in runner.certify_samples(self.goal.defense, todo, self.config.seed, self.device)}
+        certified = {r.index: r for r in self._step(
+            [i for *_, i in todo], "certifying", [],
+            lambda: runner.certify_samples(self.goal.defense, todo, self.config.seed, self.device))}
         clean = {t.index: t.clean or certified[t.index] for t in tasks}
         attacked: dict[int, list] = {t.index: [] for t in tasks}
         for name in self.order:
             samples = [Sample(*inputs[t.index], t.index, clean[t.index]) for t in tasks
                        if name in t.attacks and self.goal.qualifies(self.config, clean[t.index])]
-            for sample, outcome in zip(samples, self.goal.attack_many(name, samples) if samples else []):
+            finished = [SampleOutcome(t.index, clean[t.index], attacked[t.index]) for t in tasks]
+            outcomes = self._step([s.index for s in samples], name, finished,
+                                  lambda: self.goal.attack_many(name, samples))
+            for sample, outcome in zip(samples, outcomes):
                 attacked[sample.index].append(outcome)
         return [SampleOutcome(t.index, clean[t.index], attacked[t.index]) for t in tasks]
+
+    def _step(self, indices: list[int], step: str, finished: list[SampleOutcome], work: Callable[[], list]) -> list:
+        """Run one step of the batch on the samples `indices` (nothing to do when empty), saying so first; a
+        failure becomes a StepFailed naming the samples and the step, carrying what the batch `finished`."""
+        if not indices:
+            return []
+        if self.report is not None:
+            self.report(f"{_samples(indices)}: {step}")
+        try:
+            return work()
+        except Exception as error:  # noqa: BLE001 - any failure of an attack is reported with where it happened
+            where = (f"certifying {_samples(indices)} failed" if step == "certifying"
+                     else f"attack {step} failed on {_samples(indices)}")
+            message = f"{where}: {type(error).__name__}: {' '.join(str(error).split())}"
+            raise StepFailed(message, traceback.format_exc(), finished) from None
 
 
 _WORKER: SampleWorker | Exception | None = None
 """The SampleWorker of a pool process, or why it could not be built (see `run_tasks`)."""
 
 
-def _start_worker(threads: int, *args: object) -> None:
-    """Pool initializer: leave Ctrl-C to the parent, share the CPU fairly, build the worker.
+def _start_worker(threads: int, reports: Any, *args: object) -> None:
+    """Pool initializer: leave Ctrl-C to the parent, share the CPU fairly, build the worker, whose reports go to
+    the parent through the queue `reports` as (process id, what it does).
 
     A failure (missing weights, say) is kept and raised with the first task, so that it reaches
     the parent as the error it is; raised here, the pool would start new workers forever.
@@ -113,6 +159,7 @@ def _start_worker(threads: int, *args: object) -> None:
     torch.set_num_threads(threads)
     try:
         _WORKER = SampleWorker(*args)
+        _WORKER.report = lambda text: reports.put((os.getpid(), text))
     except Exception as error:  # noqa: BLE001 - re-raised in _run_in_worker
         _WORKER = error
 
@@ -125,9 +172,10 @@ def _run_in_worker(batch: list[SampleTask]) -> list[SampleOutcome]:
 
 
 def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int, backend: Backend = "local",
-              address: str | None = None) -> Iterator[list[SampleOutcome]]:
+              address: str | None = None, report: Report | None = None) -> Iterator[list[SampleOutcome]]:
     """Outcomes of each batch of tasks: in order with one local worker, as they finish with several processes
-    or on Ray (`rsbench.cluster`, on the cluster at `address`, else a local one).
+    or on Ray (`rsbench.cluster`, on the cluster at `address`, else a local one). Local workers tell `report`
+    what they start (several processes: what each is doing, joined).
 
     Records do not depend on the worker that computes them (every noise stream is seeded
     from the sample and the attack), so only their times change with `workers` and `backend`.
@@ -139,16 +187,48 @@ def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int, backen
         yield from cluster.run_batches(SampleWorker, batches, args, workers, device, address)
         return
     if workers == 1:
-        yield from map(SampleWorker(*args), batches)
+        worker = SampleWorker(*args)
+        worker.report = report
+        yield from map(worker, batches)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (threads, *args))
+    threads = max(1, cores() // workers)
+    context = multiprocessing.get_context("spawn")
+    reports = context.SimpleQueue()
+    relay = threading.Thread(target=_relay, args=(reports, report), daemon=True)
+    relay.start()
+    pool = context.Pool(workers, _start_worker, (threads, reports, *args))
     try:
         yield from pool.imap_unordered(_run_in_worker, batches)
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+        reports.put(None)
+        relay.join()
+
+
+def _relay(reports: Any, report: Report | None) -> None:
+    """Pass what the worker processes say they do on to `report`, one entry per process, until None arrives."""
+    doing: dict[int, str] = {}
+    while (message := reports.get()) is not None:
+        process, text = message
+        doing[process] = text
+        if report is not None:
+            report("; ".join(doing[p] for p in sorted(doing)))
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(workers: int | None, device: torch.device, backend: Backend = "local") -> int:
+    """`workers`, or when not given: for local processes on the CPU one per core, each with one thread (on small
+    models several single-thread processes beat one process whose threads wait for each other, the more so when
+    other programs share the cores); on a GPU, or on Ray, one."""
+    if workers is not None:
+        return workers
+    return cores() if device.type == "cpu" and backend == "local" else 1
 
 
 def evaluate_config(defense_spec: DefenseSpec, attack_specs: Sequence[AttackSpec], *, epsilon: float | None = None,
@@ -206,10 +286,11 @@ def evaluate(
         sharing = config.workers if backend == "local" else 1  # Ray actors each claim a whole GPU
         per_batch = images_per_batch or batch_for_device(defense_spec, config, dataset[0][0].shape, device, sharing)
         batches = list(batching.chunked(tasks, per_batch))
-        outcomes = run_tasks(batches, (defense_spec, attack_specs, config, device),
-                             min(config.workers, len(batches)), backend, address)
         with bar_of(len(tasks), f"{goal.name} {defense_spec.name}", "sample", enabled=progress) as bar:
-            for batch in outcomes:
+            outcomes = run_tasks(batches, (defense_spec, attack_specs, config, device),
+                                 min(config.workers, len(batches)), backend, address, report=bar.set_postfix_str)
+
+            def keep(batch: list[SampleOutcome]) -> None:
                 for outcome in batch:
                     if outcome.index not in clean:
                         clean[outcome.index] = outcome.clean
@@ -222,7 +303,16 @@ def evaluate(
                             save_example(out / "adversarial", record.attack, outcome.index,
                                          dataset[outcome.index][0], example)
                         attack_run.append(record)
-                bar.update(len(batch))
+
+            try:
+                for batch in outcomes:
+                    keep(batch)
+                    bar.update(len(batch))
+            except StepFailed as failure:
+                keep(failure.finished)
+                (out / "error.log").write_text(failure.details)
+                raise RsbenchError(f"{failure.message} (traceback in {out / 'error.log'}); the finished records are "
+                                   "kept: re-run the same command to resume") from None
     return summarize(goal, defense_spec, attack_specs, config, clean_run, attack_run, device)
 
 

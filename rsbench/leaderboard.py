@@ -263,6 +263,15 @@ class Leaderboard(Spec):
     comparison: Comparison = Comparison()
 
 
+def protocol_differences(mine: Protocol, theirs: Protocol) -> list[str]:
+    """The fields in which two protocols differ, as "field mine ≠ theirs" (metric definitions by name only)."""
+    def shown(field: str, value: object) -> str:
+        return "(definitions)" if field == "metrics" else f"{value:,}" if isinstance(value, int) else str(value)
+
+    return [f"{k} {shown(k, getattr(mine, k))} ≠ {shown(k, getattr(theirs, k))}" for k in Protocol.model_fields
+            if getattr(mine, k) != getattr(theirs, k)]
+
+
 def track_name(protocol: Protocol) -> str:
     """`<goal>-<defense>`: the folder of a track's versions."""
     return f"{protocol.goal}-{protocol.defense}"

@@ -50,7 +50,8 @@ def _interval(value: float | None, low: float, high: float) -> Interval:
     return Interval(value=value, ci_low=None if value is None else low, ci_high=None if value is None else high)
 
 
-def _score(goal: str, record: Any) -> float:
+def score(goal: str, record: Any) -> float:
+    """A record's `SCORE`, oriented so that smaller is stronger; inf for a failure."""
     value = getattr(record, SCORE[goal])
     if not record.success or value is None:
         return math.inf
@@ -65,11 +66,11 @@ def comparison(board: Leaderboard, clean: list[SampleRecord], records: dict[str,
         scores: dict[str, dict[int, float]] = {}
         for name in names:
             _, mine = _resampled(clean, records[name], draw)
-            scores[name] = {r.index: _score(goal, r) for r in mine}
+            scores[name] = {r.index: score(goal, r) for r in mine}
         top: dict[int, float] = {}
         for table in scores.values():
-            for index, score in table.items():
-                top[index] = min(top.get(index, math.inf), score)
+            for index, value in table.items():
+                top[index] = min(top.get(index, math.inf), value)
         values: dict[str, float | None] = {}
         for a in names:
             mine = scores[a]

@@ -1,31 +1,32 @@
-"""The leaderboards as people read them: a Markdown table per track and a static site.
+"""The leaderboards as people read them: leaderboards/README.md and a static site.
 
-`render` writes `leaderboards/README.md` and `leaderboards/site/`: `index.html` and one page
-per track version with a sortable table (numbers with their 95% intervals; a click on a header
-reorders the rows, by one plain JavaScript file beside the pages), the protocol, the paired comparisons
-and the pictures (certified accuracy, attack proportion, FPR curve, spoofing examples) drawn
-from the stored records. Nothing is fetched: the site works from the file system or any
-static host.
+`render` writes `leaderboards/README.md` and `leaderboards/site/`: `index.html` (every track with its
+protocol in one line, its leader or the entries tied for first, and the metrics' legend) and one page
+per track version with a sortable table (numbers with their 95% intervals, each entry's rank interval;
+a click on a header reorders the rows, by one plain JavaScript file beside the pages), the protocol,
+the paired comparisons with their sign tests and the pictures (certified accuracy, attack proportion,
+FPR curve, spoofing examples) drawn from the stored records, and one profile per defense
+(`rsbench.profiles`). Rankings come from `rsbench.ranking`, recomputed from the stored records at
+every render. Nothing is fetched: the site works from the file system or any static host.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import shutil
 import tempfile
 from pathlib import Path
 
 from rsbench import metrics, plots, profiles
-from rsbench.admission import add_run
-from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
 from rsbench.leaderboard import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
+from rsbench.progress import each
+from rsbench.ranking import LEADER_SHARE, TIME_METRICS, Ranking, rank, sign_tests
+from rsbench.track_table import (NONE, RANK_LEGEND, SELF_REPORTED_NOTE, TIME_LEGEND, cell, header, marked, markdown,
+                                 metric_columns, protocol_line, sorted_entries, source_of, superseded, time_cell,
+                                 value_of, verdict)
 
-LOWER_IS_BETTER = {"r50", "pct_cohen", "time_s", "total_time_s", "first_ratio_r50", "first_ratio_time",
-                   "robust_accuracy", "l2_mean", "attack_error"}
-"""Metrics where a smaller number means a stronger attack; the others rank larger first."""
 SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach((th, column) => th.addEventListener('click', () => {
   const body = th.closest('table').tBodies[0];
@@ -44,119 +45,27 @@ document.querySelectorAll('table.sortable th').forEach((th, column) => th.addEve
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em}"
          "th{background:#f3f3f3;cursor:pointer}th[data-order=asc]::after{content:' ▲'}"
-         "th[data-order=desc]::after{content:' ▼'}td small{color:#666}img{max-width:100%;display:block;margin:1em 0}")
+         "th[data-order=desc]::after{content:' ▼'}td small{color:#666}img{max-width:100%;display:block;margin:1em 0}"
+         "#leader{font-size:1.1em}td.protocol{font-size:.85em;min-width:16em}")
 
 HEAD = '<link rel="stylesheet" href="site.css">'
 SCRIPT = '<script src="sort.js"></script>'
 """Every page shares one stylesheet and one sorting script, written once beside them."""
+SIGN_LEGEND = ("p: two-sided sign test over the samples both attacked, ties left out; above 0.05, the samples do "
+               "not tell the two apart")
 
 
-def metric_columns(board: Leaderboard) -> list[str]:
-    """The track's metrics that some entry has, comparative first."""
-    present = {k for e in board.entries for k in e.metrics} | ({"best"} if board.comparison.best else set())
-    return [k for k in board.protocol.metrics if k in present]
-
-
-def value_of(board: Leaderboard, entry: Entry, metric: str) -> Interval:
-    if metric == "best":
-        return board.comparison.best.get(entry.name, Interval(value=None, ci_low=None, ci_high=None))
-    return entry.metrics.get(metric, Interval(value=None, ci_low=None, ci_high=None))
-
-
-def cell(interval: Interval) -> str:
-    if interval.value is None:
-        return "–"
-    return f"{interval.value:.3g} [{interval.ci_low:.3g}, {interval.ci_high:.3g}]"
-
-
-def sorted_entries(board: Leaderboard, metric: str | None) -> list[Entry]:
-    """Entries ranked by `metric` (strongest first; undefined last); in order of addition without one."""
-    if metric is None:
-        return list(board.entries)
-    if metric not in board.protocol.metrics:
-        raise RsbenchError(f"{board.track} has no metric {metric!r}; metrics: {', '.join(board.protocol.metrics)}")
-    sign = 1 if metric in LOWER_IS_BETTER else -1
-
-    def key(entry: Entry) -> float:
-        value = value_of(board, entry, metric).value
-        return math.inf if value is None else sign * value
-
-    return sorted(board.entries, key=key)
-
-
-def source_of(entry: Entry) -> str:
-    """Where the entry's attack comes from: the registry, or a submission's commit (or, for code that was not
-    committed as it ran, its content hash)."""
-    source = entry.source
-    if source.kind == "registry":
-        return "registry"
-    if source.commit:
-        return f"submission {source.submission} @ {source.commit[:8]}"
-    return f"submission {source.submission}, content {(source.content_sha256 or 'unknown')[:8]}"
-
-
-SELF_REPORTED_NOTE = "* self-reported by the attack (times, iterations, its first example); rsbench did not judge it."
-
-
-def marked(entry: Entry, metric: str, text: str) -> str:
-    """A cell's text, starred when the entry's attack reported the number itself."""
-    return f"{text}*" if metric in entry.self_reported and text != "–" else text
-
-
-def superseded(board: Leaderboard, newest: int | None) -> str:
-    """A line saying that a newer protocol version of the track exists; empty for the newest."""
-    if newest is None or newest <= board.version:
-        return ""
-    return (f"Superseded by v{newest}, whose protocol differs; kept as measured under its own "
-            f"(leaderboards are append-only), and new entries go to v{newest}.")
-
-
-def markdown(board: Leaderboard, sort: str | None = None, newest: int | None = None) -> str:
-    """The track's table in Markdown, with the protocol in one line and what the columns mean."""
-    p, columns = board.protocol, metric_columns(board)
-    eps = f", epsilon {p.epsilon:g}" if p.epsilon is not None else ""
-    note = superseded(board, newest)
-    lines = [
-        f"### {board.track} v{board.version}",
-        "",
-        *([note, ""] if note else []),
-        f"First {p.num_samples} {p.split} samples{eps}; certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
-        + (f"; judge N={p.judge_n}, alpha={p.judge_alpha:g}, confirmation on {p.confirm_n} copies"
-           + (" with the judge's bounds" if p.confirm_bounds else "")
-           if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
-        + f"; seed {p.seed}; protocol `{board.protocol_hash[:12]}`. "
-        f"95% bootstrap intervals over samples ({p.bootstrap_resamples} resamples, seed {p.bootstrap_seed}).",
-        "",
-        "| entry | source | attacked | " + " | ".join(columns) + " |",
-        "|---|---|---|" + "---|" * len(columns),
-    ]
-    for entry in sorted_entries(board, sort):
-        values = " | ".join(marked(entry, k, cell(value_of(board, entry, k))) for k in columns)
-        lines.append(f"| {entry.name} | {source_of(entry)} | {entry.attacked} | {values} |")
-    lines += ["", *(f"- `{k}`: {p.metrics[k]}" for k in columns)]
-    if any(e.self_reported for e in board.entries):
-        lines += ["", SELF_REPORTED_NOTE]
-    return "\n".join(lines)
-
-
-def run_table(run_dir: Path) -> str:
-    """A finished run's attacks as a leaderboard table, with the leaderboard's bootstrap intervals (for `evaluate`)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        path, _ = add_run(Path(scratch), run_dir, preview=True)
-        board = load(path)
-    return markdown(board, "best" if "best" in board.protocol.metrics else None)
-
-
-def _pictures(board: Leaderboard, folder: Path, out: Path, prefix: str) -> list[str]:
+def _pictures(board: Leaderboard, records: tuple[list, dict[str, list]], folder: Path, out: Path,
+              prefix: str) -> list[str]:
     """Draw the track's pictures into `out`; their file names."""
-    clean, records = stored_records(folder, board)
+    clean, by_entry = records
     drawn: list[Path] = []
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         points = metrics.certified_accuracy_curve(clean, 0.05)
         if len(points) > 1:
             drawn.append(plots.certified_accuracy_plot(clean, points, board.defense.name, work / "certified_accuracy.png"))
-        every = [r for rows in records.values() for r in rows]
+        every = [r for rows in by_entry.values() for r in rows]
         if board.protocol.goal == "evasion" and every:
             drawn.append(plots.attack_proportion_plot(every, board.track, work / "attack_proportion.png"))
         if board.protocol.goal == "degradation":
@@ -175,70 +84,116 @@ def _pictures(board: Leaderboard, folder: Path, out: Path, prefix: str) -> list[
     return names
 
 
-def page(board: Leaderboard, pictures: list[str], newest: int | None = None) -> str:
+def _row(board: Leaderboard, entry: Entry, ranking: Ranking, columns: list[str]) -> str:
+    """One entry's row of a track page; each cell carries the value a click sorts by."""
+    esc = html.escape
+    standing = ranking.of(entry.name)
+    cells = [(entry.name, esc(entry.name)),
+             (standing.rank if standing else "", esc(standing.interval) if standing else "–"),
+             (source_of(entry), esc(source_of(entry))), (entry.attacked, entry.attacked)]
+    for k in columns:
+        v = value_of(board, entry, k)
+        if k in TIME_METRICS:
+            ratio, text = time_cell(board, entry, k)
+            number, _, rest = text.partition(" ")
+            cells.append(("" if ratio is None else ratio, marked(entry, k, f"{esc(number)} <small>{esc(rest)}</small>")))
+        else:
+            text = "–" if v.value is None else marked(entry, k, f"{v.value:.3g} <small>[{v.ci_low:.3g}, {v.ci_high:.3g}]</small>")
+            cells.append(("" if v.value is None else v.value, text))
+    return (f'<tr data-entry="{esc(entry.name)}">'
+            + "".join(f'<td data-value="{esc(str(key))}">{text}</td>' for key, text in cells) + "</tr>")
+
+
+def _paired(board: Leaderboard, p_values: dict[str, dict[str, float | None]]) -> str:
+    """The paired table: row beats column, % with its interval and the sign test's p."""
+    esc, names = html.escape, [e.name for e in board.entries]
+
+    def pair(a: str, b: str) -> str:
+        if a == b:
+            return "<td>–</td>"
+        p = p_values.get(a, {}).get(b)
+        test = "" if p is None else f' <small class="p">p={p:.2g}</small>'
+        return f"<td>{esc(cell(board.comparison.paired.get(a, {}).get(b, NONE)))}{test}</td>"
+
+    rows = "".join(f"<tr><th>{esc(a)}</th>" + "".join(pair(a, b) for b in names) + "</tr>" for a in names)
+    return ('<table id="paired"><tr><th></th>' + "".join(f"<th>{esc(n)}</th>" for n in names) + f"</tr>{rows}</table>")
+
+
+def page(board: Leaderboard, ranking: Ranking, p_values: dict[str, dict[str, float | None]], pictures: list[str],
+         newest: int | None = None) -> str:
     """One track version's HTML page."""
     columns = metric_columns(board)
     esc = html.escape
-    head = "".join(f"<th>{esc(k)}</th>" for k in ["entry", "source", "attacked", *columns])
-    rows = []
-    for entry in sorted_entries(board, "best" if "best" in columns else None):
-        cells = [f'<td data-value="{esc(entry.name)}">{esc(entry.name)}</td>',
-                 f'<td data-value="{esc(source_of(entry))}">{esc(source_of(entry))}</td>',
-                 f'<td data-value="{entry.attacked}">{entry.attacked}</td>']
-        for k in columns:
-            v = value_of(board, entry, k)
-            text = "–" if v.value is None else marked(entry, k, f"{v.value:.3g} <small>[{v.ci_low:.3g}, {v.ci_high:.3g}]</small>")
-            cells.append(f'<td data-value="{"" if v.value is None else v.value}">{text}</td>')
-        rows.append(f'<tr data-entry="{esc(entry.name)}">{"".join(cells)}</tr>')
-    names = [e.name for e in board.entries]
-    paired = "".join(
-        f"<tr><th>{esc(a)}</th>" + "".join(
-            "<td>–</td>" if a == b else f"<td>{esc(cell(board.comparison.paired.get(a, {}).get(b, Interval(value=None, ci_low=None, ci_high=None))))}</td>"
-            for b in names) + "</tr>" for a in names)
+    head = "".join(f"<th>{esc(k)}</th>" for k in ["entry", "rank", "source", "attacked",
+                                                  *(header(board, k) for k in columns)])
+    rows = "".join(_row(board, entry, ranking, columns) for entry in sorted_entries(board, None, ranking))
     protocol = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>"
                        for k, v in board.protocol.model_dump().items() if k != "metrics")
-    legend = "".join(f"<li><b>{esc(k)}</b>: {esc(board.protocol.metrics[k])}</li>" for k in columns)
-    legend += f"<li>{esc(SELF_REPORTED_NOTE)}</li>" if any(e.self_reported for e in board.entries) else ""
+    legend = [RANK_LEGEND, *(f"{k}: {board.protocol.metrics[k]}" for k in columns)]
+    legend += [TIME_LEGEND] if any(k in TIME_METRICS for k in columns) else []
+    legend += [SELF_REPORTED_NOTE] if any(e.self_reported for e in board.entries) else []
     images = "".join(f'<img src="{esc(name)}" alt="{esc(name)}">' for name in pictures)
     note = superseded(board, newest)
     note = f'<p id="superseded"><b>{esc(note)}</b></p>' if note else ""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{esc(board.track)} v{board.version}</title>'
             f"{HEAD}</head><body><p><a href=\"index.html\">all tracks</a></p>"
-            f"<h1>{esc(board.track)} v{board.version}</h1>{note}"
-            f"<p>Click a column header to sort. Numbers: value [95% bootstrap interval over samples].</p>"
-            f'<table class="sortable" id="entries"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            f"<ul>{legend}</ul><h2>Paired comparisons</h2><p>Row beats column: % of samples attacked by both where the "
-            f"row's example is better (smaller; spoofing: more similar).</p><table id=\"paired\"><tr><th></th>"
-            + "".join(f"<th>{esc(n)}</th>" for n in names) + f"</tr>{paired}</table>"
+            f"<h1>{esc(board.track)} v{board.version}</h1>{note}<p id=\"leader\">{esc(verdict(ranking))}</p>"
+            f"<p>{esc(protocol_line(board))}. Click a column header to sort. Numbers: value [95% bootstrap interval "
+            f"over samples].</p>"
+            f'<table class="sortable" id="entries"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+            "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in legend) + "</ul>"
+            f"<h2>Paired comparisons</h2><p>Row beats column: % of samples attacked by both where the row's example "
+            f"is better (smaller; spoofing: more similar). {esc(SIGN_LEGEND)}.</p>{_paired(board, p_values)}"
             f"<h2>Pictures</h2>{images}<h2>Protocol <code>{board.protocol_hash[:12]}</code></h2>"
             f"<table>{protocol}</table>{SCRIPT}</body></html>\n")
 
 
-INDEX_COLUMNS = ("track", "version", "goal", "defense", "entries", "leader", "leader's best")
+INDEX_COLUMNS = ("track", "version", "goal", "defense", "protocol", "entries", "leader", "top entry's best")
+PROTOCOL = ' class="protocol"'
+"""The index's protocol cells, set smaller (site.css): each is a sentence."""
+INDEX_LEGEND = (
+    "leader: the entry first alone in at least 95% of the bootstrap resamples; \"tied: A, B\" names the entries "
+    "whose rank interval reaches 1 when none is; \"–\" on a track with a single entry or where no entry is best on "
+    "any sample. top entry's best: the `best` of the leader, or of the first entry by rank, with its 95% interval."
+)
 
 
-def leader_of(board: Leaderboard) -> tuple[str, Interval]:
-    """The entries ranked first on `best` (ties all named, in order of addition) and their share; "" on a
-    track without entries or `best`."""
-    if "best" not in metric_columns(board):
-        return "", Interval(value=None, ci_low=None, ci_high=None)
-    first = value_of(board, sorted_entries(board, "best")[0], "best")
-    return ", ".join(e.name for e in board.entries if value_of(board, e, "best").value == first.value), first
+def top_best(board: Leaderboard, ranking: Ranking) -> Interval:
+    """`best` of the leader, or of the first entry by rank."""
+    name = ranking.leader or (ranking.contenders[0] if ranking.contenders else None)
+    if name is None and ranking.standings:
+        name = ranking.standings[0].name
+    return board.comparison.best.get(name, NONE) if name else NONE
 
 
-def index_row(board: Leaderboard, slug: str, version: str) -> str:
-    """The track's row on the index: what it is and which entry leads it on `best`."""
-    leader, best = leader_of(board)
+def index_row(board: Leaderboard, ranking: Ranking, slug: str, version: str) -> str:
+    """The track's row on the index: what it is, its protocol, and who leads it on `best` (or who is tied)."""
+    best = top_best(board, ranking)
     cells = [  # (the value a click sorts by, what the cell shows)
         (board.track, f'<a href="{slug}.html">{html.escape(board.track)}</a>'),
         (board.version, version),
         (board.protocol.goal, board.protocol.goal),
         (board.defense.name, board.defense.name),
+        (protocol_line(board), html.escape(protocol_line(board))),
         (len(board.entries), len(board.entries)),
-        (leader, html.escape(leader) or "–"),
+        (ranking.headline, html.escape(ranking.headline)),
         ("" if best.value is None else best.value, html.escape(cell(best))),
     ]
-    return "<tr>" + "".join(f'<td data-value="{html.escape(str(key))}">{text}</td>' for key, text in cells) + "</tr>"
+    return "<tr>" + "".join(f'<td data-value="{html.escape(str(key))}"{PROTOCOL if column == "protocol" else ""}>'
+                            f"{text}</td>" for column, (key, text) in zip(INDEX_COLUMNS, cells)) + "</tr>"
+
+
+def metric_legend(boards: list[Leaderboard]) -> str:
+    """Every metric the tracks define, per goal, each distinct definition once (HTML list)."""
+    definitions: dict[str, dict[str, list[str]]] = {}
+    for board in boards:
+        for metric, text in board.protocol.metrics.items():
+            known = definitions.setdefault(board.protocol.goal, {}).setdefault(metric, [])
+            if text not in known:
+                known.append(text)
+    return "".join(f"<h3>{html.escape(goal)}</h3><ul>" + "".join(
+        f"<li><b>{html.escape(metric)}</b>: {html.escape(' | '.join(texts))}</li>" for metric, texts in found.items())
+                   + "</ul>" for goal, found in definitions.items())
 
 
 def render(root: Path) -> list[Path]:
@@ -250,21 +205,25 @@ def render(root: Path) -> list[Path]:
     site.mkdir(parents=True)
     (site / "site.css").write_text(STYLE + "\n")
     (site / "sort.js").write_text(SORT_SCRIPT)
-    sections, links, summary = [], [], ["| track | entries | leader | leader's best |", "|---|---|---|---|"]
+    sections, links, boards = [], [], []
+    summary = ["| track | entries | leader | top entry's best |", "|---|---|---|---|"]
     newest = {path.parent.name: int(path.stem[1:]) for path in paths}  # files() sorts versions last
     current = []
-    for path in paths:
+    for path in each(paths, "render leaderboards", "track"):
         board = load(path)
+        records = stored_records(path.parent, board)
+        ranking, p_values = rank(board, *records), sign_tests(board, *records)
         slug, latest_version = f"{board.track}-v{board.version}", newest[path.parent.name]
-        pictures = _pictures(board, path.parent, site, slug)
-        (site / f"{slug}.html").write_text(page(board, pictures, latest_version))
-        sections.append(markdown(board, "best" if "best" in board.protocol.metrics else None, latest_version))
+        pictures = _pictures(board, records, path.parent, site, slug)
+        (site / f"{slug}.html").write_text(page(board, ranking, p_values, pictures, latest_version))
+        sections.append(markdown(board, ranking, newest=latest_version))
         version = f"{board.version}" + (" (superseded)" if latest_version > board.version else "")
-        links.append(index_row(board, slug, version))
+        links.append(index_row(board, ranking, slug, version))
+        boards.append(board)
         if latest_version == board.version:
             current.append(profiles.Track(path, board, slug))
-        leader, best = leader_of(board)
-        summary.append(f"| {board.track} v{version} | {len(board.entries)} | {leader or '–'} | {cell(best)} |")
+        summary.append(f"| {board.track} v{version} | {len(board.entries)} | {ranking.headline} | "
+                       f"{cell(top_best(board, ranking))} |")
     profiles.write(site, current, cell=cell, head=HEAD, script=SCRIPT)
     (site / "index.html").write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title>{HEAD}'
@@ -274,6 +233,7 @@ def render(root: Path) -> list[Path]:
         f"<p>{html.escape(TRUST)}</p>"
         '<table class="sortable" id="tracks"><thead><tr>'
         + "".join(f"<th>{name}</th>" for name in INDEX_COLUMNS) + f"</tr></thead><tbody>{''.join(links)}</tbody></table>"
+        f'<p id="legend">{html.escape(INDEX_LEGEND)}</p><h2>Metrics</h2>{metric_legend(boards)}'
         f"{SCRIPT}</body></html>\n")
     readme = root / "README.md"
     readme.write_text(README_HEAD + TRUST + "\n\n" + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n")
@@ -288,7 +248,7 @@ TRUST = ("What you can trust: every success rests on a stored example that rsben
          "statistical, with the protocol's alpha; every number carries a 95% bootstrap interval over samples.")
 """What a visitor can trust, and why; on the site's index and in the leaderboards README."""
 
-README_HEAD = """# Leaderboards
+README_HEAD = f"""# Leaderboards
 
 One JSON file per track version (`<goal>-<defense>/v<N>.json`, a `rsbench.leaderboard.Leaderboard`),
 with each entry's per-sample records and saved examples stored gzip-compressed beside it and pinned
@@ -297,7 +257,9 @@ by sha256. `rsbench leaderboard check` validates them all (CI runs it on every p
 writes this file and the static site in `site/` (open `site/index.html`). The seeded tracks come from
 `benchmarks/seed_leaderboards.sh`: small protocols that fit a 2-core CPU (first 20 test samples,
 n = 10,000; on smoothing a judge of N = 1500 confirmed on 15,000 fresh copies). Generated; do not edit.
-The leader of a track is its entry with the largest `best` (the share of samples on which its example is
-the track's strongest); tied entries are all named.
+Entries are ranked by `best` (the share of samples on which an entry's example is the track's strongest),
+each with the 95% bootstrap interval of its rank. A track's leader is the entry first alone in at least
+{100 * LEADER_SHARE:.0f}% of the bootstrap resamples; otherwise the entries whose rank interval reaches 1
+are named as tied, and a track with a single entry, or where no entry is best on any sample, has none.
 
 """

@@ -33,6 +33,14 @@ BOOTSTRAP_RESAMPLES = 1000
 """Resamples of every bootstrap interval rsbench reports (leaderboards, `evaluate`'s tables)."""
 
 
+def resample_draws(units: int, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
+    """The positions drawn by each bootstrap resample, (resamples, units): the draws behind every interval, so
+    that other statistics (ranks across entries) can be computed on exactly the same resamples."""
+    if not units:
+        return np.zeros((0, 0), dtype=np.int64)
+    return np.random.default_rng(seed).integers(0, units, size=(resamples, units))
+
+
 def bootstrap(statistic: Callable[[Sequence[int]], dict[str, float | None]], units: int, *, seed: int = 0,
               resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95) -> dict[str, tuple[float | None, float, float]]:
     """Point estimate and percentile bootstrap interval of each number `statistic` computes from a list of units.
@@ -44,7 +52,7 @@ def bootstrap(statistic: Callable[[Sequence[int]], dict[str, float | None]], uni
     it (a median of few samples can), so it always contains the number it qualifies.
     """
     point = statistic(list(range(units)))
-    draws = np.random.default_rng(seed).integers(0, units, size=(resamples, units)) if units else np.zeros((0, 0))
+    draws = resample_draws(units, seed, resamples)
     values: dict[str, list[float]] = {key: [] for key in point}
     for draw in draws:
         for key, value in statistic(draw.tolist()).items():

@@ -19,6 +19,7 @@ import torch
 from rsbench import engine, registry, requirements, rundir
 from rsbench.errors import RsbenchError
 from rsbench.goals import check_attack
+from rsbench.progress import bar
 from rsbench.registry import Kind
 from rsbench.specs import AttackSpec, DefenseSpec, RunResult
 
@@ -89,13 +90,16 @@ def run(runs: list[Planned], device: torch.device, *, root: Path = Path("runs"),
         progress: bool = True, epsilon: float | None = None, **settings: object) -> Iterator[Finished]:
     """Evaluate each run in its default directory under `root`; `settings` are `engine.evaluate_config`'s."""
     require_all(runs)
-    for planned in runs:
-        config = engine.evaluate_config(planned.defense, planned.attacks, epsilon=epsilon, **settings)
-        out = rundir.default_path(config, root)
-        result = engine.evaluate(planned.defense, list(planned.attacks), config, out, device,
-                                 save_examples=save_examples, progress=progress, images_per_batch=images_per_batch,
-                                 backend=backend, address=address)
-        yield Finished(planned, out, result)
+    with bar(len(runs), "sweep", "run", enabled=progress) as runs_done:
+        for planned in runs:
+            runs_done.set_postfix_str(f"{planned.defense.name}, {planned.goal}")
+            config = engine.evaluate_config(planned.defense, planned.attacks, epsilon=epsilon, **settings)
+            out = rundir.default_path(config, root)
+            result = engine.evaluate(planned.defense, list(planned.attacks), config, out, device,
+                                     save_examples=save_examples, progress=progress,
+                                     images_per_batch=images_per_batch, backend=backend, address=address)
+            runs_done.update(1)
+            yield Finished(planned, out, result)
 
 
 def summary_line(finished: Finished) -> str:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import rsbench
-from rsbench import registry, runner
+from rsbench import admission, registry, runner
 from rsbench.defenses.base import Defense
 from rsbench.engine import save_example
 from rsbench.goals.evasion import Evasion
@@ -72,12 +72,13 @@ def harness(defense: Defense, attacks: list[AttackSpec], *, sigma: float = 0.25,
 
 
 def write_evasion_run(folder: Path, radii: dict[str, list[float | None]], *, judge_n: int = 1500,
-             confirm_n: int | None = None, num_samples: int | None = None) -> Path:
+             confirm_n: int | None = None, num_samples: int | None = None,
+             defense: str = "smoothing-digits-0.50") -> Path:
     """A finished evasion run written by hand: per attack, the best radius of each sample (None: failed).
 
     Every sample is correct and certified; the saved example of a success lies exactly at its radius.
     """
-    spec = registry.get_defense("smoothing-digits-0.50")
+    spec = registry.get_defense(defense)
     attacks = [registry.get_attack(name) for name in radii]
     count = num_samples or len(next(iter(radii.values())))
     config = runner.run_config(spec, "evaluate", num_samples=count, n=1000, judge_n=judge_n, confirm_n=confirm_n,
@@ -108,7 +109,7 @@ def write_evasion_run(folder: Path, radii: dict[str, list[float | None]], *, jud
 
 @pytest.fixture
 def make_evasion_run() -> Callable[..., Path]:
-    """`write_evasion_run`: a finished evasion run on smoothing-digits-0.50 written by hand."""
+    """`write_evasion_run`: a finished evasion run (on smoothing-digits-0.50 unless told) written by hand."""
     return write_evasion_run
 
 
@@ -122,3 +123,21 @@ def ray_cluster() -> Iterator[ModuleType]:
              runtime_env={"env_vars": {"PYTHONPATH": checkout}})
     yield ray
     ray.shutdown()
+
+
+TIED = {"caa": [0.5 if k % 2 else 0.7 for k in range(20)], "deepfool": [0.7 if k % 2 else 0.5 for k in range(20)],
+        "pgd": [1.0] * 20}
+"""caa and deepfool each have the track's smallest example on half of 20 samples; pgd never."""
+DOMINATED = {"caa": [0.5] * 18 + [0.7] * 2, "deepfool": [0.6] * 18 + [0.4] * 2}
+"""caa has the smallest example on 18 of 20 samples, deepfool on the other 2."""
+
+
+@pytest.fixture(scope="session")
+def ranked_tracks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A leaderboard root with two synthetic evasion tracks: `TIED` on smoothing-digits-1.00 and `DOMINATED` on
+    smoothing-digits-0.25. Read it, or copy it before writing into it."""
+    work = tmp_path_factory.mktemp("ranked")
+    root = work / "leaderboards"
+    admission.add_run(root, write_evasion_run(work / "tied", TIED, defense="smoothing-digits-1.00"))
+    admission.add_run(root, write_evasion_run(work / "dominated", DOMINATED, defense="smoothing-digits-0.25"))
+    return root

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rsbench import admission, audit, leaderboard, registry, runner, site
+from rsbench import admission, audit, leaderboard, registry, runner, track_table
 from rsbench.errors import RsbenchError
 from rsbench.stats import bootstrap
 
@@ -138,7 +138,7 @@ def test_a_run_that_attacked_no_sample_is_refused_yet_previewed(root: Path, tmp_
     (run / "samples.jsonl").write_text("")  # as when no sample is correct and certified
     assert "none of its 2 samples was attacked" in refusal(root, run)
     assert not root.exists()
-    assert "| caa | registry | 0 |" in site.run_table(run)
+    assert "| caa | 1 | registry | 0 |" in track_table.run_table(run, root)
 
 
 def test_tampered_records_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
@@ -169,11 +169,26 @@ def test_a_changed_old_entry_is_refused_against_git_history(root: Path, tmp_path
 def test_evaluate_prints_the_leaderboard_intervals_and_legend(tmp_path: Path,
                                                               make_evasion_run: Callable[..., Path]) -> None:
     run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, None, 0.8]})
-    text = site.run_table(run)
+    text = track_table.run_table(run, tmp_path / "leaderboards")
     path, _ = admission.add_run(tmp_path / "leaderboards", run)
     success = leaderboard.load(path).entries[0].metrics["success"]
     assert success.value == 75 and f"| 75 [{success.ci_low:.3g}, {success.ci_high:.3g}] |" in text
     assert "- `r50`: median radius" in text
+
+
+def test_evaluate_names_a_track_only_when_the_run_follows_its_protocol(root: Path, tmp_path: Path,
+                                                                      make_evasion_run: Callable[..., Path]) -> None:
+    run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]})
+    heading = track_table.run_table(run, root).splitlines()[0]
+    assert heading.startswith("### This run (protocol `") and f"no evasion-{DEFENSE} track under {root}" in heading
+    path, _ = admission.add_run(root, run)
+    same = track_table.run_table(make_evasion_run(tmp_path / "b", {"pgd": [0.7, 0.6]}), root)
+    assert same.splitlines()[0] == (f"### evasion-{DEFENSE} v1: this run follows its protocol "
+                                    f"(`{leaderboard.load(path).protocol_hash[:12]}`)")
+    other = track_table.run_table(make_evasion_run(tmp_path / "c", {"pgd": [0.7, 0.6, 0.5]}, judge_n=1000), root)
+    heading = other.splitlines()[0]
+    assert heading.startswith("### This run (protocol `") and heading.endswith(
+        f"not evasion-{DEFENSE} v1's: num_samples 3 ≠ 2, judge_n 1,000 ≠ 1,500, confirm_n 10,000 ≠ 15,000")
 
 
 def test_the_committed_leaderboards_are_valid() -> None:

@@ -40,14 +40,21 @@ def rows(browser: object, table: str) -> list[str]:
 
 
 def index_rows(browser: object) -> list[list[str]]:
-    """The index's rows as (version, entries, leader, leader's best)."""
-    return [[row.find_elements("css selector", "td")[i].text for i in (1, 4, 5, 6)]
+    """The index's rows as (version, entries, leader, top entry's best)."""
+    return [[row.find_elements("css selector", "td")[i].text for i in (1, 5, 6, 7)]
             for row in browser.find_elements("css selector", "#tracks tbody tr")]
 
 
-def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: Path,
+def ranks(browser: object) -> dict[str, str]:
+    """A track page's rank column: entry -> rank interval."""
+    return {row.get_attribute("data-entry"): row.find_elements("css selector", "td")[1].text
+            for row in browser.find_elements("css selector", "#entries tbody tr")}
+
+
+def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: Path, ranked_tracks: Path,
                                                      make_evasion_run: Callable[..., Path]) -> None:
     root = tmp_path / "leaderboards"
+    shutil.copytree(ranked_tracks, root)  # a tied track (smoothing-digits-1.00) and a dominated one (0.25)
     admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
     admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.9, 0.2, 1.0, 1.1]}))
     admission.add_run(root, make_evasion_run(tmp_path / "c", {"deepfool": [0.55, 0.65, None, 0.4]}))
@@ -55,21 +62,33 @@ def test_site_tables_sort_on_click_and_pictures_load(browser: object, tmp_path: 
     admission.add_run(root, make_evasion_run(tmp_path / "e", {"deepfool": [0.3, 0.2]}, judge_n=1000))  # ties pgd
     site.render(root)
     summary = (root / "README.md").read_text()
-    assert "| evasion-smoothing-digits-0.50 v1 (superseded) | 3 | caa | 50 [0, 100] |" in summary
-    assert "| evasion-smoothing-digits-0.50 v2 | 2 | pgd, deepfool | 100 [100, 100] |" in summary
+    assert "| evasion-smoothing-digits-0.50 v1 (superseded) | 3 | tied: caa, pgd, deepfool | 50 [0, 100] |" in summary
+    assert "| evasion-smoothing-digits-0.50 v2 | 2 | tied: pgd, deepfool | 100 [100, 100] |" in summary
     assert summary.count("Superseded by v2") == 1
     browser.get((root / "site" / "index.html").as_uri())
-    assert index_rows(browser) == [["1 (superseded)", "3", "caa", "50 [0, 100]"], ["2", "2", "pgd, deepfool", "100 [100, 100]"]]
+    assert index_rows(browser) == [["1", "2", "caa", "90 [75, 100]"],  # caa dominates on 0.25
+                                   ["1 (superseded)", "3", "tied: caa, pgd, deepfool", "50 [0, 100]"],
+                                   ["2", "2", "tied: pgd, deepfool", "100 [100, 100]"],
+                                   ["1", "3", "tied: caa, deepfool", "50 [25, 75]"]]  # best on half each on 1.00
+    assert "first alone in at least 95%" in browser.find_element("id", "legend").text
+    assert "median radius (in the defense's norm)" in browser.find_element("tag name", "body").text  # metric legend
     entries = [h for h in browser.find_elements("css selector", "#tracks th") if h.text == "entries"][0]
     assert browser.execute_script("return getComputedStyle(arguments[0]).cursor", entries) == "pointer"  # site.css
-    entries.click()  # ascending: v2's two entries first
-    assert [row[0] for row in index_rows(browser)] == ["2", "1 (superseded)"]
-    links = browser.find_elements("css selector", "#tracks tbody a")
-    assert [a.text for a in links] == ["evasion-smoothing-digits-0.50"] * 2
-    links[0].click()  # v2, first after the sort
+    entries.click()  # ascending, stable: the two-entry tracks first
+    assert [row[:2] for row in index_rows(browser)] == [["1", "2"], ["2", "2"], ["1 (superseded)", "3"], ["1", "3"]]
+    browser.find_element("css selector", "#tracks a[href$='0.50-v2.html']").click()
     assert not browser.find_elements("id", "superseded")
     browser.back()
-    browser.find_element("css selector", "#tracks a[href$='v1.html']").click()
+    browser.find_element("css selector", "#tracks a[href$='1.00-v1.html']").click()
+    assert browser.find_element("id", "leader").text.startswith("Tied for first: caa, deepfool")
+    assert ranks(browser) == {"caa": "1–2", "deepfool": "1–2", "pgd": "3"}  # overlapping rank intervals
+    assert "p=1" in browser.find_element("id", "paired").text  # each beats the other on half the samples
+    browser.back()
+    browser.find_element("css selector", "#tracks a[href$='0.25-v1.html']").click()
+    assert browser.find_element("id", "leader").text.startswith("Leader: caa (first alone in 100%")
+    assert ranks(browser) == {"caa": "1", "deepfool": "2"}
+    browser.back()
+    browser.find_element("css selector", "#tracks a[href$='0.50-v1.html']").click()
     assert "Superseded by v2" in browser.find_element("id", "superseded").text
     assert rows(browser, "entries") == ["caa", "pgd", "deepfool"]  # by best: 50%, 25%, 25% (ties in order added)
     header = browser.find_elements("css selector", "#entries th")

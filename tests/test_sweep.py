@@ -47,7 +47,7 @@ def test_a_defense_lacking_files_stops_the_sweep_before_its_first_run(
 
 def test_sweep_runs_each_defense_and_goal_in_its_default_run_directory(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["sweep", "--defense", "gloro-digits-0.25", "--attack", "*pgd*",
-                                      "--num-samples", "3", "--root", str(tmp_path)])
+                                      "--num-samples", "3", "--workers", "1", "--root", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = [line for line in result.output.split("\nsweep:\n")[1].splitlines() if line.strip()]
     expected = [run for run in MATRIX if run[0] == "gloro-digits-0.25"]

@@ -150,7 +150,8 @@ class _AveragedSoftVotes(torch.autograd.Function):
     Input i's copies are numbered 0 .. draws * N - 1 in its own noise stream; copy c belongs to
     row i * draws + c // N of the output. Every forward pass runs the same chunk of every input's
     stream side by side, so each input sees the noise it would see alone. The last chunk's graph is
-    kept from the forward pass (so draws * N <= chunk_size costs no recomputation); the others are
+    kept from the forward pass (so draws * N <= chunk_size costs no recomputation, and a partial chunk
+    comes first, so that the copies computed twice are as few as the chunk size allows); the others are
     drawn again and recomputed one at a time. At most two chunks' activations are alive at once,
     whatever N and the number of draws.
     """
@@ -247,9 +248,11 @@ class SmoothedView:
             yield torch.cat([owner + i * draws for i, owner in enumerate(owners)]), torch.cat(noises), torch.cat(gumbels)
 
     def chunk_sizes(self, draws: int = 1) -> list[int]:
-        """Noisy copies per forward pass for `draws` * N copies: full chunks, then the remainder."""
+        """Noisy copies per forward pass for `draws` * N copies: the remainder, then full chunks. The last one's graph
+        is kept from the forward pass and the others are computed again in the backward pass, so the remainder
+        goes first (N = 1500 in chunks of 1000 recomputes 500 copies, not 1000)."""
         full, rest = divmod(draws * self.num_noise, self.chunk_size)
-        return [self.chunk_size] * full + ([rest] if rest else [])
+        return ([rest] if rest else []) + [self.chunk_size] * full
 
     def soft_votes(self, xs: torch.Tensor, noise: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
         """Gumbel-softmax of the base logits on xs[i] + noise: one soft one-hot vote per noisy copy.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
+from rsbench.progress import each
 from rsbench.specs import DefenseSpec
 from rsbench.training import seeded_loader
 
@@ -25,7 +25,7 @@ def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.d
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * len(loader))
     model.train()
-    for _ in tqdm(range(recipe.epochs), desc=f"train {spec.name}", unit="epoch"):
+    for _ in each(range(recipe.epochs), f"train {spec.name}", "epoch"):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             noisy = x + spec.sigma * torch.randn(x.shape, generator=generator, device=device)

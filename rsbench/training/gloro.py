@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from rsbench.defenses.gloro import margin_lipschitz, with_bottom
 from rsbench.errors import RsbenchError
@@ -31,6 +30,7 @@ from rsbench.lipschitz import (
     power_estimate,
     power_step,
 )
+from rsbench.progress import each
 from rsbench.specs import DefenseSpec
 from rsbench.training import seeded_loader
 
@@ -63,7 +63,7 @@ def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.d
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     model.train()
     step = 0
-    for _ in tqdm(range(recipe.epochs), desc=f"train {spec.name}", unit="epoch"):
+    for _ in each(range(recipe.epochs), f"train {spec.name}", "epoch"):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             epsilon = target * min(1.0, step / ramp)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from rsbench.defenses.kw import margin_lower_bounds, supported_layers
 from rsbench.errors import RsbenchError
+from rsbench.progress import bar
 from rsbench.specs import DefenseSpec
 from rsbench.training import seeded_loader
 
@@ -51,16 +51,17 @@ def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.d
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * len(loader))
     model.train()
     step = 0
-    progress = tqdm(range(recipe.epochs), desc=f"train {spec.name}", unit="epoch")
-    for _ in progress:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            epsilon = start + (spec.epsilon - start) * min(1.0, step / ramp)
-            loss = nn.functional.cross_entropy(-margin_lower_bounds(model, x, epsilon, y, box=box), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-        progress.set_postfix(epsilon=f"{epsilon:.4f}", loss=f"{loss.item():.3f}")
+    with bar(recipe.epochs, f"train {spec.name}", "epoch") as progress:
+        for _ in range(recipe.epochs):
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                epsilon = start + (spec.epsilon - start) * min(1.0, step / ramp)
+                loss = nn.functional.cross_entropy(-margin_lower_bounds(model, x, epsilon, y, box=box), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+            progress.set_postfix(epsilon=f"{epsilon:.4f}", loss=f"{loss.item():.3f}", refresh=False)
+            progress.update(1)
     model.eval()

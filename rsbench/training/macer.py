@@ -29,9 +29,9 @@ import math
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from rsbench.errors import RsbenchError
+from rsbench.progress import bar
 from rsbench.specs import DefenseSpec
 from rsbench.training import gaussian, seeded_loader
 
@@ -118,20 +118,22 @@ def fit(model: nn.Module, train_set: Dataset, spec: DefenseSpec, device: torch.d
     epochs = recipe.epochs - int(options["warmup_epochs"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     model.train()
-    progress = tqdm(range(epochs), desc=f"train {spec.name} (MACER)", unit="epoch")
-    for _ in progress:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            copies = x.unsqueeze(1).expand(-1, k, *x.shape[1:])
-            noisy = copies + spec.sigma * torch.randn(copies.shape, generator=generator, device=device)
-            logits = model(noisy.flatten(0, 1)).view(len(x), k, -1)
-            classification, robustness = macer_loss(
-                logits, y, spec.sigma, beta=options["beta"], gamma=options["gamma"]
-            )
-            loss = classification + options["lambda"] * robustness
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        progress.set_postfix(classification=f"{classification.item():.3f}", robustness=f"{robustness.item():.3f}")
+    with bar(epochs, f"train {spec.name} (MACER)", "epoch") as progress:
+        for _ in range(epochs):
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                copies = x.unsqueeze(1).expand(-1, k, *x.shape[1:])
+                noisy = copies + spec.sigma * torch.randn(copies.shape, generator=generator, device=device)
+                logits = model(noisy.flatten(0, 1)).view(len(x), k, -1)
+                classification, robustness = macer_loss(
+                    logits, y, spec.sigma, beta=options["beta"], gamma=options["gamma"]
+                )
+                loss = classification + options["lambda"] * robustness
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            progress.set_postfix(classification=f"{classification.item():.3f}",
+                                 robustness=f"{robustness.item():.3f}", refresh=False)
+            progress.update(1)
     model.eval()
