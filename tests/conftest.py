@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 import rsbench
-from rsbench import registry, runner
+from rsbench import registry, runner, sandbox
 from rsbench.defenses.base import Defense
 from rsbench.engine import save_example
 from rsbench.goals.evasion import Evasion
@@ -122,3 +123,13 @@ def ray_cluster() -> Iterator[ModuleType]:
              runtime_env={"env_vars": {"PYTHONPATH": checkout}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def sandboxed() -> None:
+    """Skip where bubblewrap cannot sandbox, except on CI, which must test the real sandbox."""
+    reason = sandbox.unavailable()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must test the sandbox (.ci/run installs bubblewrap): {reason}")
+    if reason:
+        pytest.skip(reason)
