@@ -242,7 +242,8 @@ def check_source(where: str, board: Leaderboard, entry: Entry, submissions: Path
         folder = submissions / "defenses" / (source.submission or "")
         if source.submission != board.defense.name or not folder.is_dir() or \
                 source.content_sha256 != content_sha256(folder):
-            raise RsbenchError(f"{where}: no defense submission folder {folder} with the content hash the entry records")
+            raise RsbenchError(f"{where}: no defense submission folder {folder} with the content hash the entry "
+                               "records")
         if entry.judging is None or entry.self_reported:
             raise RsbenchError(f"{where}: an entry of the trusted job records how rsbench judged it, and nothing "
                                "self-reported")

@@ -63,7 +63,8 @@ def _load(folder: str, spec_hash: str, checkpoint: str) -> tuple[Defense, nn.Mod
     spec = registry.get_defense(folder)
     if spec.spec_hash() != spec_hash:
         raise RsbenchError(f"the folder holds a spec with hash {spec.spec_hash()[:12]}, not {spec_hash[:12]}")
-    weights = WeightsRef(source="file", filename=checkpoint, sha256=spec.weights.sha256 or hub.sha256_of(Path(checkpoint)))
+    sha256 = spec.weights.sha256 or hub.sha256_of(Path(checkpoint))
+    weights = WeightsRef(source="file", filename=checkpoint, sha256=sha256)
     local = spec.model_copy(update={"weights": weights})
     local._folder = spec._folder
     defense = load_defense(local)

@@ -15,12 +15,12 @@ checkout) and holds a stand-in in this process (`rsbench.in_process`) that `load
 
 Gradients cross too: each forward is an autograd function whose backward asks the child for the
 vector-Jacobian product at the same input. Messages are a JSON header and raw tensor bytes
-(`rsbench.tensor_pipe`: no pickle), bounded in size; every answer is checked for type, shape and finiteness before rsbench
-uses it, and the whole session has a deadline. What the child controls is what a defense is: its
-network's outputs and gradients, and its certificates. Its generators' states cross with each
-certificate, so a randomized plugin is seeded by rsbench. While the stand-in is held, this process
-refuses to import code a spec names (`user_code.refused`); the trees no run may change are
-fingerprinted before and after (`submission_run.guarded`).
+(`rsbench.tensor_pipe`: no pickle), bounded in size; every answer is checked for type, shape and
+finiteness before rsbench uses it, and the whole session has a deadline. What the child controls is
+what a defense is: its network's outputs and gradients, and its certificates. Its generators' states
+cross with each certificate, so a randomized plugin is seeded by rsbench. While the stand-in is held,
+this process refuses to import code a spec names (`user_code.refused`); the trees no run may change
+are fingerprinted before and after (`submission_run.guarded`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from rsbench import hub, in_process, sandbox, user_code
 from rsbench.defenses.base import Certificate, Defense, check_input
 from rsbench.errors import RsbenchError
 from rsbench.specs import DefenseSpec
+from rsbench.submission_spec import IGNORED
 from rsbench.tensor_pipe import Pipe, states
 
 
@@ -85,7 +86,8 @@ class Link:
         """A finite float32 tensor of `shape` the child answers `op` with."""
         _, answer = self.call(op, tensors, **args)
         value = answer.get("y")
-        if value is None or value.dtype != torch.float32 or tuple(value.shape) != shape or not torch.isfinite(value).all():
+        if value is None or value.dtype != torch.float32 or tuple(value.shape) != shape or \
+                not torch.isfinite(value).all():
             raise RsbenchError(f"{self.name}'s process answered {op} with something other than finite float32 values "
                                f"of shape {list(shape)}; refused")
         return value
@@ -159,28 +161,32 @@ class RemotePlugin(Defense):
     def certify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> Certificate:
         return self.certify_many([x], [generator])[0]
 
-    def certify_many(self, xs: Sequence[torch.Tensor], generators: Sequence[torch.Generator | None]) -> list[Certificate]:
+    def certify_many(self, xs: Sequence[torch.Tensor],
+                     generators: Sequence[torch.Generator | None]) -> list[Certificate]:
         for x in xs:
             check_input(x)
         value, answer = self.link.call("certify", {"x": torch.stack(list(xs)).float(), **states(generators)},
                                        seeded=[g is not None for g in generators])
         _advance(generators, answer)
         if not isinstance(value, list) or len(value) != len(xs):
-            raise RsbenchError(f"{self.link.name}'s process answered certify without one certificate per input; refused")
+            raise RsbenchError(f"{self.link.name}'s process answered certify without one certificate per input; "
+                               "refused")
         certificates = []
         for item in value:
             prediction = self._label(item[0] if isinstance(item, list) and len(item) == 3 else "?", "certify")
             radius, p_lower = item[1], item[2]
             if type(radius) not in (int, float) or not math.isfinite(radius) or radius < 0 or \
                     p_lower is not None and (type(p_lower) not in (int, float) or not 0 <= p_lower <= 1):
-                raise RsbenchError(f"{self.link.name}'s process answered certify with radius {str(radius)[:20]}; refused")
+                raise RsbenchError(f"{self.link.name}'s process answered certify with radius {str(radius)[:20]}; "
+                                   "refused")
             certificates.append(Certificate(prediction, float(radius) if prediction is not None else 0.0,
                                             None if p_lower is None else float(p_lower)))
         return certificates
 
     def predict(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> int | None:
         check_input(x)
-        value, answer = self.link.call("predict", {"x": x.float(), **states([generator])}, seeded=[generator is not None])
+        value, answer = self.link.call("predict", {"x": x.float(), **states([generator])},
+                                       seeded=[generator is not None])
         _advance([generator], answer)
         return self._label(value, "predict")
 
@@ -223,7 +229,7 @@ def served(spec: DefenseSpec, folder: Path, *, timeout: float, isolated: bool = 
     with tempfile.TemporaryDirectory(prefix="rsbench-defense-") as scratch:
         work = Path(scratch)
         harness = box.mount(sandbox.harness_copy(work / "harness"), "/harness")
-        shutil.copytree(folder, work / "submission" / folder.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(folder, work / "submission" / folder.name, ignore=shutil.ignore_patterns(*IGNORED))
         code = box.mount(work / "submission", "/submission") + f"/{folder.name}"
         weights = box.mount(checkpoint, f"/checkpoint/{checkpoint.name}")
         (work / "home").mkdir()

@@ -131,7 +131,8 @@ def _inside(relative: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts
 
 
-def certificates(spec: DefenseSpec, protocol: Protocol, device: torch.device = torch.device("cpu")) -> list[SampleRecord]:
+def certificates(spec: DefenseSpec, protocol: Protocol,
+                 device: torch.device = torch.device("cpu")) -> list[SampleRecord]:
     """The clean certificates of a track's samples, exactly as the track stores them (its protocol's seed)."""
     defense = runner.load_for_run(spec, protocol.run_config([]), device)
     dataset = load_dataset(spec.dataset.name, protocol.split, spec.dataset.root)

@@ -69,11 +69,11 @@ SUITE: dict[str, dict[str, tuple[str, ...]]] = {
                     "linf": ("degradation-pgd-linf", "degradation-eps-pgd-linf", "degradation-adaptive-linf")},
     "spoofing": {"l2": ("shadow-1ch",), "linf": ("shadow-1ch",)},
 }
-"""The standard attack suite of each goal, per norm of the defense; of these, the attacks of the defense's kind (and,
-for a plugin, whose needs its class meets: `goals.check_attack`) run. Evasion: bounded PGD on deterministic
-certifiers; CAA, PGD, DeepFool and the released CAA on smoothing (C-W and AutoAttack take minutes a sample). Degradation:
-PGD on the classifier, PGD within epsilon and the adaptive attack on the rejection itself, SPGD on smoothing.
-Spoofing: the Shadow Attack with one grey perturbation (no colour change), every wrong class."""
+"""The standard attack suite of each goal, per norm of the defense; of these, the attacks of the defense's kind
+(and, for a plugin, whose needs its class meets: `goals.check_attack`) run. Evasion: bounded PGD on deterministic
+certifiers; CAA, PGD, DeepFool and the released CAA on smoothing (C-W and AutoAttack take minutes a sample).
+Degradation: PGD on the classifier, PGD within epsilon and the adaptive attack on the rejection itself, SPGD on
+smoothing. Spoofing: the Shadow Attack with one grey perturbation (no colour change), every wrong class."""
 CHECK_TIMEOUT = 6 * 3600
 """Seconds a defense may stay served while `leaderboard check` derives its entries again."""
 
@@ -214,7 +214,8 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     submission = load(folder)
     spec = submission.defense
     writing = not dry_run and isolated and (samples is None or samples >= TRACK_PROTOCOL["num_samples"])
-    boards = {t: _track(root, t, spec, p, writing) for t, p in track_protocols(spec, None if writing else samples).items()}
+    protocols = track_protocols(spec, None if writing else samples)
+    boards = {track: _track(root, track, spec, protocol, writing) for track, protocol in protocols.items()}
     source = Source(kind="defense-submission", submission=spec.name, commit=commit_of(folder),
                     content_sha256=content_sha256(folder))
     environment, weights = runner.environment(torch.device("cpu")), pinned_sha256(spec.weights)

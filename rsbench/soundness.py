@@ -145,7 +145,8 @@ def check_smoothing(spec: DefenseSpec, defense: Smoothing, samples: Sequence[tup
     violations, tested = [], 0
     for index, (x, _) in enumerate(samples):
         x = x.to(device)
-        runs = [runner.sample_generator(track_seed, index, device), runner.stream(seed, index, "", "soundness-1", device)]
+        runs = [runner.sample_generator(track_seed, index, device),
+                runner.stream(seed, index, "", "soundness-1", device)]
         certificates = [defense.certify(x, generator=g) for g in runs]
         counts = [defense.sample_counts(x, n, runner.stream(seed, index, "", f"soundness-count-{k}", device))
                   for k in (0, 1)]

@@ -1,12 +1,12 @@
 """Submissions: `submissions/<name>/submission.yaml` plus the attack's code, validated and verified.
 
 `validate` checks the folder (`submission_spec`) and runs the attack on a tiny embedded track of each
-defense kind it claims. A folder holding a defense (`submissions/defenses/<name>/`) is validated and
-verified by `rsbench.defense_tracks` instead. `verify` runs every claimed track's protocol and compares the claims with the
+defense kind it claims. `verify` runs every claimed track's protocol and compares the claims with the
 reproduced intervals; unless asked for a dry run (or a subset of samples), it adds the entry. Both run
 the code in the sandbox and judge what it returns here (`submission_run`): nothing the submission
 writes is taken for a judged fact, and the entry marks what only the attack could report
-(`Entry.self_reported`) and records how its examples were judged (`Entry.judging`).
+(`Entry.self_reported`) and records how its examples were judged (`Entry.judging`). A folder holding a
+defense (`submissions/defenses/<name>/`) is validated and verified by `rsbench.defense_tracks` instead.
 """
 
 from __future__ import annotations
@@ -16,14 +16,28 @@ from pathlib import Path
 
 import torch
 
-from rsbench import admission, defense_submissions, defense_tracks, leaderboard, rederive, registry, runner, sandbox, \
-    submission_run
+from rsbench import (
+    admission,
+    defense_submissions,
+    defense_tracks,
+    leaderboard,
+    rederive,
+    registry,
+    runner,
+    sandbox,
+    submission_run,
+)
 from rsbench.errors import RsbenchError
 from rsbench.hub import pinned_sha256
 from rsbench.leaderboard import Leaderboard, Protocol, Source
 from rsbench.scoring import entry_metrics
 from rsbench.specs import SampleRecord
-from rsbench.submission_spec import Submission, commit_of, content_sha256, load_submission
+from rsbench.submission_spec import (
+    Submission,
+    commit_of,
+    content_sha256,
+    load_submission,
+)
 
 SMOKE_DEFENSES = {"smoothing": "smoothing-digits-0.50", "gloro": "gloro-digits-0.25", "kw": "kw-digits-0.05"}
 """The defense of the embedded smoke track, per defense kind the attack claims to attack."""

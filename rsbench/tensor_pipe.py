@@ -53,7 +53,8 @@ def decode(head: bytes, data: bytes) -> tuple[dict[str, Any], dict[str, torch.Te
         if offset + size > len(data):
             raise ValueError("tensors longer than the message")
         raw = bytearray(data[offset:offset + size])
-        tensors[str(name)] = torch.frombuffer(raw, dtype=kind).reshape(shape) if size else torch.empty(shape, dtype=kind)
+        tensors[str(name)] = torch.frombuffer(raw, dtype=kind).reshape(shape) if size else torch.empty(shape,
+                                                                                                        dtype=kind)
         offset += size
     if offset != len(data):
         raise ValueError("bytes left over")

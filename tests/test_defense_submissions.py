@@ -109,6 +109,15 @@ def test_the_aol_example_earns_its_tracks_and_check_derives_them_again(verified:
             assert (entry.source.kind, entry.source.submission, entry.source.content_sha256) == \
                    ("defense-submission", "aol-digits", digest)
             assert entry.judging is not None and entry.self_reported == [] and entry.seed != board.protocol.seed
+    for board in boards[:2]:  # degradation, evasion: the served defense answers as the same code in this process
+        path = root / board.track / "v1.json"
+        here = board.model_copy(update={"defense": defense_submissions.load(EXAMPLE).defense})
+        clean, records = leaderboard.stored_records(path.parent, board)
+        for entry in board.entries:
+            again, _, _ = defense_tracks.judged_run(here, clean, entry.attack, entry.seed, entry.judging.seed,
+                                                    tmp_path / board.track)
+            assert [defense_tracks._differing(a.model_dump(), b.model_dump())
+                    for a, b in zip(records[entry.name], again)] == [None] * len(again)
     checked = audit.check(root, "HEAD")
     assert len(checked.new) == 5 and not checked.verification.refuted()
     with pytest.raises(RsbenchError, match="added by the trusted job"):
