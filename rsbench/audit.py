@@ -244,6 +244,8 @@ def check_source(where: str, board: Leaderboard, entry: Entry, submissions: Path
                 source.content_sha256 != content_sha256(folder):
             raise RsbenchError(f"{where}: no defense submission folder {folder} with the content hash the entry "
                                "records")
+        if located(board.defense, submissions)._folder != folder.resolve():
+            raise RsbenchError(f"{where}: the track's defense is not the one {folder} holds")
         if entry.judging is None or entry.self_reported:
             raise RsbenchError(f"{where}: an entry of the trusted job records how rsbench judged it, and nothing "
                                "self-reported")

@@ -93,7 +93,11 @@ class Link:
         return value
 
     def last_words(self) -> str:
-        lines = [line for line in self.stderr.read_text(errors="replace").splitlines() if line.strip()]
+        """The last line the child wrote to standard error (read from the end: the child may have written a lot)."""
+        with self.stderr.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            tail = handle.read().decode(errors="replace")
+        lines = [line for line in tail.splitlines() if line.strip()]
         return lines[-1][:300] if lines else f"exit status {self.process.poll()}"
 
     def close(self) -> None:
