@@ -6,9 +6,13 @@ whole `comparison` block are recomputed from the records; no two versions of a t
 Against a git revision (which must resolve), no file, protocol, clean certificate or entry there may be
 changed or removed, and every entry new since then is derived again: it goes to its track's newest
 version; a registry entry has a registry attack's spec; a submission entry the content hash of the
-submission folder it names; its records are one per attacked sample, with the dataset's labels, x and
+submission folder it names; a defense submission's entry a registry attack's spec, the content hash of
+the defense's folder, and records that running its attack again with its seeds reproduces
+(`defense_tracks.replay`); its records are one per attacked sample, with the dataset's labels, x and
 distances and the clean certificates of the track (recertified for a new track version); and every stored
-example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now.
+example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now. A track whose
+defense names code of its own is derived with that code served from its submission folder, in the
+sandbox (`defense_tracks.serving`), never in this process.
 `verify` re-judges a track's stored examples the same way, with a fresh seed or one to replay.
 """
 
@@ -24,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from rsbench import rederive, registry, runner, verdicts
+from rsbench import defense_tracks, rederive, registry, runner, verdicts
 from rsbench.data import load_dataset
+from rsbench.defense_submissions import located
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import (
@@ -155,9 +160,11 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
     if top is None or _git(root, "rev-parse", "--verify", "--quiet", f"{against}^{{commit}}") is None:
         raise RsbenchError(f"--against {against!r} does not resolve to a commit in the git checkout of {root}")
     base = Path(top.strip())
+    submissions = submissions or root.parent / "submissions"
     listed = _git(base, "ls-tree", "-r", "--name-only", against, "--", str(root.resolve().relative_to(base))) or ""
     old_files = {(base / name).resolve(): name for name in listed.splitlines() if _is_board(name)}
     new: list[tuple[Path, Leaderboard, Entry]] = []
+    certified: list[Path] = []  # track versions whose clean certificates are new: certified again below
     for path, name in old_files.items():
         if path not in boards:
             raise RsbenchError(f"{name}: removed since {against}; leaderboard files are never deleted")
@@ -169,28 +176,47 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
                                "a new protocol is a new version")
         if now.entries[:len(old.entries)] != old.entries:
             raise RsbenchError(f"{name}: an entry changed or was removed since {against}")
+        unchanged_defense(name, old, submissions)
         if not old.clean.path:  # a track file written with its protocol only: its first entry set its samples
-            recertify(path, now)
+            certified.append(path)
         new += [(path, now, e) for e in now.entries[len(old.entries):]]
     for path, board in boards.items():
         if path not in old_files:
-            recertify(path, board)
+            certified.append(path)
             new += [(path, board, e) for e in board.entries]
     newest = {b.track: max(o.version for o in boards.values() if o.track == b.track) for b in boards.values()}
     for path, board, entry in new:
         where = f"{board.track} v{board.version} entry {entry.name}"
         if board.version != newest[board.track]:
             raise RsbenchError(f"{where}: new entries go to the track's newest version, v{newest[board.track]}")
-        check_source(where, board, entry, submissions or root.parent / "submissions", pull_request)
+        check_source(where, board, entry, submissions, pull_request)
+    derived = {path: boards[path] for path in [*certified, *(path for path, _, _ in new)]}
+    derived = {path: board.model_copy(update={"defense": located(board.defense, submissions)})
+               for path, board in derived.items()}
     verification = Verification(judging(seed))
-    for path, board, entry in each(new, "re-judge", "entry"):
-        agreement = rederive_entry(path, board, entry, verification.judging.seed)
-        verification.agreement[f"{board.track} v{board.version} {entry.name}"] = agreement
+    with defense_tracks.serving([b.defense for b in derived.values()], root, defense_tracks.CHECK_TIMEOUT):
+        for path in certified:
+            recertify(path, derived[path])
+        for path, _, entry in each(new, "re-judge", "entry"):
+            board = derived[path]
+            agreement = rederive_entry(path, board, entry, verification.judging.seed)
+            verification.agreement[f"{board.track} v{board.version} {entry.name}"] = agreement
     refuted = verification.refuted()
     if refuted:
         raise RsbenchError(f"fresh noise refutes stored successes of {', '.join(refuted)} (verification seed "
                            f"{verification.judging.seed}; replay with --seed)")
     return Checked(paths, [f"{b.track} v{b.version} {e.name}" for _, b, e in new], verification)
+
+
+def unchanged_defense(name: str, board: Leaderboard, submissions: Path) -> None:
+    """A track's submitted defense stays as its tracks ran it: its code in the submission folder that holds its
+    spec, and that folder exactly as the trusted job's entries record it (a changed defense has a new name)."""
+    located(board.defense, submissions)
+    recorded = {e.source.content_sha256 for e in board.entries if e.source.kind == "defense-submission"}
+    folder = submissions / "defenses" / board.defense.name
+    if recorded and (not folder.is_dir() or recorded != {content_sha256(folder)}):
+        raise RsbenchError(f"{name}: {folder} is not the folder its entries were made from; a submitted defense's "
+                           "folder never changes (a changed defense is submitted under a new name)")
 
 
 def _is_board(name: str) -> bool:
@@ -199,17 +225,31 @@ def _is_board(name: str) -> bool:
 
 
 def check_source(where: str, board: Leaderboard, entry: Entry, submissions: Path, pull_request: bool) -> None:
-    """A new entry's attack comes from where it says: a registry attack's spec, or the submission folder it names,
-    unchanged since it ran (and never, in a pull request, a submission entry: the trusted job adds those)."""
+    """A new entry comes from where it says: a registry attack's spec; the submission folder it names, unchanged
+    since it ran; or, on a submitted defense, a registry attack's spec and the defense's folder, unchanged since
+    it ran. Never, in a pull request, a submission's entry: the trusted job adds those."""
     source = entry.source
-    if source.kind == "registry":
+    if source.kind != "submission":
         known = entry.name in registry.names("attacks") and registry.get_attack(entry.name).spec_hash()
         if known != entry.attack_hash:
             raise RsbenchError(f"{where}: comes from the registry, but no registry attack has its spec")
-        return
+        if source.kind == "registry":
+            return
     if pull_request:
         raise RsbenchError(f"{where}: submission entries are added by the trusted job once the submission is merged; "
                            "a pull request carries the submission folder only")
+    if source.kind == "defense-submission":
+        folder = submissions / "defenses" / (source.submission or "")
+        if source.submission != board.defense.name or not folder.is_dir() or \
+                source.content_sha256 != content_sha256(folder):
+            raise RsbenchError(f"{where}: no defense submission folder {folder} with the content hash the entry "
+                               "records")
+        if located(board.defense, submissions)._folder != folder.resolve():
+            raise RsbenchError(f"{where}: the track's defense is not the one {folder} holds")
+        if entry.judging is None or entry.self_reported:
+            raise RsbenchError(f"{where}: an entry of the trusted job records how rsbench judged it, and nothing "
+                               "self-reported")
+        return
     folder = submissions / (source.submission or "")
     if source.submission != entry.name or not folder.is_dir() or source.content_sha256 != content_sha256(folder):
         raise RsbenchError(f"{where}: no submission folder {folder} with the content hash the entry records")
@@ -236,13 +276,16 @@ def recertify(path: Path, board: Leaderboard) -> None:
 
 
 def rederive_entry(path: Path, board: Leaderboard, entry: Entry, seed: int) -> tuple[int, int]:
-    """A new entry's records checked against the dataset and its examples (`rederive.check_entry`), then every
-    stored success judged again on noise of `seed`: (upheld, re-judged)."""
+    """A new entry's records checked against the dataset and its examples (`rederive.check_entry`) and, for a
+    defense submission's, against running its attack again (`defense_tracks.replay`); then every stored success
+    judged again on noise of `seed`: (upheld, re-judged)."""
     defense = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([])))
     dataset = load_dataset(board.defense.dataset.name, board.protocol.split, board.defense.dataset.root)
     clean, records = stored_records(path.parent, board)
     examples = _examples(path, entry)
     rederive.check_entry(board, defense, dataset, clean, entry.name, records[entry.name], examples)
+    if entry.source.kind == "defense-submission":
+        defense_tracks.replay(board, entry, clean, records[entry.name])
     return rejudge(board, defense, entry.name, records[entry.name], examples, seed)
 
 
@@ -275,9 +318,17 @@ def rejudge(board: Leaderboard, defense, name: str, records: list, examples: dic
 
 
 def verify(path: Path, entry: str | None = None, device: torch.device = torch.device("cpu"), seed: int | None = None,
-           as_admitted: bool = False) -> Verification:
-    """Re-judge every stored success of the track (or of one entry) on noise of `seed` (default: drawn now)."""
+           as_admitted: bool = False, submissions: Path | None = None) -> Verification:
+    """Re-judge every stored success of the track (or of one entry) on noise of `seed` (default: drawn now); a
+    defense with code of its own is served from its folder in `submissions` (default: beside the leaderboards)."""
     board = check_file(path, intervals=False)
+    spec = located(board.defense, submissions or path.resolve().parents[2] / "submissions")
+    with defense_tracks.serving([spec], path.parents[1], defense_tracks.CHECK_TIMEOUT):
+        return _verify(path, board.model_copy(update={"defense": spec}), entry, device, seed, as_admitted)
+
+
+def _verify(path: Path, board: Leaderboard, entry: str | None, device: torch.device, seed: int | None,
+            as_admitted: bool) -> Verification:
     defense = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([])), device)
     _, records = stored_records(path.parent, board)
     chosen = [e for e in board.entries if entry in (None, e.name)]

@@ -1,5 +1,5 @@
 """The `leaderboard` and `submission` command groups: tracks listed, shown, added to, checked, verified and
-rendered; submitted attacks validated and verified. Thin like the rest of the CLI: parse, call, print."""
+rendered; submitted attacks and defenses validated and verified. Thin like the rest of the CLI: parse, call, print."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def leaderboard_verify(track: str, entry: str | None, seed: int | None, as_admit
     """Judge every stored success again on fresh noise (or exactly, for GloRo and KW); report agreement."""
     from rsbench import audit, leaderboard, runner
 
-    verification = audit.verify(leaderboard.find(root, track), entry, runner.resolve_device(device), seed, as_admitted)
+    verification = audit.verify(leaderboard.find(root, track), entry, runner.resolve_device(device), seed, as_admitted,
+                                root.parent / "submissions")
     for line in verification.lines():
         click.echo(line)
     if verification.refuted():
@@ -129,7 +130,8 @@ def leaderboard_render(root: Path) -> None:
 
 @click.group("submission")
 def submission_group() -> None:
-    """Attacks submitted by pull request: submissions/<name>/submission.yaml and the attack's code."""
+    """Attacks and defenses submitted by pull request: submissions/<name>/ (an attack) or submissions/defenses/<name>/
+    (a defense), each a submission.yaml and its code."""
 
 
 UNSANDBOXED = click.option("--unsandboxed", is_flag=True,
@@ -142,7 +144,10 @@ UNSANDBOXED = click.option("--unsandboxed", is_flag=True,
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds the smoke run may take.")
 @UNSANDBOXED
 def submission_validate(folder: Path, timeout: float, unsandboxed: bool) -> None:
-    """Schema, import, and a smoke run on a tiny embedded track in the sandbox, judged by rsbench."""
+    """Schema, import, and a smoke run on a tiny embedded track in the sandbox, judged by rsbench.
+
+    A defense (submissions/defenses/NAME): schema, names, files and weights, then, with its code served from the
+    sandbox, its claimed accuracies certified again on the track's samples and the soundness checks."""
     from rsbench import submissions
 
     click.echo(submissions.validate(folder, timeout, isolated=not unsandboxed))
@@ -150,7 +155,8 @@ def submission_validate(folder: Path, timeout: float, unsandboxed: bool) -> None
 
 @submission_group.command("verify")
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds each claimed track may take.")
+@click.option("--timeout", type=float, default=1800, show_default=True,
+              help="Seconds each claimed track (a defense: each of its tracks) may take.")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Check the claims on the first K samples of each track only (large tracks in CI); adds no entry.")
 @click.option("--dry-run", is_flag=True, help="Run and judge every claimed track and check the claims; add no entry.")
@@ -159,7 +165,11 @@ def submission_validate(folder: Path, timeout: float, unsandboxed: bool) -> None
 def submission_verify(folder: Path, timeout: float, samples: int | None, dry_run: bool, unsandboxed: bool,
                       root: Path) -> None:
     """Run each claimed track's protocol in the sandbox, judge the examples here, compare with the claims, add the
-    entries."""
+    entries.
+
+    A defense (submissions/defenses/NAME): validate it, then run the standard attack suite of each goal its kind
+    supports on the standard protocol against its sandboxed code, judge here, and add the tracks
+    evasion-NAME, degradation-NAME and spoofing-NAME."""
     from rsbench import submissions
 
     for line in submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed):

@@ -5,23 +5,26 @@ weights on the Hugging Face Hub at a pinned commit), the authors, the paper, the
 track the defense will get (`<goal>-<name>` for every goal its kind supports, under the standard
 protocol `track_protocols` gives), the clean and certified accuracies the authors measured there.
 
-`load` checks the schema, the names, that every file the spec names is in the folder and that the
-weights have their sha256. `recertify` certifies the first samples of each claimed track as the
-track will and refuses a claimed accuracy outside the reproduced 95% Clopper-Pearson interval.
-`rsbench.soundness` checks the certifier itself. `validate` runs the three. They run the submission's
-code in this process: a caller that does not trust it runs them in a sandbox.
+`load` checks the schema, the names (never a registry defense's name or alias: a submitted defense is
+named by its folder's path, and is no registry defense), that every file the spec names is in the
+folder and that the weights have their sha256; it runs no code. `recertify` certifies the first
+samples of each track as the track will and refuses a claimed accuracy outside the reproduced 95%
+Clopper-Pearson interval. `check_soundness` checks the certifier itself (`rsbench.soundness`). Both
+run the submission's code through `load_defense`: `rsbench.defense_tracks` runs them with the defense
+served from its sandbox (`rsbench.defense_server`), never in rsbench's own process. `located` finds
+the submission folder that holds a track's defense.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import torch
 from pydantic import Field, ValidationError
 
-from rsbench import hub, leaderboard, metrics, registry, runner, soundness, user_code
+from rsbench import hub, metrics, registry, runner, soundness, user_code
 from rsbench.data import load_dataset
+from rsbench.defense_server import needs_serving
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import Protocol
 from rsbench.specs import GOALS_BY_KIND, NAME_PATTERN, DefenseSpec, SampleRecord, Spec
@@ -58,12 +61,27 @@ class DefenseSubmission(Spec):
     """Per track to be (`<goal>-<name>`), the accuracies the authors measured on its samples."""
 
 
-def track_protocols(spec: DefenseSpec) -> dict[str, Protocol]:
+def track_protocols(spec: DefenseSpec, samples: int | None = None) -> dict[str, Protocol]:
     """The standard protocol of each track a defense gets: one per goal its kind supports, at the defense's own
-    epsilon (smoothing: none for evasion and spoofing, sigma for degradation)."""
-    return {f"{goal}-{spec.name}": Protocol(
-        defense=spec.name, defense_hash=spec.spec_hash(), goal=goal, epsilon=runner.default_epsilon(spec, goal, None),
-        metrics=leaderboard.goal_metrics(goal, spec.kind), **TRACK_PROTOCOL) for goal in GOALS_BY_KIND[spec.kind]}
+    epsilon (smoothing: none for evasion and spoofing, sigma for degradation), exactly as `rsbench evaluate` with
+    these settings records it (smoothing's evasion and degradation confirm with the judge's bounds); `samples`
+    takes the first K samples only (a trial, not a track)."""
+    settings = TRACK_PROTOCOL | ({"num_samples": samples} if samples else {})
+    protocols = {}
+    for goal in GOALS_BY_KIND[spec.kind]:
+        config = runner.run_config(spec, "evaluate", goal=goal, epsilon=runner.default_epsilon(spec, goal, None),
+                                   **settings)
+        protocols[f"{goal}-{spec.name}"] = Protocol.of_run(config, spec.kind)
+    return protocols
+
+
+def is_defense(folder: Path) -> bool:
+    """Whether a submission folder holds a defense (its submission.yaml has a `defense`) rather than an attack."""
+    try:
+        data = registry.read_yaml(folder / "submission.yaml")
+    except RsbenchError:
+        return False
+    return isinstance(data, dict) and "defense" in data and "attack" not in data
 
 
 def load(folder: Path) -> DefenseSubmission:
@@ -78,6 +96,14 @@ def load(folder: Path) -> DefenseSubmission:
     submission = submission.model_copy(update={"defense": spec})
     if not submission.name == spec.name == folder.resolve().name:
         raise RsbenchError(f"{path}: the folder, the submission and its defense must share one name")
+    if spec.name in registry.names("defenses"):
+        raise RsbenchError(f"{path}: {spec.name!r} is the name (or an alias) of a registry defense, whose tracks it "
+                           "would take; choose another")
+    if spec.aliases:
+        raise RsbenchError(f"{path}: a submitted defense answers to its folder's name only; remove its aliases")
+    if spec.kind in ("gloro", "kw") and needs_serving(spec):
+        raise RsbenchError(f"{path}: {spec.kind} certifies from the layers of its network, which rsbench reads in its "
+                           "own process, where submitted code never runs; submit the certifier as a plugin")
     check_files(spec, folder.resolve())
     tracks = track_protocols(spec)
     for track in submission.claims:
@@ -105,26 +131,29 @@ def _inside(relative: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts
 
 
+def certificates(spec: DefenseSpec, protocol: Protocol,
+                 device: torch.device = torch.device("cpu")) -> list[SampleRecord]:
+    """The clean certificates of a track's samples, exactly as the track stores them (its protocol's seed)."""
+    defense = runner.load_for_run(spec, protocol.run_config([]), device)
+    dataset = load_dataset(spec.dataset.name, protocol.split, spec.dataset.root)
+    samples = [(dataset[i][0], int(dataset[i][1]), i) for i in range(protocol.num_samples)]
+    return runner.certify_samples(defense, samples, protocol.seed, device)
+
+
 def recertify(submission: DefenseSubmission, device: torch.device = torch.device("cpu"),
-              work: Path | None = None) -> list[str]:
-    """Certify the first samples of every claimed track as the track will, and refuse a claim outside the 95%
-    Clopper-Pearson interval of what that gives; one line per track on success. Tracks sharing their
-    certification settings share one certification run (in `work`, a scratch folder by default)."""
-    spec, protocols = submission.defense, track_protocols(submission.defense)
-    lines, runs = [], {}
-    with tempfile.TemporaryDirectory() as scratch:
-        root = work or Path(scratch)
-        for track, claim in submission.claims.items():
-            p = protocols[track]
-            config = runner.run_config(spec, "certify", num_samples=p.num_samples, n0=p.n0, n=p.n, alpha=p.alpha,
-                                       seed=p.seed)
-            key = config.spec_hash()
-            if key not in runs:
-                out = root / f"certify-{key[:10]}"
-                runner.certify(spec, config, out, device, progress=False)
-                runs[key] = runner.certify_records(out, config)
-            lines.append(check_claim(spec.name, track, claim, runs[key]))
-    return lines
+              samples: int | None = None) -> tuple[list[str], dict[str, list[SampleRecord]]]:
+    """Certify the samples of every track the defense gets as the track will, and refuse a claim outside the 95%
+    Clopper-Pearson interval of what that gives: a line per claimed track, and each track's clean certificates
+    (tracks sharing their certification settings share one certification)."""
+    spec, protocols = submission.defense, track_protocols(submission.defense, samples)
+    runs: dict[tuple, list[SampleRecord]] = {}
+    clean = {}
+    for track, p in protocols.items():
+        key = (p.split, p.num_samples, p.n0, p.n, p.alpha, p.seed)
+        if key not in runs:
+            runs[key] = certificates(spec, p, device)
+        clean[track] = runs[key]
+    return [check_claim(spec.name, track, claim, clean[track]) for track, claim in submission.claims.items()], clean
 
 
 def check_claim(name: str, track: str, claim: AccuracyClaim, records: list[SampleRecord]) -> str:
@@ -142,22 +171,31 @@ def check_claim(name: str, track: str, claim: AccuracyClaim, records: list[Sampl
     return f"{track}: " + "; ".join(shown)
 
 
-def check_soundness(spec: DefenseSpec, device: torch.device = torch.device("cpu"),
-                    samples: int = soundness.SAMPLES) -> soundness.Report:
-    """`rsbench.soundness.check` on the first `samples` test samples, certifying as the standard tracks do."""
+def check_soundness(spec: DefenseSpec, device: torch.device = torch.device("cpu"), samples: int = soundness.SAMPLES,
+                    seed: int = 0) -> soundness.Report:
+    """`rsbench.soundness.check` on the first `samples` test samples, of the certificates the standard tracks store
+    (their seed), against noise and attacks drawn from `seed`."""
     p = TRACK_PROTOCOL
     config = runner.run_config(spec, "certify", num_samples=samples, n0=p["n0"], n=p["n"], alpha=p["alpha"])
     defense = runner.load_for_run(spec, config, device)
     dataset = load_dataset(spec.dataset.name, spec.dataset.split, spec.dataset.root)
-    return soundness.check(spec, defense, [dataset[i] for i in range(min(samples, len(dataset)))])
+    return soundness.check(spec, defense, [dataset[i] for i in range(min(samples, len(dataset)))], seed=seed,
+                           track_seed=p["seed"])
 
 
-def validate(folder: Path, device: torch.device = torch.device("cpu"), samples: int = soundness.SAMPLES) -> list[str]:
-    """Schema, names, files and weights; the claimed accuracies re-certified; the soundness checks. One line per
-    step on success; raises one line on the first failure."""
-    submission = load(folder)
-    spec = submission.defense
-    lines = [f"{spec.name}: schema, names, files and weights (sha256 {spec.weights.sha256[:12]}…) valid"]
-    lines += recertify(submission, device)
-    lines.append(f"soundness on the first {samples} test samples: {check_soundness(spec, device, samples).detail}")
-    return lines
+def located(spec: DefenseSpec, submissions: Path) -> DefenseSpec:
+    """A track's defense with the folder its files are in, when `submissions/defenses/<name>` holds that very spec
+    (read without running any code); else the spec as it is, unless it names code of its own, which then has no
+    folder to run from: refused."""
+    folder = (submissions / "defenses" / spec.name).resolve()
+    if (folder / "submission.yaml").is_file():
+        try:
+            held = registry.get_defense(str(folder))
+        except RsbenchError:
+            held = None
+        if held is not None and held.spec_hash() == spec.spec_hash():
+            return held
+    if needs_serving(spec):
+        raise RsbenchError(f"{spec.name} names code of its own ({', '.join(user_code.references(spec))}), but no "
+                           f"submission folder {folder} holds its spec; its code runs only from there, in the sandbox")
+    return spec

@@ -167,11 +167,12 @@ class Protocol(Spec):
 
 
 class Source(Spec):
-    """Where an entry's attack comes from."""
+    """Where an entry comes from: a maintainer's run of a registry attack, a submitted attack, or the trusted job's
+    run of a registry attack on a submitted defense (`rsbench submission verify submissions/defenses/<name>`)."""
 
-    kind: Literal["registry", "submission"]
+    kind: Literal["registry", "submission", "defense-submission"]
     submission: str | None = None
-    """The submission's folder name under `submissions/`."""
+    """The submission's folder name under `submissions/` (a defense's: under `submissions/defenses/`)."""
     commit: str | None = None
     """Git commit of the submission's code, when the folder that ran is that commit's (null otherwise)."""
     content_sha256: str | None = None

@@ -3,11 +3,12 @@
 Specs are parsed with `yaml.safe_load` (YAML never executes code) and validated by the
 Pydantic models of `rsbench.specs`; an error names the file and the field. Implementations
 (`module:Class`) are imported only when an attack is used, so listing the registry never
-imports torch-heavy code. Defenses come from `registry/defenses/` and from the defense
-submissions of a checkout (`submissions/defenses/<name>/submission.yaml`, its `defense`);
-a defense naming code of your own has that code's sha256 pinned when it is read
-(`rsbench.user_code`), never imported. `get_defense` also takes the path of such a YAML file,
-or of a submission's folder.
+imports torch-heavy code. A defense naming code of your own has that code's sha256 pinned
+when it is read (`rsbench.user_code`), never imported. `get_defense` also takes the path of a
+defense's YAML file, or of a defense submission's folder (`submissions/defenses/<name>/`, its
+submission.yaml's `defense`): submitted defenses are named by their folder, never listed here,
+so nothing a pull request adds joins the registry, takes a registered name or is swept up by a
+pattern.
 """
 
 from __future__ import annotations
@@ -45,12 +46,6 @@ def format_validation_error(error: ValidationError) -> str:
     field = ".".join(str(part) for part in first["loc"]) or "(top level)"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return f"field '{field}': {first['msg']}{more}"
-
-
-def submission_dirs() -> list[Path]:
-    """Folders of defense submissions: `submissions/defenses/` of the checkout rsbench runs from, when there is one."""
-    folder = Path(__file__).resolve().parents[1] / "submissions" / "defenses"
-    return [folder] if folder.is_dir() else []
 
 
 def read_yaml(path: Path) -> Any:
@@ -124,22 +119,18 @@ def _load(kind: Kind, dirs: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str,
     """
     specs: dict[str, Any] = {}
     broken: dict[str, str] = {}
-    files = [(path, path.stem, None) for folder in dirs for path in sorted((folder / kind).glob("*.yaml"))]
-    if kind == "defenses":
-        files += [(path, path.parent.name, "defense") for folder in submission_dirs()
-                  for path in sorted(folder.glob("*/submission.yaml"))]
-    for path, stem, key in files:
-        if stem in specs or stem in broken:
-            continue  # earlier folders (user registries) override the built-in one, which overrides submissions
-        try:
-            spec = parse_spec(path, _SPEC_TYPES[kind], key)
-            if spec.name != stem:
-                place = f"the folder is {stem}" if key else f"the file is {stem}.yaml"
-                raise RsbenchError(f"{path}: field 'name' is {spec.name!r} but {place}")
-        except RsbenchError as error:
-            broken[stem] = str(error)
-            continue
-        specs[spec.name] = spec
+    for folder in dirs:
+        for path in sorted((folder / kind).glob("*.yaml")):
+            if path.stem in specs or path.stem in broken:
+                continue  # earlier folders (user registries) override the built-in one
+            try:
+                spec = parse_spec(path, _SPEC_TYPES[kind])
+                if spec.name != path.stem:
+                    raise RsbenchError(f"{path}: field 'name' is {spec.name!r} but the file is {path.stem}.yaml")
+            except RsbenchError as error:
+                broken[path.stem] = str(error)
+                continue
+            specs[spec.name] = spec
     return specs, broken
 
 

@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 import rsbench
 from rsbench.errors import RsbenchError
@@ -129,12 +130,25 @@ class Sandbox:
     def run(self, argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> subprocess.CompletedProcess:
         """Run argv with exactly `env` (plus PATH, HOME, a private /tmp) in `cwd`; past `timeout` seconds every
         process it started is killed and TimeoutExpired raised."""
+        return _run(*self.command(argv, env, cwd), timeout)
+
+    def start(self, argv: list[str], env: dict[str, str], cwd: str, stderr: IO[bytes]) -> subprocess.Popen:
+        """Start argv as `run` would, in a session of its own, talking to the caller through pipes on its standard
+        input and output (binary), its standard error going to `stderr`; the caller kills its session when done."""
+        command, variables, directory = self.command(argv, env, cwd)
+        return subprocess.Popen(command, env=variables, cwd=directory, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, start_new_session=True)
+
+    def command(self, argv: list[str], env: dict[str, str], cwd: str) -> tuple[list[str], dict[str, str] | None,
+                                                                              str | None]:
+        """(the command line, its environment, its working folder) that runs argv with exactly `env` (plus PATH,
+        HOME, a private /tmp) in `cwd`, under bubblewrap or, unsandboxed, as a plain process."""
         base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "USER": "sandbox",
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}
         if not self.isolated:
             scratch = Path(cwd)
             variables = base | {"HOME": str(scratch), "TMPDIR": str(scratch), "MPLCONFIGDIR": str(scratch)} | env
-            return _run(argv, variables, cwd, timeout)
+            return argv, variables, cwd
         command = ["bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
                    "--die-with-parent", "--new-session", "--clearenv", "--dev", "/dev", "--proc", "/proc",
                    "--tmpfs", "/tmp"]
@@ -146,7 +160,7 @@ class Sandbox:
         for key, value in variables.items():
             command += ["--setenv", key, value]
         command += ["--chdir", cwd, "--", *argv]
-        return _run(command, None, None, timeout)
+        return command, None, None
 
 
 def _run(argv: list[str], env: dict[str, str] | None, cwd: str | None, timeout: float) -> subprocess.CompletedProcess:

@@ -16,6 +16,10 @@ own certifier (a plugin) or its own model could claim more than holds. On the fi
   2 alpha), so the check fails only when more samples break it than a binomial at 2 alpha gives
   with probability `SMOOTHING_SIGNIFICANCE`; the violating samples are named.
 
+The certificates tested first are the track's own (its certification seed, `track_seed`); everything
+else (the second run, the counts, the attacks' restarts) draws from `seed`, which a caller checking
+someone else's defense draws from the operating system: a base classifier that recognised the
+track's public noise, and answered well only there, then disagrees with noise it could not know.
 `check` runs the one that applies; each returns what it checked and raises one line on a violation.
 """
 
@@ -66,15 +70,17 @@ def bounded_attacks(spec: DefenseSpec) -> list[AttackSpec]:
     return chosen
 
 
-def check(spec: DefenseSpec, defense: Defense, samples: Sequence[tuple[torch.Tensor, int]], seed: int = 0) -> Report:
-    """The check that applies to the defense's kind, on `samples` (the first K of the test split)."""
+def check(spec: DefenseSpec, defense: Defense, samples: Sequence[tuple[torch.Tensor, int]], seed: int = 0,
+          track_seed: int = 0) -> Report:
+    """The check that applies to the defense's kind, on `samples` (the first K of the test split), testing the
+    certificates a track with seed `track_seed` stores, against noise and attacks drawn from `seed`."""
     if isinstance(defense, Smoothing):
-        return check_smoothing(spec, defense, samples, seed)
-    return check_deterministic(spec, defense, samples, seed)
+        return check_smoothing(spec, defense, samples, seed, track_seed)
+    return check_deterministic(spec, defense, samples, seed, track_seed=track_seed)
 
 
 def check_deterministic(spec: DefenseSpec, defense: Defense, samples: Sequence[tuple[torch.Tensor, int]],
-                        seed: int = 0, attacks: Sequence[AttackSpec] | None = None) -> Report:
+                        seed: int = 0, attacks: Sequence[AttackSpec] | None = None, track_seed: int = 0) -> Report:
     """Determinism, the network's label, and no counterexample within any certified radius; raises on the first
     violation, naming it."""
     network = getattr(defense, "model", None)
@@ -85,8 +91,8 @@ def check_deterministic(spec: DefenseSpec, defense: Defense, samples: Sequence[t
     device, tested = defense.device, 0
     for index, (x, _) in enumerate(samples):
         x = x.to(device)
-        first = defense.certify(x, generator=runner.sample_generator(seed, index, device))
-        again = defense.certify(x, generator=runner.sample_generator(seed + 1, index, device))
+        first = defense.certify(x, generator=runner.sample_generator(track_seed, index, device))
+        again = defense.certify(x, generator=runner.stream(seed, index, "", "soundness-again", device))
         if (first.prediction, first.radius) != (again.prediction, again.radius):
             raise RsbenchError(f"{spec.name}: sample {index}: two certificates of the same input differ "
                                f"({first.prediction}, {first.radius:.6g}) and ({again.prediction}, {again.radius:.6g}); "
@@ -132,14 +138,15 @@ def _counterexample(spec: DefenseSpec, defense: Defense, network: torch.nn.Modul
 
 
 def check_smoothing(spec: DefenseSpec, defense: Smoothing, samples: Sequence[tuple[torch.Tensor, int]],
-                    seed: int = 0) -> Report:
-    """CERTIFY against a second, independent run on each sample, both ways; raises when more samples disagree
-    than a sound CERTIFY allows (see the module's docstring)."""
+                    seed: int = 0, track_seed: int = 0) -> Report:
+    """The track's CERTIFY against a second, independent run on each sample, both ways; raises when more samples
+    disagree than a sound CERTIFY allows (see the module's docstring)."""
     device, n, alpha = defense.device, defense.n, defense.alpha
     violations, tested = [], 0
     for index, (x, _) in enumerate(samples):
         x = x.to(device)
-        runs = [runner.stream(seed, index, "", f"soundness-{k}", device) for k in (0, 1)]
+        runs = [runner.sample_generator(track_seed, index, device),
+                runner.stream(seed, index, "", "soundness-1", device)]
         certificates = [defense.certify(x, generator=g) for g in runs]
         counts = [defense.sample_counts(x, n, runner.stream(seed, index, "", f"soundness-count-{k}", device))
                   for k in (0, 1)]

@@ -5,7 +5,8 @@ defense kind it claims. `verify` runs every claimed track's protocol and compare
 reproduced intervals; unless asked for a dry run (or a subset of samples), it adds the entry. Both run
 the code in the sandbox and judge what it returns here (`submission_run`): nothing the submission
 writes is taken for a judged fact, and the entry marks what only the attack could report
-(`Entry.self_reported`) and records how its examples were judged (`Entry.judging`).
+(`Entry.self_reported`) and records how its examples were judged (`Entry.judging`). A folder holding a
+defense (`submissions/defenses/<name>/`) is validated and verified by `rsbench.defense_tracks` instead.
 """
 
 from __future__ import annotations
@@ -15,13 +16,28 @@ from pathlib import Path
 
 import torch
 
-from rsbench import admission, leaderboard, rederive, registry, runner, sandbox, submission_run
+from rsbench import (
+    admission,
+    defense_submissions,
+    defense_tracks,
+    leaderboard,
+    rederive,
+    registry,
+    runner,
+    sandbox,
+    submission_run,
+)
 from rsbench.errors import RsbenchError
 from rsbench.hub import pinned_sha256
 from rsbench.leaderboard import Leaderboard, Protocol, Source
 from rsbench.scoring import entry_metrics
 from rsbench.specs import SampleRecord
-from rsbench.submission_spec import Submission, commit_of, content_sha256, load_submission
+from rsbench.submission_spec import (
+    Submission,
+    commit_of,
+    content_sha256,
+    load_submission,
+)
 
 SMOKE_DEFENSES = {"smoothing": "smoothing-digits-0.50", "gloro": "gloro-digits-0.25", "kw": "kw-digits-0.05"}
 """The defense of the embedded smoke track, per defense kind the attack claims to attack."""
@@ -55,7 +71,10 @@ def clean_of(board: Leaderboard, folder: Path | None) -> list[SampleRecord]:
 
 
 def validate(folder: Path, timeout: float = 300, isolated: bool = True) -> str:
-    """Schema, import and a smoke run on the embedded track of each defense kind the attack claims; a summary line."""
+    """Schema, import and a smoke run on the embedded track of each defense kind the attack claims; a summary line.
+    A defense's folder: `defense_tracks.validate`, a line per check."""
+    if defense_submissions.is_defense(folder):
+        return "\n".join(defense_tracks.validate(folder, timeout, isolated))
     sandbox.require(isolated)
     submission = load_submission(folder)
     kinds = sorted({registry.get_defense(track.split("-", 1)[1]).kind for track in submission.claims})
@@ -77,8 +96,11 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     With `samples` (K), only the first K samples of each track are run, for tracks too large to re-run
     in CI: the claims are checked against the intervals of that subset, and no entry is added. With
     `dry_run`, the whole track is run and checked and the entry it would add is shown, not added.
-    Unsandboxed runs (`isolated=False`, a local trial) never add entries either.
+    Unsandboxed runs (`isolated=False`, a local trial) never add entries either. A defense's folder:
+    `defense_tracks.verify`, which adds the defense's tracks.
     """
+    if defense_submissions.is_defense(folder):
+        return defense_tracks.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=isolated)
     sandbox.require(isolated)
     submission = load_submission(folder)
     digest, commit = content_sha256(folder), commit_of(folder)

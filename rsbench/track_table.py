@@ -65,7 +65,7 @@ def source_of(entry: Entry) -> str:
     """Where the entry's attack comes from: the registry, or a submission's commit (or, for code that was not
     committed as it ran, its content hash)."""
     source = entry.source
-    if source.kind == "registry":
+    if source.kind != "submission":  # a maintainer's run, or the trusted job's on a submitted defense
         return "registry"
     if source.commit:
         return f"submission {source.submission} @ {source.commit[:8]}"

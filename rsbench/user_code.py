@@ -21,6 +21,8 @@ import importlib
 import re
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
@@ -105,8 +107,25 @@ def check_pin(spec: DefenseSpec, reference: str, path: Path, digest: str) -> Non
                            f"{reference} (the code changed: read the spec again to make it another defense)")
 
 
+_REFUSING: list[str] = []
+"""Why this process must not run code a spec names right now (the innermost reason last)."""
+
+
+@contextmanager
+def refused(reason: str) -> Iterator[None]:
+    """Until exit, refuse to run code a spec names in this process (`reason` says why): a process holding the
+    stand-in of a submitted defense, whose code runs in its sandbox, must never import that code itself."""
+    _REFUSING.append(reason)
+    try:
+        yield
+    finally:
+        _REFUSING.pop()
+
+
 def load(spec: DefenseSpec, reference: str, folder: Path | None) -> Any:
     """Import the module or file of `reference` after checking its pin, and return the named attribute."""
+    if _REFUSING:
+        raise RsbenchError(f"{spec.name}: {reference} would run in rsbench's own process, {_REFUSING[-1]}; refused")
     target, attr = split(reference)
     path = locate(target, folder)
     if is_file(target):

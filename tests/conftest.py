@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 import rsbench
-from rsbench import admission, registry, runner
+from rsbench import admission, registry, runner, sandbox
 from rsbench.defenses.base import Defense
 from rsbench.engine import save_example
 from rsbench.goals.evasion import Evasion
@@ -141,3 +142,13 @@ def ranked_tracks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     admission.add_run(root, write_evasion_run(work / "tied", TIED, defense="smoothing-digits-1.00"))
     admission.add_run(root, write_evasion_run(work / "dominated", DOMINATED, defense="smoothing-digits-0.25"))
     return root
+
+
+@pytest.fixture
+def sandboxed() -> None:
+    """Skip where bubblewrap cannot sandbox, except on CI, which must test the real sandbox."""
+    reason = sandbox.unavailable()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must test the sandbox (.ci/run installs bubblewrap): {reason}")
+    if reason:
+        pytest.skip(reason)

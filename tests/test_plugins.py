@@ -19,7 +19,8 @@ from rsbench.defenses.base import Certificate
 from rsbench.errors import RsbenchError
 from rsbench.goals import check_attack
 
-AOL = "aol-digits"
+AOL = str(Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits")
+"""The AOL example, named by its submission folder (submitted defenses are not registry defenses)."""
 
 
 def lines(out: Path) -> list[list]:

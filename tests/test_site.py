@@ -114,7 +114,8 @@ def test_defense_profiles_and_their_sortable_index(browser: object, tmp_path: Pa
     admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
     admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.9, 0.2, 1.0, 1.1]}))
     for goal, attack in (("evasion", "pgd-l2"), ("degradation", "degradation-pgd")):
-        rsbench.evaluate("aol-digits", attack, num_samples=4, out=tmp_path / goal, save_examples=True, progress=False)
+        aol = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits"
+        rsbench.evaluate(str(aol), attack, num_samples=4, out=tmp_path / goal, save_examples=True, progress=False)
         admission.add_run(root, tmp_path / goal)
     site.render(root)
     browser.get((root / "site" / "index.html").as_uri())

@@ -7,7 +7,6 @@ itself. A test that needs bubblewrap fails on CI (CI=1), where `.ci/run` install
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 import yaml
 
 import rsbench
-from rsbench import audit, leaderboard, sandbox, submission_run, submissions
+from rsbench import audit, leaderboard, submission_run, submissions
 from rsbench.errors import RsbenchError
 from rsbench.submission_spec import commit_of, content_sha256, load_submission
 
@@ -118,16 +117,6 @@ class Hostile(Attack):
             atexit.register(forge)
         tracker.iterations += 1
 '''
-
-
-@pytest.fixture
-def sandboxed() -> None:
-    """Skip where bubblewrap cannot sandbox, except on CI, which must test the real sandbox."""
-    reason = sandbox.unavailable()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"CI must test the sandbox (.ci/run installs bubblewrap): {reason}")
-    if reason:
-        pytest.skip(reason)
 
 
 def submission(folder: Path, name: str, code: str, cls: str, claims: dict[str, float | None],

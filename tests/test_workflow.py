@@ -105,10 +105,11 @@ def changed_step(name: str) -> str:
     return next(s["run"] for _, s in steps(name) if s.get("id") == "changed")
 
 
-def test_an_injected_folder_name_is_refused_and_never_run(layout: Path) -> None:
+@pytest.mark.parametrize("where", ["", "defenses/"])  # an attack's folder, a defense's
+def test_an_injected_folder_name_is_refused_and_never_run(layout: Path, where: str) -> None:
     pr = layout / "pr"
-    for folder in (INJECTED, "good-one"):
-        (pr / "submissions" / folder).mkdir()
+    for folder in (where + INJECTED, "good-one"):
+        (pr / "submissions" / folder).mkdir(parents=True)
         (pr / "submissions" / folder / "a.py").write_text("")
     git(pr, "add", ".")
     git(pr, "commit", "-qm", "pull request")
@@ -121,16 +122,17 @@ def test_an_injected_folder_name_is_refused_and_never_run(layout: Path) -> None:
 
 def test_valid_names_reach_rsbench_through_the_environment(layout: Path) -> None:
     pr = layout / "pr"
-    for folder in ("good-one", "v2.fmn"):
-        (pr / "submissions" / folder).mkdir()
+    for folder in ("good-one", "v2.fmn", "defenses/aol-x"):
+        (pr / "submissions" / folder).mkdir(parents=True)
         (pr / "submissions" / folder / "a.py").write_text("")
+    (pr / "submissions" / "defenses" / "README.md").write_text("")  # a file, no defense's folder
     git(pr, "add", ".")
     git(pr, "commit", "-qm", "pull request")
     output = layout / "output"
     done = run_step(changed_step("leaderboard.yml"), pr, {"BASE_SHA": "HEAD~1", "GITHUB_OUTPUT": str(output)})
     assert done.returncode == 0, done.stderr
     names = output.read_text().strip().removeprefix("names=")
-    assert names.split() == ["good-one", "v2.fmn"]
+    assert names.split() == ["defenses/aol-x", "good-one", "v2.fmn"]
     bin_dir = layout / "bin"
     bin_dir.mkdir()
     (bin_dir / "rsbench").write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
@@ -141,8 +143,22 @@ def test_valid_names_reach_rsbench_through_the_environment(layout: Path) -> None
     done = run_step(verify, pr, {"NAMES": names, "CALLS": str(calls), "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert done.returncode == 0, done.stderr
     assert calls.read_text().splitlines() == [
+        "submission validate submissions/defenses/aol-x",
+        "submission verify submissions/defenses/aol-x --root leaderboards --dry-run",
         "submission validate submissions/good-one", "submission verify submissions/good-one --root leaderboards --dry-run",
         "submission validate submissions/v2.fmn", "submission verify submissions/v2.fmn --root leaderboards --dry-run"]
+
+
+def test_the_trusted_jobs_run_submitted_code_only_in_the_sandbox() -> None:
+    """derive runs submissions; commit runs check, which serves a submitted defense's code from the sandbox: both
+    set the sandbox up before any rsbench command, and commit, which holds the write token, runs no other code."""
+    jobs = workflow("leaderboard.yml")["jobs"]
+    for name in ("derive", "commit"):
+        order = [s.get("uses", "") + s.get("run", "") for s in jobs[name]["steps"]]
+        sandbox = order.index("./.github/actions/sandbox")
+        assert all("rsbench " not in step for step in order[:sandbox]), name
+    commit = "\n".join(s.get("run", "") for s in jobs["commit"]["steps"])
+    assert "rsbench submission" not in commit and "rsbench leaderboard check leaderboards --against HEAD" in commit
 
 
 def fake(bin_dir: Path, name: str, body: str) -> None:

@@ -2,7 +2,8 @@
 
 A `plugin` spec names its certifier class in your own code (`implementation`), built with
 `CLASS.from_spec(spec, model)`; a spec with `memory` weights describes a defense built in Python
-and held by `rsbench.evaluate` (`rsbench.in_process`).
+and held by `rsbench.evaluate`, and a submitted defense served from its sandbox is held too
+(`rsbench.in_process`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ def load_defense(defense: str | DefenseSpec, device: str | torch.device = "cpu")
     from rsbench import hub, models, registry
 
     spec = registry.get_defense(defense) if isinstance(defense, str) else defense
-    if spec.weights.source == "memory":
-        from rsbench import in_process
+    from rsbench import in_process
 
+    if spec.weights.source == "memory" or in_process.holds(spec):
         return in_process.held_defense(spec).to(device)
     model = models.build_model(spec)
     models.load_weights_into(model, hub.load_checkpoint(spec.weights, registry.folder_of(spec)))
@@ -42,11 +43,9 @@ def load_defense(defense: str | DefenseSpec, device: str | torch.device = "cpu")
 def plugin_class(spec: DefenseSpec) -> type[Defense]:
     """The certifier class a plugin spec names, imported from your code (checked against its pin), or the class of
     the defense `rsbench.evaluate` holds for a spec with `memory` weights."""
-    from rsbench import registry, user_code
+    from rsbench import in_process, registry, user_code
 
-    if spec.weights.source == "memory":
-        from rsbench import in_process
-
+    if spec.weights.source == "memory" or in_process.holds(spec):
         return in_process.held_class(spec)
     cls = user_code.load(spec, spec.implementation, registry.folder_of(spec))
     if not (isinstance(cls, type) and issubclass(cls, Defense)):

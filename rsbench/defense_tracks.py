@@ -1,0 +1,252 @@
+"""A submitted defense validated, attacked by the standard suite of each goal, and given its tracks.
+
+`validate` loads the folder (`defense_submissions.load`: schema, names, files, weights; no code
+runs) and, with the defense served from its sandbox (`defense_server.served`), certifies the
+track's samples again (claims outside their 95% intervals refused) and runs the soundness checks on
+noise drawn from the operating system. `verify` does the same, then runs `SUITE` on the standard
+protocol of each track (`defense_submissions.track_protocols`) and adds `<goal>-<name>` v1 with one
+entry per attack, whose Source records the folder's content hash. Every attack runs here, in rsbench's
+process, against the served stand-in, on streams of a seed drawn for it; the examples it keeps are
+then judged again (`rederive.rebuild`) on noise of a seed drawn after it finished, exactly as a
+submitted attack's are. Nothing is written before every track's entries are judged.
+
+`replay` is what `leaderboard check` asks of such an entry: running its attack again with its two
+seeds must give its records. Re-judging the stored examples cannot see a success turned into a
+failure (a defense's author would forge that one); running the attack again does.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rsbench import (
+    admission,
+    engine,
+    goals,
+    leaderboard,
+    rederive,
+    registry,
+    runner,
+    sandbox,
+    submission_run,
+)
+from rsbench.defense_server import needs_serving, served
+from rsbench.defense_submissions import (
+    TRACK_PROTOCOL,
+    DefenseSubmission,
+    check_soundness,
+    load,
+    recertify,
+    track_protocols,
+)
+from rsbench.errors import RsbenchError
+from rsbench.hub import pinned_sha256
+from rsbench.leaderboard import (
+    Entry,
+    Judging,
+    Leaderboard,
+    Protocol,
+    Source,
+    StoredFile,
+    jsonl,
+)
+from rsbench.scoring import point_metrics
+from rsbench.specs import AttackSpec, DefenseSpec, SampleRecord
+from rsbench.submission_spec import commit_of, content_sha256
+
+SUITE: dict[str, dict[str, tuple[str, ...]]] = {
+    "evasion": {"l2": ("pgd-l2", "caa", "pgd", "deepfool", "caa-direct"), "linf": ("pgd-linf",)},
+    "degradation": {"l2": ("degradation-pgd", "degradation-eps-pgd", "degradation-adaptive", "degradation-spgd"),
+                    "linf": ("degradation-pgd-linf", "degradation-eps-pgd-linf", "degradation-adaptive-linf")},
+    "spoofing": {"l2": ("shadow-1ch",), "linf": ("shadow-1ch",)},
+}
+"""The standard attack suite of each goal, per norm of the defense; of these, the attacks of the defense's kind
+(and, for a plugin, whose needs its class meets: `goals.check_attack`) run. Evasion: bounded PGD on deterministic
+certifiers; CAA, PGD, DeepFool and the released CAA on smoothing (C-W and AutoAttack take minutes a sample).
+Degradation: PGD on the classifier, PGD within epsilon and the adaptive attack on the rejection itself, SPGD on
+smoothing. Spoofing: the Shadow Attack with one grey perturbation (no colour change), every wrong class."""
+CHECK_TIMEOUT = 6 * 3600
+"""Seconds a defense may stay served while `leaderboard check` derives its entries again."""
+
+
+def suite(spec: DefenseSpec, goal: str) -> list[AttackSpec]:
+    """The suite's attacks that attack this defense under `goal` (call it while the defense is served: a plugin's
+    class is asked what it provides)."""
+    chosen = []
+    for name in SUITE[goal][spec.norm]:
+        attack = registry.get_attack(name)
+        try:
+            goals.check_attack(attack, spec)
+        except RsbenchError:
+            continue
+        chosen.append(attack)
+    return chosen
+
+
+@contextmanager
+def serving(specs: Iterable[DefenseSpec], root: Path | None, timeout: float, isolated: bool = True) -> Iterator[None]:
+    """For the block, serve every distinct defense among `specs` that names code of its own from the folder it was
+    read from (`defense_submissions.located`), each in its own sandboxed process."""
+    with ExitStack() as stack:
+        started = set()
+        for spec in specs:
+            if not needs_serving(spec) or spec.spec_hash() in started:
+                continue
+            folder = spec._folder
+            if folder is None:
+                raise RsbenchError(f"{spec.name} names code of its own but was not read from a submission folder")
+            started.add(spec.spec_hash())
+            stack.enter_context(served(spec, folder, timeout=timeout, isolated=isolated,
+                                       guard=submission_run.guarded(root, folder)))
+        yield
+
+
+def judged_run(board: Leaderboard, clean: list[SampleRecord], attack: AttackSpec, seed: int, judge_seed: int | None,
+               work: Path, progress: bool = False) -> tuple[list, dict | None, Judging]:
+    """One attack on the track's attacked samples (`clean`: the track's certificates), run here on streams of `seed`,
+    then every example it keeps judged again on noise of `judge_seed` (default: drawn now, after the run)."""
+    out = work / f"{attack.name}-{seed}"
+    out.mkdir(parents=True)
+    (out / "clean.jsonl").write_bytes(jsonl(clean))  # the engine attacks; it certifies nothing
+    config = board.protocol.run_config([attack]).model_copy(update={"seed": seed})
+    engine.evaluate(board.defense, [attack], config, out, torch.device("cpu"), save_examples=True, progress=progress)
+    defense, dataset = submission_run.prepare(board)
+    proposals, reports = submission_run.returned(board, dataset, attack.name, out)
+    judge_seed = secrets.randbits(63) if judge_seed is None else judge_seed
+    environment = runner.environment(torch.device("cpu"))
+    judging = Judging(seed=judge_seed, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      rsbench_version=environment.rsbench_version, git_commit=environment.git_commit)
+    records, examples = rederive.rebuild(board, defense, dataset, clean, attack.name, proposals, reports, judge_seed)
+    return records, examples, judging
+
+
+def replay(board: Leaderboard, entry: Entry, clean: list[SampleRecord], records: list) -> None:
+    """Refuse, with one line, a defense submission's entry whose records are not what running its attack again with
+    its seed, and judging what it keeps on its judging's seed, gives (times aside)."""
+    where = f"{board.track} v{board.version} entry {entry.name}"
+    if entry.judging is None:
+        raise RsbenchError(f"{where}: records no judging to replay")
+    with tempfile.TemporaryDirectory(prefix="rsbench-replay-") as scratch:
+        again, _, _ = judged_run(board, clean, entry.attack, entry.seed, entry.judging.seed, Path(scratch))
+    stored = {r.index: r for r in records}
+    if sorted(stored) != sorted(r.index for r in again):
+        raise RsbenchError(f"{where}: running it again attacks other samples than its records")
+    for fresh in again:
+        field = _differing(stored[fresh.index].model_dump(), fresh.model_dump())
+        if field is not None:
+            raise RsbenchError(f"{where}: sample {fresh.index}'s record says {field} "
+                               f"{stored[fresh.index].model_dump()[field]}, running its attack again with its seeds "
+                               f"gives {fresh.model_dump()[field]}; refused")
+
+
+def _differing(stored: dict[str, Any], fresh: dict[str, Any]) -> str | None:
+    """The first field (times aside, which are measured) in which two records differ beyond float rounding."""
+    for field, value in fresh.items():
+        if field.endswith("time_s"):
+            continue
+        other = stored.get(field)
+        if isinstance(value, float) and isinstance(other, float):
+            if not math.isclose(value, other, rel_tol=1e-4, abs_tol=1e-6):
+                return field
+        elif value != other:
+            return field
+    return None
+
+
+def _checked(submission: DefenseSubmission, samples: int | None) -> tuple[list[str], dict[str, list[SampleRecord]]]:
+    """With the defense served: the claims certified again and the soundness checks; lines, and each track's clean
+    certificates."""
+    spec = submission.defense
+    lines = [f"{spec.name}: schema, names, files and weights (sha256 {spec.weights.sha256[:12]}…) valid; its code "
+             "runs in its sandbox, rsbench's attacks and judge in their own process"]
+    claims, clean = recertify(submission, samples=samples)
+    count = samples or TRACK_PROTOCOL["num_samples"]
+    seed = secrets.randbits(63)
+    report = check_soundness(spec, samples=count, seed=seed)
+    return [*lines, *claims, f"soundness on the first {count} test samples (noise seed {seed}): {report.detail}"], clean
+
+
+def validate(folder: Path, timeout: float = 300, isolated: bool = True, samples: int | None = None) -> list[str]:
+    """Schema, names, files and weights, then, served from the sandbox, the claims and the soundness checks."""
+    sandbox.require(isolated)
+    submission = load(folder)
+    with serving([submission.defense], None, timeout, isolated):
+        lines, _ = _checked(submission, samples)
+    return lines + ([] if isolated else ["(unsandboxed: its code ran in a plain process of its own)"])
+
+
+def _track(root: Path, track: str, spec: DefenseSpec, protocol: Protocol, writing: bool) -> tuple[Path, Leaderboard]:
+    """The track version the entries go to: its newest file when it holds this defense under this protocol (and
+    entries are to be written), else a new v1; refused when the track holds another defense of this name."""
+    path = leaderboard.latest(root, track)
+    if path is not None:
+        board = leaderboard.load(path)
+        if board.protocol.defense_hash != spec.spec_hash():
+            raise RsbenchError(f"{track} holds another defense named {spec.name} (spec hash "
+                               f"{board.protocol.defense_hash[:12]}, this one {spec.spec_hash()[:12]}): a changed "
+                               "defense is submitted under a new name")
+        if writing:
+            if board.protocol_hash != protocol.spec_hash():
+                raise RsbenchError(f"{path} follows another protocol than the standard one of submitted defenses")
+            return path, board
+    return root / track / "v1.json", Leaderboard(track=track, version=1, defense=spec, protocol=protocol,
+                                                  protocol_hash=protocol.spec_hash(),
+                                                  clean=StoredFile(path="", sha256=""))
+
+
+def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None = None, *, dry_run: bool = False,
+           isolated: bool = True, progress: bool = True) -> list[str]:
+    """`validate`, then the suite of each goal on the standard protocol, judged by rsbench; the tracks added.
+
+    `samples` (K) runs the first K samples only, and `dry_run` (or an unsandboxed local trial) the whole protocol,
+    both adding nothing; `timeout` bounds each track (the served session gets one more for validation).
+    """
+    sandbox.require(isolated)
+    submission = load(folder)
+    spec = submission.defense
+    writing = not dry_run and isolated and (samples is None or samples >= TRACK_PROTOCOL["num_samples"])
+    protocols = track_protocols(spec, None if writing else samples)
+    boards = {track: _track(root, track, spec, protocol, writing) for track, protocol in protocols.items()}
+    source = Source(kind="defense-submission", submission=spec.name, commit=commit_of(folder),
+                    content_sha256=content_sha256(folder))
+    environment, weights = runner.environment(torch.device("cpu")), pinned_sha256(spec.weights)
+    judged = {}
+    with serving([spec], root, timeout * (len(boards) + 1), isolated), \
+            tempfile.TemporaryDirectory(prefix="rsbench-verify-") as scratch:
+        lines, fresh = _checked(submission, samples)
+        for track, (path, board) in boards.items():
+            clean = leaderboard.stored_records(path.parent, board)[0] if board.clean.path else fresh[track]
+            attacks = suite(spec, board.protocol.goal)
+            entries = []
+            for attack in [a for a in attacks if a.name not in {e.name for e in board.entries}]:
+                seed = secrets.randbits(63)
+                records, examples, judging = judged_run(board, clean, attack, seed, None, Path(scratch), progress)
+                entries.append(admission.NewEntry(attack, records, examples, source, environment, weights,
+                                                  judging.date, seed, judging, []))
+            judged[track] = (path, board, clean, entries, bool(attacks))
+    why = "dry run" if dry_run else "unsandboxed" if not isolated else f"first {samples} samples only"
+    for track, (path, board, clean, entries, attacked) in judged.items():
+        if not entries:
+            lines.append(f"{track}: " + ("every attack of the suite has its entry already" if attacked else
+                                         f"no attack of the suite attacks {spec.name}"))
+            continue
+        summary = "; ".join(f"{e.spec.name} {_headline(board, e, clean)}" for e in entries)
+        if writing:
+            admission.admit(path, board, clean, entries)
+        lines.append(f"{track}: {summary}; " + (f"entries added to {path}" if writing else f"{why}, nothing added"))
+    return lines
+
+
+def _headline(board: Leaderboard, entry: admission.NewEntry, clean: list[SampleRecord]) -> str:
+    values = point_metrics(board, entry.spec.name, clean, entry.records)
+    return ", ".join(f"{name} {'-' if values[name] is None else format(values[name], '.3g')}"
+                     for name in leaderboard.HEADLINE[board.protocol.goal])
