@@ -25,7 +25,7 @@ from pydantic import Field, ValidationError
 from rsbench import registry
 from rsbench.errors import RsbenchError
 from rsbench.goals import GOALS
-from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunConfig, SampleRecord, Spec
+from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunConfig, SampleRecord, Spec, Split
 from rsbench.stats import BOOTSTRAP_RESAMPLES, bootstrap
 
 LEADERBOARD_SCHEMA_VERSION = 1
@@ -75,8 +75,12 @@ SCORE = {"evasion": "best_radius", "degradation": "distance", "spoofing": "ssim"
 
 
 def goal_metrics(goal: str, kind: str) -> dict[str, str]:
-    """The goal's metrics and their definitions on a defense of `kind`."""
-    return METRICS[goal] | (SMOOTHING_DEFINITIONS.get(goal, {}) if kind == "smoothing" else {})
+    """The goal's metrics and their definitions on a defense of `kind`; the definitions METRICS gives for "GloRo and
+    KW" name the certifier of a later deterministic kind (CROWN-IBP), whose tracks are defined alike."""
+    metrics = METRICS[goal] | (SMOOTHING_DEFINITIONS.get(goal, {}) if kind == "smoothing" else {})
+    if kind == "crownibp":
+        metrics = {name: text.replace("GloRo and KW:", "CROWN-IBP:") for name, text in metrics.items()}
+    return metrics
 
 
 class Interval(Spec):
@@ -98,8 +102,8 @@ class Protocol(Spec):
     """What the attacks try to achieve."""
     epsilon: float | None
     """Radius of the threat model where the goal has one."""
-    split: Literal["train", "test"]
-    """Dataset split."""
+    split: Split
+    """Dataset split (the defense's evaluation split)."""
     num_samples: int
     """The first K samples of the split are evaluated."""
     n0: int

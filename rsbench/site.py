@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rsbench import metrics, plots
 from rsbench.admission import add_run
+from rsbench.data import SPLIT_NOTES
 from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
@@ -106,7 +107,8 @@ def markdown(board: Leaderboard, sort: str | None = None, newest: int | None = N
         f"### {board.track} v{board.version}",
         "",
         *([note, ""] if note else []),
-        f"First {p.num_samples} {p.split} samples{eps}; certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
+        f"First {p.num_samples} {p.split} samples" + (f" ({SPLIT_NOTES[p.split]})" if p.split in SPLIT_NOTES else "")
+        + f"{eps}; certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
         + (f"; judge N={p.judge_n}, alpha={p.judge_alpha:g}, confirmation on {p.confirm_n} copies"
            if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
         + f"; seed {p.seed}; protocol `{board.protocol_hash[:12]}`. "
@@ -178,7 +180,8 @@ def page(board: Leaderboard, pictures: list[str], newest: int | None = None) -> 
         f"<tr><th>{esc(a)}</th>" + "".join(
             "<td>–</td>" if a == b else f"<td>{esc(cell(board.comparison.paired.get(a, {}).get(b, Interval(value=None, ci_low=None, ci_high=None))))}</td>"
             for b in names) + "</tr>" for a in names)
-    protocol = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>"
+    protocol = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}"
+                       f"{esc(f' ({SPLIT_NOTES[v]})') if k == 'split' and v in SPLIT_NOTES else ''}</td></tr>"
                        for k, v in board.protocol.model_dump().items() if k != "metrics")
     legend = "".join(f"<li><b>{esc(k)}</b>: {esc(board.protocol.metrics[k])}</li>" for k in columns)
     images = "".join(f'<img src="{esc(name)}" alt="{esc(name)}">' for name in pictures)
