@@ -137,10 +137,10 @@ def judges_success(board: Leaderboard, defense: Defense, label: int, x: torch.Te
                    noise: torch.Generator) -> bool:
     """Whether an example achieves the track's goal, judged as the protocol says on the noise of `noise`.
 
-    Evasion of smoothing: the judge's test on confirm_n fresh copies; of GloRo and KW: the network's label
+    Evasion of smoothing: the judge's test on confirm_n fresh copies; of GloRo, KW and CROWN-IBP: the network's label
     within epsilon inside [0, 1]; degradation: the defense's check rejects within epsilon (smoothing: with
     confidence, on confirm_n fresh copies); spoofing: the defense certifies a wrong label (at epsilon for
-    GloRo and KW).
+    GloRo, KW and CROWN-IBP).
     """
     protocol, spec = board.protocol, board.defense
     x, x_adv = x.to(defense.device), x_adv.to(defense.device)

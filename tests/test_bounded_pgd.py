@@ -91,5 +91,5 @@ def test_bounded_pgd_never_breaks_a_certified_point_but_breaks_uncertified_ones(
 def test_bounded_pgd_refuses_smoothing(linear_model: torch.nn.Module) -> None:
     defense = Smoothing(linear_model, 2, 0.25)
     x = torch.full((4,), 0.5)
-    with pytest.raises(RsbenchError, match="GloRo and KW"):
+    with pytest.raises(RsbenchError, match="GloRo, KW and CROWN-IBP"):
         BoundedPGD().run(Target(defense, 0.1, "l2"), x, 0, Tracker(x, lambda _: False), torch.Generator())

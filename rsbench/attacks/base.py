@@ -73,7 +73,7 @@ class Target:
     """
 
     defense: Defense
-    """The defense under attack (Smoothing, GloRo or KW)."""
+    """The defense under attack (Smoothing, GloRo, KW or CROWN-IBP)."""
     epsilon: float | None
     """Radius of the threat model; None for unbounded attacks (spoofing)."""
     norm: str
@@ -147,7 +147,7 @@ class Attack(ABC):
     """
 
     Params: ClassVar[type[AttackParams]] = AttackParams
-    kinds: ClassVar[tuple[str, ...]] = ("smoothing", "gloro", "kw")
+    kinds: ClassVar[tuple[str, ...]] = ("smoothing", "gloro", "kw", "crownibp")
     """Defense kinds the attack knows how to attack; the harness refuses the others with one line."""
     batches: ClassVar[bool] = False
     """Whether `run_many` runs its samples together (so the harness prefers it to `run` one at a time)."""

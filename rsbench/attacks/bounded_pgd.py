@@ -1,6 +1,6 @@
 """Budgeted PGD (Madry et al., 2018) in l2 and linf, against the network under a deterministic defense.
 
-GloRo and KW certify a plain network: GloRo's logits without ⊥, KW's ReLU network. An
+GloRo, KW and CROWN-IBP certify a plain network: GloRo's logits without ⊥, a ReLU network. An
 evasion attack on such a defense succeeds when that network's label changes within the
 budget, which the certificate rules out for every point certified at the budget. The
 attack ascends the untargeted cross-entropy from the clean input and from random points
@@ -59,9 +59,9 @@ def ascend(
 
 
 def network(defense: Defense, attack: str) -> nn.Module:
-    """The logits a deterministic defense certifies (GloRo's without ⊥, KW's network), or a refusal."""
-    if not isinstance(defense, (GloRo, KW)):
-        raise RsbenchError(f"{attack} attacks GloRo and KW defenses, got {type(defense).__name__}")
+    """The logits a deterministic defense certifies (GloRo's without ⊥, KW's or CROWN-IBP's network), or a refusal."""
+    if not isinstance(defense, (GloRo, KW)):  # CrownIBP derives from KW
+        raise RsbenchError(f"{attack} attacks GloRo, KW and CROWN-IBP defenses, got {type(defense).__name__}")
     return defense.model
 
 
@@ -82,7 +82,7 @@ class BoundedPGD(Attack):
 
     Params = BudgetParams
     params: BudgetParams
-    kinds = ("gloro", "kw")
+    kinds = ("gloro", "kw", "crownibp")
 
     def run(self, target: Target, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
         if target.epsilon is None:

@@ -1,7 +1,7 @@
 """Degradation attacks: move a certified input within ε so that the defense's run-time check rejects it.
 
-A defense that answers only where it certifies its label at ε (GloRo's ⊥, KW's failed
-bound, smoothing's abstention or radius below ε) can be made to refuse inputs that are no
+A defense that answers only where it certifies its label at ε (GloRo's ⊥, KW's or
+CROWN-IBP's failed bound, smoothing's abstention or radius below ε) can be made to refuse inputs that are no
 adversarial examples at all: a point x' within ε of a point certified at ε keeps its label
 (x' is not adversarial), yet the defense may fail to certify it. Every attack here
 proposes such points x' (||x' - x|| <= ε, inside [0, 1]) to the tracker, whose judge is
@@ -16,8 +16,9 @@ the defense's own check; they differ in what they ascend and in how far they may
 - `degradation-spgd` (Algorithm 3.2): smoothing only; steps up the cross-entropy of the base
   logits averaged over n noisy copies at the defense's σ, normalized, inside ε ∩ [0, 1].
 - `degradation-adaptive` (rsbench's own): ascends the rejection itself within ε: GloRo's
-  certified radius downwards (⊥ wins once it drops below ε), KW's largest worst-case logit of
-  another class (certified exactly while all are negative), the smoothed view's radius downwards.
+  certified radius downwards (⊥ wins once it drops below ε), KW's or CROWN-IBP's largest
+  worst-case logit of another class, through the bound the defense certifies with (certified
+  exactly while all are negative), the smoothed view's radius downwards.
 
 The paper gives no iteration counts, step sizes or noise samples. rsbench takes Madry et
 al.'s PGD (50 steps of 2.5 budget / 50, i.e. length 0.05 budget) from the clean input,
@@ -115,11 +116,11 @@ class DegradationPGD(_Degradation):
 
 
 class DegradationEpsPGD(_Degradation):
-    """Appendix B.1: PGD within ε on GloRo's or KW's network."""
+    """Appendix B.1: PGD within ε on the network under GloRo, KW or CROWN-IBP."""
 
     name = "degradation-eps-pgd"
     budget_factor = 1.0
-    kinds = ("gloro", "kw")
+    kinds = ("gloro", "kw", "crownibp")
 
 
 class DegradationSPGD(_Degradation):
@@ -141,7 +142,8 @@ class DegradationAdaptive(_Degradation):
     def gradient(self, target: Target, label: int, generator: torch.Generator) -> Gradient:
         """GloRo: minus the certified radius, max_i (y_i - y_label) / K_label,i, which ⊥ beats the label's logit
         exactly when it exceeds -ε (⊥ - y_label itself weighs each class by K, and its ascent can stall on a far
-        class with a large K); KW: the largest worst-case logit of another class; smoothing: minus the view's radius."""
+        class with a large K); KW and CROWN-IBP: the largest worst-case logit of another class by the defense's own
+        bound; smoothing: minus the view's radius."""
         defense, eps = target.defense, float(target.epsilon or 0.0)
         if isinstance(defense, Smoothing):
             view = defense.surrogate(**view_options(self.params))

@@ -14,8 +14,9 @@ penalties that keep δ looking natural while leaving its norm unbounded:
 
 The loss toward t is the one the defense certifies with: the mean cross-entropy over
 Gaussian copies of x + δ for smoothing (Section 3), the ⊥-augmented logits of a GloRo net
-and the worst-case logits of the convex relaxation for KW (the loss these nets are trained
-with, as Section 5 uses CROWN-IBP's). The attack is untargeted as in the paper: it runs
+and the worst-case logits of the bound the defense certifies with for KW (the convex
+relaxation) and CROWN-IBP (the larger of its IBP and CROWN-IBP bounds): the loss these nets
+are trained with, as Section 5 uses CROWN-IBP's. The attack is untargeted as in the paper: it runs
 every wrong class (or a fixed subset on large label sets) and keeps the image whose
 wrong-label certificate, issued by the defense itself on the attack's generator, is largest.
 """
@@ -175,7 +176,7 @@ def target_loss(defense: Defense, cls: int, params: ShadowParams, generator: tor
     if isinstance(defense, GloRo):
         bottom = defense.surrogate()
         return lambda image: iter([_cross_entropy(bottom(image()[None]), cls)])
-    if isinstance(defense, KW):
+    if isinstance(defense, KW):  # and CrownIBP, which derives from it: the defense's own bound
         bound = defense.surrogate()
 
         def worst_case(image: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -183,7 +184,8 @@ def target_loss(defense: Defense, cls: int, params: ShadowParams, generator: tor
             yield _cross_entropy(bound(x_adv[None], torch.tensor([cls], device=x_adv.device)), cls)
 
         return worst_case
-    raise RsbenchError(f"the Shadow Attack supports smoothing, GloRo and KW defenses, got {type(defense).__name__}")
+    raise RsbenchError(f"the Shadow Attack supports smoothing, GloRo, KW and CROWN-IBP defenses, got "
+                       f"{type(defense).__name__}")
 
 
 def _noisy_cross_entropy(defense: Smoothing, cls: int, params: ShadowParams, generator: torch.Generator) -> TargetLoss:
