@@ -15,6 +15,7 @@ from rsbench.attacks.base import Target, Tracker
 from rsbench.attacks.bounded_pgd import BoundedPGD
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
+from rsbench.training import macer
 
 SHARED_DATA = Path(os.environ.get("RSBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 needs_mnist = pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="shared MNIST test set absent")
@@ -33,6 +34,13 @@ def test_every_shipped_mnist_model_names_its_split_in_spec_and_card_and_stays_sm
         assert "samples of `test-eval` (MNIST test images 0-4999" in card
         assert spec.weights.sha256 in card and "matches the registry pin" in card
         assert (WEIGHTS / spec.weights.filename).stat().st_size < 1.5 * 2**20
+
+
+def test_macer_mnist_fine_tunes_exactly_the_shipped_gaussian_model() -> None:
+    """Its warm-up is smoothing-mnist-0.50's recipe (Adam, 50 epochs, no weight decay), so the two differ by MACER."""
+    spec, paired = registry.get_defense("macer-mnist-0.50"), registry.get_defense("smoothing-mnist-0.50")
+    warmup = macer.warmup_spec(spec, macer.recipe_options(spec)).training
+    assert warmup == paired.training and paired.sigma == spec.sigma
 
 
 @needs_mnist
