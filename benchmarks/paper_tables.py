@@ -185,9 +185,9 @@ def degradation_rows(root: Path) -> list[str]:
 def figure_2_rows(root: Path) -> list[str]:
     """VRA and FPR upper bound against eps for each model and the one trained at twice its radius, from the
     clean certificates of their degradation tracks (the certified radius of a sample answers every eps)."""
-    lines = ["Degradation paper, Figure 2 (GloRo, MNIST: FPR upper bound and VRA against eps, models trained at eps and "
-             "2 eps; the paper gives these as curves: both FPR bounds approach 1 as eps grows, the 2-eps model's lower, "
-             "at a lower VRA); the CROWN-IBP pair is rsbench's own"]
+    lines = [("Degradation paper, Figure 2 (GloRo, MNIST: FPR upper bound and VRA against eps, models trained at eps "
+              "and 2 eps; the paper gives these as curves: both FPR bounds approach 1 as eps grows, the 2-eps model's "
+              "lower, at a lower VRA); the CROWN-IBP pair is rsbench's own")]
     for defense, doubled in DOUBLED.items():
         found, twice = (track(root, f"degradation-{name}") or track(root, f"evasion-{name}") for name in (defense, doubled))
         if found is None or twice is None:
@@ -252,7 +252,7 @@ def shadow_rows(root: Path) -> list[str]:
         if found is None:
             lines.append(missing(f"spoofing-{defense}"))
             continue
-        board, clean, records = found
+        board, _, records = found
         eps = board.protocol.epsilon
         for attack, rows in records.items():
             robust_errors = sum(not (r.natural_prediction == r.label and r.natural_radius >= eps) for r in rows)
@@ -268,13 +268,13 @@ def causes() -> list[str]:
     return [
         "Causes of the differences, by design (the rows above measure their effect):",
         f"  training data: every rsbench MNIST model trained on {TRAINED_HERE};",
-        "  model size: smoothing and MACER use a 2-convolution CNN (166k parameters), the paper a ResNet-18; "
-        "gloro-mnist-1.58 and -3.16 are 4C3F at half width; CROWN-IBP uses one of its paper's small CNNs, not DM-large;",
+        ("  model size: smoothing and MACER use a 2-convolution CNN (166k parameters), the paper a ResNet-18; "
+         "gloro-mnist-1.58 and -3.16 are 4C3F at half width; CROWN-IBP uses one of its paper's small CNNs, not DM-large;"),
         "  epochs: GloRo 200 (2C2F) and 100 (4C3F); CROWN-IBP 60 with a 20-epoch ramp (the paper: 100 for DM-large);",
         "  sample count: rsbench's tracks hold the first 100 test-eval images (n in each cell), hence the intervals;",
         "  hardware: the certification-aware-attack paper's times are a P100 GPU's, rsbench's one shared CPU thread's;",
-        "  attack settings: Shadow on CROWN-IBP uses the paper's Section 3 penalties, not its Section 5 ones "
-        "(lambda_tv 9e-6, lambda_c 0.02, lr 200), as on every other spoofing track.",
+        ("  attack settings: Shadow on CROWN-IBP uses the paper's Section 3 penalties, not its Section 5 ones "
+         "(lambda_tv 9e-6, lambda_c 0.02, lr 200), as on every other spoofing track."),
     ]
 
 
