@@ -109,8 +109,8 @@ def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_bat
     """Attack a certified defense; the attacks' goal decides the job and its table.
 
     \b
-    evasion      smoothing: minimum-norm attacks, the CAA paper's Table 1; GloRo and KW:
-                 epsilon-bounded attacks, VRA against empirical robust accuracy
+    evasion      smoothing: minimum-norm attacks, the CAA paper's Table 1; GloRo, KW and
+                 CROWN-IBP: epsilon-bounded attacks, VRA against empirical robust accuracy
     degradation  force the defense to reject clean inputs within epsilon: VRA, false positive
                  rate bounds and utility reduction (the degradation paper's tables)
     spoofing     misclassified images that still get a large certificate (Shadow Attack)
@@ -350,18 +350,23 @@ def data_pull(name: str) -> None:
               help="Test samples certified for the model card.")
 @click.option("--card-n", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Noise samples per certificate for the model card (smoothing only).")
+@click.option("--split", type=click.Choice(["train", "test-train"]), default=None,
+              help="Split to train on. Default: the real training split when its files are present; for MNIST "
+                   "without them, test-train (test images 5000-9999), on which the shipped MNIST weights were "
+                   "trained: give --split test-train to reproduce them where the training files are present.")
 @DEVICE
-def train(defense: str, out: Path, card_samples: int, card_n: int, device: str) -> None:
+def train(defense: str, out: Path, card_samples: int, card_n: int, split: str | None, device: str) -> None:
     """Reproduce a defense's weights from its recipe and write a model card.
 
     Prints the sha256 of the new weights next to the registry's pin.
     """
-    from rsbench import registry, runner, training
+    from rsbench import data, registry, runner, training
 
     spec = registry.get_defense(defense)
     torch_device = runner.resolve_device(device)
-    path = training.train(spec, out, torch_device)
-    card = training.write_model_card(spec, path, out, torch_device, samples=card_samples, n=card_n)
+    split = split or data.training_split(spec.dataset.name, spec.dataset.root)
+    path = training.train(spec, out, torch_device, split)
+    card = training.write_model_card(spec, path, out, torch_device, samples=card_samples, n=card_n, split=split)
     click.echo(card.read_text())
 
 

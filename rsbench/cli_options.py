@@ -63,7 +63,7 @@ ATTACK_OPTIONS = [
                  help="Address of a running Ray cluster (e.g. ray://head:10001 or auto) for --backend ray "
                       "[start a local Ray]."),
     click.option("--epsilon", type=float, default=None,
-                 help="Radius of the threat model for degradation and for evasion of GloRo and KW "
+                 help="Radius of the threat model for degradation and for evasion of GloRo, KW and CROWN-IBP "
                       "[the defense's epsilon; for smoothing, its sigma]."),
     click.option("--judge-n", type=int, default=None,
                  help="The judge's N: fresh noisy copies whose hard votes decide each candidate, for every attack "

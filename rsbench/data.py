@@ -6,6 +6,10 @@
 files); `imagenet` and `tiny-imagenet` from a local folder of class sub-folders; `tensors` is
 the (x, y) pair a running `rsbench.evaluate` was given (`rsbench.in_process`).
 Nothing is downloaded unless `download=True` is asked for explicitly.
+
+Where MNIST's training files are missing, its test set is split in two (`TEST_HALVES`):
+`test-train` (test images 5000-9999) to train on, `test-eval` (test images 0-4999) to
+evaluate on; the MNIST models rsbench ships were trained and are evaluated that way.
 """
 
 from __future__ import annotations
@@ -29,6 +33,21 @@ RGBDIGITS_SEED = 0
 RGBDIGITS_CONTRAST = 1.0
 """Least l2 distance between a digit's colour and its background's (in RGB [0, 1]^3), so every digit stays legible."""
 
+TEST_HALVES = {"test-train": (5000, 10_000), "test-eval": (0, 5000)}
+"""MNIST splits cut from its 10,000 test images, as [start, stop) of the test set's order: models train on
+`test-train` when MNIST's training files are absent, and are evaluated on the other half, `test-eval`."""
+SPLIT_NOTES = {
+    "test-train": "MNIST test images 5000-9999; MNIST's training files were not used",
+    "test-eval": "MNIST test images 0-4999; rsbench's MNIST models were trained on test images 5000-9999",
+}
+"""What a split cut from a test set holds, for model cards and track pages."""
+TRAIN_FALLBACK = {"mnist": "test-train"}
+"""Per dataset, the split training uses when the real training files are absent."""
+SPLITS = ("train", "test", *TEST_HALVES)
+
+INPUT_SHAPES = {"digits": (1, 8, 8), "rgbdigits": (3, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                "imagenet": (3, 224, 224), "tiny-imagenet": (3, 64, 64)}
+"""The shape (C, H, W) of every image of each dataset, known without its files."""
 NUM_CLASSES = {"digits": 10, "rgbdigits": 10, "mnist": 10, "cifar10": 10, "imagenet": 1000, "tiny-imagenet": 200}
 
 
@@ -55,19 +74,24 @@ def _image_layout(name: str, folder: Path) -> str:
 
 
 def missing_data(dataset: DatasetSpec) -> str | None:
-    """What is missing to load a dataset split and how to provide it; None when its files are present."""
-    name, split, root = dataset.name, dataset.split, _root(dataset.name, dataset.root)
+    """What is missing to load a dataset's evaluation split and how to provide it; None when its files are present."""
+    return missing_split(dataset.name, dataset.split, dataset.root)
+
+
+def missing_split(name: str, split: str, root: str | Path | None = None) -> str | None:
+    """`missing_data` of one split of a dataset by name."""
+    root = _root(name, root)
     if name == "mnist":
-        prefix = "t10k" if split == "test" else "train"
+        prefix = "train" if split == "train" else "t10k"
         if _find_idx(root, f"{prefix}-images-idx3-ubyte") and _find_idx(root, f"{prefix}-labels-idx1-ubyte"):
             return None
         return f"MNIST {split} idx files in {root} (run `rsbench data pull mnist`)"
     if name == "cifar10":
-        batch = "test_batch" if split == "test" else "data_batch_5"
+        batch = "data_batch_5" if split == "train" else "test_batch"
         present = (root / "cifar-10-batches-py" / batch).is_file()
         return None if present else f"CIFAR-10 in {root} (run `rsbench data pull cifar10`)"
     if name in ("imagenet", "tiny-imagenet"):
-        folder = root / ("val" if split == "test" else "train")
+        folder = root / ("train" if split == "train" else "val")
         present = folder.is_dir() and any(folder.iterdir())
         return None if present else f"{name} {split} images in {_image_layout(name, folder)}, placed by hand"
     return None  # digits ships with scikit-learn
@@ -89,10 +113,27 @@ def pull_dataset(name: str, root: str | Path | None = None) -> Path:
     return _root(name, root)
 
 
+def training_split(name: str, root: str | Path | None = None) -> str:
+    """The split to train on: the real training split when its files are present, else the dataset's fallback
+    (`test-train` for MNIST), else `train` (whose loader then says which files are missing)."""
+    if name in TRAIN_FALLBACK and missing_split(name, "train", root):
+        return TRAIN_FALLBACK[name]
+    return "train"
+
+
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None, *, download: bool = False) -> Dataset:
-    """A dataset split by name; each item is `(float tensor C x H x W in [0, 1], int label)`."""
-    if split not in ("train", "test"):
-        raise RsbenchError(f"expected split 'train' or 'test', got {split!r}")
+    """A dataset split by name; each item is `(float tensor C x H x W in [0, 1], int label)`.
+
+    `test-train` and `test-eval` are the halves of MNIST's test set named in `TEST_HALVES`.
+    """
+    if split not in SPLITS:
+        raise RsbenchError(f"expected split 'train', 'test', 'test-train' or 'test-eval', got {split!r}")
+    if split in TEST_HALVES:
+        if name != "mnist":
+            raise RsbenchError(f"split {split!r} halves MNIST's test set; {name!r} has only 'train' and 'test'")
+        start, stop = TEST_HALVES[split]
+        x, y = load_dataset(name, "test", root, download=download).tensors
+        return TensorDataset(x[start:stop], y[start:stop])
     loaders = {
         "digits": lambda: _digits(split),
         "rgbdigits": lambda: _digits(split, rgb=True),

@@ -29,10 +29,11 @@ from rsbench.errors import RsbenchError
 from rsbench.leaderboard import Protocol
 from rsbench.specs import GOALS_BY_KIND, NAME_PATTERN, DefenseSpec, SampleRecord, Spec
 
-TRACK_PROTOCOL = {"split": "test", "num_samples": 20, "n0": 100, "n": 10_000, "alpha": 0.001, "judge_n": 1500,
-                  "judge_alpha": 0.005, "confirm_n": 15_000, "seed": 0}
-"""The standard protocol of a submitted defense's tracks: that of the seeded tracks (first 20 test samples,
-n = 10,000; on smoothing a judge of N = 1500 confirmed on 15,000 fresh copies), which fits a 2-core CPU."""
+TRACK_PROTOCOL = {"num_samples": 20, "n0": 100, "n": 10_000, "alpha": 0.001, "judge_n": 1500, "judge_alpha": 0.005,
+                  "confirm_n": 15_000, "seed": 0}
+"""The standard protocol of a submitted defense's tracks, on its dataset's evaluation split: that of the seeded
+tracks (first 20 samples, n = 10,000; on smoothing a judge of N = 1500 confirmed on 15,000 fresh copies), which
+fits a 2-core CPU."""
 
 
 class AccuracyClaim(Spec):

@@ -25,7 +25,7 @@ from pydantic import Field, ValidationError
 from rsbench import registry
 from rsbench.errors import RsbenchError
 from rsbench.goals import GOALS
-from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunConfig, SampleRecord, Spec
+from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunConfig, SampleRecord, Spec, Split
 from rsbench.stats import BOOTSTRAP_RESAMPLES
 
 LEADERBOARD_SCHEMA_VERSION = 1
@@ -91,10 +91,16 @@ SCORE = {"evasion": "best_radius", "degradation": "distance", "spoofing": "ssim"
 
 
 def goal_metrics(goal: str, kind: str, confirm_bounds: str | None = None) -> dict[str, str]:
-    """The goal's metrics and their definitions on a defense of `kind`, confirmed with `confirm_bounds`."""
-    if kind != "smoothing":
-        return METRICS[goal]
-    return METRICS[goal] | SMOOTHING_DEFINITIONS.get(goal, {}) | (STRICT_DEFINITIONS.get(goal, {}) if confirm_bounds else {})
+    """The goal's metrics and their definitions on a defense of `kind`, confirmed with `confirm_bounds`; the
+    definitions METRICS gives for "GloRo and KW" name the certifier of a later deterministic kind (CROWN-IBP),
+    whose tracks are defined alike."""
+    metrics = METRICS[goal]
+    if kind == "smoothing":
+        strict = STRICT_DEFINITIONS.get(goal, {}) if confirm_bounds else {}
+        metrics = metrics | SMOOTHING_DEFINITIONS.get(goal, {}) | strict
+    if kind == "crownibp":
+        metrics = {name: text.replace("GloRo and KW:", "CROWN-IBP:") for name, text in metrics.items()}
+    return metrics
 
 
 class Interval(Spec):
@@ -116,8 +122,8 @@ class Protocol(Spec):
     """What the attacks try to achieve."""
     epsilon: float | None
     """Radius of the threat model where the goal has one."""
-    split: Literal["train", "test"]
-    """Dataset split."""
+    split: Split
+    """Dataset split (the defense's evaluation split)."""
     num_samples: int
     """The first K samples of the split are evaluated."""
     n0: int

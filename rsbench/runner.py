@@ -124,7 +124,8 @@ def run_config(spec: DefenseSpec, command: str, *, num_samples: int, n0: int | N
                            "whose deterministic certificate holds for float32 arithmetic only")
     strict = command == "evaluate" and spec.kind == "smoothing" and extra.get("goal") in STRICT_CONFIRMATION_GOALS
     return RunConfig(
-        command=command, defense=spec.name, defense_hash=spec.spec_hash(), num_samples=num_samples,
+        command=command, defense=spec.name, defense_hash=spec.spec_hash(), split=spec.dataset.split,
+        num_samples=num_samples,
         n0=n0, n=n, alpha=alpha, batch_size=batch_size or defaults.batch_size, seed=seed,
         judge_n=judge_n, judge_alpha=judge_alpha, confirm_n=confirm_n,
         confirm_bounds="judge_n" if strict else None, **extra,

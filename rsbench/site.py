@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from rsbench import metrics, plots, profiles
+from rsbench.data import SPLIT_NOTES
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
 from rsbench.leaderboard import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
@@ -127,7 +128,8 @@ def page(board: Leaderboard, ranking: Ranking, p_values: dict[str, dict[str, flo
     head = "".join(f"<th>{esc(k)}</th>" for k in ["entry", "rank", "source", "attacked",
                                                   *(header(board, k) for k in columns)])
     rows = "".join(_row(board, entry, ranking, columns) for entry in sorted_entries(board, None, ranking))
-    protocol = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>"
+    protocol = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}"
+                       f"{esc(f' ({SPLIT_NOTES[v]})') if k == 'split' and v in SPLIT_NOTES else ''}</td></tr>"
                        for k, v in board.protocol.model_dump().items() if k != "metrics")
     legend = [RANK_LEGEND, *(f"{k}: {board.protocol.metrics[k]}" for k in columns)]
     legend += [TIME_LEGEND] if any(k in TIME_METRICS for k in columns) else []

@@ -21,12 +21,15 @@ SCHEMA_VERSION = 1
 
 DatasetName = Literal["digits", "rgbdigits", "mnist", "cifar10", "imagenet", "tiny-imagenet", "tensors"]
 Norm = Literal["l2", "linf"]
+Split = Literal["train", "test", "test-train", "test-eval"]
+"""Dataset splits; `test-train` and `test-eval` halve MNIST's test set (`rsbench.data.TEST_HALVES`)."""
 Goal = Literal["evasion", "degradation", "spoofing"]
-DefenseKind = Literal["smoothing", "gloro", "kw", "plugin"]
+DefenseKind = Literal["smoothing", "gloro", "kw", "crownibp", "plugin"]
 GOALS_BY_KIND: dict[str, tuple[Goal, ...]] = {
     "smoothing": ("evasion", "degradation", "spoofing"),
     "gloro": ("evasion", "degradation", "spoofing"),
     "kw": ("evasion", "degradation", "spoofing"),
+    "crownibp": ("evasion", "degradation", "spoofing"),
     "plugin": ("evasion", "degradation", "spoofing"),
 }
 """Attack goals each kind of defense can be evaluated under: every certifier can be evaded, made to reject clean
@@ -123,8 +126,9 @@ class DatasetSpec(Spec):
     omitted_when_default: ClassVar[frozenset[str]] = frozenset({"sha256"})
     name: DatasetName
     """Dataset name; pixels are always in [0, 1]. `tensors`: an (x, y) pair given to `rsbench.evaluate`."""
-    split: Literal["train", "test"] = "test"
-    """Split used for evaluation."""
+    split: Split = "test"
+    """Split used for evaluation (`test-eval` for the MNIST models rsbench trains on the other half of MNIST's
+    test set)."""
     root: str | None = None
     """Folder holding the files; defaults to `$RSBENCH_DATA` or `~/.cache/rsbench/data/<name>`."""
     sha256: str | None = None
@@ -153,8 +157,8 @@ class CertifyDefaults(Spec):
 class TrainingRecipe(Spec):
     """How the shipped weights were produced, so `rsbench train` can reproduce them."""
 
-    recipe: Literal["gaussian", "macer", "gloro", "kw"]
-    """Training method: Gaussian augmentation, MACER, GloRo or Wong-Kolter robust training."""
+    recipe: Literal["gaussian", "macer", "gloro", "kw", "crownibp"]
+    """Training method: Gaussian augmentation, MACER, GloRo, Wong-Kolter or CROWN-IBP robust training."""
     epochs: int = Field(ge=1)
     """Passes over the training split."""
     batch_size: int = Field(128, ge=1)
@@ -199,7 +203,7 @@ class DefenseSpec(Spec):
     sigma: float | None = Field(None, gt=0)
     """Gaussian noise level (smoothing only)."""
     epsilon: float | None = Field(None, gt=0)
-    """Radius the defense was built to certify (gloro, kw)."""
+    """Radius the defense was built to certify (gloro, kw, crownibp)."""
     certify: CertifyDefaults = CertifyDefaults()
     """Default certification settings."""
     weights: WeightsRef
@@ -230,7 +234,7 @@ class DefenseSpec(Spec):
             raise ValueError("kind 'smoothing' needs sigma")
         if self.kind == "smoothing" and self.norm != "l2":
             raise ValueError("kind 'smoothing' certifies the l2 norm, got norm " + self.norm)
-        if self.kind in ("gloro", "kw") and self.epsilon is None:
+        if self.kind in ("gloro", "kw", "crownibp") and self.epsilon is None:
             raise ValueError(f"kind {self.kind!r} needs epsilon")
         return self
 
@@ -274,8 +278,8 @@ class RunConfig(Spec):
     """Attack names, in order (evaluate only)."""
     attack_hashes: list[str] = Field(default_factory=list)
     """spec_hash of each attack spec."""
-    split: Literal["train", "test"] = "test"
-    """Dataset split."""
+    split: Split = "test"
+    """Dataset split evaluated: the defense's (its dataset's `split`)."""
     num_samples: int = Field(ge=1)
     """Number of test samples (the first ones of the split, in order)."""
     n0: int = Field(ge=1)

@@ -39,7 +39,8 @@ from rsbench.submission_spec import (
     load_submission,
 )
 
-SMOKE_DEFENSES = {"smoothing": "smoothing-digits-0.50", "gloro": "gloro-digits-0.25", "kw": "kw-digits-0.05"}
+SMOKE_DEFENSES = {"smoothing": "smoothing-digits-0.50", "gloro": "gloro-digits-0.25", "kw": "kw-digits-0.05",
+                  "crownibp": "crownibp-digits-0.10"}
 """The defense of the embedded smoke track, per defense kind the attack claims to attack."""
 SMOKE_SAMPLES = 2
 """Samples of the smoke track: enough to run every code path, few enough for seconds."""

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from rsbench.admission import add_run
+from rsbench.data import SPLIT_NOTES
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import (Entry, Interval, Leaderboard, Protocol, latest, load, protocol_differences,
                                 stored_records, track_name)
@@ -96,7 +97,8 @@ def protocol_line(board: Leaderboard) -> str:
              + (" with the judge's bounds" if p.confirm_bounds else "")
              if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
     certification = f"certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
-    return f"first {p.num_samples} {p.split} samples{eps}; {certification}{judge}; seed {p.seed}"
+    split = f"{p.split} ({SPLIT_NOTES[p.split]})" if p.split in SPLIT_NOTES else p.split
+    return f"first {p.num_samples} {split} samples{eps}; {certification}{judge}; seed {p.seed}"
 
 
 def verdict(ranking: Ranking) -> str:

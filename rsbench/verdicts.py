@@ -57,9 +57,9 @@ def admitted(board: Leaderboard, defense: Defense, label: int, x: torch.Tensor, 
     """Whether x_adv achieves the track's goal against label, judged as the protocol confirms, on `noise`.
 
     Evasion of smoothing: the judge's test on confirm_n copies (with the judge's bounds under a strict
-    protocol); of GloRo and KW: the network's label within epsilon inside [0, 1]; degradation: the
+    protocol); of a deterministic defense: the network's label within epsilon inside [0, 1]; degradation: the
     defense's check rejects within epsilon (smoothing: with confidence, on confirm_n copies); spoofing:
-    the defense certifies a wrong label (at epsilon for GloRo and KW).
+    the defense certifies a wrong label (at epsilon for deterministic defenses).
     """
     protocol, config = board.protocol, board.protocol.run_config([])
     x, x_adv = x.to(defense.device), x_adv.to(defense.device)
@@ -86,7 +86,7 @@ def upheld(board: Leaderboard, defense: Defense, record: Any, x: torch.Tensor, x
     most favourable to the record, and the protocol's own test (bounds of judge_n copies under strict
     confirmation, of confirm_n before it) must fail even there. Spoofing of smoothing: refuted when the certified
     wrong class's probability is at most 1/2 with confidence 1 - alpha on n fresh copies (then no CERTIFY could
-    have certified it). GloRo and KW: the exact verdict.
+    have certified it). Deterministic defenses: the exact verdict.
     """
     protocol, config = board.protocol, board.protocol.run_config([])
     if not _smoothing(board):

@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
+from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
 import rsbench
@@ -152,3 +154,70 @@ def sandboxed() -> None:
         pytest.fail(f"CI must test the sandbox (.ci/run installs bubblewrap): {reason}")
     if reason:
         pytest.skip(reason)
+
+
+def tiny_relu_net(seed: int, widths: tuple[int, ...] = (4, 8, 6, 3)) -> nn.Sequential:
+    """A random float64 ReLU MLP with these layer widths."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).double()
+
+
+def ball(x: np.ndarray, eps: float, box: bool) -> tuple[np.ndarray, np.ndarray]:
+    low, high = x - eps, x + eps
+    return (np.clip(low, 0, 1), np.clip(high, 0, 1)) if box else (low, high)
+
+
+def milp_min_margin(net: nn.Sequential, x: np.ndarray, eps: float, c: np.ndarray, box: bool) -> float:
+    """Exact min of c . net(x') over the ball: big-M MILP, M from interval arithmetic."""
+    linears = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in net if isinstance(m, nn.Linear)]
+    low, high = ball(x, eps, box)
+    lower_bounds, upper_bounds, integral = list(low), list(high), [0] * len(x)
+    rows, row_low, row_high = [], [], []
+    previous = list(range(len(x)))
+    for weight, bias in linears[:-1]:
+        pre_low = np.clip(weight, 0, None) @ low + np.clip(weight, None, 0) @ high + bias
+        pre_high = np.clip(weight, 0, None) @ high + np.clip(weight, None, 0) @ low + bias
+        start = len(lower_bounds)
+        z = list(range(start, start + len(bias)))
+        a = list(range(start + len(bias), start + 2 * len(bias)))
+        lower_bounds += [0.0] * len(bias) + [0.0] * len(bias)
+        upper_bounds += list(np.maximum(pre_high, 0)) + [1.0] * len(bias)
+        integral += [0] * len(bias) + [1] * len(bias)
+        for i in range(len(bias)):
+            follows = np.zeros(start + 2 * len(bias))  # z - w.prev
+            follows[previous], follows[z[i]] = -weight[i], 1.0
+            switched = follows.copy()  # z - w.prev - L a <= b - L, i.e. z <= w.prev + b - L (1 - a)
+            switched[a[i]] = -pre_low[i]
+            capped = np.zeros(start + 2 * len(bias))  # z - U a <= 0
+            capped[z[i]], capped[a[i]] = 1.0, -pre_high[i]
+            rows += [follows, switched, capped]
+            row_low += [bias[i], -np.inf, -np.inf]
+            row_high += [np.inf, bias[i] - pre_low[i], 0.0]
+        previous, low, high = z, np.maximum(pre_low, 0), np.maximum(pre_high, 0)
+    size = len(lower_bounds)
+    matrix = np.array([np.pad(r, (0, size - len(r))) for r in rows])
+    weight, bias = linears[-1]
+    objective = np.zeros(size)
+    objective[previous] = weight.T @ c
+    result = milp(
+        objective,
+        constraints=LinearConstraint(matrix, row_low, row_high),
+        integrality=np.array(integral),
+        bounds=Bounds(lower_bounds, upper_bounds),
+    )
+    assert result.status == 0, result.message
+    return float(result.fun + c @ bias)
+
+
+def conv_as_dense(conv: nn.Conv2d, shape: tuple[int, int, int]) -> nn.Linear:
+    """The affine map of conv on flattened inputs of `shape`, as one dense Linear layer."""
+    basis = torch.eye(int(np.prod(shape)), dtype=conv.weight.dtype).view(-1, *shape)
+    columns = nn.functional.conv2d(basis, conv.weight, None, conv.stride, conv.padding).flatten(1)
+    dense = nn.Linear(*columns.shape).to(conv.weight.dtype)
+    with torch.no_grad():
+        dense.weight.copy_(columns.T)
+        dense.bias.copy_(conv.bias.repeat_interleave(columns.shape[1] // conv.out_channels))
+    return dense

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsbench.data import DIGITS_TEST_SIZE, RGBDIGITS_CONTRAST, load_dataset
+from rsbench.data import DIGITS_TEST_SIZE, RGBDIGITS_CONTRAST, TEST_HALVES, load_dataset, training_split
 from rsbench.errors import RsbenchError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -82,3 +82,45 @@ def test_unknown_dataset_and_split() -> None:
         load_dataset("svhn")
     with pytest.raises(RsbenchError, match="expected split"):
         load_dataset("digits", "validation")
+
+
+def write_indexed_mnist(folder: Path, count: int = 10_000, *, train: bool = False) -> None:
+    """An MNIST-shaped test set (and optionally a training set) whose image i is filled with i % 251 and labelled
+    i % 10, so every split's images name their own positions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.broadcast_to((np.arange(count) % 251)[:, None, None], (count, 28, 28))
+    for prefix in ("t10k", "train") if train else ("t10k",):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, False)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10, False)
+
+
+def test_mnist_test_halves_select_exactly_the_documented_images(tmp_path: Path) -> None:
+    write_indexed_mnist(tmp_path)
+    for split, (start, stop) in TEST_HALVES.items():
+        x, y = load_dataset("mnist", split, tmp_path).tensors
+        positions = torch.arange(start, stop)
+        assert x.shape == (stop - start, 1, 28, 28)
+        assert torch.equal(y, positions % 10)
+        assert torch.equal((x[:, 0, 0, 0] * 255).round().long(), positions % 251)
+        assert torch.equal(x[:, :, 3, 5], x[:, :, 0, 0])  # whole images, not slices of them
+    assert TEST_HALVES == {"test-train": (5000, 10_000), "test-eval": (0, 5000)}
+
+
+def test_training_split_falls_back_to_test_train_only_without_mnist_training_files(tmp_path: Path) -> None:
+    write_indexed_mnist(tmp_path / "test-only", 20)
+    write_indexed_mnist(tmp_path / "full", 20, train=True)
+    assert training_split("mnist", tmp_path / "test-only") == "test-train"
+    assert training_split("mnist", tmp_path / "full") == "train"
+    assert training_split("digits") == "train"
+
+
+def test_test_halves_belong_to_mnist_only() -> None:
+    with pytest.raises(RsbenchError, match="halves MNIST's test set"):
+        load_dataset("digits", "test-eval")
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST test set not present")
+def test_real_mnist_halves_partition_the_test_set() -> None:
+    x, y = load_dataset("mnist", "test", SHARED_MNIST).tensors
+    evaluation, training = (load_dataset("mnist", split, SHARED_MNIST).tensors for split in ("test-eval", "test-train"))
+    assert torch.equal(torch.cat([evaluation[0], training[0]]), x) and torch.equal(torch.cat([evaluation[1], training[1]]), y)

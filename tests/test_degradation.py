@@ -195,7 +195,7 @@ def test_smoothing_rejections_are_judged_only_with_confidence_which_one_certify_
     assert not judged(0.24, 10_000, 0) and judged(0.24, 400_000, 0)
 
 
-@pytest.mark.parametrize("name", ["gloro-digits-0.50", "kw-digits-0.10"])
+@pytest.mark.parametrize("name", ["gloro-digits-0.50", "kw-digits-0.10", "crownibp-digits-0.10"])
 def test_attacks_degrade_shipped_points_certified_at_eps_but_not_at_two_eps(name: str) -> None:
     defense = load_defense(name)
     eps = defense.epsilon
@@ -229,7 +229,7 @@ def test_radial_projection_keeps_points_in_the_ball_and_the_box() -> None:
 
 def test_attacks_refuse_defenses_and_norms_they_do_not_support() -> None:
     for name, defense, message in [
-            ("degradation-eps-pgd", "smoothing-digits-0.25", "attacks gloro, kw, plugin defenses"),
+            ("degradation-eps-pgd", "smoothing-digits-0.25", "attacks gloro, kw, crownibp, plugin defenses"),
             ("degradation-spgd", "gloro-digits-0.25", "attacks smoothing defenses")]:
         with pytest.raises(RsbenchError, match=message):  # the harness refuses before anything runs
             instantiate(registry.get_attack(name), registry.get_defense(defense))

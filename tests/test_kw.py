@@ -8,71 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+from conftest import ball, conv_as_dense, milp_min_margin, tiny_relu_net
+from scipy.optimize import linprog
 from torch import nn
 
-from rsbench.defenses.kw import KW, DualBound, certified, margin_lower_bounds
+from rsbench.defenses.kw import KW, WorstCaseLogits, certified, margin_lower_bounds
 from rsbench.errors import RsbenchError
 from rsbench.registry import all_specs
 from rsbench.specs import DefenseSpec
 from rsbench.stats import clopper_pearson
 
 SHARED_DATA = Path(os.environ.get("RSBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def tiny_relu_net(seed: int, widths: tuple[int, ...] = (4, 8, 6, 3)) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
-    return nn.Sequential(*layers[:-1]).double()
-
-
-def ball(x: np.ndarray, eps: float, box: bool) -> tuple[np.ndarray, np.ndarray]:
-    low, high = x - eps, x + eps
-    return (np.clip(low, 0, 1), np.clip(high, 0, 1)) if box else (low, high)
-
-
-def milp_min_margin(net: nn.Sequential, x: np.ndarray, eps: float, c: np.ndarray, box: bool) -> float:
-    """Exact min of c . net(x') over the ball: big-M MILP, M from interval arithmetic."""
-    linears = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in net if isinstance(m, nn.Linear)]
-    low, high = ball(x, eps, box)
-    lower_bounds, upper_bounds, integral = list(low), list(high), [0] * len(x)
-    rows, row_low, row_high = [], [], []
-    previous = list(range(len(x)))
-    for weight, bias in linears[:-1]:
-        pre_low = np.clip(weight, 0, None) @ low + np.clip(weight, None, 0) @ high + bias
-        pre_high = np.clip(weight, 0, None) @ high + np.clip(weight, None, 0) @ low + bias
-        start = len(lower_bounds)
-        z = list(range(start, start + len(bias)))
-        a = list(range(start + len(bias), start + 2 * len(bias)))
-        lower_bounds += [0.0] * len(bias) + [0.0] * len(bias)
-        upper_bounds += list(np.maximum(pre_high, 0)) + [1.0] * len(bias)
-        integral += [0] * len(bias) + [1] * len(bias)
-        for i in range(len(bias)):
-            follows = np.zeros(start + 2 * len(bias))  # z - w.prev
-            follows[previous], follows[z[i]] = -weight[i], 1.0
-            switched = follows.copy()  # z - w.prev - L a <= b - L, i.e. z <= w.prev + b - L (1 - a)
-            switched[a[i]] = -pre_low[i]
-            capped = np.zeros(start + 2 * len(bias))  # z - U a <= 0
-            capped[z[i]], capped[a[i]] = 1.0, -pre_high[i]
-            rows += [follows, switched, capped]
-            row_low += [bias[i], -np.inf, -np.inf]
-            row_high += [np.inf, bias[i] - pre_low[i], 0.0]
-        previous, low, high = z, np.maximum(pre_low, 0), np.maximum(pre_high, 0)
-    size = len(lower_bounds)
-    matrix = np.array([np.pad(r, (0, size - len(r))) for r in rows])
-    weight, bias = linears[-1]
-    objective = np.zeros(size)
-    objective[previous] = weight.T @ c
-    result = milp(
-        objective,
-        constraints=LinearConstraint(matrix, row_low, row_high),
-        integrality=np.array(integral),
-        bounds=Bounds(lower_bounds, upper_bounds),
-    )
-    assert result.status == 0, result.message
-    return float(result.fun + c @ bias)
 
 
 @pytest.mark.parametrize("box", [False, True])
@@ -129,17 +75,6 @@ def test_single_linear_layer_with_box_matches_linprog() -> None:
                 c = np.eye(4)[labels[b]] - np.eye(4)[j]
                 result = linprog(weight.T @ c, bounds=list(zip(low, high)))
                 assert bounds[b, j] == pytest.approx(result.fun + c @ bias, abs=1e-9)
-
-
-def conv_as_dense(conv: nn.Conv2d, shape: tuple[int, int, int]) -> nn.Linear:
-    """The affine map of conv on flattened inputs of `shape`, as one dense Linear layer."""
-    basis = torch.eye(int(np.prod(shape)), dtype=conv.weight.dtype).view(-1, *shape)
-    columns = nn.functional.conv2d(basis, conv.weight, None, conv.stride, conv.padding).flatten(1)
-    dense = nn.Linear(*columns.shape).to(conv.weight.dtype)
-    with torch.no_grad():
-        dense.weight.copy_(columns.T)
-        dense.bias.copy_(conv.bias.repeat_interleave(columns.shape[1] // conv.out_channels))
-    return dense
 
 
 def test_conv_layers_bound_like_their_dense_matrices() -> None:
@@ -199,7 +134,7 @@ def test_surrogate_is_the_differentiable_worst_case_logits() -> None:
     assert torch.equal(wins, certified(net, x.detach(), 0.02, labels))
     logits.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert isinstance(defense.surrogate(epsilon=0.1), DualBound)
+    assert isinstance(defense.surrogate(epsilon=0.1), WorstCaseLogits)
 
 
 @pytest.mark.slow

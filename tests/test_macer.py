@@ -178,7 +178,7 @@ def test_training_is_seeded_and_starts_with_the_gaussian_recipe() -> None:
     assert not torch.equal(first, trained(4))
 
 
-@pytest.mark.parametrize("name", MACER_DEFENSES)
+@pytest.mark.parametrize("name", [n for n in MACER_DEFENSES if "digits" in n])  # MNIST's: test_mnist_models
 def test_shipped_macer_defenses_load_and_certify(name: str) -> None:
     spec = registry.get_defense(name)
     assert spec.kind == "smoothing" and spec.dataset.name == "digits"

@@ -73,7 +73,7 @@ class Target:
     """
 
     defense: Defense
-    """The defense under attack (Smoothing, GloRo, KW or a plugin)."""
+    """The defense under attack (Smoothing, GloRo, KW, CROWN-IBP or a plugin)."""
     epsilon: float | None
     """Radius of the threat model; None for unbounded attacks (spoofing)."""
     norm: str
@@ -147,7 +147,7 @@ class Attack(ABC):
     """
 
     Params: ClassVar[type[AttackParams]] = AttackParams
-    kinds: ClassVar[tuple[str, ...]] = ("smoothing", "gloro", "kw", "plugin")
+    kinds: ClassVar[tuple[str, ...]] = ("smoothing", "gloro", "kw", "crownibp", "plugin")
     """Defense kinds the attack knows how to attack; the harness refuses the others with one line."""
     plugin_needs: ClassVar[tuple[str, ...]] = ()
     """Optional `Defense` methods a plugin must provide for this attack (e.g. `worst_case_margins`); a plugin

@@ -1,7 +1,7 @@
 """Budgeted PGD (Madry et al., 2018) in l2 and linf, against the network under a deterministic defense.
 
-GloRo, KW and plugin certifiers certify a plain network (`Defense.model`): GloRo's logits without
-⊥, KW's ReLU network, a plugin's own. An
+GloRo, KW, CROWN-IBP and plugin certifiers certify a plain network (`Defense.model`): GloRo's logits
+without ⊥, KW's and CROWN-IBP's ReLU networks, a plugin's own. An
 evasion attack on such a defense succeeds when that network's label changes within the
 budget, which the certificate rules out for every point certified at the budget. The
 attack ascends the untargeted cross-entropy from the clean input and from random points
@@ -59,8 +59,8 @@ def ascend(
 
 
 def network(defense: Defense, attack: str) -> nn.Module:
-    """The logits a deterministic defense certifies (GloRo's without ⊥, KW's network, a plugin's model), or a
-    refusal."""
+    """The logits a deterministic defense certifies (GloRo's without ⊥, KW's or CROWN-IBP's network, a plugin's
+    model), or a refusal."""
     model = getattr(defense, "model", None)
     if isinstance(defense, Smoothing) or not isinstance(model, nn.Module):
         raise RsbenchError(f"{attack} attacks the network of a deterministic defense, got {type(defense).__name__}")
@@ -84,7 +84,7 @@ class BoundedPGD(Attack):
 
     Params = BudgetParams
     params: BudgetParams
-    kinds = ("gloro", "kw", "plugin")
+    kinds = ("gloro", "kw", "crownibp", "plugin")
 
     def run(self, target: Target, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
         if target.epsilon is None:

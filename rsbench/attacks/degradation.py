@@ -1,7 +1,7 @@
 """Degradation attacks: move a certified input within ε so that the defense's run-time check rejects it.
 
-A defense that answers only where it certifies its label at ε (GloRo's ⊥, KW's failed
-bound, smoothing's abstention or radius below ε) can be made to refuse inputs that are no
+A defense that answers only where it certifies its label at ε (GloRo's ⊥, KW's or
+CROWN-IBP's failed bound, smoothing's abstention or radius below ε) can be made to refuse inputs that are no
 adversarial examples at all: a point x' within ε of a point certified at ε keeps its label
 (x' is not adversarial), yet the defense may fail to certify it. Every attack here
 proposes such points x' (||x' - x|| <= ε, inside [0, 1]) to the tracker, whose judge is
@@ -12,13 +12,14 @@ the defense's own check; they differ in what they ascend and in how far they may
   as the paper does (l2: scaled toward x onto the ε-sphere; linf: clipped). On smoothing the
   inner attack is SPGD (Algorithm 3.2), the paper's attack on smoothed models.
 - `degradation-eps-pgd` (Appendix B.1): the same ascent within ε, nothing to project. GloRo,
-  KW and plugins; its smoothing counterpart is `degradation-spgd`.
+  KW, CROWN-IBP and plugins; its smoothing counterpart is `degradation-spgd`.
 - `degradation-spgd` (Algorithm 3.2): smoothing only; steps up the cross-entropy of the base
   logits averaged over n noisy copies at the defense's σ, normalized, inside ε ∩ [0, 1].
 - `degradation-adaptive` (rsbench's own): ascends the rejection itself within ε: GloRo's
-  certified radius downwards (⊥ wins once it drops below ε), KW's largest worst-case logit of
-  another class (certified exactly while all are negative), a plugin's likewise through its
-  `worst_case_margins`, the smoothed view's radius downwards.
+  certified radius downwards (⊥ wins once it drops below ε), KW's or CROWN-IBP's largest
+  worst-case logit of another class, through the bound the defense certifies with (certified
+  exactly while all are negative), a plugin's likewise through its `worst_case_margins`, the
+  smoothed view's radius downwards.
 
 The paper gives no iteration counts, step sizes or noise samples. rsbench takes Madry et
 al.'s PGD (50 steps of 2.5 budget / 50, i.e. length 0.05 budget) from the clean input,
@@ -117,11 +118,11 @@ class DegradationPGD(_Degradation):
 
 
 class DegradationEpsPGD(_Degradation):
-    """Appendix B.1: PGD within ε on the network of GloRo, KW or a plugin."""
+    """Appendix B.1: PGD within ε on the network under GloRo, KW, CROWN-IBP or a plugin."""
 
     name = "degradation-eps-pgd"
     budget_factor = 1.0
-    kinds = ("gloro", "kw", "plugin")
+    kinds = ("gloro", "kw", "crownibp", "plugin")
 
 
 class DegradationSPGD(_Degradation):
@@ -144,8 +145,8 @@ class DegradationAdaptive(_Degradation):
     def gradient(self, target: Target, label: int, generator: torch.Generator) -> Gradient:
         """GloRo: minus the certified radius, max_i (y_i - y_label) / K_label,i, which ⊥ beats the label's logit
         exactly when it exceeds -ε (⊥ - y_label itself weighs each class by K, and its ascent can stall on a far
-        class with a large K); KW and plugins: the largest worst-case logit of another class; smoothing: minus the
-        view's radius."""
+        class with a large K); KW and CROWN-IBP: the largest worst-case logit of another class by the defense's own
+        bound; plugins: likewise by their `worst_case_margins`; smoothing: minus the view's radius."""
         defense, eps = target.defense, float(target.epsilon or 0.0)
         if isinstance(defense, Smoothing):
             view = defense.surrogate(**view_options(self.params))

@@ -14,9 +14,11 @@ penalties that keep δ looking natural while leaving its norm unbounded:
 
 The loss toward t is the one the defense certifies with: the mean cross-entropy over
 Gaussian copies of x + δ for smoothing (Section 3), the ⊥-augmented logits of a GloRo net
-and the worst-case logits of the convex relaxation for KW (the loss these nets are trained
-with, as Section 5 uses CROWN-IBP's), and those of a plugin's own `worst_case_margins` at the
-run's epsilon (a plugin without one is refused). The attack is untargeted as in the paper: it runs
+and the worst-case logits of the bound the defense certifies with for KW (the convex
+relaxation) and CROWN-IBP (the larger of its IBP and CROWN-IBP bounds): the loss these nets
+are trained with, as Section 5 uses CROWN-IBP's; and those of a plugin's own
+`worst_case_margins` at the run's epsilon (a plugin without one is refused). The attack is
+untargeted as in the paper: it runs
 every wrong class (or a fixed subset on large label sets) and keeps the image whose
 wrong-label certificate, issued by the defense itself on the attack's generator, is largest.
 """
@@ -179,7 +181,7 @@ def target_loss(defense: Defense, cls: int, params: ShadowParams, generator: tor
     if isinstance(defense, GloRo):
         bottom = defense.surrogate()
         return lambda image: iter([_cross_entropy(bottom(image()[None]), cls)])
-    if isinstance(defense, KW):
+    if isinstance(defense, KW):  # and CrownIBP, which derives from it: the defense's own bound
         bound = defense.surrogate()
 
         def worst_case(image: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:

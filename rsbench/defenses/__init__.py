@@ -18,6 +18,7 @@ BUILDERS = {
     "smoothing": "rsbench.defenses.smoothing:from_spec",
     "gloro": "rsbench.defenses.gloro:from_spec",
     "kw": "rsbench.defenses.kw:from_spec",
+    "crownibp": "rsbench.defenses.crown_ibp:from_spec",
 }
 """Per kind, `module:function` turning (spec, loaded model) into a Defense; imported on use."""
 

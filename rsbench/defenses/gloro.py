@@ -131,14 +131,14 @@ class BottomLogits:
 def from_spec(spec: DefenseSpec, model: nn.Module) -> GloRo:
     """Build the GloRo defense a registry spec describes around its loaded model.
 
-    Convolutions are bounded on the input shape of the spec's dataset, read from its first sample.
+    Convolutions are bounded on the input shape of the spec's dataset (`rsbench.data.INPUT_SHAPES`), so the
+    defense loads without the dataset's files.
     """
+    from rsbench.data import INPUT_SHAPES
+
     if spec.norm != "l2":
         raise RsbenchError(f"GloRo certifies the l2 norm, got norm {spec.norm!r}")
     input_shape = None
     if any(isinstance(layer, nn.Conv2d) for layer in lipschitz_layers(model)):
-        from rsbench.data import load_dataset
-
-        dataset = spec.dataset
-        input_shape = tuple(load_dataset(dataset.name, dataset.split, dataset.root)[0][0].shape)
+        input_shape = INPUT_SHAPES[spec.dataset.name]
     return GloRo(model, spec.num_classes, spec.epsilon, input_shape=input_shape)

@@ -25,7 +25,9 @@ training loss and the attacks' surrogate.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -44,23 +46,27 @@ TOLERANCE = 1e-3
 CEILING = 1.0
 """Largest radius searched: an l_inf ball of radius 1 around any image already covers all of [0, 1]^d."""
 
+MarginBound = Callable[..., torch.Tensor]
+"""`bound(model, x, eps, labels, box=...)` -> (B, m) lower bounds on f_y - f_j over the l_inf ball (0 at j = y),
+sound for every j: `margin_lower_bounds` here, CROWN-IBP's in `rsbench.defenses.crown_ibp`."""
 
-def supported_layers(model: nn.Module) -> list[nn.Module]:
-    """The model as a flat list of Linear, Conv2d, ReLU and Flatten layers, or a clear refusal.
+
+def supported_layers(model: nn.Module, certifier: str = "KW") -> list[nn.Module]:
+    """The model as a flat list of Linear, Conv2d, ReLU and Flatten layers, or a clear refusal naming `certifier`.
 
     Only plain `nn.Sequential` containers are opened: a subclass with its own `forward`
     might not apply its children in order.
     """
     if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
-        return [layer for child in model for layer in supported_layers(child)]
+        return [layer for child in model for layer in supported_layers(child, certifier)]
     if not isinstance(model, SUPPORTED):
         raise RsbenchError(
-            f"KW certifies networks of Linear, Conv2d, ReLU and Flatten layers, got {type(model).__name__}"
+            f"{certifier} certifies networks of Linear, Conv2d, ReLU and Flatten layers, got {type(model).__name__}"
         )
     if isinstance(model, nn.Conv2d) and model.padding_mode != "zeros":
-        raise RsbenchError(f"KW needs Conv2d with zero padding, got padding_mode {model.padding_mode!r}")
+        raise RsbenchError(f"{certifier} needs Conv2d with zero padding, got padding_mode {model.padding_mode!r}")
     if isinstance(model, nn.Flatten) and model.start_dim == 0:
-        raise RsbenchError("KW needs Flatten to keep the batch dimension (start_dim >= 1)")
+        raise RsbenchError(f"{certifier} needs Flatten to keep the batch dimension (start_dim >= 1)")
     return [model]
 
 
@@ -161,10 +167,11 @@ def margin_lower_bounds(
 
 
 def certified(
-    model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, labels: torch.Tensor, *, box: bool = False
+    model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, labels: torch.Tensor, *, box: bool = False,
+    bound: MarginBound = margin_lower_bounds,
 ) -> torch.Tensor:
-    """Per input, whether every margin of its label is provably positive within eps."""
-    bounds = margin_lower_bounds(model, x, eps, labels, box=box)
+    """Per input, whether every margin of its label is provably positive within eps (by `bound`)."""
+    bounds = bound(model, x, eps, labels, box=box)
     others = bounds.masked_fill(F.one_hot(labels, bounds.shape[1]).bool(), math.inf)
     return others.min(1).values > 0
 
@@ -178,8 +185,9 @@ def certified_radii(
     anchors: tuple[float, ...] = (),
     box: bool = False,
     tolerance: float = TOLERANCE,
+    bound: MarginBound = margin_lower_bounds,
 ) -> torch.Tensor:
-    """Per input, the largest eps in [0, CEILING] at which `certified` holds, found by bisection.
+    """Per input, the largest eps in [0, CEILING] at which `certified` (by `bound`) holds, found by bisection.
 
     The search first tries the `anchors` (e.g. eps and 2 eps) in increasing order, so a
     radius is >= an anchor exactly when the anchor itself is certified; between the last
@@ -194,7 +202,7 @@ def certified_radii(
         rows = rising.nonzero().flatten()
         if rows.numel() == 0:
             break
-        ok = certified(model, x[rows], point, labels[rows], box=box)
+        ok = certified(model, x[rows], point, labels[rows], box=box, bound=bound)
         low[rows[ok]] = point
         high[rows[~ok]] = point
         rising[rows[~ok]] = False
@@ -203,30 +211,32 @@ def certified_radii(
         if rows.numel() == 0:
             return low
         middle = (low[rows] + high[rows]) / 2
-        ok = certified(model, x[rows], middle, labels[rows], box=box)
+        ok = certified(model, x[rows], middle, labels[rows], box=box, bound=bound)
         low[rows[ok]] = middle[ok]
         high[rows[~ok]] = middle[~ok]
 
 
-class DualBound(nn.Module):
-    """The differentiable surrogate: worst-case logits over the eps-ball.
+class WorstCaseLogits(nn.Module):
+    """The differentiable surrogate: worst-case logits over the eps-ball, by a margin bound (default KW's dual).
 
     Entry j is -(lower bound on f_y - f_j), an upper bound on how far class j can rise
     above y; entry y is 0. The label is certified exactly when every other entry is
-    negative, and cross-entropy on these logits is Wong & Kolter's robust loss.
+    negative, and cross-entropy on these logits is the robust loss the bound trains with
+    (Wong & Kolter's for the dual bound).
     """
 
-    def __init__(self, model: nn.Module, epsilon: float, *, box: bool = False) -> None:
+    def __init__(self, model: nn.Module, epsilon: float, *, box: bool = False,
+                 bound: MarginBound = margin_lower_bounds) -> None:
         super().__init__()
         supported_layers(model)
-        self.model, self.epsilon, self.box = model, epsilon, box
+        self.model, self.epsilon, self.box, self.bound = model, epsilon, box, bound
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Worst-case logits for `labels`, by default the network's own predictions at x."""
         if labels is None:
             with torch.no_grad():
                 labels = self.model(x).argmax(1)
-        return -margin_lower_bounds(self.model, x, self.epsilon, labels, box=self.box)
+        return -self.bound(self.model, x, self.epsilon, labels, box=self.box)
 
 
 class KW(Defense):
@@ -236,10 +246,14 @@ class KW(Defense):
     the defense's epsilon, else None (reject). `certify` reports the network's label with
     the largest certified l_inf radius (0 when none), so clean accuracy and certified
     accuracy at any radius can be read off one certificate. `box=True` also keeps the
-    perturbed input inside [0, 1], which can only tighten the bound.
+    perturbed input inside [0, 1], which can only tighten the bound. A subclass certifies
+    the same way with another sound margin bound (`bound`, named `certifier` in refusals).
     """
 
     norm = "linf"
+    bound: ClassVar[MarginBound] = staticmethod(margin_lower_bounds)
+    """The margin bound every certificate, check and surrogate uses."""
+    certifier: ClassVar[str] = "KW"
 
     def __init__(
         self, model: nn.Module, num_classes: int, epsilon: float, *, box: bool = False, tolerance: float = TOLERANCE
@@ -248,7 +262,7 @@ class KW(Defense):
             raise RsbenchError(f"epsilon must be positive, got {epsilon!r}")
         if not 0 < tolerance < epsilon:
             raise RsbenchError(f"tolerance must lie in (0, epsilon), got {tolerance!r}")
-        supported_layers(model)
+        supported_layers(model, self.certifier)
         self.model = model.eval()
         self.num_classes, self.epsilon, self.box, self.tolerance = num_classes, epsilon, box, tolerance
 
@@ -271,13 +285,13 @@ class KW(Defense):
         """One dual pass: is the network's label at x certified within eps?"""
         batch, label = self._label(x)
         with torch.no_grad():
-            return bool(certified(self.model, batch, eps, label, box=self.box))
+            return bool(certified(self.model, batch, eps, label, box=self.box, bound=self.bound))
 
     def predict(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> int | None:
         """The network's label if certified at the defense's epsilon, else None."""
         batch, label = self._label(x)
         with torch.no_grad():
-            return int(label) if certified(self.model, batch, self.epsilon, label, box=self.box) else None
+            return int(label) if certified(self.model, batch, self.epsilon, label, box=self.box, bound=self.bound) else None
 
     def certify_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's labels and certified radii for a batch (B, C, H, W), anchored at eps and 2 eps."""
@@ -285,7 +299,8 @@ class KW(Defense):
         with torch.no_grad():
             labels = self.model(x).argmax(1)
         anchors = (self.epsilon, 2 * self.epsilon)
-        return labels, certified_radii(self.model, x, labels, anchors=anchors, box=self.box, tolerance=self.tolerance)
+        return labels, certified_radii(self.model, x, labels, anchors=anchors, box=self.box, tolerance=self.tolerance,
+                                       bound=self.bound)
 
     def certify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> Certificate:
         """The network's label and its largest certified radius to within `tolerance`; abstains only on a tie."""
@@ -297,10 +312,11 @@ class KW(Defense):
         labels, radii = self.certify_batch(x[None])
         return Certificate(prediction=int(labels[0]), radius=float(radii[0]))
 
-    def surrogate(self, *, epsilon: float | None = None, box: bool | None = None) -> DualBound:
-        """The differentiable dual bound (worst-case logits) at epsilon, by default the defense's."""
-        return DualBound(
-            self.model, self.epsilon if epsilon is None else epsilon, box=self.box if box is None else box
+    def surrogate(self, *, epsilon: float | None = None, box: bool | None = None) -> WorstCaseLogits:
+        """The differentiable worst-case logits of the defense's bound at epsilon, by default the defense's."""
+        return WorstCaseLogits(
+            self.model, self.epsilon if epsilon is None else epsilon, box=self.box if box is None else box,
+            bound=self.bound,
         )
 
 

@@ -8,8 +8,8 @@ fail (`rejects`). The false positive rate |degraded| / |test_R| is bounded:
 - below by what attacks find (`fpr_lower`);
 - above by the share of test_R not certified at 2ε (`fpr_upper`). Every certifier here is
   monotonic (a certificate at 2ε around x implies one at ε around every x' within ε of x:
-  exactly for GloRo's Lipschitz bound and KW's nested balls, in the large-sample limit for
-  smoothing), so only those points can be degraded.
+  exactly for GloRo's Lipschitz bound, KW's nested balls and CROWN-IBP's interval arithmetic
+  (inclusion-monotone), in the large-sample limit for smoothing), so only those points can be degraded.
 
 Utility reduction = VRA × fpr_lower: the share of all test points an attack turns from
 certified answers into rejections. One certification pass per point answers every ε (its
@@ -51,7 +51,7 @@ def judged_rejection(defense: Defense, x_adv: torch.Tensor, eps: float, generato
                      num: int, alpha: float, bounds_n: int | None = None) -> bool:
     """The harness's verdict that the defense rejects x_adv at eps.
 
-    GloRo and KW: their deterministic check (`rejects`). Smoothing: a rejection that holds with
+    GloRo, KW and CROWN-IBP: their deterministic check (`rejects`). Smoothing: a rejection that holds with
     confidence 1 - alpha. One CERTIFY that rejects proves little, since CERTIFY errs toward rejecting
     and a point near the threshold is rejected on some streams only. So on `num` copies of
     `generator`'s noise, the Goodman simultaneous upper bound of every class must stay below
@@ -184,7 +184,7 @@ class DegradationRecord(Spec):
 
 
 class Degradation(Goal):
-    """Degradation of smoothing, GloRo and KW at the run's epsilon."""
+    """Degradation of smoothing, GloRo, KW and CROWN-IBP at the run's epsilon."""
 
     name = "degradation"
     record_type = DegradationRecord

@@ -7,9 +7,9 @@ the run's protocol: a Tracker whose judge counts hard votes of `judge_n` fresh c
 `confirm_n` copies of another fresh stream (`success.confirm`). Only confirmed examples are
 reported: the smallest is `best`, the earliest `first`.
 
-GloRo and KW (epsilon-bounded, as the KW paper reports its "PGD error" beside the certified
+GloRo, KW and CROWN-IBP (epsilon-bounded, as the KW paper reports its "PGD error" beside the certified
 error). Attacks get the defense, its norm and the run's epsilon; an example counts when the
-underlying network (GloRo's logits without ⊥; the KW network) gives another label at a point
+underlying network (GloRo's logits without ⊥; the KW or CROWN-IBP network) gives another label at a point
 within epsilon of x inside [0, 1], checked exactly by the harness. The table sets the
 empirical robust accuracy beside the VRA: the gap is how loose the certificate is; a
 certified sample that is broken would be a soundness failure and is counted apart.
@@ -52,7 +52,7 @@ DETERMINISTIC_NOTE = (
     "(attacks may miss examples), the VRA a lower bound."
 )
 class Evasion(Goal):
-    """Evasion of smoothing (minimum-norm, confirmed) and of GloRo and KW (epsilon-bounded, exact)."""
+    """Evasion of smoothing (minimum-norm, confirmed) and of GloRo, KW and CROWN-IBP (epsilon-bounded, exact)."""
 
     name = "evasion"
     record_type = AttackRecord

@@ -250,7 +250,7 @@ class SpoofingRecord(Spec):
 
 
 class Spoofing(Goal):
-    """Certificate spoofing of smoothing, GloRo and KW."""
+    """Certificate spoofing of smoothing, GloRo, KW and CROWN-IBP."""
 
     name = "spoofing"
     record_type = SpoofingRecord

@@ -35,17 +35,19 @@ from rsbench.progress import bar
 from rsbench.specs import DefenseSpec
 from rsbench.training import gaussian, seeded_loader
 
-DEFAULTS: dict[str, float] = {
+DEFAULTS: dict[str, float | str] = {
     "k": 16,
     "beta": 16.0,
     "gamma": 8.0,
     "lambda": 12.0,
     "warmup_epochs": 0,
     "warmup_lr": 0.05,
+    "warmup_optimizer": "sgd",
     "weight_decay": 5e-4,
 }
 """Recipe options and their defaults: the paper's k, beta, gamma, lambda for sigma 0.25 and 0.50,
-Gaussian warm-up epochs (counted in `epochs`) and their learning rate, and SGD weight decay."""
+Gaussian warm-up epochs (counted in `epochs`), their learning rate and optimizer (`gaussian.OPTIMIZERS`), and
+the weight decay of both phases."""
 
 
 def macer_loss(
@@ -71,14 +73,18 @@ def macer_loss(
     return classification, robustness
 
 
-def recipe_options(spec: DefenseSpec) -> dict[str, float]:
+def recipe_options(spec: DefenseSpec) -> dict[str, float | str]:
     """The recipe's options over DEFAULTS, refusing unknown names and non-numeric values."""
     options = dict(spec.training.options)
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise RsbenchError(f"unknown MACER option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
     for name, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if name == "warmup_optimizer":
+            if value not in gaussian.OPTIMIZERS:
+                raise RsbenchError(f"MACER option 'warmup_optimizer' must be one of {', '.join(gaussian.OPTIMIZERS)}, "
+                                   f"got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RsbenchError(f"MACER option {name!r} must be a number, got {value!r}")
     merged = {**DEFAULTS, **options}
     if int(merged["k"]) != merged["k"] or merged["k"] < 2:
@@ -91,14 +97,14 @@ def recipe_options(spec: DefenseSpec) -> dict[str, float]:
     return merged
 
 
-def warmup_spec(spec: DefenseSpec, options: dict[str, float]) -> DefenseSpec:
-    """The spec of the Gaussian-augmentation warm-up: same seed and batch size, its own epochs and lr."""
+def warmup_spec(spec: DefenseSpec, options: dict[str, float | str]) -> DefenseSpec:
+    """The spec of the Gaussian-augmentation warm-up: same seed and batch size, its own epochs, lr and optimizer."""
     warmup = spec.training.model_copy(
         update={
             "recipe": "gaussian",
             "epochs": int(options["warmup_epochs"]),
             "lr": options["warmup_lr"],
-            "options": {"weight_decay": options["weight_decay"]},
+            "options": {"weight_decay": options["weight_decay"], "optimizer": options["warmup_optimizer"]},
         }
     )
     return spec.model_copy(update={"training": warmup})
