@@ -121,7 +121,7 @@ def test_a_failing_attack_names_its_sample_keeps_what_finished_and_resumes(
     assert failed.exit_code == 2 and len(failed.output.strip().splitlines()) == 1
     clean = [SampleRecord.model_validate_json(line) for line in (out / "clean.jsonl").read_text().splitlines()]
     broken = next(c.index for c in clean if c.label == 9 and c.correct)  # the first qualifying label-9 sample
-    assert (f"attack flaky failed on sample {broken}: ValueError: cannot handle label 9 (second line) "
+    assert (f"attack flaky failed on sample {broken} (label 9): ValueError: cannot handle label 9 (second line) "
             f"(traceback in {out / 'error.log'}); the finished records are kept") in failed.output
     assert "Traceback" not in failed.output and "ValueError" in (out / "error.log").read_text()
     before = (out / "samples.jsonl").read_text()
