@@ -89,7 +89,8 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
         (work / "out" / "run").mkdir(parents=True)
         (work / "out" / "run" / "clean.jsonl").write_bytes(jsonl(clean))  # the engine attacks; it certifies nothing
         task = board.model_copy(update={"entries": [], "comparison": Comparison()}).model_dump(mode="json")
-        (work / "out" / "task.json").write_text(json.dumps({"board": task, "seed": seed}))
+        indices = [c.index for c in clean]  # the samples it runs on: the track's, or the smoke track's chosen ones
+        (work / "out" / "task.json").write_text(json.dumps({"board": task, "seed": seed, "indices": indices}))
         out = box.mount(work / "out", "/out", writable=True)
         env = {"PYTHONPATH": harness, "HF_HUB_OFFLINE": "1"}
         for variable, path, inside in (("RSBENCH_DATA", data_home(), "/data"), ("RSBENCH_WEIGHTS", weights_home(), "/weights")):
@@ -168,7 +169,11 @@ def child(code: str, out: str) -> None:
     task = json.loads((Path(out) / "task.json").read_text())
     board = Leaderboard.model_validate(task["board"])
     sys.path.insert(0, code)
-    submission = load_submission(Path(code))
+    submission = load_submission(Path(code), claims=False)  # checked by the parent; measure runs before any
     config = board.protocol.run_config([submission.attack]).model_copy(update={"seed": task["seed"]})
-    engine.evaluate(board.defense, [submission.attack], config, Path(out) / "run", torch.device("cpu"),
-                    save_examples=True, progress=False)
+    try:
+        engine.evaluate(board.defense, [submission.attack], config, Path(out) / "run", torch.device("cpu"),
+                        save_examples=True, progress=False, indices=task["indices"])
+    except engine.RunFailed as failure:
+        sys.stderr.write(failure.details)
+        sys.exit(failure.step)  # the last line the parent reports: which sample, its label, the attack, the error
