@@ -153,6 +153,9 @@ def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float
             isolated: bool = True) -> str:
     """Run each track's protocol (by default the claimed tracks'; its first `samples` only, when fewer) as `verify`
     does and return the `claims:` block of what rsbench judged, to paste into submission.yaml. Adds nothing."""
+    if defense_submissions.is_defense(folder):
+        raise RsbenchError(f"{folder} holds a defense: measure runs an attack's folder (a defense's claimed "
+                           "accuracies are certified again by submission validate)")
     sandbox.require(isolated)
     submission = load_submission(folder, claims=False)
     tracks = list(dict.fromkeys(tracks or submission.claims))
