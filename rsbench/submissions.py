@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from rsbench import (
     admission,
@@ -72,9 +73,8 @@ def smoke_clean(board: Leaderboard) -> tuple[Leaderboard, list[SampleRecord]]:
     defense, dataset = submission_run.prepare(board)
     chosen: dict[int, SampleRecord] = {}
     for start in range(0, len(dataset), SMOKE_CHUNK):
-        rows = [(dataset[i][0], int(dataset[i][1]), i) for i in range(start, min(start + SMOKE_CHUNK, len(dataset)))]
-        certified = runner.certify_samples(defense, [r for r in rows if r[1] not in chosen], board.protocol.seed,
-                                           defense.device)
+        rows = [r for r in _rows(dataset, range(start, min(start + SMOKE_CHUNK, len(dataset)))) if r[1] not in chosen]
+        certified = runner.certify_samples(defense, rows, board.protocol.seed, defense.device)
         for record in rederive.attacked(board, certified):
             chosen.setdefault(record.label, record)
         if len(chosen) == board.defense.num_classes:
@@ -93,19 +93,25 @@ def clean_of(board: Leaderboard, folder: Path) -> list[SampleRecord]:
         clean = leaderboard.stored_records(folder, board)[0]
         return [c for c in clean if c.index < board.protocol.num_samples]
     defense, dataset = submission_run.prepare(board)
-    samples = [(dataset[i][0], int(dataset[i][1]), i) for i in range(board.protocol.num_samples)]
-    return runner.certify_samples(defense, samples, board.protocol.seed, defense.device)
+    return runner.certify_samples(defense, _rows(dataset, range(board.protocol.num_samples)), board.protocol.seed,
+                                  defense.device)
+
+
+def _rows(dataset: Dataset, indices: Sequence[int]) -> list[tuple[torch.Tensor, int, int]]:
+    """(x, label, index) of the dataset's samples at `indices`, as `runner.certify_samples` takes them."""
+    return [(dataset[i][0], int(dataset[i][1]), i) for i in indices]
 
 
 def validate(folder: Path, timeout: float = 300, isolated: bool = True, root: Path = Path("leaderboards")) -> str:
-    """Schema, claims (`claims.check`: tracks, metric names, domains, the name) and import, then a smoke run on the
-    embedded track of each defense kind the attack claims, one attacked sample of every label; a summary line.
+    """Schema and claims (metric names and domains: `load_submission`; tracks and the name: `claims.check`) and
+    import, then a smoke run on the embedded track of each defense kind the attack claims, one attacked sample of
+    every label; a summary line.
     A defense's folder: `defense_tracks.validate`, a line per check."""
     if defense_submissions.is_defense(folder):
         return "\n".join(defense_tracks.validate(folder, timeout, isolated))
-    sandbox.require(isolated)
     submission = load_submission(folder)
     claims.check(folder, submission, root)
+    sandbox.require(isolated)
     kinds = sorted({registry.get_defense(track.split("-", 1)[1]).kind for track in submission.claims})
     successes, attacked, missing = 0, 0, []
     for kind in each(kinds, f"validate {submission.name}", "defense kind"):
@@ -115,7 +121,7 @@ def validate(folder: Path, timeout: float = 300, isolated: bool = True, root: Pa
         attacked += len(judged.records)
         labels = {c.label for c in clean}
         missing += [f"{kind} {label}" for label in range(board.defense.num_classes) if label not in labels]
-    gaps = f"; no attacked sample of label {', '.join(missing)} in the split" if missing else ""
+    gaps = f"; the split has no sample the goal attacks of label {', '.join(missing)}" if missing else ""
     return f"{submission.name}: schema and claims valid, imports, ran in the sandbox on the smoke track of " \
            f"{', '.join(kinds)}, one sample of every label ({successes}/{attacked} successes judged by rsbench" \
            f"{gaps})" + ("" if isolated else " (unsandboxed)")
@@ -156,7 +162,6 @@ def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float
     if defense_submissions.is_defense(folder):
         raise RsbenchError(f"{folder} holds a defense: measure runs an attack's folder (a defense's claimed "
                            "accuracies are certified again by submission validate)")
-    sandbox.require(isolated)
     submission = load_submission(folder, claims=False)
     tracks = list(dict.fromkeys(tracks or submission.claims))
     if not tracks:
@@ -165,6 +170,7 @@ def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float
         check_track(folder / "submission.yaml", submission.attack.goal, track)
         board = leaderboard.load(claims.track_file(root, submission.name, track))
         claims.check_name(folder, submission, track, board)
+    sandbox.require(isolated)
     measured = []
     for track in each(tracks, f"measure {submission.name}", "track"):
         run = reproduce(folder, submission, root, track, timeout, samples, isolated)
@@ -186,9 +192,9 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     """
     if defense_submissions.is_defense(folder):
         return defense_tracks.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=isolated)
-    sandbox.require(isolated)
     submission = load_submission(folder)
     claims.check(folder, submission, root)
+    sandbox.require(isolated)
     digest, commit = content_sha256(folder), commit_of(folder)
     lines = []
     for track, claimed in each(submission.claims.items(), f"verify {submission.name}", "track"):

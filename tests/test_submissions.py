@@ -337,7 +337,7 @@ def test_validate_refuses_misspelled_metrics_and_values_outside_their_domain_bef
         tmp_path: Path, claims: dict, message: str) -> None:
     folder = submission(tmp_path, "idle", IDLE, "Idle", claims)
     with pytest.raises(RsbenchError) as refused:
-        submissions.validate(folder, root=SHIPPED, isolated=False)  # refused before the sandbox is needed
+        submissions.validate(folder, root=SHIPPED)  # refused before anything runs, a sandbox or none
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
@@ -348,7 +348,7 @@ def test_validate_refuses_an_unknown_track_and_a_name_an_entry_of_a_claimed_trac
     (folder / "submission.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(RsbenchError, match=r"idle claims track 'evasion-smoothing-digits-0.55', which has no "
                                            r"leaderboard under .*; did you mean 'evasion-smoothing-digits-0.50'\?"):
-        submissions.validate(folder, root=SHIPPED, isolated=False)
+        submissions.validate(folder, root=SHIPPED)
     board = leaderboard.load(SHIPPED / TRACK / "v1.json")
     submitted = load_submission(submission(tmp_path / "other", "idle", IDLE, "Idle", {"success": 0, "r50": None}))
     registry_entry = board.entries[0].model_copy(update={"name": "idle"})  # a registry attack's run named idle
