@@ -143,14 +143,41 @@ UNSANDBOXED = click.option("--unsandboxed", is_flag=True,
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds the smoke run may take.")
 @UNSANDBOXED
-def submission_validate(folder: Path, timeout: float, unsandboxed: bool) -> None:
-    """Schema, import, and a smoke run on a tiny embedded track in the sandbox, judged by rsbench.
+@LEADERBOARDS
+def submission_validate(folder: Path, timeout: float, unsandboxed: bool, root: Path) -> None:
+    """Schema and claims in seconds, then a smoke run in the sandbox, judged by rsbench.
+
+    An attack: every claimed track exists under ROOT, every claimed metric is one its entries report, every value
+    lies in its metric's domain, and no entry of a claimed track has the submission's name; then the attack runs
+    on a tiny embedded track of each defense kind it claims, on one attacked sample of every label.
 
     A defense (submissions/defenses/NAME): schema, names, files and weights, then, with its code served from the
     sandbox, its claimed accuracies certified again on the track's samples and the soundness checks."""
     from rsbench import submissions
 
-    click.echo(submissions.validate(folder, timeout, isolated=not unsandboxed))
+    click.echo(submissions.validate(folder, timeout, isolated=not unsandboxed, root=root))
+
+
+@submission_group.command("measure")
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--track", "tracks", multiple=True,
+              help="A track to measure (its newest version); repeat for several. Default: the tracks the submission "
+                   "already claims.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Run the first K samples of each track only: quicker, but not the track's protocol (the output "
+                   "says so).")
+@click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds each track may take.")
+@UNSANDBOXED
+@LEADERBOARDS
+def submission_measure(folder: Path, tracks: tuple[str, ...], samples: int | None, timeout: float, unsandboxed: bool,
+                       root: Path) -> None:
+    """Run each track's protocol on an attack submission, in the sandbox and judged by rsbench exactly as verify
+    does, and print the claims block (with 95% intervals as comments) to paste into its submission.yaml.
+
+    Adds nothing to any leaderboard."""
+    from rsbench import submissions
+
+    click.echo(submissions.measure(folder, root, tracks, timeout, samples, isolated=not unsandboxed))
 
 
 @submission_group.command("verify")

@@ -73,6 +73,15 @@ class SampleOutcome:
     attacks: list[tuple[BaseModel, torch.Tensor | None]]
 
 
+class RunFailed(RsbenchError):
+    """A run stopped by a failing step: `step` says which samples (and labels) and step, in one line; `details` is
+    its traceback, written to the run's error.log."""
+
+    def __init__(self, message: str, step: str, details: str) -> None:
+        super().__init__(message)
+        self.step, self.details = step, details
+
+
 class StepFailed(Exception):
     """A step of a batch (certifying, or one attack) raised in a worker: which samples and step, the error in one
     line, its traceback, and the outcomes the batch finished before it, which the engine keeps."""
@@ -85,8 +94,10 @@ class StepFailed(Exception):
         return self.message
 
 
-def _samples(indices: Sequence[int]) -> str:
-    return f"sample {indices[0]}" if len(indices) == 1 else f"samples {', '.join(map(str, indices))}"
+def _samples(indices: Sequence[int], labels: dict[int, int] | None = None) -> str:
+    """The samples named, with their labels when known (an attack that fails on one class says which)."""
+    named = [f"{i} (label {labels[i]})" if labels and i in labels else str(i) for i in indices]
+    return f"sample {named[0]}" if len(named) == 1 else f"samples {', '.join(named)}"
 
 
 Report = Callable[[str], None]
@@ -108,9 +119,11 @@ class SampleWorker:
         defense = runner.load_for_run(defense_spec, config, device)
         self.goal: Goal = goal_of(attack_specs)(defense_spec, defense, attack_specs, config)
         self.order = [spec.name for spec in attack_specs]
+        self.labels: dict[int, int] = {}
 
     def __call__(self, tasks: list[SampleTask]) -> list[SampleOutcome]:
         inputs = {t.index: (self.dataset[t.index][0], int(self.dataset[t.index][1])) for t in tasks}
+        self.labels = {i: label for i, (_, label) in inputs.items()}  # named when a step fails
         todo = [(*inputs[t.index], t.index) for t in tasks if t.clean is None]
         certified = {r.index: r for r in self._step(
             [i for *_, i in todo], "certifying", [],
@@ -137,8 +150,8 @@ class SampleWorker:
         try:
             return work()
         except Exception as error:  # noqa: BLE001 - any failure of an attack is reported with where it happened
-            where = (f"certifying {_samples(indices)} failed" if step == "certifying"
-                     else f"attack {step} failed on {_samples(indices)}")
+            where = (f"certifying {_samples(indices, self.labels)} failed" if step == "certifying"
+                     else f"attack {step} failed on {_samples(indices, self.labels)}")
             message = f"{where}: {type(error).__name__}: {' '.join(str(error).split())}"
             raise StepFailed(message, traceback.format_exc(), finished) from None
 
@@ -254,8 +267,10 @@ def evaluate(
     images_per_batch: int | None = None,
     backend: Backend = "local",
     address: str | None = None,
+    indices: Sequence[int] | None = None,
 ) -> RunResult:
-    """Certify and attack the first `config.num_samples` test samples, resuming from `out`; returns the summary.
+    """Certify and attack the first `config.num_samples` test samples (or only `indices`, among them), resuming
+    from `out`; returns the summary.
 
     With `config.workers` > 1 that many processes (`backend` "local") or Ray actors ("ray", on the cluster at
     `address`, else a local Ray) take batches of samples side by side; this process alone writes the records,
@@ -278,7 +293,10 @@ def evaluate(
     clean = {r.index: r for r in clean_run.records(SampleRecord)}
     done = {(r.index, r.attack) for r in attack_run.records(goal.record_type)}
     tasks = []
-    for index in range(config.num_samples):
+    chosen = range(config.num_samples) if indices is None else sorted(set(indices))
+    if any(not 0 <= i < config.num_samples for i in chosen):
+        raise RsbenchError(f"the samples to run must lie among the first {config.num_samples}")
+    for index in chosen:
         left = [s.name for s in attack_specs if (index, s.name) not in done]
         if index not in clean or (goal.qualifies(config, clean[index]) and left):
             tasks.append(SampleTask(index, clean.get(index), left))
@@ -311,8 +329,8 @@ def evaluate(
             except StepFailed as failure:
                 keep(failure.finished)
                 (out / "error.log").write_text(failure.details)
-                raise RsbenchError(f"{failure.message} (traceback in {out / 'error.log'}); the finished records are "
-                                   "kept: re-run the same command to resume") from None
+                raise RunFailed(f"{failure.message} (traceback in {out / 'error.log'}); the finished records are "
+                                "kept: re-run the same command to resume", failure.message, failure.details) from None
     return summarize(goal, defense_spec, attack_specs, config, clean_run, attack_run, device)
 
 

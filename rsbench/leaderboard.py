@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +63,17 @@ METRICS: dict[str, dict[str, str]] = {
     },
 }
 """Each goal's leaderboard metrics and their definitions (part of the protocol); rates are percentages."""
+PERCENT, NON_NEGATIVE = (0.0, 100.0), (0.0, math.inf)
+DOMAINS: dict[str, tuple[float, float]] = {
+    "success": PERCENT, "best": PERCENT, "confirmed": PERCENT, "robust_accuracy": PERCENT, "fpr_lower": PERCENT,
+    "utility_reduction": PERCENT, "spoof_rate": PERCENT, "robust_error": PERCENT, "attack_error": PERCENT,
+    "r50": NON_NEGATIVE, "spoofed_mean": NON_NEGATIVE, "l2_mean": NON_NEGATIVE, "time_s": NON_NEGATIVE,
+    "total_time_s": NON_NEGATIVE, "first_ratio_r50": NON_NEGATIVE, "first_ratio_time": NON_NEGATIVE,
+    "pct_cohen": (-100.0, math.inf), "ssim_mean": (-1.0, 1.0),
+}
+"""The values each metric of `METRICS` can take, as its definition gives them: rates are percentages, radii,
+distances, times and their ratios are not negative, a radius's excess over a certificate is at least -100% (the
+radius is at least 0), SSIM lies in [-1, 1]."""
 SMOOTHING_DEFINITIONS: dict[str, dict[str, str]] = {
     "degradation": {
         "fpr_lower": "% of test_R (correct and certified at epsilon) the attack made the defense reject, with "

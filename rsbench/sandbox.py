@@ -24,6 +24,8 @@ import signal
 import site
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +37,8 @@ from rsbench.errors import RsbenchError
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/ld.so.conf",
           "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime", "/etc/fonts")
 """System paths mounted read-only where they exist: programs, libraries and the dynamic loader's files."""
+TICK_S = 0.5
+"""Seconds between two looks at a running command's progress."""
 NO_SANDBOX = ("bubblewrap (bwrap) {why}: submission code runs only inside its sandbox. Install it "
               "(apt-get install bubblewrap; on Ubuntu 24.04 also let AppArmor give it user namespaces, see "
               "CONTRIBUTING.md), or pass --unsandboxed to try your own code on this machine (never in CI)")
@@ -127,10 +131,12 @@ class Sandbox:
         self.mounts.append((str(host.resolve()), inside, writable))
         return inside if self.isolated else str(host.resolve())
 
-    def run(self, argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> subprocess.CompletedProcess:
-        """Run argv with exactly `env` (plus PATH, HOME, a private /tmp) in `cwd`; past `timeout` seconds every
-        process it started is killed and TimeoutExpired raised."""
-        return _run(*self.command(argv, env, cwd), timeout)
+    def run(self, argv: list[str], env: dict[str, str], cwd: str, timeout: float,
+            tick: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+        """Run argv with exactly `env` (plus PATH, HOME, a private /tmp) in `cwd`, calling `tick` every TICK_S
+        seconds while it runs (to show its progress); past `timeout` seconds every process it started is killed and
+        TimeoutExpired raised."""
+        return _run(*self.command(argv, env, cwd), timeout, tick)
 
     def start(self, argv: list[str], env: dict[str, str], cwd: str, stderr: IO[bytes]) -> subprocess.Popen:
         """Start argv as `run` would, in a session of its own, talking to the caller through pipes on its standard
@@ -163,14 +169,22 @@ class Sandbox:
         return command, None, None
 
 
-def _run(argv: list[str], env: dict[str, str] | None, cwd: str | None, timeout: float) -> subprocess.CompletedProcess:
-    """subprocess.run in a session of its own, whose every process is killed when the time is up."""
+def _run(argv: list[str], env: dict[str, str] | None, cwd: str | None, timeout: float,
+         tick: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own, whose every process is killed when the time is up; `tick` is called
+    every TICK_S seconds while it runs."""
+    deadline = time.monotonic() + timeout
     with subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            try:
+                stdout, stderr = process.communicate(timeout=left if tick is None else min(left, TICK_S))
+                break
+            except subprocess.TimeoutExpired:  # retrying communicate loses no output
+                if tick is None or time.monotonic() >= deadline:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.communicate()
+                    raise
+                tick()
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)

@@ -7,7 +7,8 @@ copy of the harness, a copy of the submission and one scratch folder. The child 
 the track's attacked samples (their clean certificates are handed to it), seeded from a number drawn
 from the operating system for this run, and writes its records and examples. Once it has exited, every
 fingerprint must be unchanged; then the examples it returned are judged here (`rederive.rebuild`) on
-noise from another seed drawn only now, so nobody knows either seed in advance.
+noise from another seed drawn only now, so nobody knows either seed in advance. While it runs, the
+records it has written so far advance the progress display (and nothing else).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,11 +40,14 @@ from rsbench.errors import RsbenchError
 from rsbench.goals import GOALS
 from rsbench.hub import weights_home
 from rsbench.leaderboard import Comparison, Judging, Leaderboard, jsonl, parse_jsonl, record_type
+from rsbench.progress import bar
 from rsbench.specs import SampleRecord
 from rsbench.submission_spec import IGNORED, Submission, load_submission
 
 MAX_OUTPUT_BYTES = 256 * 2**20
 """Largest examples file read back from a child (a run of every digits sample needs a few MB)."""
+PROGRESS_BYTES = 16 * 2**20
+"""Most of a running child's records read to show its progress (tens of thousands of records)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,8 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
         (work / "out" / "run").mkdir(parents=True)
         (work / "out" / "run" / "clean.jsonl").write_bytes(jsonl(clean))  # the engine attacks; it certifies nothing
         task = board.model_copy(update={"entries": [], "comparison": Comparison()}).model_dump(mode="json")
-        (work / "out" / "task.json").write_text(json.dumps({"board": task, "seed": seed}))
+        indices = [c.index for c in clean]  # the samples it runs on: the track's, or the smoke track's chosen ones
+        (work / "out" / "task.json").write_text(json.dumps({"board": task, "seed": seed, "indices": indices}))
         out = box.mount(work / "out", "/out", writable=True)
         env = {"PYTHONPATH": harness, "HF_HUB_OFFLINE": "1"}
         for variable, path, inside in (("RSBENCH_DATA", data_home(), "/data"), ("RSBENCH_WEIGHTS", weights_home(), "/weights")):
@@ -98,10 +104,16 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
         env |= {name: os.environ[name] for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if name in os.environ}
         argv = [sys.executable, "-c", "import sys; from rsbench.submission_run import child; child(*sys.argv[1:])",
                 code, out]
-        try:
-            done = box.run(argv, env, out, timeout)
-        except subprocess.TimeoutExpired:
-            raise RsbenchError(f"{submission.name} ran past its time limit of {timeout:g} s on {board.track}") from None
+        records = work / "out" / "run" / "samples.jsonl"
+        with bar(len(rederive.attacked(board, clean)), f"run {submission.name} on {board.track}", "sample") as shown:
+            def tick() -> None:
+                shown.update(written(records) - shown.n)
+
+            try:
+                done = box.run(argv, env, out, timeout, None if shown.disable else tick)
+            except subprocess.TimeoutExpired:
+                raise RsbenchError(f"{submission.name} ran past its time limit of {timeout:g} s on {board.track}") \
+                    from None
         changed = [name for name, path in trees.items() if sandbox.digest(path) != before[name]]
         if changed:
             raise RsbenchError(f"{' and '.join(changed)} changed while {submission.name} ran; refused")
@@ -116,6 +128,17 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
     records, examples = rederive.rebuild(board, defense, dataset, clean, submission.name, proposals, reports,
                                          judge_seed)
     return Judged(records, examples, judging, seed)
+
+
+def written(path: Path) -> int:
+    """Records a running child has written to `path` so far, for the progress display only: never read through a
+    link, never more than PROGRESS_BYTES."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    with os.fdopen(handle, "rb") as file:
+        return file.read(PROGRESS_BYTES).count(b"\n") if stat.S_ISREG(os.fstat(handle).st_mode) else 0
 
 
 def _plain(path: Path, scratch: Path, name: str) -> Path | None:
@@ -168,7 +191,11 @@ def child(code: str, out: str) -> None:
     task = json.loads((Path(out) / "task.json").read_text())
     board = Leaderboard.model_validate(task["board"])
     sys.path.insert(0, code)
-    submission = load_submission(Path(code))
+    submission = load_submission(Path(code), claims=False)  # checked by the parent; measure runs before any
     config = board.protocol.run_config([submission.attack]).model_copy(update={"seed": task["seed"]})
-    engine.evaluate(board.defense, [submission.attack], config, Path(out) / "run", torch.device("cpu"),
-                    save_examples=True, progress=False)
+    try:
+        engine.evaluate(board.defense, [submission.attack], config, Path(out) / "run", torch.device("cpu"),
+                        save_examples=True, progress=False, indices=task["indices"])
+    except engine.RunFailed as failure:
+        sys.stderr.write(failure.details)
+        sys.exit(failure.step)  # the last line the parent reports: which sample, its label, the attack, the error

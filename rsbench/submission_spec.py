@@ -2,14 +2,17 @@
 
 The folder's name, the submission's and its attack's are one name, which no registry attack has (an
 entry named like a registry attack would pass for it). Every claimed track is a track name of the
-attack's goal, and each claim gives at least the goal's headline metrics. The folder holds plain files
+attack's goal, and each claim gives at least the goal's headline metrics, names only metrics the goal's
+entries report (a near miss is named: `r_50`, did you mean `r50`) and values in their domains. The folder holds plain files
 only (a link could pull any file of the machine into the sandbox). `content_sha256` fingerprints the
 folder as it runs; its entry records it, and the commit only when the folder is exactly that commit's.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import math
 import subprocess
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from rsbench import registry
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard import HEADLINE
+from rsbench.leaderboard import COMPARATIVE, DOMAINS, HEADLINE, METRICS
 from rsbench.specs import NAME_PATTERN, AttackSpec, Spec
 
 IGNORED = ("__pycache__", ".pytest_cache")
@@ -38,9 +41,10 @@ class Submission(Spec):
     """Licence of the attack's code (SPDX identifier)."""
     attack: AttackSpec
     """The attack's spec; `implementation` names `module:Class` of a file in the submission's folder."""
-    claims: dict[str, dict[str, float | None]] = Field(min_length=1)
+    claims: dict[str, dict[str, float | None]] = Field(default_factory=dict)
     """Per claimed track (`<goal>-<defense>`, its newest version), the metrics the authors measured, as the
-    leaderboard reports them (null where it reports none); at least the goal's headline metrics."""
+    leaderboard reports them (null where it reports none; `rsbench submission measure` prints them); at least the
+    goal's headline metrics, on at least one track."""
 
 
 def files(folder: Path) -> list[Path]:
@@ -64,8 +68,35 @@ def content_sha256(folder: Path) -> str:
     return total.hexdigest()
 
 
-def load_submission(folder: Path) -> Submission:
-    """The folder's submission.yaml, validated; refused with one line otherwise."""
+def check_track(path: Path, goal: str, track: str) -> None:
+    """Refuse a track name that is not one of the goal's, or that names a version."""
+    if not track.startswith(f"{goal}-") or "@" in track:
+        raise RsbenchError(f"{path}: {track!r} is not a track of the attack's goal, {goal}, named without a version "
+                           "(entries go to a track's newest version)")
+
+
+def _domain(low: float, high: float) -> str:
+    return f"at least {low:g}" if math.isinf(high) else f"from {low:g} to {high:g}"
+
+
+def check_values(path: Path, goal: str, track: str, claimed: dict[str, float | None]) -> None:
+    """Refuse, with one line, a claimed metric that the goal's entries do not report (naming the nearest one), or a
+    value outside its metric's domain (`leaderboard.DOMAINS`)."""
+    metrics = [k for k in METRICS[goal] if k not in COMPARATIVE]
+    for metric, value in claimed.items():
+        if metric not in metrics:
+            close = difflib.get_close_matches(metric, metrics, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"its entries report {', '.join(metrics)}"
+            raise RsbenchError(f"{path}: claims {metric!r} on {track}, which is not a metric of {goal} entries; {hint}")
+        low, high = DOMAINS[metric]
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise RsbenchError(f"{path}: claims {metric} {value:g} on {track}, outside its domain: {metric} is "
+                               f"{_domain(low, high)} ({METRICS[goal][metric]})")
+
+
+def load_submission(folder: Path, *, claims: bool = True) -> Submission:
+    """The folder's submission.yaml, validated; refused with one line otherwise. Without `claims` (to measure
+    them), its claims may be missing or incomplete and are not checked."""
     path = folder / "submission.yaml"
     try:
         submission = Submission.model_validate(yaml.safe_load(path.read_text()))
@@ -79,11 +110,13 @@ def load_submission(folder: Path) -> Submission:
     if submission.name in registry.names("attacks"):
         raise RsbenchError(f"{path}: {submission.name!r} is the name of a registry attack; choose another")
     goal = submission.attack.goal
-    for track, claims in submission.claims.items():
-        if not track.startswith(f"{goal}-") or "@" in track:
-            raise RsbenchError(f"{path}: claims track {track!r}; claims name tracks of the attack's goal, {goal}, "
-                               "without a version (entries go to a track's newest version)")
-        missing = [metric for metric in HEADLINE[goal] if metric not in claims]
+    if claims and not submission.claims:
+        raise RsbenchError(f"{path}: claims no track (rsbench submission measure {folder} --track TRACK prints the "
+                           "claims block)")
+    for track, claimed in submission.claims.items() if claims else ():
+        check_track(path, goal, track)
+        check_values(path, goal, track, claimed)
+        missing = [metric for metric in HEADLINE[goal] if metric not in claimed]
         if missing:
             raise RsbenchError(f"{path}: the claims on {track} must give {', '.join(HEADLINE[goal])} "
                                f"({', '.join(missing)} missing)")

@@ -1,8 +1,9 @@
 """Submissions: `submissions/<name>/submission.yaml` plus the attack's code, validated and verified.
 
-`validate` checks the folder (`submission_spec`) and runs the attack on a tiny embedded track of each
-defense kind it claims. `verify` runs every claimed track's protocol and compares the claims with the
-reproduced intervals; unless asked for a dry run (or a subset of samples), it adds the entry. Both run
+`validate` checks the folder (`submission_spec`) and the claims (`claims`), then runs the attack on a tiny
+embedded track of each defense kind it claims: one attacked sample of every label. `measure` runs tracks'
+protocols and prints the claims to paste; `verify` runs every claimed track's protocol and compares the claims
+with the reproduced intervals; unless asked for a dry run (or a subset of samples), it adds the entry. All run
 the code in the sandbox and judge what it returns here (`submission_run`): nothing the submission
 writes is taken for a judged fact, and the entry marks what only the attack could report
 (`Entry.self_reported`) and records how its examples were judged (`Entry.judging`). A folder holding a
@@ -12,12 +13,16 @@ defense (`submissions/defenses/<name>/`) is validated and verified by `rsbench.d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from rsbench import (
     admission,
+    claims,
     defense_submissions,
     defense_tracks,
     leaderboard,
@@ -30,10 +35,12 @@ from rsbench import (
 from rsbench.errors import RsbenchError
 from rsbench.hub import pinned_sha256
 from rsbench.leaderboard import Leaderboard, Protocol, Source
+from rsbench.progress import each
 from rsbench.scoring import entry_metrics
 from rsbench.specs import SampleRecord
 from rsbench.submission_spec import (
     Submission,
+    check_track,
     commit_of,
     content_sha256,
     load_submission,
@@ -42,15 +49,16 @@ from rsbench.submission_spec import (
 SMOKE_DEFENSES = {"smoothing": "smoothing-digits-0.50", "gloro": "gloro-digits-0.25", "kw": "kw-digits-0.05",
                   "crownibp": "crownibp-digits-0.10"}
 """The defense of the embedded smoke track, per defense kind the attack claims to attack."""
-SMOKE_SAMPLES = 2
-"""Samples of the smoke track: enough to run every code path, few enough for seconds."""
+SMOKE_CHUNK = 32
+"""Samples certified at a time while looking for an attacked sample of every label."""
 
 
 def smoke_protocol(submission: Submission, kind: str) -> tuple[Protocol, Leaderboard]:
-    """The embedded smoke track of a defense kind: the first SMOKE_SAMPLES samples, light certification."""
+    """The embedded smoke track of a defense kind: light certification and judge on the test split (`smoke_clean`
+    picks its samples)."""
     spec = registry.get_defense(SMOKE_DEFENSES[kind])
     goal = submission.attack.goal
-    config = runner.run_config(spec, "evaluate", num_samples=SMOKE_SAMPLES, n0=100, n=1000, alpha=0.001, judge_n=200,
+    config = runner.run_config(spec, "evaluate", num_samples=1, n0=100, n=1000, alpha=0.001, judge_n=200,
                                judge_alpha=0.005, confirm_n=2000, seed=0, goal=goal,
                                epsilon=runner.default_epsilon(spec, goal, None))
     protocol = Protocol.of_run(config, spec.kind)
@@ -59,35 +67,118 @@ def smoke_protocol(submission: Submission, kind: str) -> tuple[Protocol, Leaderb
     return protocol, board
 
 
-def clean_of(board: Leaderboard, folder: Path | None) -> list[SampleRecord]:
-    """The track's clean certificates: the stored ones of its samples, or, on a track that has none yet (the smoke
-    track), certified here exactly as the engine certifies them (the protocol's seed)."""
+def smoke_clean(board: Leaderboard) -> tuple[Leaderboard, list[SampleRecord]]:
+    """The smoke track's samples: the first sample of each label that its goal attacks (correct, certified as it
+    requires), certified in order until every label has one or the split ends; the track with its protocol
+    covering them, and their clean certificates."""
+    defense, dataset = submission_run.prepare(board)
+    chosen: dict[int, SampleRecord] = {}
+    for start in range(0, len(dataset), SMOKE_CHUNK):
+        rows = [r for r in _rows(dataset, range(start, min(start + SMOKE_CHUNK, len(dataset)))) if r[1] not in chosen]
+        certified = runner.certify_samples(defense, rows, board.protocol.seed, defense.device)
+        for record in rederive.attacked(board, certified):
+            chosen.setdefault(record.label, record)
+        if len(chosen) == board.defense.num_classes:
+            break
+    if not chosen:
+        raise RsbenchError(f"{board.defense.name} attacks no sample of its test split under the smoke protocol")
+    clean = sorted(chosen.values(), key=lambda c: c.index)
+    protocol = board.protocol.model_copy(update={"num_samples": clean[-1].index + 1})
+    return board.model_copy(update={"protocol": protocol}), clean
+
+
+def clean_of(board: Leaderboard, folder: Path) -> list[SampleRecord]:
+    """The track's clean certificates of its samples: the stored ones, or, on a track that has none yet, certified
+    here exactly as the engine certifies them (the protocol's seed)."""
     if board.clean.path:
-        assert folder is not None
         clean = leaderboard.stored_records(folder, board)[0]
         return [c for c in clean if c.index < board.protocol.num_samples]
     defense, dataset = submission_run.prepare(board)
-    samples = [(dataset[i][0], int(dataset[i][1]), i) for i in range(board.protocol.num_samples)]
-    return runner.certify_samples(defense, samples, board.protocol.seed, defense.device)
+    return runner.certify_samples(defense, _rows(dataset, range(board.protocol.num_samples)), board.protocol.seed,
+                                  defense.device)
 
 
-def validate(folder: Path, timeout: float = 300, isolated: bool = True) -> str:
-    """Schema, import and a smoke run on the embedded track of each defense kind the attack claims; a summary line.
+def _rows(dataset: Dataset, indices: Sequence[int]) -> list[tuple[torch.Tensor, int, int]]:
+    """(x, label, index) of the dataset's samples at `indices`, as `runner.certify_samples` takes them."""
+    return [(dataset[i][0], int(dataset[i][1]), i) for i in indices]
+
+
+def validate(folder: Path, timeout: float = 300, isolated: bool = True, root: Path = Path("leaderboards")) -> str:
+    """Schema and claims (metric names and domains: `load_submission`; tracks and the name: `claims.check`) and
+    import, then a smoke run on the embedded track of each defense kind the attack claims, one attacked sample of
+    every label; a summary line.
     A defense's folder: `defense_tracks.validate`, a line per check."""
     if defense_submissions.is_defense(folder):
         return "\n".join(defense_tracks.validate(folder, timeout, isolated))
-    sandbox.require(isolated)
     submission = load_submission(folder)
+    claims.check(folder, submission, root)
+    sandbox.require(isolated)
     kinds = sorted({registry.get_defense(track.split("-", 1)[1]).kind for track in submission.claims})
-    successes, attacked = 0, 0
-    for kind in kinds:
-        _, board = smoke_protocol(submission, kind)
-        judged = submission_run.run(folder, submission, board, clean_of(board, None), None, timeout=timeout,
-                                    isolated=isolated)
+    successes, attacked, missing = 0, 0, []
+    for kind in each(kinds, f"validate {submission.name}", "defense kind"):
+        board, clean = smoke_clean(smoke_protocol(submission, kind)[1])
+        judged = submission_run.run(folder, submission, board, clean, None, timeout=timeout, isolated=isolated)
         successes += sum(r.success for r in judged.records)
         attacked += len(judged.records)
-    return f"{submission.name}: schema valid, imports, ran in the sandbox on the smoke track of {', '.join(kinds)} " \
-           f"({successes}/{attacked} successes judged by rsbench)" + ("" if isolated else " (unsandboxed)")
+        labels = {c.label for c in clean}
+        missing += [f"{kind} {label}" for label in range(board.defense.num_classes) if label not in labels]
+    gaps = f"; the split has no sample the goal attacks of label {', '.join(missing)}" if missing else ""
+    return f"{submission.name}: schema and claims valid, imports, ran in the sandbox on the smoke track of " \
+           f"{', '.join(kinds)}, one sample of every label ({successes}/{attacked} successes judged by rsbench" \
+           f"{gaps})" + ("" if isolated else " (unsandboxed)")
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    """One run of a submission on a track's protocol (or its first samples), judged and scored here."""
+
+    path: Path
+    board: Leaderboard
+    """The track, its protocol cut to the samples run."""
+    subset: bool
+    """Whether fewer samples than the track's protocol were run."""
+    clean: list[SampleRecord]
+    judged: submission_run.Judged
+    metrics: dict[str, leaderboard.Interval]
+
+
+def reproduce(folder: Path, submission: Submission, root: Path, track: str, timeout: float, samples: int | None,
+              isolated: bool) -> Reproduced:
+    """Run the submission on the track's protocol (its first `samples` only, when fewer) in the sandbox, judge what it
+    returns and compute the entry's metrics with their intervals, as the leaderboard does."""
+    path = leaderboard.find(root, track)
+    board = leaderboard.load(path)
+    subset = samples is not None and samples < board.protocol.num_samples
+    if subset:
+        board = board.model_copy(update={"protocol": board.protocol.model_copy(update={"num_samples": samples})})
+    clean = clean_of(board, path.parent)
+    judged = submission_run.run(folder, submission, board, clean, root, timeout=timeout, isolated=isolated)
+    return Reproduced(path, board, subset, clean, judged, entry_metrics(board, submission.name, clean, judged.records))
+
+
+def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float = 1800, samples: int | None = None,
+            isolated: bool = True) -> str:
+    """Run each track's protocol (by default the claimed tracks'; its first `samples` only, when fewer) as `verify`
+    does and return the `claims:` block of what rsbench judged, to paste into submission.yaml. Adds nothing."""
+    if defense_submissions.is_defense(folder):
+        raise RsbenchError(f"{folder} holds a defense: measure runs an attack's folder (a defense's claimed "
+                           "accuracies are certified again by submission validate)")
+    submission = load_submission(folder, claims=False)
+    tracks = list(dict.fromkeys(tracks or submission.claims))
+    if not tracks:
+        raise RsbenchError(f"{submission.name} claims no track yet: name the tracks to measure with --track")
+    for track in tracks:
+        check_track(folder / "submission.yaml", submission.attack.goal, track)
+        board = leaderboard.load(claims.track_file(root, submission.name, track))
+        claims.check_name(folder, submission, track, board)
+    sandbox.require(isolated)
+    measured = []
+    for track in each(tracks, f"measure {submission.name}", "track"):
+        run = reproduce(folder, submission, root, track, timeout, samples, isolated)
+        full = leaderboard.load(run.path).protocol.num_samples
+        measured.append(claims.Measured(track, run.board.version, run.board.protocol.num_samples, full, run.metrics,
+                                        rederive.SELF_REPORTED[run.board.protocol.goal]))
+    return claims.block(submission.name, measured)
 
 
 def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None = None, *, dry_run: bool = False,
@@ -102,22 +193,17 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     """
     if defense_submissions.is_defense(folder):
         return defense_tracks.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=isolated)
-    sandbox.require(isolated)
     submission = load_submission(folder)
+    claims.check(folder, submission, root)
+    sandbox.require(isolated)
     digest, commit = content_sha256(folder), commit_of(folder)
     lines = []
-    for track, claims in submission.claims.items():
-        path = leaderboard.find(root, track)
-        board = leaderboard.load(path)
-        subset = samples is not None and samples < board.protocol.num_samples
-        if subset:
-            board = board.model_copy(update={"protocol": board.protocol.model_copy(update={"num_samples": samples})})
-        clean = clean_of(board, path.parent)
-        judged = submission_run.run(folder, submission, board, clean, root, timeout=timeout, isolated=isolated)
-        reproduced = entry_metrics(board, submission.name, clean, judged.records)
-        check_claims(submission.name, track, claims, reproduced)
-        summary = ", ".join(f"{k} {_value(reproduced[k])}" for k in leaderboard.HEADLINE[board.protocol.goal])
-        if subset:
+    for track, claimed in each(submission.claims.items(), f"verify {submission.name}", "track"):
+        run = reproduce(folder, submission, root, track, timeout, samples, isolated)
+        check_claims(submission.name, track, claimed, run.metrics)
+        goal = run.board.protocol.goal
+        summary = ", ".join(f"{k} {_value(run.metrics[k])}" for k in leaderboard.HEADLINE[goal])
+        if run.subset:
             lines.append(f"{track}: claims consistent with the first {samples} samples ({summary}); no entry added "
                          "(run the whole track to add one)")
             continue
@@ -127,11 +213,12 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
             continue
         source = Source(kind="submission", submission=submission.name, commit=commit, content_sha256=digest)
         environment = runner.environment(torch.device("cpu"))
+        judged = run.judged
         entry = admission.NewEntry(submission.attack, judged.records, judged.examples, source, environment,
-                                   pinned_sha256(board.defense.weights), judged.judging.date, judged.seed,
-                                   judged.judging, rederive.SELF_REPORTED[board.protocol.goal])
-        admission.admit(path, board, clean, [entry])
-        lines.append(f"{track}: claims reproduced ({summary}), entry {submission.name} added to {path}")
+                                   pinned_sha256(run.board.defense.weights), judged.judging.date, judged.seed,
+                                   judged.judging, rederive.SELF_REPORTED[goal])
+        admission.admit(run.path, run.board, run.clean, [entry])
+        lines.append(f"{track}: claims reproduced ({summary}), entry {submission.name} added to {run.path}")
     return lines
 
 

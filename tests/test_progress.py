@@ -7,10 +7,12 @@ import json
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import termios
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,11 @@ import yaml
 from click.testing import CliRunner
 
 import rsbench
+from rsbench import sandbox
 from rsbench.cli import cli
 from rsbench.engine import SampleOutcome, StepFailed
 from rsbench.specs import SampleRecord
+from rsbench.submission_run import written
 
 CHECKOUT = str(Path(rsbench.__file__).resolve().parents[1])
 TINY = ["--defense", "smoothing-digits-0.5", "--num-samples", "2", "--n0", "10", "--n", "200", "--alpha", "0.01",
@@ -121,7 +125,7 @@ def test_a_failing_attack_names_its_sample_keeps_what_finished_and_resumes(
     assert failed.exit_code == 2 and len(failed.output.strip().splitlines()) == 1
     clean = [SampleRecord.model_validate_json(line) for line in (out / "clean.jsonl").read_text().splitlines()]
     broken = next(c.index for c in clean if c.label == 9 and c.correct)  # the first qualifying label-9 sample
-    assert (f"attack flaky failed on sample {broken}: ValueError: cannot handle label 9 (second line) "
+    assert (f"attack flaky failed on sample {broken} (label 9): ValueError: cannot handle label 9 (second line) "
             f"(traceback in {out / 'error.log'}); the finished records are kept") in failed.output
     assert "Traceback" not in failed.output and "ValueError" in (out / "error.log").read_text()
     before = (out / "samples.jsonl").read_text()
@@ -145,3 +149,22 @@ def test_a_step_failure_crosses_processes_with_what_finished() -> None:
         SampleOutcome(3, clean, [])])))
     assert str(failure) == "attack x failed on sample 3: E: why" and failure.details == "trace"
     assert failure.finished[0].clean == clean
+
+
+def test_a_sandboxed_run_is_looked_at_while_it_runs_and_still_stopped_at_its_limit(tmp_path: Path) -> None:
+    """A submission's run shows its progress from the records it has written so far: `tick` is called while the
+    command runs, the time limit still holds, and the records are counted without following a link."""
+    ticks: list[float] = []
+    done = sandbox._run([sys.executable, "-c", "import time; time.sleep(1.3); print('done')"], None, None, 30,
+                        lambda: ticks.append(time.monotonic()))
+    assert done.stdout.strip() == "done" and len(ticks) >= 2
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        sandbox._run([sys.executable, "-c", "import time; time.sleep(30)"], None, None, 0.8, lambda: None)
+    assert time.monotonic() - started < 5
+    records = tmp_path / "samples.jsonl"
+    assert written(records) == 0
+    records.write_text('{"index": 0}\n{"index": 1}\n{"index": 2')  # the third still being written
+    assert written(records) == 2
+    (tmp_path / "link.jsonl").symlink_to(records)
+    assert written(tmp_path / "link.jsonl") == 0

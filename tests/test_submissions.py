@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import rsbench
-from rsbench import audit, leaderboard, submission_run, submissions
+from rsbench import audit, claims, leaderboard, submission_run, submissions
 from rsbench.errors import RsbenchError
 from rsbench.submission_spec import commit_of, content_sha256, load_submission
 
@@ -138,8 +138,10 @@ def root(tmp_path: Path) -> Path:
     """A track with the smoke protocol (two samples, light certification and judge) and no entries yet."""
     probe = submission(tmp_path / "probe", "probe", IDLE, "Idle", {"success": 0, "r50": None})
     _, board = submissions.smoke_protocol(load_submission(probe), "smoothing")
+    protocol = board.protocol.model_copy(update={"num_samples": 2})
     folder = tmp_path / "leaderboards"
-    leaderboard.save(folder / TRACK / "v1.json", board.model_copy(update={"track": TRACK}))
+    leaderboard.save(folder / TRACK / "v1.json", board.model_copy(update={"track": TRACK, "protocol": protocol,
+                                                                          "protocol_hash": protocol.spec_hash()}))
     return folder
 
 
@@ -255,10 +257,10 @@ def test_claims_are_checked_against_the_reproduced_intervals() -> None:
     reproduced = {"success": leaderboard.Interval(value=50, ci_low=20, ci_high=80),
                   "r50": leaderboard.Interval(value=None, ci_low=None, ci_high=None)}
     submissions.check_claims("a", TRACK, {"success": 79, "r50": None}, reproduced)
-    for claims, reason in [({"success": 81}, r"claims success 81 .* reproduces 50 \[20, 80\]"),
-                           ({"r50": 0.5}, "claims r50 0.5 .* reproduces -"), ({"time_s": 1}, "does not report")]:
+    for claimed, reason in [({"success": 81}, r"claims success 81 .* reproduces 50 \[20, 80\]"),
+                            ({"r50": 0.5}, "claims r50 0.5 .* reproduces -"), ({"time_s": 1}, "does not report")]:
         with pytest.raises(RsbenchError, match=reason):
-            submissions.check_claims("a", TRACK, claims, reproduced)
+            submissions.check_claims("a", TRACK, claimed, reproduced)
 
 
 @pytest.mark.parametrize(("claims", "reason"), [
@@ -299,3 +301,97 @@ def test_a_link_left_in_the_scratch_folder_is_never_followed(root: Path, tmp_pat
     (run / "adversarial" / "hostile.pt").symlink_to(elsewhere)
     with pytest.raises(RsbenchError, match="left hostile.pt as something other than a plain file"):
         submission_run.returned(board, dataset, "hostile", run)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "leaderboards"
+RAISER = ATTACK_HEADER + '''
+
+class Raiser(Attack):
+    """Attacks every digit but the ones."""
+
+    Params = Params
+    kinds = ("smoothing",)
+
+    def run(self, view, x, label, tracker, generator):
+        if label == 1:
+            raise ValueError("cannot attack ones")
+        tracker.iterations += 1
+'''
+
+
+def test_every_metric_has_a_domain() -> None:
+    assert {k for goal in leaderboard.METRICS.values() for k in goal} == set(leaderboard.DOMAINS)
+
+
+@pytest.mark.parametrize(("claims", "message"), [
+    ({"success": 0, "r50": None, "r_50": 0.5}, f"claims 'r_50' on {TRACK}, which is not a metric of evasion entries; "
+                                               "did you mean 'r50'?"),
+    ({"success": 0, "r50": None, "sucess": 0}, "did you mean 'success'?"),
+    ({"success": 120, "r50": 0.5}, f"claims success 120 on {TRACK}, outside its domain: success is from 0 to 100 "
+                                   "(% of attacked samples with a confirmed adversarial example)"),
+    ({"success": 50, "r50": -0.5}, "claims r50 -0.5 on evasion-smoothing-digits-0.50, outside its domain: r50 is at "
+                                   "least 0 (median radius"),
+    ({"success": 50, "r50": float("nan")}, "claims r50 nan"),
+])
+def test_validate_refuses_misspelled_metrics_and_values_outside_their_domain_before_anything_runs(
+        tmp_path: Path, claims: dict, message: str) -> None:
+    folder = submission(tmp_path, "idle", IDLE, "Idle", claims)
+    with pytest.raises(RsbenchError) as refused:
+        submissions.validate(folder, root=SHIPPED)  # refused before anything runs, a sandbox or none
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_validate_refuses_an_unknown_track_and_a_name_an_entry_of_a_claimed_track_has(tmp_path: Path) -> None:
+    folder = submission(tmp_path, "idle", IDLE, "Idle", {"success": 0, "r50": None})
+    data = yaml.safe_load((folder / "submission.yaml").read_text())
+    data["claims"] = {"evasion-smoothing-digits-0.55": data["claims"][TRACK]}
+    (folder / "submission.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RsbenchError, match=r"idle claims track 'evasion-smoothing-digits-0.55', which has no "
+                                           r"leaderboard under .*; did you mean 'evasion-smoothing-digits-0.50'\?"):
+        submissions.validate(folder, root=SHIPPED)
+    board = leaderboard.load(SHIPPED / TRACK / "v1.json")
+    submitted = load_submission(submission(tmp_path / "other", "idle", IDLE, "Idle", {"success": 0, "r50": None}))
+    registry_entry = board.entries[0].model_copy(update={"name": "idle"})  # a registry attack's run named idle
+    with pytest.raises(RsbenchError, match=f"idle is already an entry of {TRACK} v1, from a registry attack's run; "
+                                           "entries are never replaced"):
+        claims.check_name(tmp_path / "other" / "idle", submitted, TRACK, board.model_copy(update={"entries": [registry_entry]}))
+    own = registry_entry.model_copy(update={"source": leaderboard.Source(
+        kind="submission", submission="idle", content_sha256=content_sha256(tmp_path / "other" / "idle"))})
+    claims.check_name(tmp_path / "other" / "idle", submitted, TRACK, board.model_copy(update={"entries": [own]}))
+    (tmp_path / "other" / "idle" / "idle.py").write_text(IDLE + "\n# changed\n")
+    with pytest.raises(RsbenchError, match="from this submission's folder as it was then"):
+        claims.check_name(tmp_path / "other" / "idle", submitted, TRACK, board.model_copy(update={"entries": [own]}))
+
+
+@pytest.mark.slow
+def test_validate_runs_one_sample_of_every_label_and_names_the_one_an_attack_fails_on(sandboxed: None,
+                                                                                      tmp_path: Path) -> None:
+    folder = submission(tmp_path, "raiser", RAISER, "Raiser", {"success": 0, "r50": None})
+    with pytest.raises(RsbenchError) as refused:
+        submissions.validate(folder, root=SHIPPED, timeout=300)
+    message = str(refused.value)
+    assert message.startswith("raiser failed on smoke: attack raiser failed on sample ") and "\n" not in message
+    assert message.endswith(" (label 1): ValueError: cannot attack ones")
+    index = int(message.split("on sample ")[1].split()[0])
+    _, dataset = submission_run.prepare(leaderboard.load(SHIPPED / TRACK / "v1.json"))
+    assert int(dataset[index][1]) == 1 and all(int(dataset[i][1]) != 1 for i in range(index))  # beyond the first 2
+
+
+@pytest.mark.slow
+def test_measure_prints_claims_that_verify_accepts(sandboxed: None, root: Path, tmp_path: Path) -> None:
+    folder = submission(tmp_path, "nearest-other", NEAREST_OTHER, "NearestOther", {"success": 0, "r50": None})
+    data = yaml.safe_load((folder / "submission.yaml").read_text())
+    (folder / "submission.yaml").write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "claims"}))
+    with pytest.raises(RsbenchError, match="nearest-other.*claims no track"):
+        load_submission(folder)
+    printed = submissions.measure(folder, root, [TRACK], timeout=300)
+    measured = yaml.safe_load(printed)["claims"]
+    assert set(measured) == {TRACK} and measured[TRACK]["success"] == 100 and measured[TRACK]["r50"] > 1
+    assert "# 95% interval [" in printed and "NOT" not in printed and "time_s" not in measured[TRACK]
+    assert leaderboard.load(root / TRACK / "v1.json").entries == []  # measuring adds nothing
+    (folder / "submission.yaml").write_text(yaml.safe_dump(data | {"claims": measured}))
+    [line] = submissions.verify(folder, root, timeout=300, dry_run=True)
+    assert line.startswith(f"{TRACK}: claims reproduced (success 100 [100, 100], r50 ")
+    partial = submissions.measure(folder, root, samples=1, timeout=300)  # the claimed tracks, by default
+    assert "NOT the tracks' protocols: evasion-smoothing-digits-0.50 on its first 1 of 2 samples" in partial
+    assert yaml.safe_load(partial)["claims"][TRACK]["success"] == 100
