@@ -73,7 +73,7 @@ if [ -d "${RSBENCH_DATA:-}/mnist" ]; then  # the MNIST test set: the released KW
   ev --defense kw-mnist-0.1 --attack degradation-pgd --attack degradation-eps-pgd --attack degradation-adaptive \
      --out "$runs/degradation-kw-mnist-0.1"
   # rsbench's MNIST models train on test images 5000-9999 and are evaluated on the first 100 of 0-4999 (their
-  # test-eval split); the deterministic certifiers cost seconds a sample (Shadow: MNIST_SHADOW_COST below).
+  # test-eval split); the deterministic certifiers cost seconds a sample (Shadow: about 11 s a sample on CROWN-IBP).
   mn() { nice -n 10 rsbench evaluate --num-samples 100 --n 10000 --seed 0 --save-examples "$@"; }
   for defense in gloro-mnist-0.30 gloro-mnist-0.60 gloro-mnist-1.58 gloro-mnist-3.16; do
     mn --defense $defense --attack pgd-l2 --out "$runs/evasion-$defense"
@@ -91,7 +91,7 @@ if [ -d "${RSBENCH_DATA:-}/mnist" ]; then  # the MNIST test set: the released KW
   # Smoothing and MACER on MNIST: the certification-aware-attack paper's Table 1 (M-0.5, M-1.0) and its MACER
   # comparison. CPU seconds a sample on one thread, judge and confirmation included: caa 21, caa-direct 14,
   # pgd 21, deepfool 18 (with the clean certificate, about 75 s a sample and 2 CPU-hours a defense for 100
-  # samples); C-W and AutoAttack cost MNIST_SLOW_COST below a sample, so they run only with MNIST_SLOW=1.
+  # samples); C-W and AutoAttack (minutes a sample on the digits, not timed on MNIST) run only with MNIST_SLOW=1.
   for defense in smoothing-mnist-0.50 smoothing-mnist-1.00 macer-mnist-0.50; do
     mn --defense $defense --attack caa --attack caa-direct --attack pgd --attack deepfool "${judge[@]}" \
        --out "$runs/evasion-$defense"
