@@ -10,7 +10,9 @@
 #     macer-digits-0.25/0.50 (each v2), degradation of smoothing-digits-0.50 and macer-digits-0.25/0.50 (v2) and
 #     of smoothing-digits-0.25 (v3); then fmn-smoothed's entry on evasion-smoothing-digits-0.50 v2. The earlier
 #     versions stay as measured, marked superseded. Every run here is new (earlier run folders confirmed with the
-#     old bounds and are refused), so RUNS_DIR defaults to runs/leaderboards-strict; about nine hours.
+#     old bounds and are refused), so RUNS_DIR defaults to runs/leaderboards-strict; about nine hours, nearly all
+#     of it C-W and AutoAttack: the four core evasion attacks and the degradation runs took about an hour of
+#     one thread in all (two runs side by side on a shared 2-core machine).
 set -euo pipefail
 export OMP_NUM_THREADS=1
 mode=${2:-all}
