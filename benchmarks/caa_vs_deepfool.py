@@ -27,7 +27,8 @@ from torch.utils.data import Subset
 
 from rsbench import engine, hub, models, registry, runner
 from rsbench.data import load_dataset
-from rsbench.specs import AttackRecord, AttackSpec, DefenseSpec
+from rsbench.records import AttackRecord
+from rsbench.specs import AttackSpec, DefenseSpec
 from rsbench.training import gaussian
 
 PROBE_SIGMA, PROBE_TRAIN = 0.5, range(5000, 10000)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rsbench import leaderboard, metrics
 from rsbench.goals.degradation import Degradation
-from rsbench.specs import SampleRecord
+from rsbench.records import SampleRecord
 from rsbench.stats import bootstrap, clopper_pearson
 
 TRAINED_HERE = ("5,000 training images (MNIST test images 5000-9999) instead of MNIST's 60,000; evaluated on "

@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from rsbench import engine, metrics, registry, runner
-from rsbench.specs import AttackRecord
+from rsbench.records import AttackRecord
 
 DEFENSES = ("smoothing-digits-0.25", "smoothing-digits-0.50", "smoothing-digits-1.00")
 ATTACKS = ("caa", "caa-direct", "pgd", "cw", "deepfool", "autoattack")

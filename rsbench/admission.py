@@ -37,8 +37,9 @@ from rsbench.leaderboard import (
     track_name,
     write_stored,
 )
+from rsbench.records import Environment, RunResult, SampleRecord
 from rsbench.scoring import comparison, entry_metrics
-from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunResult, SampleRecord
+from rsbench.specs import AttackSpec, DefenseSpec
 
 
 def unconfirmed(protocol: Protocol, defense: DefenseSpec, records: Sequence[Any], examples: dict | None,

@@ -30,7 +30,8 @@ from rsbench.defenses.base import Defense
 from rsbench.defenses.gloro import GloRo
 from rsbench.defenses.kw import KW
 from rsbench.errors import RsbenchError
-from rsbench.specs import AttackSpec, CertifyDefaults, DatasetSpec, DefenseSpec, RunResult, WeightsRef
+from rsbench.records import RunResult
+from rsbench.specs import AttackSpec, CertifyDefaults, DatasetSpec, DefenseSpec, WeightsRef
 
 PROTOCOL = ("n0", "n", "alpha", "batch_size", "seed", "judge_n", "judge_alpha", "confirm_n", "precision",
             "channels_last")

@@ -13,7 +13,7 @@ from rsbench.cli_options import DEVICE, attack_options, certification_options, s
 from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
-    from rsbench.specs import RunResult
+    from rsbench.records import RunResult
 
 
 class UserError(click.ClickException):

@@ -27,7 +27,8 @@ from rsbench.data import load_dataset
 from rsbench.defense_server import needs_serving
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import Protocol
-from rsbench.specs import GOALS_BY_KIND, NAME_PATTERN, DefenseSpec, SampleRecord, Spec
+from rsbench.records import SampleRecord
+from rsbench.specs import GOALS_BY_KIND, NAME_PATTERN, DefenseSpec, Spec
 
 TRACK_PROTOCOL = {"num_samples": 20, "n0": 100, "n": 10_000, "alpha": 0.001, "judge_n": 1500, "judge_alpha": 0.005,
                   "confirm_n": 15_000, "seed": 0}

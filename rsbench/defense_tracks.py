@@ -59,8 +59,9 @@ from rsbench.leaderboard import (
     StoredFile,
     jsonl,
 )
+from rsbench.records import SampleRecord
 from rsbench.scoring import point_metrics
-from rsbench.specs import AttackSpec, DefenseSpec, SampleRecord
+from rsbench.specs import AttackSpec, DefenseSpec
 from rsbench.submission_spec import commit_of, content_sha256
 
 SUITE: dict[str, dict[str, tuple[str, ...]]] = {

@@ -32,7 +32,8 @@ from rsbench.data import load_dataset
 from rsbench.errors import RsbenchError
 from rsbench.goals import Goal, Sample, check_attack, goal_of
 from rsbench.rundir import RunDir
-from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
+from rsbench.records import RunConfig, RunResult, SampleRecord
+from rsbench.specs import AttackSpec, DefenseSpec
 
 Backend = Literal["local", "ray"]
 """Where a run's batches are computed: this machine's processes, or Ray actors (`rsbench.cluster`)."""

@@ -26,7 +26,8 @@ from pydantic import Field, ValidationError
 from rsbench import registry
 from rsbench.errors import RsbenchError
 from rsbench.goals import GOALS
-from rsbench.specs import AttackSpec, DefenseSpec, Environment, RunConfig, SampleRecord, Spec, Split
+from rsbench.records import Environment, RunConfig, SampleRecord
+from rsbench.specs import AttackSpec, DefenseSpec, Spec, Split
 from rsbench.stats import BOOTSTRAP_RESAMPLES
 
 LEADERBOARD_SCHEMA_VERSION = 1

@@ -6,7 +6,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from rsbench.specs import AttackRecord, AttackSummary, CertifiedPoint, SampleRecord
+from rsbench.records import AttackRecord, AttackSummary, CertifiedPoint, SampleRecord
 from rsbench.stats import clopper_pearson
 
 INTERVAL_ALPHA = 0.05

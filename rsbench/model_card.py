@@ -18,7 +18,8 @@ import yaml
 from pydantic import ValidationError
 
 from rsbench.errors import RsbenchError
-from rsbench.specs import DefenseSpec, RunResult
+from rsbench.records import RunResult
+from rsbench.specs import DefenseSpec
 
 TASK = {"type": "image-classification", "name": "Certified robust image classification"}
 

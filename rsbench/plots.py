@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from rsbench import metrics  # noqa: E402
-from rsbench.specs import AttackRecord, CertifiedPoint, SampleRecord  # noqa: E402
+from rsbench.records import AttackRecord, CertifiedPoint
+from rsbench.records import SampleRecord  # noqa: E402
 
 
 def certified_accuracy_plot(records: Sequence[SampleRecord], points: Sequence[CertifiedPoint], title: str, path: Path) -> Path:

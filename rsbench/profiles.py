@@ -20,7 +20,7 @@ from pathlib import Path
 from rsbench import metrics
 from rsbench.goals.degradation import certified
 from rsbench.leaderboard import Interval, Leaderboard, stored_records
-from rsbench.specs import CertifiedPoint, SampleRecord
+from rsbench.records import CertifiedPoint, SampleRecord
 
 Cell = Callable[[Interval], str]
 

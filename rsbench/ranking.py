@@ -19,7 +19,7 @@ import numpy as np
 
 from rsbench.leaderboard import Entry, Leaderboard
 from rsbench.scoring import score
-from rsbench.specs import SampleRecord
+from rsbench.records import SampleRecord
 from rsbench.stats import binomial_p_value, resample_draws
 
 LEADER_SHARE = 0.95

@@ -22,7 +22,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from rsbench.errors import RsbenchError
-from rsbench.specs import RunConfig
+from rsbench.records import RunConfig
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 RESUMABLE_CHANGES = {"num_samples", "workers", "attacks", "attack_hashes"}

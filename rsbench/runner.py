@@ -27,16 +27,9 @@ from rsbench.defenses.smoothing import Smoothing, check_sampling
 from rsbench.errors import RsbenchError
 from rsbench.layers import ReducedPrecision
 from rsbench.progress import bar as progress_bar
+from rsbench.records import Environment, RunConfig, RunResult, SampleRecord
 from rsbench.rundir import RunDir
-from rsbench.specs import (
-    STRICT_CONFIRMATION_GOALS,
-    CertifyDefaults,
-    DefenseSpec,
-    Environment,
-    RunConfig,
-    RunResult,
-    SampleRecord,
-)
+from rsbench.specs import STRICT_CONFIRMATION_GOALS, CertifyDefaults, DefenseSpec
 
 STATISTICS_NOTE = (
     "Smoothing certificates are Monte Carlo: each holds with probability at least 1 - alpha "

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rsbench.leaderboard import COMPARATIVE, SCORE, Comparison, Interval, Leaderboard, goal_class
-from rsbench.specs import SampleRecord
+from rsbench.records import SampleRecord
 from rsbench.stats import bootstrap
 
 

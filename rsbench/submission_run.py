@@ -41,7 +41,7 @@ from rsbench.goals import GOALS
 from rsbench.hub import weights_home
 from rsbench.leaderboard import Comparison, Judging, Leaderboard, jsonl, parse_jsonl, record_type
 from rsbench.progress import bar
-from rsbench.specs import SampleRecord
+from rsbench.records import SampleRecord
 from rsbench.submission_spec import IGNORED, Submission, load_submission
 
 MAX_OUTPUT_BYTES = 256 * 2**20

@@ -36,8 +36,8 @@ from rsbench.errors import RsbenchError
 from rsbench.hub import pinned_sha256
 from rsbench.leaderboard import Leaderboard, Protocol, Source
 from rsbench.progress import each
+from rsbench.records import SampleRecord
 from rsbench.scoring import entry_metrics
-from rsbench.specs import SampleRecord
 from rsbench.submission_spec import (
     Submission,
     check_track,

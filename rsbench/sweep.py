@@ -20,8 +20,9 @@ from rsbench import engine, registry, requirements, rundir
 from rsbench.errors import RsbenchError
 from rsbench.goals import check_attack
 from rsbench.progress import bar
+from rsbench.records import RunResult
 from rsbench.registry import Kind
-from rsbench.specs import AttackSpec, DefenseSpec, RunResult
+from rsbench.specs import AttackSpec, DefenseSpec
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from rsbench import admission, registry, runner, sandbox
 from rsbench.defenses.base import Defense
 from rsbench.engine import save_example
 from rsbench.goals.evasion import Evasion
+from rsbench.records import AttackRecord, RunConfig, SampleRecord
 from rsbench.rundir import RunDir
-from rsbench.specs import AttackRecord, AttackSpec, DefenseSpec, RunConfig, SampleRecord
+from rsbench.specs import AttackSpec, DefenseSpec
 
 
 class BinaryLinear(nn.Module):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rsbench import metrics, plots
-from rsbench.specs import AttackRecord
+from rsbench.records import AttackRecord
 
 
 def record(index: int, attack: str, best: float | None, first: float | None = None, best_time: float = 1.0,

@@ -19,7 +19,7 @@ import torch
 from rsbench import admission, audit, leaderboard, rederive, registry, runner, submission_run
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import Leaderboard, Protocol, Source, StoredFile
-from rsbench.specs import AttackRecord
+from rsbench.records import AttackRecord
 
 TRACK = "evasion-smoothing-digits-0.50"
 

@@ -16,7 +16,7 @@ from rsbench.defenses.smoothed_view import SmoothedView, ViewOutput
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.goals import Sample
 from rsbench.goals.evasion import Evasion
-from rsbench.specs import RunConfig, SampleRecord
+from rsbench.records import RunConfig, SampleRecord
 
 TIMES = {"first_time_s", "best_time_s", "total_time_s"}
 SMALL = {"num_noise": 300, "iterations": 10}

@@ -16,8 +16,8 @@ from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
 from rsbench.layers import ReducedPrecision
 from rsbench.leaderboard import Protocol
+from rsbench.records import RunConfig, SampleRecord
 from rsbench.rundir import RunDir, default_path
-from rsbench.specs import RunConfig, SampleRecord
 
 DEFENSE = "smoothing-digits-0.50"
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from rsbench import cluster, engine, registry
 from rsbench.cli import cli
 from rsbench.errors import RsbenchError
-from rsbench.specs import RunResult
+from rsbench.records import RunResult
 
 DEFENSE, ATTACK, SAMPLES = "gloro-digits-0.25", "degradation-pgd", 8
 

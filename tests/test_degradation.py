@@ -28,7 +28,7 @@ from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 from rsbench.goals import degradation as goal
 from rsbench.goals import instantiate
-from rsbench.specs import SampleRecord
+from rsbench.records import SampleRecord
 from rsbench.stats import lower_confidence_bound
 
 SLACK = 1e-6

@@ -18,7 +18,7 @@ from rsbench.cli import cli
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
-from rsbench.specs import AttackRecord, RunConfig
+from rsbench.records import AttackRecord, RunConfig
 
 SMALL_ATTACKS = {
     "caa-small": ("rsbench.attacks.caa:CAA", {"num_noise": 400, "iterations": 25}),

@@ -22,7 +22,8 @@ from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 from rsbench.goals.evasion import Evasion
-from rsbench.specs import AttackRecord, AttackSpec
+from rsbench.records import AttackRecord
+from rsbench.specs import AttackSpec
 
 SIGMA = 0.5
 W = torch.tensor([0.6, -0.8, 0.0, 0.0])  # unit norm: w.x + b is the signed distance

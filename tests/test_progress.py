@@ -23,7 +23,7 @@ import rsbench
 from rsbench import sandbox
 from rsbench.cli import cli
 from rsbench.engine import SampleOutcome, StepFailed
-from rsbench.specs import SampleRecord
+from rsbench.records import SampleRecord
 from rsbench.submission_run import written
 
 CHECKOUT = str(Path(rsbench.__file__).resolve().parents[1])

@@ -12,7 +12,7 @@ import torch
 
 from rsbench import registry, runner
 from rsbench.errors import RsbenchError
-from rsbench.specs import RunConfig
+from rsbench.records import RunConfig
 
 SPEC = registry.get_defense("smoothing-digits-0.50")
 

@@ -17,7 +17,8 @@ from rsbench.attacks.base import Attack, Target, Tracker
 from rsbench.defenses import plugin_class
 from rsbench.defenses.base import Defense, provides
 from rsbench.errors import RsbenchError
-from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
+from rsbench.records import RunConfig, RunResult, SampleRecord
+from rsbench.specs import AttackSpec, DefenseSpec
 
 GOALS = {
     "evasion": "rsbench.goals.evasion:Evasion",

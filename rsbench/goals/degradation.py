@@ -38,7 +38,8 @@ from rsbench.defenses.smoothing import Smoothing  # noqa: E402
 from rsbench.errors import RsbenchError  # noqa: E402
 from rsbench.goals import Goal  # noqa: E402
 from rsbench.metrics import proportion  # noqa: E402
-from rsbench.specs import AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord, Spec  # noqa: E402
+from rsbench.records import RunConfig, RunResult, SampleRecord
+from rsbench.specs import AttackSpec, DefenseSpec, Spec  # noqa: E402
 
 
 def rejects(defense: Defense, x_adv: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> bool:

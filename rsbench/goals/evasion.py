@@ -31,7 +31,8 @@ from rsbench.defenses.base import Defense
 from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.errors import RsbenchError
 from rsbench.goals import Goal, Sample
-from rsbench.specs import AttackRecord, AttackSpec, DefenseSpec, RunConfig, RunResult, SampleRecord
+from rsbench.records import AttackRecord, RunConfig, RunResult, SampleRecord
+from rsbench.specs import AttackSpec, DefenseSpec
 
 SMOOTHING_NOTE = (
     "Clean samples are certified as by `rsbench certify` (Clopper-Pearson, n noise samples, alpha). "

@@ -27,7 +27,8 @@ from rsbench.attacks.base import Target, Tracker
 from rsbench.attacks.shadow import total_variation
 from rsbench.errors import RsbenchError
 from rsbench.goals import Goal
-from rsbench.specs import DefenseSpec, RunConfig, RunResult, SampleRecord, Spec
+from rsbench.records import RunConfig, RunResult, SampleRecord
+from rsbench.specs import DefenseSpec, Spec
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first

@@ -74,7 +74,8 @@ def write_model_card(
 ) -> Path:
     """Certify freshly trained weights (trained on `split`) on the evaluation split and describe them in `<name>.md`."""
     from rsbench import data, hub, runner
-    from rsbench.specs import RunConfig, WeightsRef
+    from rsbench.records import RunConfig
+    from rsbench.specs import WeightsRef
 
     sha = hub.sha256_of(weights)
     trained = spec.model_copy(update={"weights": WeightsRef(source="file", filename=str(weights.resolve()), sha256=sha)})
