@@ -240,6 +240,22 @@ def digits_lipschitz_cnn(num_classes: int) -> nn.Module:
     return attach_power_iterates(net, (1, 8, 8))
 
 
+def two_stride_convs(side: int, channels: tuple[int, int], hidden: int, num_classes: int) -> nn.Sequential:
+    """Two 4x4 stride-2 convolutions on a 1-channel side x side image, then one hidden dense layer, ReLUs only: the
+    layout of Wong & Kolter's MNIST network, whose module indices (0, 2, 5, 7) its state dicts use."""
+    first, second = channels
+    return nn.Sequential(
+        nn.Conv2d(1, first, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(first, second, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(second * (side // 4) ** 2, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
 @register_model("digits-kw-cnn")
 def digits_kw_cnn(num_classes: int) -> nn.Module:
     """The released KW MNIST layout scaled to 1x8x8 digits (~22k parameters, ~90 kB).
@@ -247,31 +263,13 @@ def digits_kw_cnn(num_classes: int) -> nn.Module:
     Two stride-2 convolutions (8x8 -> 4x4 -> 2x2) and one hidden dense layer: only layers
     the convex relaxation certifies, and few enough ReLUs (484) to train it robustly in minutes.
     """
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 2 * 2, 100),
-        nn.ReLU(),
-        nn.Linear(100, num_classes),
-    )
+    return two_stride_convs(8, (16, 32), 100, num_classes)
 
 
 @register_model("kw-mnist-cnn")
 def kw_mnist_cnn(num_classes: int) -> nn.Module:
     """Wong & Kolter's released MNIST network; module indices 0, 2, 5, 7 match their state dict."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 100),
-        nn.ReLU(),
-        nn.Linear(100, num_classes),
-    )
+    return two_stride_convs(28, (16, 32), 100, num_classes)
 
 
 @register_model("mnist-2c2f")
@@ -313,13 +311,4 @@ def mnist_4c3f(num_classes: int) -> nn.Module:
 def mnist_cnn_2layer(num_classes: int) -> nn.Module:
     """One of the CROWN-IBP paper's small MNIST networks (its `cnn_2layer`, width 2, 256 linear units; ~205k
     parameters, ~820 kB): two stride-2 convolutions with 8 and 16 channels and a dense layer, ReLUs only."""
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(16 * 7 * 7, 256),
-        nn.ReLU(),
-        nn.Linear(256, num_classes),
-    )
+    return two_stride_convs(28, (8, 16), 256, num_classes)
