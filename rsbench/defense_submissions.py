@@ -28,7 +28,8 @@ from rsbench.defense_server import needs_serving
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import Protocol
 from rsbench.records import SampleRecord
-from rsbench.specs import GOALS_BY_KIND, NAME_PATTERN, DefenseSpec, Spec
+from rsbench.specs import GOALS_BY_KIND, DefenseSpec, Spec
+from rsbench.submission_spec import Authored
 
 TRACK_PROTOCOL = {"num_samples": 20, "n0": 100, "n": 10_000, "alpha": 0.001, "judge_n": 1500, "judge_alpha": 0.005,
                   "confirm_n": 15_000, "seed": 0}
@@ -46,17 +47,9 @@ class AccuracyClaim(Spec):
     """Per radius (in the defense's norm), samples classified correctly with a certified radius at least that."""
 
 
-class DefenseSubmission(Spec):
+class DefenseSubmission(Authored):
     """`submission.yaml` of a defense: the spec, who made it, and what it claims on which tracks."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    """The submission's folder name, which is also its defense's name."""
-    authors: list[str] = Field(min_length=1)
-    """Who made the defense."""
-    paper: str
-    """Link to the paper (or report) defining the defense."""
-    licence: str
-    """Licence of the code and weights (SPDX identifier)."""
     defense: DefenseSpec
     """The defense's spec; relative paths (code, `folder` weights) are in the submission's folder."""
     claims: dict[str, AccuracyClaim] = Field(min_length=1)

@@ -28,17 +28,22 @@ IGNORED = ("__pycache__", ".pytest_cache")
 """Folders of compiled files and caches a local trial leaves, which are not part of the submission."""
 
 
-class Submission(Spec):
-    """`submission.yaml`: the attack, who made it, and what it claims on which tracks."""
+class Authored(Spec):
+    """What every `submission.yaml` begins with, an attack's or a defense's: its name and who made it."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    """The submission's folder name, which is also its attack's name."""
+    """The submission's folder name, which is also its attack's or defense's name."""
     authors: list[str] = Field(min_length=1)
-    """Who wrote the attack."""
+    """Who made it."""
     paper: str
-    """Link to the paper (or report) defining the attack."""
+    """Link to the paper (or report) defining it."""
     licence: str
-    """Licence of the attack's code (SPDX identifier)."""
+    """Licence of its code and weights (SPDX identifier)."""
+
+
+class Submission(Authored):
+    """`submission.yaml`: the attack, who made it, and what it claims on which tracks."""
+
     attack: AttackSpec
     """The attack's spec; `implementation` names `module:Class` of a file in the submission's folder."""
     claims: dict[str, dict[str, float | None]] = Field(default_factory=dict)
