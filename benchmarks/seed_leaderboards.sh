@@ -3,7 +3,7 @@
 # (first 20 test samples, certification with n = 10,000 at alpha 0.001, seed 0; on smoothing the
 # judge's N = 1500 at alpha 0.005 and confirmation on 15,000 fresh copies). About ten hours on one
 # CPU thread: most of it C-W and AutoAttack on smoothing (minutes a sample each) and Shadow spoofing.
-# Usage: [RSBENCH_DATA=DIR] benchmarks/seed_leaderboards.sh [RUNS_DIR] [all|strict]  (DIR with mnist/ adds kw-mnist-0.1)
+# Usage: [RSBENCH_DATA=DIR] benchmarks/seed_leaderboards.sh [RUNS_DIR] [all|strict]  (DIR with mnist/ adds kw-mnist-0.1 and the MNIST tracks, among them 6 CPU-hours of smoothing evasion)
 #   all (the default): every track, into a leaderboards/ without them.
 #   strict: only the new versions of the tracks whose protocol changed when smoothing's confirmation came to take
 #     the judge's bounds (Protocol.confirm_bounds): evasion of smoothing-digits-0.25/0.50/1.00 and
@@ -94,6 +94,7 @@ if [ -d "${RSBENCH_DATA:-}/mnist" ]; then  # the MNIST test set: the released KW
   # comparison. CPU seconds a sample on one thread, judge and confirmation included: caa 21, caa-direct 14,
   # pgd 21, deepfool 18 (with the clean certificate, about 75 s a sample and 2 CPU-hours a defense for 100
   # samples); C-W and AutoAttack (minutes a sample on the digits, not timed on MNIST) run only with MNIST_SLOW=1.
+  # Measured: each defense's run took 53-56 minutes on --workers 2 of an otherwise idle 2-core machine.
   for defense in smoothing-mnist-0.50 smoothing-mnist-1.00 macer-mnist-0.50; do
     mn --defense $defense --attack caa --attack caa-direct --attack pgd --attack deepfool "${judge[@]}" \
        --out "$runs/evasion-$defense"
