@@ -2,10 +2,12 @@
 
 Each recipe is a module with `fit(model, train_set, spec, device)` that trains in place,
 seeded by `spec.training.seed`; `train` builds the model, fits it, saves the state dict
-and reports its sha256 so the result can be compared with the registry's pin.
+and reports its sha256; `reproduction.compare` says whether it reproduces the shipped weights.
 
 Training runs on one CPU thread, since the order of a kernel's float sums follows the
-thread count: the weights then depend on the recipe, the data and the PyTorch build alone.
+thread count. The bits still depend on the PyTorch build and on the CPU kernels it picks
+by instruction set, so the same bits come back only in the same environment (see
+`reproduction`).
 Training uses the dataset's real training split when its files are present; MNIST without
 them falls back to `test-train` (test images 5000-9999), the split the shipped MNIST
 weights were trained on, which `split="test-train"` also asks for explicitly.
@@ -73,12 +75,12 @@ def write_model_card(
     spec: DefenseSpec, weights: Path, out_dir: Path, device: torch.device, *, samples: int, n: int, split: str
 ) -> Path:
     """Certify freshly trained weights (trained on `split`) on the evaluation split and describe them in `<name>.md`."""
-    from rsbench import data, hub, runner
+    from rsbench import data, runner
     from rsbench.records import RunConfig
-    from rsbench.specs import WeightsRef
+    from rsbench.training.reproduction import HOW_COMPARED, current_environment, with_weights
 
-    sha = hub.sha256_of(weights)
-    trained = spec.model_copy(update={"weights": WeightsRef(source="file", filename=str(weights.resolve()), sha256=sha)})
+    trained = with_weights(spec, weights)
+    sha = trained.weights.sha256
     n = min(n, spec.certify.n)
     samples = min(samples, len(data.load_dataset(spec.dataset.name, spec.dataset.split, spec.dataset.root)))
     config = RunConfig(
@@ -99,6 +101,7 @@ def write_model_card(
     card.write_text(
         f"# {spec.name}\n\n{spec.description}\n\n"
         f"- weights: `{weights.name}`, sha256 `{sha}` ({pinned} the registry pin)\n"
+        f"{current_environment(device).line()}\n{HOW_COMPARED}\n"
         f"- data: {spec.dataset.name}; trained on {describe_split(spec.dataset.name, split)}; evaluated on the first "
         f"{result.num_samples} samples of {describe_split(spec.dataset.name, spec.dataset.split)}\n{note}"
         f"- architecture: {spec.architecture}, {spec.kind}"
