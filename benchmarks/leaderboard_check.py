@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from rsbench import audit
+from rsbench.gate import audit
 
 
 def timed(**options: object) -> tuple[float, audit.Checked]:

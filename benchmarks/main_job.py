@@ -71,10 +71,12 @@ class Clock:
 
 def instrument(clock: Clock) -> None:
     """Wrap the parts of the evasion job on smoothing in timers; records are not changed."""
-    from rsbench import cli, engine, runner, track_table
+    from rsbench import engine, runner
     from rsbench.attacks.caa import CAA
+    from rsbench.cli import commands
     from rsbench.defenses.smoothed_view import SmoothedView
     from rsbench.goals import evasion
+    from rsbench.leaderboard import track_table
 
     clock.wrap(runner, "certify_samples", "clean certificates")
     clock.wrap(SmoothedView, "hard_radius", "Cohen bound (judge N)")
@@ -94,7 +96,7 @@ def instrument(clock: Clock) -> None:
         return timed
 
     evasion.make_judge = make_judge
-    del cli  # imported so that the CLI's own imports happen before the clock starts
+    del commands  # imported so that the CLI's own imports happen before the clock starts
 
 
 COMMAND = ["evaluate", "--defense", "smoothing-digits-0.5", "--attack", "caa"]

@@ -21,8 +21,9 @@ import argparse
 import statistics
 from pathlib import Path
 
-from rsbench import leaderboard, metrics
+from rsbench import metrics
 from rsbench.goals.degradation import Degradation
+from rsbench.leaderboard import track_files
 from rsbench.records import SampleRecord
 from rsbench.stats import bootstrap, clopper_pearson
 
@@ -78,13 +79,13 @@ SHADOW_TABLE_2 = [("2/255, 9 small", (52.46, 57.55, 60.67), (45.90, 53.89, 65.74
 SEED = "benchmarks/seed_leaderboards.sh"
 
 
-def track(root: Path, name: str) -> tuple[leaderboard.Leaderboard, list[SampleRecord], dict[str, list]] | None:
+def track(root: Path, name: str) -> tuple[track_files.Leaderboard, list[SampleRecord], dict[str, list]] | None:
     """A track's newest version and its stored records, or None when it has not been seeded."""
-    path = leaderboard.latest(root, name)
+    path = track_files.latest(root, name)
     if path is None:
         return None
-    board = leaderboard.load(path)
-    clean, records = leaderboard.stored_records(path.parent, board)
+    board = track_files.load(path)
+    clean, records = track_files.stored_records(path.parent, board)
     return board, clean, records
 
 

@@ -5,7 +5,7 @@ every worker. A defense made in Python has no file to load: `rsbench.api` descri
 whose weights are `memory` (the sha256 of its model's state dict) and, for the length of the run,
 `hold`s how to build it for a spec and the tensors it is evaluated on; `load_defense` and
 `load_dataset` hand them out for such specs. A submitted defense's code runs in a sandboxed process
-of its own (`rsbench.defense_server`), which holds the stand-in that reaches it the same way. Nothing
+of its own (`rsbench.submissions.defense_server`), which holds the stand-in that reaches it the same way. Nothing
 else reaches them, so only this process can run such a defense (one worker, no Ray), and nothing stays
 held once the run returns.
 """

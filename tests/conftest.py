@@ -14,13 +14,15 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
 import rsbench
-from rsbench import admission, registry, runner, sandbox
+from rsbench import registry, runner
 from rsbench.defenses.base import Defense
 from rsbench.engine import save_example
 from rsbench.goals.evasion import Evasion
+from rsbench.leaderboard import admission
 from rsbench.records import AttackRecord, RunConfig, SampleRecord
 from rsbench.rundir import RunDir
 from rsbench.specs import AttackSpec, DefenseSpec
+from rsbench.submissions import sandbox
 
 
 class BinaryLinear(nn.Module):

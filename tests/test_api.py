@@ -10,10 +10,11 @@ import torch
 from click.testing import CliRunner
 
 import rsbench
-from rsbench import admission, models
+from rsbench import models
 from rsbench.cli import cli
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
+from rsbench.leaderboard import admission
 from rsbench.specs import AttackSpec
 
 SPGD = AttackSpec(name="spgd-tiny", implementation="rsbench.attacks.degradation:DegradationSPGD", goal="degradation",

@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsbench import admission, audit, leaderboard, rederive, registry, runner, submission_run
+from rsbench import registry, runner
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard import Leaderboard, Protocol, Source, StoredFile
+from rsbench.gate import audit
+from rsbench.leaderboard import admission, rederive, track_files
+from rsbench.leaderboard.track_files import Leaderboard, Protocol, Source, StoredFile
 from rsbench.records import AttackRecord
+from rsbench.submissions import submission_run
 
 TRACK = "evasion-smoothing-digits-0.50"
 
@@ -38,10 +41,10 @@ def add_entry(root: Path, name: str, examples_of: Callable[[torch.Tensor, int], 
     """An entry of registry attack `name` whose records the harness builds from `examples_of(x, label)`, or, `by_hand`,
     written as a hostile pull request would: every example a success at its true distance."""
     path = root / TRACK / "v1.json"
-    board = leaderboard.load(path)
+    board = track_files.load(path)
     defense, dataset = submission_run.prepare(board)
     if board.clean.path:
-        clean = leaderboard.stored_records(path.parent, board)[0]
+        clean = track_files.stored_records(path.parent, board)[0]
     else:
         samples = [(dataset[i][0], int(dataset[i][1]), i) for i in range(board.protocol.num_samples)]
         clean = runner.certify_samples(defense, samples, board.protocol.seed, defense.device)
@@ -95,7 +98,7 @@ def git(repo: Path, *args: str) -> str:
 def base_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository whose base commit holds the light track with one honest registry entry (pgd)."""
     repo = tmp_path_factory.mktemp("base")
-    leaderboard.save(repo / "leaderboards" / TRACK / "v1.json", light_board())
+    track_files.save(repo / "leaderboards" / TRACK / "v1.json", light_board())
     add_entry(repo / "leaderboards", "pgd", another_digit)
     git(repo, "init", "-q")
     git(repo, "add", ".")
@@ -201,7 +204,7 @@ def test_new_entries_go_to_the_newest_version_only(repo: Path) -> None:
     root = repo / "leaderboards"
     newer = light_board().model_copy(update={"version": 2})
     newer = newer.model_copy(update={"protocol": newer.protocol.model_copy(update={"seed": 1})})
-    leaderboard.save(root / TRACK / "v2.json", newer.model_copy(update={"protocol_hash": newer.protocol.spec_hash()}))
+    track_files.save(root / TRACK / "v2.json", newer.model_copy(update={"protocol_hash": newer.protocol.spec_hash()}))
     add_entry(root, "caa", another_digit)  # written to v1 by hand, as a pull request could
     with pytest.raises(RsbenchError, match="new entries go to the track's newest version, v2"):
         audit.check(root, "HEAD", intervals=False)

@@ -15,7 +15,7 @@ from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
 from rsbench.layers import ReducedPrecision
-from rsbench.leaderboard import Protocol
+from rsbench.leaderboard.track_files import Protocol
 from rsbench.records import RunConfig, SampleRecord
 from rsbench.rundir import RunDir, default_path
 

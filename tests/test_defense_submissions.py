@@ -19,35 +19,26 @@ import torch
 import yaml
 
 import rsbench
-from rsbench import (
-    audit,
-    defense_submissions,
-    defense_tracks,
-    leaderboard,
-    registry,
-    sandbox,
-    site,
-    soundness,
-    submissions,
-    tensor_pipe,
-    user_code,
-)
+from rsbench import registry, user_code
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
-from rsbench.scoring import comparison, entry_metrics
-from rsbench.submission_spec import content_sha256
+from rsbench.gate import audit
+from rsbench.leaderboard import site, track_files
+from rsbench.leaderboard.scoring import comparison, entry_metrics
+from rsbench.submissions import attack_submissions, defense_submissions, defense_tracks, sandbox, soundness, tensor_pipe
+from rsbench.submissions.submission_spec import content_sha256
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits"
 TRACKS = ["degradation-aol-digits", "evasion-aol-digits", "spoofing-aol-digits"]
 PATCHES = '''
-import rsbench.attacks.bounded_pgd, rsbench.soundness, rsbench.verdicts
+import rsbench.attacks.bounded_pgd, rsbench.submissions.soundness, rsbench.leaderboard.verdicts
 from pathlib import Path
 
 # Code that runs when the defense is imported, trying to make every attack find nothing, every example fail its
 # verdict, the soundness check pass, and to leave a module in the harness package.
 rsbench.attacks.bounded_pgd.BoundedPGD.run = lambda self, *args, **kwargs: None
-rsbench.soundness.check = lambda spec, *args, **kwargs: rsbench.soundness.Report(0, 0, "patched")
-rsbench.verdicts.admitted = lambda *args, **kwargs: False
+rsbench.submissions.soundness.check = lambda spec, *args, **kwargs: rsbench.submissions.soundness.Report(0, 0, "patched")
+rsbench.leaderboard.verdicts.admitted = lambda *args, **kwargs: False
 try:
     (Path(rsbench.__file__).parent / "planted.py").write_text("PLANTED = True")
 except OSError:
@@ -77,7 +68,7 @@ def verified(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, l
     git(repo, "commit", "-qm", "base")
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(defense_submissions.TRACK_PROTOCOL, "num_samples", 1)
-        lines = submissions.verify(repo / "submissions" / "defenses" / "aol-digits", repo / "leaderboards",
+        lines = attack_submissions.verify(repo / "submissions" / "defenses" / "aol-digits", repo / "leaderboards",
                                    timeout=300)
     yield repo, lines
 
@@ -100,7 +91,7 @@ def test_the_aol_example_earns_its_tracks_and_check_derives_them_again(verified:
     assert lines[6].startswith("degradation-aol-digits: degradation-pgd fpr_lower 100; degradation-eps-pgd fpr_lower "
                                "100; degradation-adaptive fpr_lower 100; entries added")
     root = repo / "leaderboards"
-    boards = [leaderboard.load(path) for path in leaderboard.files(root)]
+    boards = [track_files.load(path) for path in track_files.files(root)]
     assert [b.track for b in boards] == TRACKS
     digest = content_sha256(repo / "submissions" / "defenses" / "aol-digits")
     for board in boards:
@@ -112,7 +103,7 @@ def test_the_aol_example_earns_its_tracks_and_check_derives_them_again(verified:
     for board in boards[:2]:  # degradation, evasion: the served defense answers as the same code in this process
         path = root / board.track / "v1.json"
         here = board.model_copy(update={"defense": defense_submissions.load(EXAMPLE).defense})
-        clean, records = leaderboard.stored_records(path.parent, board)
+        clean, records = track_files.stored_records(path.parent, board)
         for entry in board.entries:
             again, _, _ = defense_tracks.judged_run(here, clean, entry.attack, entry.seed, entry.judging.seed,
                                                     tmp_path / board.track)
@@ -131,20 +122,20 @@ def forge_failure(root: Path, track: str, name: str) -> None:
     """Turn every success of an entry into a failure, as its defense's author would, and make its file consistent:
     records, their sha256, the examples dropped, metrics and comparison recomputed."""
     path = root / track / "v1.json"
-    board = leaderboard.load(path)
-    clean, records = leaderboard.stored_records(path.parent, board)
+    board = track_files.load(path)
+    clean, records = track_files.stored_records(path.parent, board)
     assert any(r.success for r in records[name])
     records[name] = [r.model_copy(update={"success": False, "distance": None, "first_time_s": None})
                      for r in records[name]]
     entries = []
     for entry in board.entries:
         if entry.name == name:
-            stored = leaderboard.write_stored(path.parent, entry.records.path, leaderboard.jsonl(records[name]))
+            stored = track_files.write_stored(path.parent, entry.records.path, track_files.jsonl(records[name]))
             entry = entry.model_copy(update={"records": stored, "examples": None,
                                              "metrics": entry_metrics(board, name, clean, records[name])})
         entries.append(entry)
     board = board.model_copy(update={"entries": entries})
-    leaderboard.save(path, board.model_copy(update={"comparison": comparison(board, clean, records)}))
+    track_files.save(path, board.model_copy(update={"comparison": comparison(board, clean, records)}))
 
 
 @pytest.mark.slow
@@ -180,7 +171,7 @@ def test_a_dry_run_runs_the_suite_and_adds_nothing(verified: tuple[Path, list[st
     monkeypatch.setattr(defense_tracks, "SUITE", {"evasion": {"l2": ("pgd-l2",)},
                                                   "degradation": {"l2": ("degradation-pgd",)}, "spoofing": {"l2": ()}})
     before = sandbox.digest(repo / "leaderboards")
-    lines = submissions.verify(repo / "submissions" / "defenses" / "aol-digits", repo / "leaderboards", timeout=300,
+    lines = attack_submissions.verify(repo / "submissions" / "defenses" / "aol-digits", repo / "leaderboards", timeout=300,
                                dry_run=True)
     assert lines[-3:] == ["evasion-aol-digits: pgd-l2 success 0, r50 -; dry run, nothing added",
                           "degradation-aol-digits: degradation-pgd fpr_lower 100; dry run, nothing added",
@@ -199,7 +190,7 @@ def test_validate_refuses_an_unsound_plugin_whose_import_patches_rsbench_in_vain
     (folder / "aol.py").write_text(code.replace(future, future + PATCHES))
     with pytest.raises(RsbenchError, match=r"aol-digits: unsound certificate at sample 0: label 4 certified within l2 "
                                            r"radius 0\.53\d+, but pgd-l2 found label \d at distance 0\.\d+"):
-        submissions.validate(folder, timeout=300)
+        attack_submissions.validate(folder, timeout=300)
     assert not (Path(rsbench.__file__).parent / "planted.py").exists()
 
 
@@ -267,11 +258,11 @@ def test_a_submitted_defense_never_takes_a_registry_defenses_name(tmp_path: Path
 def test_verify_refuses_a_track_that_holds_another_defense_of_its_name(tmp_path: Path) -> None:
     other = defense_submissions.load(EXAMPLE).defense.model_copy(update={"epsilon": 0.5})
     protocol = defense_submissions.track_protocols(other)["evasion-aol-digits"]
-    leaderboard.save(tmp_path / "evasion-aol-digits" / "v1.json", leaderboard.Leaderboard(
+    track_files.save(tmp_path / "evasion-aol-digits" / "v1.json", track_files.Leaderboard(
         track="evasion-aol-digits", version=1, defense=other, protocol=protocol, protocol_hash=protocol.spec_hash(),
-        clean=leaderboard.StoredFile(path="", sha256="")))
+        clean=track_files.StoredFile(path="", sha256="")))
     with pytest.raises(RsbenchError, match="evasion-aol-digits holds another defense named aol-digits"):
-        submissions.verify(EXAMPLE, tmp_path, dry_run=True, isolated=sandbox.unavailable() is None)
+        attack_submissions.verify(EXAMPLE, tmp_path, dry_run=True, isolated=sandbox.unavailable() is None)
 
 
 def test_code_a_track_names_runs_only_from_its_submission_folder(tmp_path: Path) -> None:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rsbench import admission, audit, leaderboard, registry, runner, track_table
+from rsbench import registry, runner
 from rsbench.errors import RsbenchError
+from rsbench.gate import audit
+from rsbench.leaderboard import admission, track_files, track_table
 from rsbench.stats import bootstrap
 
 DEFENSE = "smoothing-digits-0.50"
@@ -23,11 +25,11 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "leaderboards"
 
 
-def protocol(**changes: object) -> leaderboard.Protocol:
-    base = leaderboard.Protocol(
+def protocol(**changes: object) -> track_files.Protocol:
+    base = track_files.Protocol(
         defense=DEFENSE, defense_hash="a" * 64, goal="evasion", epsilon=None, split="test", num_samples=20, n0=100,
         n=10_000, alpha=0.001, judge_n=1500, judge_alpha=0.005, confirm_n=15_000, seed=0,
-        metrics=leaderboard.METRICS["evasion"])
+        metrics=track_files.METRICS["evasion"])
     return base.model_copy(update=changes)
 
 
@@ -40,7 +42,7 @@ def test_protocol_hash_is_the_sha256_of_canonical_json_and_changes_with_every_fi
                "num_samples": 21, "n0": 101, "n": 10_001, "alpha": 0.002, "judge_n": 1501, "judge_alpha": 0.01,
                "confirm_n": 15_001, "confirm_bounds": "judge_n", "seed": 1, "metrics": {"success": "changed"},
                "bootstrap_resamples": 999, "bootstrap_seed": 1}
-    assert set(changed) == set(leaderboard.Protocol.model_fields)
+    assert set(changed) == set(track_files.Protocol.model_fields)
     hashes = {protocol(**{field: value}).spec_hash() for field, value in changed.items()}
     assert len(hashes) == len(changed) and p.spec_hash() not in hashes
 
@@ -54,18 +56,18 @@ def test_protocols_written_before_strict_confirmation_keep_their_hash() -> None:
 
 
 def test_smoothing_protocols_define_the_confirmation_they_judge_by() -> None:
-    def new(defense: str, goal: str) -> leaderboard.Protocol:
+    def new(defense: str, goal: str) -> track_files.Protocol:
         spec = registry.get_defense(defense)
         config = runner.run_config(spec, "evaluate", num_samples=5, goal=goal, epsilon=0.25)
-        return leaderboard.Protocol.of_run(config, spec.kind)
+        return track_files.Protocol.of_run(config, spec.kind)
 
     degradation, gloro = new("smoothing-digits-0.25", "degradation"), new("gloro-digits-0.25", "degradation")
     assert "judge's bounds" in degradation.metrics["fpr_lower"] and "Goodman" not in gloro.metrics["fpr_lower"]
     assert degradation.confirm_bounds == "judge_n" and gloro.confirm_bounds is None
     evasion, spoofing = new("smoothing-digits-0.25", "evasion"), new("smoothing-digits-0.25", "spoofing")
     assert "judge's own test" in evasion.metrics["success"] and evasion.confirm_bounds == "judge_n"
-    assert spoofing.confirm_bounds is None and spoofing.metrics == leaderboard.METRICS["spoofing"]
-    assert leaderboard.goal_metrics("evasion", "smoothing") == leaderboard.METRICS["evasion"]  # the earlier rule
+    assert spoofing.confirm_bounds is None and spoofing.metrics == track_files.METRICS["spoofing"]
+    assert track_files.goal_metrics("evasion", "smoothing") == track_files.METRICS["evasion"]  # the earlier rule
 
 
 def test_bootstrap_contains_the_point_and_shrinks_with_more_samples() -> None:
@@ -84,7 +86,7 @@ def test_add_stores_hashed_records_and_intervals(root: Path, tmp_path: Path, mak
     run = make_evasion_run(tmp_path / "run", {"caa": [0.5, 0.6, None, 0.8]})
     path, added = admission.add_run(root, run)
     assert added == ["caa"] and path == root / f"evasion-{DEFENSE}" / "v1.json"
-    board = leaderboard.load(path)
+    board = track_files.load(path)
     entry = board.entries[0]
     assert entry.metrics["success"].value == 75 and entry.metrics["r50"].value == pytest.approx(0.6)
     assert entry.metrics["success"].ci_low <= 75 <= entry.metrics["success"].ci_high
@@ -95,10 +97,10 @@ def test_add_stores_hashed_records_and_intervals(root: Path, tmp_path: Path, mak
 
 def test_best_is_recomputed_when_an_attack_that_wins_on_some_samples_is_added(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
     path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
-    assert leaderboard.load(path).comparison.best["caa"].value == 100
-    first = leaderboard.load(path).entries[0]
+    assert track_files.load(path).comparison.best["caa"].value == 100
+    first = track_files.load(path).entries[0]
     admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.4, 0.9, 0.3, None]}))
-    board = leaderboard.load(path)
+    board = track_files.load(path)
     assert board.comparison.best["caa"].value == 50 and board.comparison.best["pgd"].value == 50
     assert board.comparison.paired["pgd"]["caa"].value == 50 and board.comparison.paired["caa"]["pgd"].value == 50
     assert board.entries[0] == first  # old entries are never rewritten
@@ -143,7 +145,7 @@ def test_a_run_that_attacked_no_sample_is_refused_yet_previewed(root: Path, tmp_
 
 def test_tampered_records_are_refused(root: Path, tmp_path: Path, make_evasion_run: Callable[..., Path]) -> None:
     path, _ = admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6]}))
-    stored = path.parent / leaderboard.load(path).entries[0].records.path
+    stored = path.parent / track_files.load(path).entries[0].records.path
     lines = gzip.decompress(stored.read_bytes()).decode().splitlines()
     lines[0] = lines[0].replace('"best_radius":0.5', '"best_radius":0.1')
     stored.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
@@ -171,7 +173,7 @@ def test_evaluate_prints_the_leaderboard_intervals_and_legend(tmp_path: Path,
     run = make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, None, 0.8]})
     text = track_table.run_table(run, tmp_path / "leaderboards")
     path, _ = admission.add_run(tmp_path / "leaderboards", run)
-    success = leaderboard.load(path).entries[0].metrics["success"]
+    success = track_files.load(path).entries[0].metrics["success"]
     assert success.value == 75 and f"| 75 [{success.ci_low:.3g}, {success.ci_high:.3g}] |" in text
     assert "- `r50`: median radius" in text
 
@@ -184,7 +186,7 @@ def test_evaluate_names_a_track_only_when_the_run_follows_its_protocol(root: Pat
     path, _ = admission.add_run(root, run)
     same = track_table.run_table(make_evasion_run(tmp_path / "b", {"pgd": [0.7, 0.6]}), root)
     assert same.splitlines()[0] == (f"### evasion-{DEFENSE} v1: this run follows its protocol "
-                                    f"(`{leaderboard.load(path).protocol_hash[:12]}`)")
+                                    f"(`{track_files.load(path).protocol_hash[:12]}`)")
     other = track_table.run_table(make_evasion_run(tmp_path / "c", {"pgd": [0.7, 0.6, 0.5]}, judge_n=1000), root)
     heading = other.splitlines()[0]
     assert heading.startswith("### This run (protocol `") and heading.endswith(

@@ -13,11 +13,12 @@ import torch
 import yaml
 
 import rsbench
-from rsbench import registry, soundness
+from rsbench import registry
 from rsbench.defenses import load_defense
 from rsbench.defenses.base import Certificate
 from rsbench.errors import RsbenchError
 from rsbench.goals import check_attack
+from rsbench.submissions import soundness
 
 AOL = str(Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits")
 """The AOL example, named by its submission folder (submitted defenses are not registry defenses)."""

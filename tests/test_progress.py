@@ -20,11 +20,11 @@ import yaml
 from click.testing import CliRunner
 
 import rsbench
-from rsbench import sandbox
 from rsbench.cli import cli
 from rsbench.engine import SampleOutcome, StepFailed
 from rsbench.records import SampleRecord
-from rsbench.submission_run import written
+from rsbench.submissions import sandbox
+from rsbench.submissions.submission_run import written
 
 CHECKOUT = str(Path(rsbench.__file__).resolve().parents[1])
 TINY = ["--defense", "smoothing-digits-0.5", "--num-samples", "2", "--n0", "10", "--n", "200", "--alpha", "0.01",

@@ -13,15 +13,15 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import binomtest
 
-from rsbench import admission, leaderboard, ranking, track_table
 from rsbench.cli import cli
+from rsbench.leaderboard import admission, ranking, track_files, track_table
 from rsbench.stats import resample_draws
 
 
-def track(root: Path, defense: str) -> tuple[leaderboard.Leaderboard, list, dict[str, list]]:
-    path = leaderboard.latest(root, f"evasion-{defense}")
-    board = leaderboard.load(path)
-    return board, *leaderboard.stored_records(path.parent, board)
+def track(root: Path, defense: str) -> tuple[track_files.Leaderboard, list, dict[str, list]]:
+    path = track_files.latest(root, f"evasion-{defense}")
+    board = track_files.load(path)
+    return board, *track_files.stored_records(path.parent, board)
 
 
 def test_two_entries_best_on_half_the_samples_each_are_tied(ranked_tracks: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rsbench import admission, site
+from rsbench.leaderboard import admission, site
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -16,9 +16,11 @@ import torch
 import yaml
 
 import rsbench
-from rsbench import audit, claims, leaderboard, submission_run, submissions
 from rsbench.errors import RsbenchError
-from rsbench.submission_spec import commit_of, content_sha256, load_submission
+from rsbench.gate import audit
+from rsbench.leaderboard import track_files
+from rsbench.submissions import attack_submissions, claims, submission_run
+from rsbench.submissions.submission_spec import commit_of, content_sha256, load_submission
 
 TRACK = "evasion-smoothing-digits-0.50"
 ATTACK_HEADER = '''
@@ -137,10 +139,10 @@ def submission(folder: Path, name: str, code: str, cls: str, claims: dict[str, f
 def root(tmp_path: Path) -> Path:
     """A track with the smoke protocol (two samples, light certification and judge) and no entries yet."""
     probe = submission(tmp_path / "probe", "probe", IDLE, "Idle", {"success": 0, "r50": None})
-    _, board = submissions.smoke_protocol(load_submission(probe), "smoothing")
+    _, board = attack_submissions.smoke_protocol(load_submission(probe), "smoothing")
     protocol = board.protocol.model_copy(update={"num_samples": 2})
     folder = tmp_path / "leaderboards"
-    leaderboard.save(folder / TRACK / "v1.json", board.model_copy(update={"track": TRACK, "protocol": protocol,
+    track_files.save(folder / TRACK / "v1.json", board.model_copy(update={"track": TRACK, "protocol": protocol,
                                                                           "protocol_hash": protocol.spec_hash()}))
     return folder
 
@@ -162,17 +164,17 @@ def test_an_honest_submission_gets_an_entry_whose_judging_anyone_replays(sandbox
     subprocess.run([*git, "commit", "-qm", "base"], check=True)
     base = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     with pytest.raises(RsbenchError, match=r"claims r50 0.05 on .* reproduces") as refused:  # its true distances
-        submissions.verify(folder, root, timeout=300)
+        attack_submissions.verify(folder, root, timeout=300)
     reproduced = str(refused.value).split("reproduces ")[1].split()[0]
     assert float(reproduced) > 1  # another digit lies far from x
     text = (folder / "submission.yaml").read_text()
     (folder / "submission.yaml").write_text(text.replace("r50: 0.05", f"r50: {reproduced}"))
     assert commit_of(folder) is None  # changed since its commit: the entry records no commit
     subprocess.run([*git, "commit", "-qam", "claims"], check=True)
-    [line] = submissions.verify(folder, root, timeout=300)
+    [line] = attack_submissions.verify(folder, root, timeout=300)
     assert "entry nearest-other added" in line
     path = root / TRACK / "v1.json"
-    entry = leaderboard.load(path).entries[0]
+    entry = track_files.load(path).entries[0]
     assert entry.source.commit == commit_of(folder) and entry.source.content_sha256 == content_sha256(folder)
     assert entry.judging is not None and "time_s" in entry.self_reported and entry.attacked >= 1
     replay = audit.verify(path, "nearest-other", seed=entry.judging.seed, as_admitted=True)
@@ -188,8 +190,8 @@ def test_a_forged_run_directory_is_refused(sandboxed: None, root: Path, tmp_path
     """An exit hook rewrote the records and saved fake x 0.05 from images of other classes: the examples
     are read against the dataset, and the records are never read for a judged fact."""
     with pytest.raises(RsbenchError, match="whose x is not the dataset's; refused"):
-        submissions.verify(hostile(tmp_path, forge=True), root, timeout=300)
-    assert leaderboard.load(root / TRACK / "v1.json").entries == []
+        attack_submissions.verify(hostile(tmp_path, forge=True), root, timeout=300)
+    assert track_files.load(root / TRACK / "v1.json").entries == []
 
 
 @pytest.mark.slow
@@ -201,7 +203,7 @@ def test_a_write_into_the_harness_package_is_refused_by_the_sandbox(sandboxed: N
     before = plant.read_bytes() if plant.exists() else None
     with pytest.raises(RsbenchError, match=r"hostile (failed on .*(No such file|Read-only|Permission denied)|"
                                            r"claims .* reproduces)"):
-        submissions.verify(hostile(tmp_path, write=[str(plant)]), root, timeout=300)
+        attack_submissions.verify(hostile(tmp_path, write=[str(plant)]), root, timeout=300)
     assert (plant.read_bytes() if plant.exists() else None) == before
 
 
@@ -209,10 +211,10 @@ def test_a_write_into_the_harness_package_is_refused_by_the_sandbox(sandboxed: N
 def test_reading_other_entries_examples_is_refused_by_the_sandbox(sandboxed: None, root: Path,
                                                                  tmp_path: Path) -> None:
     shipped = Path(__file__).resolve().parents[1] / "leaderboards"
-    stored = shipped / TRACK / leaderboard.load(shipped / TRACK / "v1.json").entries[0].examples.path
+    stored = shipped / TRACK / track_files.load(shipped / TRACK / "v1.json").entries[0].examples.path
     assert stored.exists()
     with pytest.raises(RsbenchError, match="hostile failed on .*No such file"):
-        submissions.verify(hostile(tmp_path, read=str(stored)), root, timeout=300)
+        attack_submissions.verify(hostile(tmp_path, read=str(stored)), root, timeout=300)
 
 
 @pytest.mark.slow
@@ -225,7 +227,7 @@ def test_without_the_sandbox_a_write_into_the_package_or_leaderboards_is_caught_
     folder = hostile(tmp_path, write=[str(plant), str(root / TRACK / "planted.json")])
     try:
         with pytest.raises(RsbenchError, match="the rsbench package and the leaderboards changed while hostile ran"):
-            submissions.verify(folder, root, timeout=300, isolated=False)
+            attack_submissions.verify(folder, root, timeout=300, isolated=False)
     finally:
         plant.unlink(missing_ok=True)
 
@@ -233,34 +235,34 @@ def test_without_the_sandbox_a_write_into_the_package_or_leaderboards_is_caught_
 def test_unsandboxed_runs_are_refused_on_ci(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "1")
     with pytest.raises(RsbenchError, match="refused on CI"):
-        submissions.verify(hostile(tmp_path), root, timeout=300, isolated=False)
+        attack_submissions.verify(hostile(tmp_path), root, timeout=300, isolated=False)
 
 
 @pytest.mark.slow
 def test_a_submission_judging_itself_reproduces_nothing(sandboxed: None, root: Path, tmp_path: Path) -> None:
     folder = submission(tmp_path, "cheat", SELF_JUDGING, "Cheat", {"success": 100, "r50": None})
     with pytest.raises(RsbenchError, match=r"claims success 100 on .* reproduces 0 \[0, 0\]; refused"):
-        submissions.verify(folder, root, timeout=300)
-    assert leaderboard.load(root / TRACK / "v1.json").entries == []
+        attack_submissions.verify(folder, root, timeout=300)
+    assert track_files.load(root / TRACK / "v1.json").entries == []
 
 
 @pytest.mark.slow
 def test_verify_on_a_subset_checks_the_claims_on_its_samples_and_adds_no_entry(sandboxed: None, root: Path,
                                                                               tmp_path: Path) -> None:
     idle = submission(tmp_path, "idle", IDLE, "Idle", {"success": 0, "r50": None})
-    [line] = submissions.verify(idle, root, timeout=300, samples=1)
+    [line] = attack_submissions.verify(idle, root, timeout=300, samples=1)
     assert "consistent with the first 1 samples" in line and "no entry added" in line
-    assert leaderboard.load(root / TRACK / "v1.json").entries == []
+    assert track_files.load(root / TRACK / "v1.json").entries == []
 
 
 def test_claims_are_checked_against_the_reproduced_intervals() -> None:
-    reproduced = {"success": leaderboard.Interval(value=50, ci_low=20, ci_high=80),
-                  "r50": leaderboard.Interval(value=None, ci_low=None, ci_high=None)}
-    submissions.check_claims("a", TRACK, {"success": 79, "r50": None}, reproduced)
+    reproduced = {"success": track_files.Interval(value=50, ci_low=20, ci_high=80),
+                  "r50": track_files.Interval(value=None, ci_low=None, ci_high=None)}
+    attack_submissions.check_claims("a", TRACK, {"success": 79, "r50": None}, reproduced)
     for claimed, reason in [({"success": 81}, r"claims success 81 .* reproduces 50 \[20, 80\]"),
                             ({"r50": 0.5}, "claims r50 0.5 .* reproduces -"), ({"time_s": 1}, "does not report")]:
         with pytest.raises(RsbenchError, match=reason):
-            submissions.check_claims("a", TRACK, claimed, reproduced)
+            attack_submissions.check_claims("a", TRACK, claimed, reproduced)
 
 
 @pytest.mark.parametrize(("claims", "reason"), [
@@ -291,7 +293,7 @@ def test_a_submission_may_not_take_a_registry_attacks_name_nor_hold_links(tmp_pa
 def test_a_link_left_in_the_scratch_folder_is_never_followed(root: Path, tmp_path: Path) -> None:
     """A child could leave its examples file as a link to any file of the machine (say another run's examples):
     rsbench reads plain files inside the scratch folder only."""
-    board = leaderboard.load(root / TRACK / "v1.json")
+    board = track_files.load(root / TRACK / "v1.json")
     _, dataset = submission_run.prepare(board)
     elsewhere = tmp_path / "someone-elses-run.pt"
     torch.save({"index": torch.tensor([0]), "x": dataset[0][0][None], "x_adv": dataset[1][0][None]}, elsewhere)
@@ -320,7 +322,7 @@ class Raiser(Attack):
 
 
 def test_every_metric_has_a_domain() -> None:
-    assert {k for goal in leaderboard.METRICS.values() for k in goal} == set(leaderboard.DOMAINS)
+    assert {k for goal in track_files.METRICS.values() for k in goal} == set(track_files.DOMAINS)
 
 
 @pytest.mark.parametrize(("claims", "message"), [
@@ -337,7 +339,7 @@ def test_validate_refuses_misspelled_metrics_and_values_outside_their_domain_bef
         tmp_path: Path, claims: dict, message: str) -> None:
     folder = submission(tmp_path, "idle", IDLE, "Idle", claims)
     with pytest.raises(RsbenchError) as refused:
-        submissions.validate(folder, root=SHIPPED)  # refused before anything runs, a sandbox or none
+        attack_submissions.validate(folder, root=SHIPPED)  # refused before anything runs, a sandbox or none
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
@@ -348,14 +350,14 @@ def test_validate_refuses_an_unknown_track_and_a_name_an_entry_of_a_claimed_trac
     (folder / "submission.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(RsbenchError, match=r"idle claims track 'evasion-smoothing-digits-0.55', which has no "
                                            r"leaderboard under .*; did you mean 'evasion-smoothing-digits-0.50'\?"):
-        submissions.validate(folder, root=SHIPPED)
-    board = leaderboard.load(SHIPPED / TRACK / "v1.json")
+        attack_submissions.validate(folder, root=SHIPPED)
+    board = track_files.load(SHIPPED / TRACK / "v1.json")
     submitted = load_submission(submission(tmp_path / "other", "idle", IDLE, "Idle", {"success": 0, "r50": None}))
     registry_entry = board.entries[0].model_copy(update={"name": "idle"})  # a registry attack's run named idle
     with pytest.raises(RsbenchError, match=f"idle is already an entry of {TRACK} v1, from a registry attack's run; "
                                            "entries are never replaced"):
         claims.check_name(tmp_path / "other" / "idle", submitted, TRACK, board.model_copy(update={"entries": [registry_entry]}))
-    own = registry_entry.model_copy(update={"source": leaderboard.Source(
+    own = registry_entry.model_copy(update={"source": track_files.Source(
         kind="submission", submission="idle", content_sha256=content_sha256(tmp_path / "other" / "idle"))})
     claims.check_name(tmp_path / "other" / "idle", submitted, TRACK, board.model_copy(update={"entries": [own]}))
     (tmp_path / "other" / "idle" / "idle.py").write_text(IDLE + "\n# changed\n")
@@ -368,12 +370,12 @@ def test_validate_runs_one_sample_of_every_label_and_names_the_one_an_attack_fai
                                                                                       tmp_path: Path) -> None:
     folder = submission(tmp_path, "raiser", RAISER, "Raiser", {"success": 0, "r50": None})
     with pytest.raises(RsbenchError) as refused:
-        submissions.validate(folder, root=SHIPPED, timeout=300)
+        attack_submissions.validate(folder, root=SHIPPED, timeout=300)
     message = str(refused.value)
     assert message.startswith("raiser failed on smoke: attack raiser failed on sample ") and "\n" not in message
     assert message.endswith(" (label 1): ValueError: cannot attack ones")
     index = int(message.split("on sample ")[1].split()[0])
-    _, dataset = submission_run.prepare(leaderboard.load(SHIPPED / TRACK / "v1.json"))
+    _, dataset = submission_run.prepare(track_files.load(SHIPPED / TRACK / "v1.json"))
     assert int(dataset[index][1]) == 1 and all(int(dataset[i][1]) != 1 for i in range(index))  # beyond the first 2
 
 
@@ -384,14 +386,14 @@ def test_measure_prints_claims_that_verify_accepts(sandboxed: None, root: Path, 
     (folder / "submission.yaml").write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "claims"}))
     with pytest.raises(RsbenchError, match="nearest-other.*claims no track"):
         load_submission(folder)
-    printed = submissions.measure(folder, root, [TRACK], timeout=300)
+    printed = attack_submissions.measure(folder, root, [TRACK], timeout=300)
     measured = yaml.safe_load(printed)["claims"]
     assert set(measured) == {TRACK} and measured[TRACK]["success"] == 100 and measured[TRACK]["r50"] > 1
     assert "# 95% interval [" in printed and "NOT" not in printed and "time_s" not in measured[TRACK]
-    assert leaderboard.load(root / TRACK / "v1.json").entries == []  # measuring adds nothing
+    assert track_files.load(root / TRACK / "v1.json").entries == []  # measuring adds nothing
     (folder / "submission.yaml").write_text(yaml.safe_dump(data | {"claims": measured}))
-    [line] = submissions.verify(folder, root, timeout=300, dry_run=True)
+    [line] = attack_submissions.verify(folder, root, timeout=300, dry_run=True)
     assert line.startswith(f"{TRACK}: claims reproduced (success 100 [100, 100], r50 ")
-    partial = submissions.measure(folder, root, samples=1, timeout=300)  # the claimed tracks, by default
+    partial = attack_submissions.measure(folder, root, samples=1, timeout=300)  # the claimed tracks, by default
     assert "NOT the tracks' protocols: evasion-smoothing-digits-0.50 on its first 1 of 2 samples" in partial
     assert yaml.safe_load(partial)["claims"][TRACK]["success"] == 100

@@ -18,9 +18,9 @@ from rsbench import runner
 from rsbench.attacks.success import is_adversarial
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.goals.degradation import judged_rejection
-from rsbench.leaderboard import Leaderboard, Protocol, StoredFile
+from rsbench.leaderboard.track_files import Leaderboard, Protocol, StoredFile
+from rsbench.leaderboard.verdicts import admitted, adversarial_not_refuted
 from rsbench.specs import AttackSpec, DefenseSpec
-from rsbench.verdicts import admitted, adversarial_not_refuted
 
 JUDGE_N, CONFIRM_N, ALPHA = 1500, 15_000, 0.005
 X = (-0.3 * W + 0.5 * torch.tensor([0.0, 0.0, 1.0, 1.0])).view(1, 2, 2)  # class 0, 0.3 from the boundary

@@ -19,7 +19,7 @@ Smoothing is the one randomized kind: its goals and attacks use its differentiab
 gives the same certificate whatever the generator. An attack that needs what a plugin class does
 not provide is refused in one line before a run starts (`rsbench.goals.check_attack`).
 
-A certificate must also be sound, which `rsbench.soundness` tests on the first samples: its label is
+A certificate must also be sound, which `rsbench.submissions.soundness` tests on the first samples: its label is
 `model`'s, repeated calls agree, and no attack finds a point within its radius where `model`'s label
 changes. Degradation's upper bound on the false positive rate assumes a monotonic certifier (a
 radius r at x implies a radius of at least r - d at every point within d of x), as a Lipschitz

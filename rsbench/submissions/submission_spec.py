@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from rsbench import registry
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard import COMPARATIVE, DOMAINS, HEADLINE, METRICS
+from rsbench.leaderboard.track_files import COMPARATIVE, DOMAINS, HEADLINE, METRICS
 from rsbench.specs import NAME_PATTERN, AttackSpec, Spec
 
 IGNORED = ("__pycache__", ".pytest_cache")
@@ -86,7 +86,7 @@ def _domain(low: float, high: float) -> str:
 
 def check_values(path: Path, goal: str, track: str, claimed: dict[str, float | None]) -> None:
     """Refuse, with one line, a claimed metric that the goal's entries do not report (naming the nearest one), or a
-    value outside its metric's domain (`leaderboard.DOMAINS`)."""
+    value outside its metric's domain (`track_files.DOMAINS`)."""
     metrics = [k for k in METRICS[goal] if k not in COMPARATIVE]
     for metric, value in claimed.items():
         if metric not in metrics:

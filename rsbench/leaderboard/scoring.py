@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from rsbench.leaderboard import COMPARATIVE, SCORE, Comparison, Interval, Leaderboard, goal_class
+from rsbench.leaderboard.track_files import COMPARATIVE, SCORE, Comparison, Interval, Leaderboard, goal_class
 from rsbench.records import SampleRecord
 from rsbench.stats import bootstrap
 

@@ -32,17 +32,19 @@ from pydantic import ValidationError
 from torch.utils.data import Dataset
 
 import rsbench
-from rsbench import rederive, runner, sandbox
+from rsbench import runner
 from rsbench.data import data_home, load_dataset
 from rsbench.defenses import BUILDERS, load_defense
 from rsbench.defenses.base import Defense
 from rsbench.errors import RsbenchError
 from rsbench.goals import GOALS
 from rsbench.hub import weights_home
-from rsbench.leaderboard import Comparison, Judging, Leaderboard, jsonl, parse_jsonl, record_type
+from rsbench.leaderboard import rederive
+from rsbench.leaderboard.track_files import Comparison, Judging, Leaderboard, jsonl, parse_jsonl, record_type
 from rsbench.progress import bar
 from rsbench.records import SampleRecord
-from rsbench.submission_spec import IGNORED, Submission, load_submission
+from rsbench.submissions import sandbox
+from rsbench.submissions.submission_spec import IGNORED, Submission, load_submission
 
 MAX_OUTPUT_BYTES = 256 * 2**20
 """Largest examples file read back from a child (a run of every digits sample needs a few MB)."""
@@ -102,7 +104,7 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
             if path.is_dir():
                 env[variable] = box.mount(path, inside)
         env |= {name: os.environ[name] for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if name in os.environ}
-        argv = [sys.executable, "-c", "import sys; from rsbench.submission_run import child; child(*sys.argv[1:])",
+        argv = [sys.executable, "-c", "import sys; from rsbench.submissions.submission_run import child; child(*sys.argv[1:])",
                 code, out]
         records = work / "out" / "run" / "samples.jsonl"
         with bar(len(rederive.attacked(board, clean)), f"run {submission.name} on {board.track}", "sample") as shown:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 import numpy as np
 
-from rsbench.leaderboard import Entry, Leaderboard
-from rsbench.scoring import score
+from rsbench.leaderboard.scoring import score
+from rsbench.leaderboard.track_files import Entry, Leaderboard
 from rsbench.records import SampleRecord
 from rsbench.stats import binomial_p_value, resample_draws
 

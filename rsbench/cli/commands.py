@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rsbench.cli_leaderboards import leaderboard_group, submission_group
-from rsbench.cli_options import DEVICE, attack_options, certification_options, sampling_options
+from rsbench.cli.leaderboards import leaderboard_group, submission_group
+from rsbench.cli.options import DEVICE, attack_options, certification_options, sampling_options
 from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
@@ -123,7 +123,8 @@ def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_bat
     and attack, as it finishes), OUT/result.json and OUT/attack_proportion.png
     Re-running with the same OUT resumes; a run naming more attacks reuses the records of the others.
     """
-    from rsbench import engine, registry, requirements, rundir, runner, track_table
+    from rsbench import engine, registry, requirements, rundir, runner
+    from rsbench.leaderboard import track_table
 
     spec = registry.get_defense(defense)
     attack_specs = [registry.get_attack(name) for name in attacks]

@@ -2,7 +2,7 @@
 
 Code in the process that runs rsbench's attacks, judge and bookkeeping could change them: make an
 attack find nothing, a verdict refuse every example, a soundness check pass. So a submitted
-defense's code never runs there. `served` starts it in the bubblewrap sandbox (`rsbench.sandbox`:
+defense's code never runs there. `served` starts it in the bubblewrap sandbox (`rsbench.submissions.sandbox`:
 a read-only copy of the harness, a copy of the submission, the verified checkpoint, no network, no
 checkout) and holds a stand-in in this process (`rsbench.in_process`) that `load_defense` hands out:
 
@@ -15,7 +15,7 @@ checkout) and holds a stand-in in this process (`rsbench.in_process`) that `load
 
 Gradients cross too: each forward is an autograd function whose backward asks the child for the
 vector-Jacobian product at the same input. Messages are a JSON header and raw tensor bytes
-(`rsbench.tensor_pipe`: no pickle), bounded in size; every answer is checked for type, shape and
+(`rsbench.submissions.tensor_pipe`: no pickle), bounded in size; every answer is checked for type, shape and
 finiteness before rsbench uses it, and the whole session has a deadline. What the child controls is
 what a defense is: its network's outputs and gradients, and its certificates. Its generators' states
 cross with each certificate, so a randomized plugin is seeded by rsbench. While the stand-in is held,
@@ -43,12 +43,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from rsbench import hub, in_process, sandbox, user_code
+from rsbench import hub, in_process, user_code
 from rsbench.defenses.base import Certificate, Defense, check_input
 from rsbench.errors import RsbenchError
 from rsbench.specs import DefenseSpec
-from rsbench.submission_spec import IGNORED
-from rsbench.tensor_pipe import Pipe, states
+from rsbench.submissions import sandbox
+from rsbench.submissions.submission_spec import IGNORED
+from rsbench.submissions.tensor_pipe import Pipe, states
 
 
 class Link:
@@ -239,7 +240,7 @@ def served(spec: DefenseSpec, folder: Path, *, timeout: float, isolated: bool = 
         (work / "home").mkdir()
         env = {"PYTHONPATH": harness, "HF_HUB_OFFLINE": "1"}
         env |= {name: os.environ[name] for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if name in os.environ}
-        argv = [sys.executable, "-c", "import sys; from rsbench.defense_child import main; main(*sys.argv[1:])",
+        argv = [sys.executable, "-c", "import sys; from rsbench.submissions.defense_child import main; main(*sys.argv[1:])",
                 code, spec.spec_hash(), weights]
         stderr = work / "stderr.txt"
         with stderr.open("wb") as errors:

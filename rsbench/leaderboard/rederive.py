@@ -24,10 +24,10 @@ from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import DegradationRecord
 from rsbench.goals.evasion import judge_view
 from rsbench.goals.spoofing import SpoofingRecord, l2, linf, spoofed, ssim, tv
-from rsbench.leaderboard import Leaderboard, goal_class
+from rsbench.leaderboard.track_files import Leaderboard, goal_class
+from rsbench.leaderboard.verdicts import admitted, distance, in_threat_model
 from rsbench.progress import each
 from rsbench.records import AttackRecord, SampleRecord
-from rsbench.verdicts import admitted, distance, in_threat_model
 
 SELF_REPORTED = {"evasion": ["time_s", "total_time_s", "first_ratio_r50", "first_ratio_time"], "degradation": [],
                  "spoofing": []}

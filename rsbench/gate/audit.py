@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
-from rsbench import defense_tracks, rederive, registry, runner, verdicts
+from rsbench import registry, runner
 from rsbench.data import load_dataset
-from rsbench.defense_submissions import located
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard import (
+from rsbench.leaderboard import rederive, verdicts
+from rsbench.leaderboard.scoring import comparison, entry_metrics, point_metrics
+from rsbench.leaderboard.track_files import (
     LEADERBOARD_SCHEMA_VERSION,
     Entry,
     Judging,
@@ -44,10 +45,11 @@ from rsbench.leaderboard import (
     stored_records,
     track_name,
 )
+from rsbench.leaderboard.verdicts import upheld
 from rsbench.progress import each
-from rsbench.scoring import comparison, entry_metrics, point_metrics
-from rsbench.submission_spec import content_sha256
-from rsbench.verdicts import upheld
+from rsbench.submissions import defense_tracks
+from rsbench.submissions.defense_submissions import located
+from rsbench.submissions.submission_spec import content_sha256
 
 
 @dataclass

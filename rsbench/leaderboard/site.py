@@ -6,7 +6,7 @@ per track version with a sortable table (numbers with their 95% intervals, each 
 a click on a header reorders the rows, by one plain JavaScript file beside the pages), the protocol,
 the paired comparisons with their sign tests and the pictures (certified accuracy, attack proportion,
 FPR curve, spoofing examples) drawn from the stored records, and one profile per defense
-(`rsbench.profiles`). Rankings come from `rsbench.ranking`, recomputed from the stored records at
+(`rsbench.leaderboard.profiles`). Rankings come from `rsbench.leaderboard.ranking`, recomputed from the stored records at
 every render. Nothing is fetched: the site works from the file system or any static host.
 """
 
@@ -17,16 +17,32 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rsbench import metrics, plots, profiles
+from rsbench import metrics, plots
 from rsbench.data import SPLIT_NOTES
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
-from rsbench.leaderboard import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
+from rsbench.leaderboard import profiles
+from rsbench.leaderboard.ranking import LEADER_SHARE, TIME_METRICS, Ranking, rank, sign_tests
+from rsbench.leaderboard.track_files import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
+from rsbench.leaderboard.track_table import (
+    NONE,
+    RANK_LEGEND,
+    SELF_REPORTED_NOTE,
+    TIME_LEGEND,
+    cell,
+    header,
+    markdown,
+    marked,
+    metric_columns,
+    protocol_line,
+    sorted_entries,
+    source_of,
+    superseded,
+    time_cell,
+    value_of,
+    verdict,
+)
 from rsbench.progress import each
-from rsbench.ranking import LEADER_SHARE, TIME_METRICS, Ranking, rank, sign_tests
-from rsbench.track_table import (NONE, RANK_LEGEND, SELF_REPORTED_NOTE, TIME_LEGEND, cell, header, marked, markdown,
-                                 metric_columns, protocol_line, sorted_entries, source_of, superseded, time_cell,
-                                 value_of, verdict)
 
 SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach((th, column) => th.addEventListener('click', () => {
@@ -252,7 +268,7 @@ TRUST = ("What you can trust: every success rests on a stored example that rsben
 
 README_HEAD = f"""# Leaderboards
 
-One JSON file per track version (`<goal>-<defense>/v<N>.json`, a `rsbench.leaderboard.Leaderboard`),
+One JSON file per track version (`<goal>-<defense>/v<N>.json`, a `rsbench.leaderboard.track_files.Leaderboard`),
 with each entry's per-sample records and saved examples stored gzip-compressed beside it and pinned
 by sha256. `rsbench leaderboard check` validates them all (CI runs it on every pull request),
 `rsbench leaderboard verify TRACK` judges the stored examples again, and `rsbench leaderboard render`

@@ -6,9 +6,9 @@ holds the protocol and its hash, and one `Entry` per attack: every metric of the
 95% bootstrap interval over samples, the run's seeds, versions and hardware, and the sha256 of
 its per-sample records and saved examples, stored gzip-compressed in `v<version>/` beside it.
 A run with another protocol starts a new version; old versions and entries are never
-rewritten (`rsbench.admission` adds entries, `rsbench.audit` checks and re-judges them). Only the
+rewritten (`rsbench.leaderboard.admission` adds entries, `rsbench.gate.audit` checks and re-judges them). Only the
 `comparison` block (`best`, paired comparisons) changes when an entry is added, recomputed from the
-stored records of all entries (`rsbench.scoring`).
+stored records of all entries (`rsbench.leaderboard.scoring`).
 """
 
 from __future__ import annotations

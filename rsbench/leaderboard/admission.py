@@ -19,7 +19,8 @@ import torch
 from pydantic import ValidationError
 
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard import (
+from rsbench.leaderboard.scoring import comparison, entry_metrics
+from rsbench.leaderboard.track_files import (
     Entry,
     Judging,
     Leaderboard,
@@ -38,7 +39,6 @@ from rsbench.leaderboard import (
     write_stored,
 )
 from rsbench.records import Environment, RunResult, SampleRecord
-from rsbench.scoring import comparison, entry_metrics
 from rsbench.specs import AttackSpec, DefenseSpec
 
 

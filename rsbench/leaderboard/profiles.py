@@ -7,7 +7,7 @@ r50 and %-Cohen; GloRo, KW and plugins: the lowest robust accuracy beside the VR
 rate's bounds under degradation (the strongest attack's lower bound, the upper bound from the
 certificates) and spoofing (the highest spoof rate and its spoofed radius). Only the newest version of
 each track counts; superseded versions keep their own pages. `defenses.html` lists every defense with
-these numbers, sortable on each. `rsbench.site.render` calls `write`.
+these numbers, sortable on each. `rsbench.leaderboard.site.render` calls `write`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rsbench import metrics
 from rsbench.goals.degradation import certified
-from rsbench.leaderboard import Interval, Leaderboard, stored_records
+from rsbench.leaderboard.track_files import Interval, Leaderboard, stored_records
 from rsbench.records import CertifiedPoint, SampleRecord
 
 Cell = Callable[[Interval], str]

@@ -20,7 +20,7 @@ from rsbench import hub
 from rsbench.defenses.base import Defense, provides
 from rsbench.errors import RsbenchError
 from rsbench.specs import WeightsRef
-from rsbench.tensor_pipe import Pipe, states
+from rsbench.submissions.tensor_pipe import Pipe, states
 
 
 def main(folder: str, spec_hash: str, checkpoint: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from rsbench.cli_options import DEVICE
+from rsbench.cli.options import DEVICE
 from rsbench.errors import RsbenchError
 
 LEADERBOARDS = click.option("--root", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
@@ -23,10 +23,10 @@ def leaderboard_group() -> None:
 @LEADERBOARDS
 def leaderboard_list(root: Path) -> None:
     """Every track version: entries, protocol hash."""
-    from rsbench import leaderboard
+    from rsbench.leaderboard import track_files
 
-    for path in leaderboard.files(root):
-        board = leaderboard.load(path)
+    for path in track_files.files(root):
+        board = track_files.load(path)
         click.echo(f"{board.track:<40} v{board.version}  {len(board.entries):>2} entries  protocol {board.protocol_hash[:12]}")
 
 
@@ -39,15 +39,15 @@ def leaderboard_list(root: Path) -> None:
 def leaderboard_show(track: str, sort: str | None, as_json: bool, root: Path) -> None:
     """A track's table (TRACK, or TRACK@vN for an older version) with 95% bootstrap intervals, each entry's rank
     interval, and its leader or the entries tied for first."""
-    from rsbench import leaderboard, ranking, track_table
+    from rsbench.leaderboard import ranking, track_files, track_table
 
-    path = leaderboard.find(root, track)
-    board = leaderboard.load(path)
+    path = track_files.find(root, track)
+    board = track_files.load(path)
     if as_json:
         click.echo(board.model_dump_json(indent=1))
         return
-    newest = int(leaderboard.latest(root, board.track).stem[1:])
-    standings = ranking.rank(board, *leaderboard.stored_records(path.parent, board))
+    newest = int(track_files.latest(root, board.track).stem[1:])
+    standings = ranking.rank(board, *track_files.stored_records(path.parent, board))
     click.echo(track_table.markdown(board, standings, sort, newest))
 
 
@@ -57,7 +57,7 @@ def leaderboard_show(track: str, sort: str | None, as_json: bool, root: Path) ->
 @LEADERBOARDS
 def leaderboard_add(run_dir: Path, new_version: bool, root: Path) -> None:
     """Add every attack of a finished `rsbench evaluate` run to its track, refusing what cannot be re-checked."""
-    from rsbench import admission
+    from rsbench.leaderboard import admission
 
     path, added = admission.add_run(root, run_dir, new_version=new_version)
     click.echo(f"added {', '.join(added)} to {path}")
@@ -80,7 +80,7 @@ def leaderboard_add(run_dir: Path, new_version: bool, root: Path) -> None:
 def leaderboard_check(root: Path, against: str | None, quick: bool, seed: int | None, pull_request: bool,
                       submissions: Path | None) -> None:
     """Validate and re-derive every file under ROOT; against git history, derive and re-judge every new entry."""
-    from rsbench import audit
+    from rsbench.gate import audit
 
     against = against or ("HEAD" if audit.in_git(root) else None)
     checked = audit.check(root, against, intervals=not quick, seed=seed, pull_request=pull_request,
@@ -108,9 +108,11 @@ def leaderboard_check(root: Path, against: str | None, quick: bool, seed: int | 
 def leaderboard_verify(track: str, entry: str | None, seed: int | None, as_admitted: bool, device: str,
                        root: Path) -> None:
     """Judge every stored success again on fresh noise (or exactly, for GloRo and KW); report agreement."""
-    from rsbench import audit, leaderboard, runner
+    from rsbench import runner
+    from rsbench.gate import audit
+    from rsbench.leaderboard import track_files
 
-    verification = audit.verify(leaderboard.find(root, track), entry, runner.resolve_device(device), seed, as_admitted,
+    verification = audit.verify(track_files.find(root, track), entry, runner.resolve_device(device), seed, as_admitted,
                                 root.parent / "submissions")
     for line in verification.lines():
         click.echo(line)
@@ -122,7 +124,7 @@ def leaderboard_verify(track: str, entry: str | None, seed: int | None, as_admit
 @LEADERBOARDS
 def leaderboard_render(root: Path) -> None:
     """Write ROOT/README.md (a table per track) and the static site ROOT/site/."""
-    from rsbench import site
+    from rsbench.leaderboard import site
 
     for path in site.render(root):
         click.echo(f"wrote {path}")
@@ -153,9 +155,9 @@ def submission_validate(folder: Path, timeout: float, unsandboxed: bool, root: P
 
     A defense (submissions/defenses/NAME): schema, names, files and weights, then, with its code served from the
     sandbox, its claimed accuracies certified again on the track's samples and the soundness checks."""
-    from rsbench import submissions
+    from rsbench.submissions import attack_submissions
 
-    click.echo(submissions.validate(folder, timeout, isolated=not unsandboxed, root=root))
+    click.echo(attack_submissions.validate(folder, timeout, isolated=not unsandboxed, root=root))
 
 
 @submission_group.command("measure")
@@ -175,9 +177,9 @@ def submission_measure(folder: Path, tracks: tuple[str, ...], samples: int | Non
     does, and print the claims block (with 95% intervals as comments) to paste into its submission.yaml.
 
     Adds nothing to any leaderboard."""
-    from rsbench import submissions
+    from rsbench.submissions import attack_submissions
 
-    click.echo(submissions.measure(folder, root, tracks, timeout, samples, isolated=not unsandboxed))
+    click.echo(attack_submissions.measure(folder, root, tracks, timeout, samples, isolated=not unsandboxed))
 
 
 @submission_group.command("verify")
@@ -197,7 +199,7 @@ def submission_verify(folder: Path, timeout: float, samples: int | None, dry_run
     A defense (submissions/defenses/NAME): validate it, then run the standard attack suite of each goal its kind
     supports on the standard protocol against its sandboxed code, judge here, and add the tracks
     evasion-NAME, degradation-NAME and spoofing-NAME."""
-    from rsbench import submissions
+    from rsbench.submissions import attack_submissions
 
-    for line in submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed):
+    for line in attack_submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed):
         click.echo(line)

@@ -15,17 +15,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsbench import leaderboard
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard import Interval, Leaderboard
-from rsbench.submission_spec import Submission, content_sha256
+from rsbench.leaderboard import track_files
+from rsbench.leaderboard.track_files import Interval, Leaderboard
+from rsbench.submissions.submission_spec import Submission, content_sha256
 
 
 def track_file(root: Path, name: str, track: str) -> Path:
     """The newest file of a claimed track; refused with the nearest known track name otherwise."""
-    path = leaderboard.latest(root, track)
+    path = track_files.latest(root, track)
     if path is None:
-        known = sorted({p.parent.name for p in leaderboard.files(root)})
+        known = sorted({p.parent.name for p in track_files.files(root)})
         close = difflib.get_close_matches(track, known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"--root names the leaderboards' folder ({len(known)} " \
                                                            "tracks there)"
@@ -54,7 +54,7 @@ def check(folder: Path, submission: Submission, root: Path) -> dict[str, Path]:
     paths = {}
     for track in submission.claims:
         paths[track] = track_file(root, submission.name, track)
-        check_name(folder, submission, track, leaderboard.load(paths[track]))
+        check_name(folder, submission, track, track_files.load(paths[track]))
     return paths
 
 

@@ -1,5 +1,5 @@
 """A track's entries as a table: which columns, in which order, and what each cell says, ranked as the site ranks
-them (`rsbench.ranking`). In Markdown for `rsbench leaderboard show`, leaderboards/README.md and the interval
+them (`rsbench.leaderboard.ranking`). In Markdown for `rsbench leaderboard show`, leaderboards/README.md and the interval
 table `rsbench evaluate` prints, which names a track only when the run followed that track's protocol exactly."""
 
 from __future__ import annotations
@@ -8,12 +8,21 @@ import math
 import tempfile
 from pathlib import Path
 
-from rsbench.admission import add_run
 from rsbench.data import SPLIT_NOTES
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard import (Entry, Interval, Leaderboard, Protocol, latest, load, protocol_differences,
-                                stored_records, track_name)
-from rsbench.ranking import LEADER_SHARE, TIME_METRICS, Ranking, rank, relative_time
+from rsbench.leaderboard.admission import add_run
+from rsbench.leaderboard.ranking import LEADER_SHARE, TIME_METRICS, Ranking, rank, relative_time
+from rsbench.leaderboard.track_files import (
+    Entry,
+    Interval,
+    Leaderboard,
+    Protocol,
+    latest,
+    load,
+    protocol_differences,
+    stored_records,
+    track_name,
+)
 
 LOWER_IS_BETTER = {"r50", "pct_cohen", "time_s", "total_time_s", "first_ratio_r50", "first_ratio_time",
                    "robust_accuracy", "l2_mean", "attack_error"}

@@ -7,7 +7,7 @@ with the reproduced intervals; unless asked for a dry run (or a subset of sample
 the code in the sandbox and judge what it returns here (`submission_run`): nothing the submission
 writes is taken for a judged fact, and the entry marks what only the attack could report
 (`Entry.self_reported`) and records how its examples were judged (`Entry.judging`). A folder holding a
-defense (`submissions/defenses/<name>/`) is validated and verified by `rsbench.defense_tracks` instead.
+defense (`submissions/defenses/<name>/`) is validated and verified by `rsbench.submissions.defense_tracks` instead.
 """
 
 from __future__ import annotations
@@ -20,25 +20,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from rsbench import (
-    admission,
-    claims,
-    defense_submissions,
-    defense_tracks,
-    leaderboard,
-    rederive,
-    registry,
-    runner,
-    sandbox,
-    submission_run,
-)
+from rsbench import registry, runner
 from rsbench.errors import RsbenchError
 from rsbench.hub import pinned_sha256
-from rsbench.leaderboard import Leaderboard, Protocol, Source
+from rsbench.leaderboard import admission, rederive, track_files
+from rsbench.leaderboard.scoring import entry_metrics
+from rsbench.leaderboard.track_files import Leaderboard, Protocol, Source
 from rsbench.progress import each
 from rsbench.records import SampleRecord
-from rsbench.scoring import entry_metrics
-from rsbench.submission_spec import (
+from rsbench.submissions import claims, defense_submissions, defense_tracks, sandbox, submission_run
+from rsbench.submissions.submission_spec import (
     Submission,
     check_track,
     commit_of,
@@ -63,7 +54,7 @@ def smoke_protocol(submission: Submission, kind: str) -> tuple[Protocol, Leaderb
                                epsilon=runner.default_epsilon(spec, goal, None))
     protocol = Protocol.of_run(config, spec.kind)
     board = Leaderboard(track="smoke", version=1, defense=spec, protocol=protocol, protocol_hash=protocol.spec_hash(),
-                        clean=leaderboard.StoredFile(path="", sha256=""))
+                        clean=track_files.StoredFile(path="", sha256=""))
     return protocol, board
 
 
@@ -91,7 +82,7 @@ def clean_of(board: Leaderboard, folder: Path) -> list[SampleRecord]:
     """The track's clean certificates of its samples: the stored ones, or, on a track that has none yet, certified
     here exactly as the engine certifies them (the protocol's seed)."""
     if board.clean.path:
-        clean = leaderboard.stored_records(folder, board)[0]
+        clean = track_files.stored_records(folder, board)[0]
         return [c for c in clean if c.index < board.protocol.num_samples]
     defense, dataset = submission_run.prepare(board)
     return runner.certify_samples(defense, _rows(dataset, range(board.protocol.num_samples)), board.protocol.seed,
@@ -139,15 +130,15 @@ class Reproduced:
     """Whether fewer samples than the track's protocol were run."""
     clean: list[SampleRecord]
     judged: submission_run.Judged
-    metrics: dict[str, leaderboard.Interval]
+    metrics: dict[str, track_files.Interval]
 
 
 def reproduce(folder: Path, submission: Submission, root: Path, track: str, timeout: float, samples: int | None,
               isolated: bool) -> Reproduced:
     """Run the submission on the track's protocol (its first `samples` only, when fewer) in the sandbox, judge what it
     returns and compute the entry's metrics with their intervals, as the leaderboard does."""
-    path = leaderboard.find(root, track)
-    board = leaderboard.load(path)
+    path = track_files.find(root, track)
+    board = track_files.load(path)
     subset = samples is not None and samples < board.protocol.num_samples
     if subset:
         board = board.model_copy(update={"protocol": board.protocol.model_copy(update={"num_samples": samples})})
@@ -169,13 +160,13 @@ def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float
         raise RsbenchError(f"{submission.name} claims no track yet: name the tracks to measure with --track")
     for track in tracks:
         check_track(folder / "submission.yaml", submission.attack.goal, track)
-        board = leaderboard.load(claims.track_file(root, submission.name, track))
+        board = track_files.load(claims.track_file(root, submission.name, track))
         claims.check_name(folder, submission, track, board)
     sandbox.require(isolated)
     measured = []
     for track in each(tracks, f"measure {submission.name}", "track"):
         run = reproduce(folder, submission, root, track, timeout, samples, isolated)
-        full = leaderboard.load(run.path).protocol.num_samples
+        full = track_files.load(run.path).protocol.num_samples
         measured.append(claims.Measured(track, run.board.version, run.board.protocol.num_samples, full, run.metrics,
                                         rederive.SELF_REPORTED[run.board.protocol.goal]))
     return claims.block(submission.name, measured)
@@ -202,7 +193,7 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
         run = reproduce(folder, submission, root, track, timeout, samples, isolated)
         check_claims(submission.name, track, claimed, run.metrics)
         goal = run.board.protocol.goal
-        summary = ", ".join(f"{k} {_value(run.metrics[k])}" for k in leaderboard.HEADLINE[goal])
+        summary = ", ".join(f"{k} {_value(run.metrics[k])}" for k in track_files.HEADLINE[goal])
         if run.subset:
             lines.append(f"{track}: claims consistent with the first {samples} samples ({summary}); no entry added "
                          "(run the whole track to add one)")
@@ -222,7 +213,7 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     return lines
 
 
-def _value(interval: leaderboard.Interval) -> str:
+def _value(interval: track_files.Interval) -> str:
     return "-" if interval.value is None else f"{interval.value:.3g} [{interval.ci_low:.3g}, {interval.ci_high:.3g}]"
 
 

@@ -9,9 +9,9 @@ protocol `track_protocols` gives), the clean and certified accuracies the author
 named by its folder's path, and is no registry defense), that every file the spec names is in the
 folder and that the weights have their sha256; it runs no code. `recertify` certifies the first
 samples of each track as the track will and refuses a claimed accuracy outside the reproduced 95%
-Clopper-Pearson interval. `check_soundness` checks the certifier itself (`rsbench.soundness`). Both
-run the submission's code through `load_defense`: `rsbench.defense_tracks` runs them with the defense
-served from its sandbox (`rsbench.defense_server`), never in rsbench's own process. `located` finds
+Clopper-Pearson interval. `check_soundness` checks the certifier itself (`rsbench.submissions.soundness`). Both
+run the submission's code through `load_defense`: `rsbench.submissions.defense_tracks` runs them with the defense
+served from its sandbox (`rsbench.submissions.defense_server`), never in rsbench's own process. `located` finds
 the submission folder that holds a track's defense.
 """
 
@@ -22,14 +22,15 @@ from pathlib import Path, PurePosixPath
 import torch
 from pydantic import Field, ValidationError
 
-from rsbench import hub, metrics, registry, runner, soundness, user_code
+from rsbench import hub, metrics, registry, runner, user_code
 from rsbench.data import load_dataset
-from rsbench.defense_server import needs_serving
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard import Protocol
+from rsbench.leaderboard.track_files import Protocol
 from rsbench.records import SampleRecord
 from rsbench.specs import GOALS_BY_KIND, DefenseSpec, Spec
-from rsbench.submission_spec import Authored
+from rsbench.submissions import soundness
+from rsbench.submissions.defense_server import needs_serving
+from rsbench.submissions.submission_spec import Authored
 
 TRACK_PROTOCOL = {"num_samples": 20, "n0": 100, "n": 10_000, "alpha": 0.001, "judge_n": 1500, "judge_alpha": 0.005,
                   "confirm_n": 15_000, "seed": 0}
@@ -168,7 +169,7 @@ def check_claim(name: str, track: str, claim: AccuracyClaim, records: list[Sampl
 
 def check_soundness(spec: DefenseSpec, device: torch.device = torch.device("cpu"), samples: int = soundness.SAMPLES,
                     seed: int = 0) -> soundness.Report:
-    """`rsbench.soundness.check` on the first `samples` test samples, of the certificates the standard tracks store
+    """`rsbench.submissions.soundness.check` on the first `samples` test samples, of the certificates the standard tracks store
     (their seed), against noise and attacks drawn from `seed`."""
     p = TRACK_PROTOCOL
     config = runner.run_config(spec, "certify", num_samples=samples, n0=p["n0"], n=p["n"], alpha=p["alpha"])

@@ -28,29 +28,12 @@ from typing import Any
 
 import torch
 
-from rsbench import (
-    admission,
-    engine,
-    goals,
-    leaderboard,
-    rederive,
-    registry,
-    runner,
-    sandbox,
-    submission_run,
-)
-from rsbench.defense_server import needs_serving, served
-from rsbench.defense_submissions import (
-    TRACK_PROTOCOL,
-    DefenseSubmission,
-    check_soundness,
-    load,
-    recertify,
-    track_protocols,
-)
+from rsbench import engine, goals, registry, runner
 from rsbench.errors import RsbenchError
 from rsbench.hub import pinned_sha256
-from rsbench.leaderboard import (
+from rsbench.leaderboard import admission, rederive, track_files
+from rsbench.leaderboard.scoring import point_metrics
+from rsbench.leaderboard.track_files import (
     Entry,
     Judging,
     Leaderboard,
@@ -60,9 +43,18 @@ from rsbench.leaderboard import (
     jsonl,
 )
 from rsbench.records import SampleRecord
-from rsbench.scoring import point_metrics
 from rsbench.specs import AttackSpec, DefenseSpec
-from rsbench.submission_spec import commit_of, content_sha256
+from rsbench.submissions import sandbox, submission_run
+from rsbench.submissions.defense_server import needs_serving, served
+from rsbench.submissions.defense_submissions import (
+    TRACK_PROTOCOL,
+    DefenseSubmission,
+    check_soundness,
+    load,
+    recertify,
+    track_protocols,
+)
+from rsbench.submissions.submission_spec import commit_of, content_sha256
 
 SUITE: dict[str, dict[str, tuple[str, ...]]] = {
     "evasion": {"l2": ("pgd-l2", "caa", "pgd", "deepfool", "caa-direct"), "linf": ("pgd-linf",)},
@@ -188,9 +180,9 @@ def validate(folder: Path, timeout: float = 300, isolated: bool = True, samples:
 def _track(root: Path, track: str, spec: DefenseSpec, protocol: Protocol, writing: bool) -> tuple[Path, Leaderboard]:
     """The track version the entries go to: its newest file when it holds this defense under this protocol (and
     entries are to be written), else a new v1; refused when the track holds another defense of this name."""
-    path = leaderboard.latest(root, track)
+    path = track_files.latest(root, track)
     if path is not None:
-        board = leaderboard.load(path)
+        board = track_files.load(path)
         if board.protocol.defense_hash != spec.spec_hash():
             raise RsbenchError(f"{track} holds another defense named {spec.name} (spec hash "
                                f"{board.protocol.defense_hash[:12]}, this one {spec.spec_hash()[:12]}): a changed "
@@ -225,7 +217,7 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
             tempfile.TemporaryDirectory(prefix="rsbench-verify-") as scratch:
         lines, fresh = _checked(submission, samples)
         for track, (path, board) in boards.items():
-            clean = leaderboard.stored_records(path.parent, board)[0] if board.clean.path else fresh[track]
+            clean = track_files.stored_records(path.parent, board)[0] if board.clean.path else fresh[track]
             attacks = suite(spec, board.protocol.goal)
             entries = []
             for attack in [a for a in attacks if a.name not in {e.name for e in board.entries}]:
@@ -250,4 +242,4 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
 def _headline(board: Leaderboard, entry: admission.NewEntry, clean: list[SampleRecord]) -> str:
     values = point_metrics(board, entry.spec.name, clean, entry.records)
     return ", ".join(f"{name} {'-' if values[name] is None else format(values[name], '.3g')}"
-                     for name in leaderboard.HEADLINE[board.protocol.goal])
+                     for name in track_files.HEADLINE[board.protocol.goal])

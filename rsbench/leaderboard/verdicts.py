@@ -30,7 +30,7 @@ from rsbench.goals import within
 from rsbench.goals.degradation import judged_rejection
 from rsbench.goals.evasion import bounds_n, judge_view
 from rsbench.goals.spoofing import spoofed
-from rsbench.leaderboard import Leaderboard
+from rsbench.leaderboard.track_files import Leaderboard
 from rsbench.stats import clopper_pearson
 
 

@@ -1,0 +1,6 @@
+"""The pull-request gate: `rsbench leaderboard check`, which re-derives every track file and re-judges new
+entries (`audit`).
+
+May import the core, `rsbench.leaderboard` and `rsbench.submissions` (a submitted defense's tracks are served
+again to be checked); never `rsbench.cli`.
+"""
