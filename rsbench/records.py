@@ -200,6 +200,12 @@ class AttackRecord(Spec):
     """The run's judge alpha (in-loop tests; the confirmation as a whole); null for deterministic defenses."""
     confirm_n: int | None
     """Copies per confirmation test; null for deterministic defenses."""
+    judged_best_radius: float | None = None
+    """l2 distance of the smallest candidate the in-loop judge accepted, confirmed or not: `best_radius` under the
+    certification-aware-attack paper's rule (one Goodman test on judge_n copies, no confirmation); null when the
+    judge accepted none, in records written before it was recorded and in those of submitted attacks, whose one
+    returned example the harness judges by the strict rule only (success under the paper's rule is still
+    `candidates > 0` for records of rsbench's own runs)."""
 
 
 class AttackSummary(Spec):

@@ -15,7 +15,7 @@ from conftest import BinaryLinear, harness
 from pydantic import Field
 from scipy.stats import norm
 
-from rsbench import engine, registry, runner
+from rsbench import engine, metrics, registry, runner
 from rsbench.attacks.base import Attack, Tracker, ViewParams
 from rsbench.cli import cli
 from rsbench.defenses.smoothed_view import SmoothedView
@@ -77,6 +77,22 @@ def test_a_point_just_inside_the_boundary_proposed_a_thousand_times_is_a_failure
     assert all(r.judge_calls < 1000 for r in accepted)  # the same point is judged again only until accepted
     assert sum(r.success for r in trials) == 0  # the Bonferroni-split alpha of 0.005 over 20 trials: ~0.05 expected
     assert all(r.rejected == r.candidates for r in trials)
+
+
+def test_the_papers_rule_counts_what_the_judge_accepted_and_the_strict_rule_only_what_was_confirmed() -> None:
+    """The same records read both ways: a point just inside the boundary, accepted by some of the judge's single
+    Goodman tests, is a success under the certification-aware-attack paper's rule and never under rsbench's."""
+    inside = SIGMA * norm.ppf(0.499)
+    trials = [run({"distances": (inside,), "repeats": 1000}, seed, judge_n=300, confirm_n=3000)[0]
+              for seed in range(10)]
+    accepted = [r for r in trials if r.candidates > 0]
+    assert accepted and all(r.judged_best_radius == pytest.approx(0.3 + inside, abs=1e-5) for r in accepted)
+    assert all(r.judged_best_radius is None for r in trials if not r.candidates)
+    paper, strict = metrics.paper_rule_table(trials)["proposer"], metrics.attack_table(trials)["proposer"]
+    assert paper["success"] == 100 * len(accepted) / len(trials) and strict.success == 0
+    assert paper["r50"] == pytest.approx(0.3 + inside, abs=1e-5) and strict.r50 is None
+    older = [r.model_copy(update={"judged_best_radius": None}) for r in trials]  # records from before the field
+    assert metrics.paper_rule_table(older)["proposer"] == {"success": paper["success"], "best": None, "r50": None}
 
 
 def test_confirmed_examples_lie_past_the_boundary() -> None:
