@@ -142,7 +142,7 @@ class Reproduction:
                 f"  predictions agree on {self.agreement:.2%} of {self.images} evaluation images "
                 f"(at least {MIN_AGREEMENT:.0%} required)\n"
                 f"  certified accuracy inside the shipped weights' 95% interval at {inside}/{len(self.radii)} radii "
-                f"({self.samples} samples, n={self.n}, same noise seeds)"
+                f"({self.samples} samples" + (f", n={self.n}, same noise seeds)" if self.n else ", deterministic)")
                 + "".join(f"\n    radius {c.radius:.3f}: {c.retrained:.3f} outside [{c.shipped_low:.3f}, "
                           f"{c.shipped_high:.3f}]" for c in self.radii if not c.inside))
 
@@ -197,10 +197,10 @@ def certify_both(shipped: DefenseSpec, retrained: DefenseSpec, out: Path, device
     from rsbench import data, runner
 
     samples = min(samples, len(data.load_dataset(shipped.dataset.name, shipped.dataset.split, shipped.dataset.root)))
-    n = min(n, shipped.certify.n)
+    n = min(n, shipped.certify.n) if shipped.kind == "smoothing" else 0
     results = {}
     for label, spec in (("shipped", shipped), ("retrained", retrained)):
-        config = runner.run_config(spec, "certify", num_samples=samples, n=n, seed=0)
+        config = runner.run_config(spec, "certify", num_samples=samples, n=n or None, seed=0)
         results[label] = runner.certify(spec, config, out / f"{shipped.name}-{label}-certify", device, progress=False)
     records = runner.certify_records(out / f"{shipped.name}-retrained-certify", results["retrained"].config)
     return results["shipped"].certified_accuracy, records, samples, n
