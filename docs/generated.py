@@ -9,6 +9,7 @@ tests/test_docs.py fails when the committed text differs from what the tracks gi
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import re
 from collections.abc import Callable
@@ -18,12 +19,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mkdocs.config.defaults import MkDocsConfig
     from mkdocs.structure.files import Files
+    from mkdocs.structure.pages import Page
 
 ROOT = Path(__file__).resolve().parents[1]
 LEADERBOARDS = ROOT / "leaderboards"
 README = ROOT / "README.md"
 README_TRACK = "evasion-smoothing-digits-0.50"
 """The track README.md shows: the quick start's defense under evasion."""
+
+CLI_PAGE = "reference/cli.md"
+"""The page mkdocs-click renders from the click commands, whose help texts write placeholders as <name>."""
+HTML_TAGS = frozenset("a p div span code pre table thead tbody tr th td ul ol li em strong b i br hr blockquote "
+                      "h1 h2 h3 h4 h5 h6 details summary".split())
+ANGLED = re.compile(r"</?([A-Za-z][^<>]*)>")
 
 MARKER = re.compile(r"<!-- generated: ([a-z-]+) -->")
 BLOCK = re.compile(r"(<!-- generated: ([a-z-]+) -->)\n.*?(<!-- end generated -->)", re.DOTALL)
@@ -74,6 +82,15 @@ def contributing() -> str:
 def on_page_markdown(markdown: str, **_: object) -> str:
     """MkDocs hook: each marker replaced by its block (an unknown name fails the build)."""
     return MARKER.sub(lambda m: BLOCKS[m.group(1)](), markdown)
+
+
+def on_page_content(content: str, page: Page, **_: object) -> str:
+    """MkDocs hook: on the CLI page, a placeholder such as <name> or <run directory> shown as text, not dropped
+    as an unknown HTML tag."""
+    if page.file.src_uri != CLI_PAGE:
+        return content
+    return ANGLED.sub(lambda m: m.group(0) if m.group(1).split()[0].lower() in HTML_TAGS else html.escape(m.group(0)),
+                      content)
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
