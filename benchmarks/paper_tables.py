@@ -50,8 +50,9 @@ CAA_TABLE_4 = {
 }
 CAA_ATTACKS = ("caa", "pgd", "cw", "autoattack", "deepfool")
 """The paper's five attacks; `best` is recomputed among those of them a track holds."""
-README_PROBE = ("the README states an earlier probe (a kw-mnist-cnn smoothing model at sigma 0.5 trained on the same "
-                "split, 106 attacked samples, the earlier judge): CAA best on 77% among CAA, PGD and DeepFool")
+EARLIER_PROBE = ("docs/results/digits.md states an earlier probe (a kw-mnist-cnn smoothing model at sigma 0.5 trained "
+                 "on the same split, 106 attacked samples, the earlier judge): CAA best on 77% among CAA, PGD and "
+                 "DeepFool")
 
 # The degradation paper, Table 1 (GloRo, MNIST): VRA %, FPR lower bound %, utility reduction %.
 DEGRADATION_TABLE_1 = {"gloro-mnist-0.30": ("2C2F, eps 0.3", 95.0, 6.0, 5.7),
@@ -153,7 +154,7 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str) -> list
             lines.append(f"  headline: CAA best on {value:.0f}% [{low:.0f}, {high:.0f}] among "
                          f"{', '.join(a for a in CAA_ATTACKS if a in records)}: the paper's >= 70% is {verdict}")
         elif defense == "smoothing-mnist-0.50":
-            lines.append(f"  headline: not yet measured on a track; {README_PROBE}")
+            lines.append(f"  headline: not yet measured on a track; {EARLIER_PROBE}")
     return lines
 
 
