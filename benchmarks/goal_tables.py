@@ -1,4 +1,4 @@
-"""The degradation, evasion and spoofing tables of the shipped defenses, as the closing notes and README report them.
+"""The degradation, evasion and spoofing tables of the shipped defenses, as docs/results/digits.md reports them.
 
 Each row of PLAN is one `rsbench evaluate` run (resumable, under --out/<goal>/<defense>/):
 

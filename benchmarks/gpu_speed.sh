@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of the README's "Speed and scale", in one go (about 5 minutes on a recent GPU):
+# The GPU measurements of "Speed and scale" (docs/how-to/scale.md), in one go (about 5 minutes on a recent GPU):
 # certification throughput of Cohen's ResNet-110 at 32x32 and a ResNet-50 at 224x224 (random weights),
 # one image and 8 images per pass, fp32 and bf16 with channels-last, against the bare forward limit;
 # CAA's step memory and seconds per sample at N = 1500, M = 100 (the paper: 3.34 s on a P100);

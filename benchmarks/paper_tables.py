@@ -346,11 +346,8 @@ def causes() -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--leaderboards", type=Path, default=Path("leaderboards"))
-    args = parser.parse_args()
-    root = args.leaderboards
+def report(root: Path) -> str:
+    """Every table and the causes, as the script prints them (the documentation's results page shows it too)."""
     sections: list[list[str]] = [
         caa_rows(root, CAA_TABLE_1, "Certification-aware-attack paper, Table 1 (MNIST)",
                  CAA_SOURCE.format("Table 1, rows M-0.5 and M-1.0"), CAA_SETTINGS_1, CAA_CLAIM),
@@ -358,7 +355,14 @@ def main() -> None:
                  CAA_SOURCE.format("Table 4, row C-0.5"), CAA_SETTINGS_4),
         degradation_rows(root), figure_2_rows(root), crown_ibp_rows(root), shadow_rows(root), causes(),
     ]
-    print("\n\n".join("\n".join(lines) for lines in sections))
+    return "\n\n".join("\n".join(lines) for lines in sections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leaderboards", type=Path, default=Path("leaderboards"))
+    args = parser.parse_args()
+    print(report(args.leaderboards))
 
 
 if __name__ == "__main__":

@@ -223,8 +223,7 @@ def render(root: Path) -> list[Path]:
     site.mkdir(parents=True)
     (site / "site.css").write_text(STYLE + "\n")
     (site / "sort.js").write_text(SORT_SCRIPT)
-    sections, links, boards = [], [], []
-    summary = ["| track | entries | leader | top entry's best |", "|---|---|---|---|"]
+    links, boards = [], []
     newest = {path.parent.name: int(path.stem[1:]) for path in paths}  # files() sorts versions last
     current = []
     for path in each(paths, "render leaderboards", "track"):
@@ -234,14 +233,11 @@ def render(root: Path) -> list[Path]:
         slug, latest_version = f"{board.track}-v{board.version}", newest[path.parent.name]
         pictures = _pictures(board, records, path.parent, site, slug)
         (site / f"{slug}.html").write_text(page(board, ranking, p_values, pictures, latest_version))
-        sections.append(markdown(board, ranking, newest=latest_version))
         version = f"{board.version}" + (" (superseded)" if latest_version > board.version else "")
         links.append(index_row(board, ranking, slug, version))
         boards.append(board)
         if latest_version == board.version:
             current.append(profiles.Track(path, board, slug))
-        summary.append(f"| {board.track} v{version} | {len(board.entries)} | {ranking.headline} | "
-                       f"{cell(top_best(board, ranking))} |")
     profiles.write(site, current, cell=cell, head=HEAD, script=SCRIPT)
     (site / "index.html").write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title>{HEAD}'
@@ -253,9 +249,26 @@ def render(root: Path) -> list[Path]:
         + "".join(f"<th>{name}</th>" for name in INDEX_COLUMNS) + f"</tr></thead><tbody>{''.join(links)}</tbody></table>"
         f'<p id="legend">{html.escape(INDEX_LEGEND)}</p><h2>Metrics</h2>{metric_legend(boards)}'
         f"{SCRIPT}</body></html>\n")
-    readme = root / "README.md"
-    readme.write_text(README_HEAD + TRUST + "\n\n" + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n")
-    return [readme, site / "index.html"]
+    summary = root / "README.md"
+    summary.write_text(readme(root))
+    return [summary, site / "index.html"]
+
+
+def readme(root: Path) -> str:
+    """The text of root/README.md: a summary row and a ranked table per track version, from the stored records
+    (the documentation's results page is built from it too)."""
+    paths = files(root)
+    newest = {path.parent.name: int(path.stem[1:]) for path in paths}  # files() sorts versions last
+    summary = ["| track | entries | leader | top entry's best |", "|---|---|---|---|"]
+    sections = []
+    for path in paths:
+        board = load(path)
+        ranking, latest_version = rank(board, *stored_records(path.parent, board)), newest[path.parent.name]
+        sections.append(markdown(board, ranking, newest=latest_version))
+        version = f"{board.version}" + (" (superseded)" if latest_version > board.version else "")
+        summary.append(f"| {board.track} v{version} | {len(board.entries)} | {ranking.headline} | "
+                       f"{cell(top_best(board, ranking))} |")
+    return README_HEAD + TRUST + "\n\n" + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n"
 
 
 TRUST = ("What you can trust: every success rests on a stored example that rsbench judged itself under the track's "

@@ -1,0 +1,105 @@
+"""The generated parts of the documentation and of README.md: result tables built from the committed track files
+and `benchmarks/paper_tables.py`, never typed, and the contributor's guide taken from CONTRIBUTING.md.
+
+A page asks for a block with `<!-- generated: NAME -->`. In docs/, MkDocs (this file is its hook, see mkdocs.yml)
+replaces the marker with the block at build time. README.md, read on GitHub as it is, keeps the block's text
+between that marker and `<!-- end generated -->`: `python docs/generated.py` writes it there again, and
+tests/test_docs.py fails when the committed text differs from what the tracks give.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mkdocs.config.defaults import MkDocsConfig
+    from mkdocs.structure.files import Files
+    from mkdocs.structure.pages import Page
+
+ROOT = Path(__file__).resolve().parents[1]
+LEADERBOARDS = ROOT / "leaderboards"
+README = ROOT / "README.md"
+README_TRACK = "evasion-smoothing-digits-0.50"
+"""The track README.md shows: the quick start's defense under evasion."""
+
+CLI_PAGE = "reference/cli.md"
+"""The page mkdocs-click renders from the click commands, whose help texts write placeholders as <name>."""
+HTML_TAGS = frozenset("a p div span code pre table thead tbody tr th td ul ol li em strong b i br hr blockquote "
+                      "h1 h2 h3 h4 h5 h6 details summary".split())
+ANGLED = re.compile(r"</?([A-Za-z][^<>]*)>")
+
+MARKER = re.compile(r"<!-- generated: ([a-z-]+) -->")
+BLOCK = re.compile(r"(<!-- generated: ([a-z-]+) -->)\n.*?(<!-- end generated -->)", re.DOTALL)
+
+
+def track_tables() -> str:
+    """Every track version's ranked table, as `rsbench leaderboard render` writes leaderboards/README.md."""
+    from rsbench.leaderboard import site
+
+    text = site.readme(LEADERBOARDS)
+    return text.split("\n", 1)[1]  # without its "# Leaderboards" title: the page has its own
+
+
+def paper_tables() -> str:
+    """What `python benchmarks/paper_tables.py` prints: the seed papers' MNIST rows beside the tracks."""
+    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "benchmarks" / "paper_tables.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return "```text\n" + module.report(LEADERBOARDS) + "\n```"
+
+
+def readme_track() -> str:
+    """The newest version of README_TRACK's table, ranked, with its protocol and legend."""
+    from rsbench.leaderboard import ranking, track_files, track_table
+
+    path = track_files.latest(LEADERBOARDS, README_TRACK)
+    assert path is not None, f"no track {README_TRACK} under {LEADERBOARDS}"
+    board = track_files.load(path)
+    ranked = ranking.rank(board, *track_files.stored_records(path.parent, board))
+    return track_table.markdown(board, ranked, newest=board.version)
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"tracks": track_tables, "paper-tables": paper_tables,
+                                        "readme-track": readme_track}
+
+
+def fill(text: str) -> str:
+    """`text` with every block between its markers written anew."""
+    return BLOCK.sub(lambda m: f"{m.group(1)}\n{BLOCKS[m.group(2)]()}\n{m.group(3)}", text)
+
+
+def contributing() -> str:
+    """CONTRIBUTING.md as a page of the site: its links into docs/ made relative to the site's root."""
+    return (ROOT / "CONTRIBUTING.md").read_text().replace("](docs/", "](")
+
+
+def on_page_markdown(markdown: str, **_: object) -> str:
+    """MkDocs hook: each marker replaced by its block (an unknown name fails the build)."""
+    return MARKER.sub(lambda m: BLOCKS[m.group(1)](), markdown)
+
+
+def on_page_content(content: str, page: Page, **_: object) -> str:
+    """MkDocs hook: on the CLI page, a placeholder such as <name> or <run directory> shown as text, not dropped
+    as an unknown HTML tag."""
+    if page.file.src_uri != CLI_PAGE:
+        return content
+    return ANGLED.sub(lambda m: m.group(0) if m.group(1).split()[0].lower() in HTML_TAGS else html.escape(m.group(0)),
+                      content)
+
+
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    """MkDocs hook: contributing.md, generated from CONTRIBUTING.md."""
+    from mkdocs.structure.files import File
+
+    files.append(File.generated(config, "contributing.md", content=contributing()))
+    return files
+
+
+if __name__ == "__main__":
+    README.write_text(fill(README.read_text()))
