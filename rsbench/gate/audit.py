@@ -48,7 +48,7 @@ from rsbench.leaderboard.track_files import (
 from rsbench.leaderboard.verdicts import upheld
 from rsbench.progress import each
 from rsbench.submissions import defense_tracks
-from rsbench.submissions.defense_submissions import located
+from rsbench.submissions.defense_submissions import check_soundness, located
 from rsbench.submissions.submission_spec import content_sha256
 
 
@@ -261,7 +261,8 @@ def check_source(where: str, board: Leaderboard, entry: Entry, submissions: Path
 
 def recertify(path: Path, board: Leaderboard) -> None:
     """A new track version's clean certificates, certified again with the protocol's seed: the same labels and
-    predictions, radii within `rederive.RADIUS_TOLERANCE` (another device may count a vote or two differently)."""
+    predictions, radii within `rederive.RADIUS_TOLERANCE` (another device may count a vote or two differently); a
+    self-certified defense's certificates then audited on its graph (`defense_submissions.check_soundness`)."""
     if not board.clean.path:
         return
     clean = stored_records(path.parent, board)[0]
@@ -275,6 +276,8 @@ def recertify(path: Path, board: Leaderboard) -> None:
         if (stored.label, stored.prediction, stored.correct) != (fresh.label, fresh.prediction, fresh.correct) or \
                 not math.isclose(stored.radius, fresh.radius, **rederive.RADIUS_TOLERANCE):
             raise RsbenchError(f"{path}: sample {stored.index}'s clean certificate is not what certifying it gives")
+    if board.defense.kind == "plugin":  # self-certified: its certificates are audited again, never taken
+        check_soundness(board.defense, samples=board.protocol.num_samples, seed=secrets.randbits(63))
 
 
 def rederive_entry(path: Path, board: Leaderboard, entry: Entry, seed: int) -> tuple[int, int]:

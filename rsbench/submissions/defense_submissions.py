@@ -1,7 +1,8 @@
 """Defense submissions: `submissions/defenses/<name>/` with `submission.yaml`, the model's code and (small) weights.
 
-`submission.yaml` holds the defense's spec (its code and `folder` weights in the submission's folder, or
-weights on the Hugging Face Hub at a pinned commit), the authors, the paper, the licence and, for each
+`submission.yaml` holds the defense's spec (its network an ONNX graph, `architecture: onnx`, in the submission's
+folder or on the Hugging Face Hub at a pinned commit, with one of rsbench's certifier kinds; or, self-certified, a
+plugin certifier in the folder whose network is that graph), the authors, the paper, the licence and, for each
 track the defense will get (`<goal>-<name>` for every goal its kind supports, under the standard
 protocol `track_protocols` gives), the clean and certified accuracies the authors measured there.
 
@@ -27,7 +28,7 @@ from rsbench.data import load_dataset
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard.track_files import Protocol
 from rsbench.records import SampleRecord
-from rsbench.specs import GOALS_BY_KIND, DefenseSpec, Spec
+from rsbench.specs import GOALS_BY_KIND, GRAPH, DefenseSpec, Spec
 from rsbench.submissions import soundness
 from rsbench.submissions.defense_server import needs_serving
 from rsbench.submissions.submission_spec import Authored
@@ -97,9 +98,9 @@ def load(folder: Path) -> DefenseSubmission:
                            "would take; choose another")
     if spec.aliases:
         raise RsbenchError(f"{path}: a submitted defense answers to its folder's name only; remove its aliases")
-    if spec.kind in ("gloro", "kw") and needs_serving(spec):
-        raise RsbenchError(f"{path}: {spec.kind} certifies from the layers of its network, which rsbench reads in its "
-                           "own process, where submitted code never runs; submit the certifier as a plugin")
+    if spec.architecture != GRAPH:
+        raise RsbenchError(f"{path}: a submitted defense's network is an ONNX graph that rsbench runs with its own "
+                           f"code (architecture: onnx, weights: its .onnx file), not {spec.architecture!r}")
     check_files(spec, folder.resolve())
     tracks = track_protocols(spec)
     for track in submission.claims:

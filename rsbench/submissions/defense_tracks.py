@@ -43,7 +43,7 @@ from rsbench.leaderboard.track_files import (
     jsonl,
 )
 from rsbench.records import SampleRecord
-from rsbench.specs import AttackSpec, DefenseSpec
+from rsbench.specs import GRAPH, AttackSpec, DefenseSpec
 from rsbench.submissions import sandbox, submission_run
 from rsbench.submissions.defense_server import needs_serving, served
 from rsbench.submissions.defense_submissions import (
@@ -159,8 +159,10 @@ def _checked(submission: DefenseSubmission, samples: int | None) -> tuple[list[s
     """With the defense served: the claims certified again and the soundness checks; lines, and each track's clean
     certificates."""
     spec = submission.defense
-    lines = [f"{spec.name}: schema, names, files and weights (sha256 {spec.weights.sha256[:12]}…) valid; its code "
-             "runs in its sandbox, rsbench's attacks and judge in their own process"]
+    how = ("an ONNX graph that rsbench certifies, attacks and judges in its own process; no submitted code runs"
+           if not needs_serving(spec) else "its code runs in its sandbox, rsbench's attacks and judge in their own "
+           "process" + (" on its ONNX graph; self-certified" if spec.architecture == GRAPH else ""))
+    lines = [f"{spec.name}: schema, names, files and weights (sha256 {spec.weights.sha256[:12]}…) valid; {how}"]
     claims, clean = recertify(submission, samples=samples)
     count = samples or TRACK_PROTOCOL["num_samples"]
     seed = secrets.randbits(63)
