@@ -8,7 +8,8 @@ outside `ALLOWED_OPS` (the ops certified networks use), naming the op and its no
 flow, subgraphs, custom domains and functions; NaN or infinite weights; an input that is not one
 image of the dataset's shape, an output that is not one logit per class; and a converted module
 whose logits differ from onnxruntime's (an independent runtime) on random inputs in [0, 1]
-beyond `TOLERANCE`. `export` writes rsbench's own networks in the same form.
+beyond `TOLERANCE`. `export` writes rsbench's own networks in the same form (`export_defense`: any registry
+defense's), and `export_vnnlib` the VNN-COMP properties of a linf defense's track samples.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from rsbench.errors import RsbenchError
+from rsbench.specs import GRAPH, DefenseSpec
 
 MAX_BYTES = 64 * 2**20
 """Largest graph file accepted (64 MiB: every certified network of the seed papers is far smaller)."""
@@ -207,3 +209,64 @@ def as_sequential(network: Network, where: str) -> nn.Sequential:
             layers.append(modules[node.target])
             previous = node
     return nn.Sequential(*layers).eval()
+
+
+def export_defense(spec: DefenseSpec, out: Path) -> None:
+    """Write the network a defense runs (smoothing: its base classifier) as an ONNX graph at `out`, through a
+    temporary file, so an interrupted or refused export leaves nothing behind; a graph defense's own verified file
+    is copied as it is."""
+    from rsbench import hub, models, registry
+    from rsbench.data import INPUT_SHAPES
+
+    partial = out.with_name(out.name + ".partial")
+    try:
+        if spec.architecture == GRAPH:
+            partial.write_bytes(hub.resolve_weights(spec.weights, registry.folder_of(spec)).read_bytes())
+        else:
+            model = models.build_model(spec)
+            models.load_weights_into(model, hub.load_checkpoint(spec.weights, registry.folder_of(spec)))
+            export(model, INPUT_SHAPES[spec.dataset.name], partial)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def vnnlib(x: torch.Tensor, label: int, num_classes: int, epsilon: float, comment: str) -> str:
+    """The VNN-COMP property that the linf ball of radius epsilon around x (clipped to [0, 1]) holds a point where
+    another class's logit reaches the label's: unsatisfiable exactly when the label is robust there."""
+    flat = x.flatten().double()
+    low, high = (flat - epsilon).clamp(0, 1), (flat + epsilon).clamp(0, 1)
+    lines = [f"; {comment}"]
+    lines += [f"(declare-const X_{i} Real)" for i in range(len(flat))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
+    for i, (a, b) in enumerate(zip(low.tolist(), high.tolist())):
+        lines += [f"(assert (>= X_{i} {a:.17g}))", f"(assert (<= X_{i} {b:.17g}))"]
+    others = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(num_classes) if j != label)
+    lines.append(f"(assert (or {others}))")
+    return "\n".join(lines) + "\n"
+
+
+def check_vnnlib(spec: DefenseSpec) -> None:
+    """Refuse a defense whose threat model VNNLIB cannot state: noise (smoothing), a self-certified plugin, l2."""
+    if spec.kind in ("smoothing", "plugin") or spec.norm != "linf" or spec.epsilon is None:
+        raise RsbenchError(f"{spec.name}: VNNLIB states linf boxes around inputs, for deterministic certifiers; "
+                           f"{spec.name} is {spec.kind} in {spec.norm}")
+
+
+def export_vnnlib(spec: DefenseSpec, folder: Path, samples: int) -> list[Path]:
+    """One VNNLIB property per sample of the defense's evaluation split (the first `samples`) at its epsilon, in
+    `folder`; deterministic linf defenses only (VNNLIB states boxes, not l2 balls or noise)."""
+    from rsbench.data import load_dataset
+
+    check_vnnlib(spec)
+    dataset = load_dataset(spec.dataset.name, spec.dataset.split, spec.dataset.root)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(min(samples, len(dataset))):
+        x, label = dataset[index]
+        path = folder / f"{spec.name}-{index}.vnnlib"
+        comment = f"rsbench {spec.name} {spec.dataset.split} sample {index}, label {int(label)}, linf epsilon " \
+                  f"{spec.epsilon:g}"
+        path.write_text(vnnlib(x, int(label), spec.num_classes, spec.epsilon, comment))
+        written.append(path)
+    return written

@@ -298,7 +298,7 @@ def _import_judging() -> None:
     from rsbench.goals import GOALS
 
     attacks = [spec.implementation for spec in registry.all_specs("attacks").values()]
-    for target in [*GOALS.values(), *BUILDERS.values(), *attacks]:
+    for target in [*GOALS.values(), *BUILDERS.values(), *attacks, "rsbench.graphs:load"]:
         importlib.import_module(target.partition(":")[0])
 
 
