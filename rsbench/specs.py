@@ -43,6 +43,9 @@ inputs (degradation) or made to certify a wrong label (spoofing). A plugin is at
 its class meets (`rsbench.defenses.base.Defense`); the others are refused, one by one."""
 CODE_REFERENCE = r"^(?P<target>[^:\s]+):(?P<attr>[A-Za-z_]\w*)$"
 """`module.path:name` or `path/to/file.py:name`: code in the user's own files (a model factory, a plugin class)."""
+SELF_CERTIFIED = ("self-certified: its certificates come from its own code, audited by rsbench's attacks on its "
+                  "graph, not computed by rsbench")
+"""The words that stand beside every number of a self-certified defense (`DefenseSpec.self_certified`)."""
 GRAPH = "onnx"
 """`architecture` of a defense given as an ONNX graph (`rsbench.graphs`): its weights file is the graph."""
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
@@ -230,6 +233,12 @@ class DefenseSpec(Spec):
     """sha256 of each source file of your own code that the spec names (the `python:` architecture's module and the
     plugin's), by module or path as written. Filled when the spec is read; a file that no longer matches is
     refused, so a changed model file is a different defense with another spec hash."""
+
+    @property
+    def self_certified(self) -> bool:
+        """Whether the certificates come from the defense's own code (a plugin) rather than from rsbench's
+        certifiers: such a defense is labelled so wherever its numbers appear and ranked apart."""
+        return self.kind == "plugin"
 
     @model_validator(mode="after")
     def _kind_fields(self) -> DefenseSpec:

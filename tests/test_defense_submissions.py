@@ -49,7 +49,7 @@ except OSError:
 
 
 QUICK_SUITE = {"evasion": {"l2": ("pgd-l2",)}, "degradation": {"l2": ("degradation-pgd", "degradation-adaptive")},
-               "spoofing": {"l2": ()}}
+               "spoofing": {"l2": ("shadow-1ch",)}}
 """A short suite for the shared verified copy: one attack per goal that the graph runs in rsbench's process."""
 
 
@@ -120,7 +120,7 @@ def test_the_aol_example_earns_its_tracks_and_check_derives_them_again(verified:
             assert [defense_tracks._differing(a.model_dump(), b.model_dump())
                     for a, b in zip(records[entry.name], again)] == [None] * len(again)
     checked = audit.check(root, "HEAD")
-    assert len(checked.new) == 3 and not checked.verification.refuted()
+    assert len(checked.new) == 4 and not checked.verification.refuted()
     with pytest.raises(RsbenchError, match="added by the trusted job"):
         audit.check(root, "HEAD", pull_request=True)
     site.render(root)
