@@ -1,6 +1,8 @@
 """Build a defense from its registry spec: weights -> architecture -> certifier of the spec's kind.
 
-A `plugin` spec names its certifier class in your own code (`implementation`), built with
+A spec with `architecture: onnx` names an ONNX graph, which `rsbench.graphs` checks and converts, and which
+rsbench's certifier of the spec's kind certifies (`load_graph`). A `plugin` spec names its certifier class in
+your own code (`implementation`), built with
 `CLASS.from_spec(spec, model)`; a spec with `memory` weights describes a defense built in Python
 and held by `rsbench.evaluate`, and a submitted defense served from its sandbox is held too
 (`rsbench.in_process`).

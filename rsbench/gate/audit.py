@@ -10,9 +10,10 @@ submission folder it names; a defense submission's entry a registry attack's spe
 the defense's folder, and records that running its attack again with its seeds reproduces
 (`defense_tracks.replay`); its records are one per attacked sample, with the dataset's labels, x and
 distances and the clean certificates of the track (recertified for a new track version); and every stored
-example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now. A track whose
-defense names code of its own is derived with that code served from its submission folder, in the
-sandbox (`defense_tracks.serving`), never in this process.
+example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now. A graph defense
+is derived with rsbench's own code on its graph; a track whose defense names code of its own (a
+self-certified plugin) is derived with that code served from its submission folder, in the sandbox
+(`defense_tracks.serving`), never in this process, and its certificates are audited again on its graph.
 `verify` re-judges a track's stored examples the same way, with a fresh seed or one to replay.
 """
 

@@ -11,9 +11,10 @@ named by its folder's path, and is no registry defense), that every file the spe
 folder and that the weights have their sha256; it runs no code. `recertify` certifies the first
 samples of each track as the track will and refuses a claimed accuracy outside the reproduced 95%
 Clopper-Pearson interval. `check_soundness` checks the certifier itself (`rsbench.submissions.soundness`). Both
-run the submission's code through `load_defense`: `rsbench.submissions.defense_tracks` runs them with the defense
-served from its sandbox (`rsbench.submissions.defense_server`), never in rsbench's own process. `located` finds
-the submission folder that holds a track's defense.
+load the defense through `load_defense`: a graph with rsbench's certifier in rsbench's process, where nothing of
+the submission runs; a self-certified plugin served from its sandbox (`rsbench.submissions.defense_server`) by
+`rsbench.submissions.defense_tracks`, its code never in rsbench's own process. `located` finds the submission
+folder that holds a track's defense.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """A submitted defense validated, attacked by the standard suite of each goal, and given its tracks.
 
-`validate` loads the folder (`defense_submissions.load`: schema, names, files, weights; no code
-runs) and, with the defense served from its sandbox (`defense_server.served`), certifies the
-track's samples again (claims outside their 95% intervals refused) and runs the soundness checks on
-noise drawn from the operating system. `verify` does the same, then runs `SUITE` on the standard
+`validate` loads the folder (`defense_submissions.load`: schema, names, files, the graph; no code
+runs) and, on the graph in rsbench's own process (a self-certified plugin's certifier served from its
+sandbox, `defense_server.served`), certifies the track's samples again (claims outside their 95%
+intervals refused) and runs the soundness checks on noise drawn from the operating system. `verify` does the same, then runs `SUITE` on the standard
 protocol of each track (`defense_submissions.track_protocols`) and adds `<goal>-<name>` v1 with one
 entry per attack, whose Source records the folder's content hash. Every attack runs here, in rsbench's
-process, against the served stand-in, on streams of a seed drawn for it; the examples it keeps are
+process, on the graph (or a self-certified plugin's stand-in), on streams of a seed drawn for it; the examples it keeps are
 then judged again (`rederive.rebuild`) on noise of a seed drawn after it finished, exactly as a
 submitted attack's are. Nothing is written before every track's entries are judged.
 
