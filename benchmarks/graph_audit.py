@@ -1,4 +1,4 @@
-"""What a defense given as an ONNX graph costs rsbench, per sample: aol-digits' graph against the PyTorch network it
+"""What a defense given as an ONNX graph costs rsbench, per sample: aol-digits-graph against the PyTorch network it
 was exported from.
 
 Loading checks the graph once (the ONNX checker, the op allow-list, onnx2torch, agreement with onnxruntime on 64
@@ -26,7 +26,7 @@ from rsbench.defenses.lipschitz_margin import LipschitzMargin, graph_lipschitz
 from rsbench.submissions import soundness
 from rsbench.submissions.defense_submissions import load
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits"
+EXAMPLE = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits-graph"
 
 
 def per_call(function: object, repeats: int) -> float:

@@ -69,7 +69,23 @@ def test_vnnlib_of_a_defense_it_cannot_state_is_refused_and_nothing_is_written(n
 
 
 def test_a_graph_defense_exports_its_verified_file_unchanged(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits"
+    example = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits-graph"
     spec = registry.get_defense(str(example))
     graphs.export_defense(spec, tmp_path / "model.onnx")
     assert (tmp_path / "model.onnx").read_bytes() == (example / "model.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["kw-digits-0.05", "crownibp-digits-0.10", "gloro-digits-0.25"])
+def test_a_registry_defense_given_as_its_graph_certifies_alike(name: str, tmp_path: Path) -> None:
+    """The export loaded back as a graph spec (`architecture: onnx`) of the same kind: rsbench's certifier on the
+    converted chain gives the registry defense's certificates."""
+    spec = registry.get_defense(name)
+    out = tmp_path / "model.onnx"
+    graphs.export_defense(spec, out)
+    graph_spec = spec.model_copy(update={"architecture": "onnx", "training": None, "weights": spec.weights.model_copy(
+        update={"source": "file", "filename": str(out), "sha256": hub.sha256_of(out)})})
+    ours, theirs = rsbench.load_defense(graph_spec), rsbench.load_defense(name)
+    x = rsbench.load_dataset("digits", "test").tensors[0][:10]
+    for image in x:
+        a, b = ours.certify(image), theirs.certify(image)
+        assert a.prediction == b.prediction and a.radius == pytest.approx(b.radius, abs=1e-5)

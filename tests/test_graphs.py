@@ -23,7 +23,7 @@ from rsbench.errors import RsbenchError
 from rsbench.layers import Normalize
 from rsbench.lipschitz import lipschitz_below, lipschitz_layers, operator_norm
 
-AOL = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits"
+AOL = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits-graph"
 
 
 def small_net() -> nn.Module:
@@ -179,7 +179,7 @@ def test_max_and_min_that_are_not_a_maxmin_pair_pay_their_due(tmp_path: Path) ->
 
 
 def test_the_example_graph_certifies_as_the_authors_code_did() -> None:
-    """rsbench's certificates of aol-digits' graph against its plugin's (margin / sqrt 2, trusting L <= 1): the same
+    """rsbench's certificates of the example's graph against its plugin's (margin / sqrt 2, trusting L <= 1): the same
     labels, radii larger by exactly 1 / L, since rsbench's L is the exact product of norms, 2.3e-5 below 1."""
     model, aol = aol_plugin()
     network = graphs.load(AOL / "model.onnx", (1, 8, 8), 10)

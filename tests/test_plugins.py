@@ -20,22 +20,8 @@ from rsbench.errors import RsbenchError
 from rsbench.goals import check_attack
 from rsbench.submissions import soundness
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits"
-
-
-@pytest.fixture(scope="module")
-def aol_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The AOL example as a plugin certifier: its authors' aol.py on their checkpoint, in a spec of its own (the
-    submission itself is the ONNX graph that rsbench certifies)."""
-    folder = tmp_path_factory.mktemp("aol-plugin")
-    code = EXAMPLE / "aol.py"
-    data = {"name": "aol-digits", "kind": "plugin", "implementation": f"{code}:AOLCertifier",
-            "dataset": {"name": "digits"}, "architecture": f"python:{code}:build",
-            "architecture_options": {"width": 128, "depth": 3}, "num_classes": 10, "norm": "l2", "epsilon": 0.25,
-            "weights": {"source": "file", "filename": str(EXAMPLE / "aol-digits.pt"),
-                        "sha256": "ffa9541af40c9506448ca2cd67354a7a1262d4bc5707241463bd2121cc6de6b8"}}
-    (folder / "aol-digits.yaml").write_text(yaml.safe_dump(data))
-    return str(folder / "aol-digits.yaml")
+AOL = str(Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits")
+"""The AOL example, named by its submission folder (submitted defenses are not registry defenses)."""
 
 
 def lines(out: Path) -> list[list]:
@@ -45,8 +31,8 @@ def lines(out: Path) -> list[list]:
 
 
 @pytest.fixture(scope="module")
-def aol(aol_spec: str) -> rsbench.defenses.Defense:
-    return load_defense(aol_spec)
+def aol() -> rsbench.defenses.Defense:
+    return load_defense(AOL)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +62,8 @@ class Doubled:
         return [Certificate(c.prediction, 2 * c.radius) for c in super().certify_many(xs, generators)]
 
 
-def test_the_soundness_check_passes_aol_and_names_the_point_that_breaks_a_doubled_radius(aol, samples,  # noqa: ANN001
-                                                                                         aol_spec: str) -> None:
-    spec = registry.get_defense(aol_spec)
+def test_the_soundness_check_passes_aol_and_names_the_point_that_breaks_a_doubled_radius(aol, samples) -> None:  # noqa: ANN001
+    spec = registry.get_defense(AOL)
     report = soundness.check(spec, aol, samples)
     assert report.tested == 5 and "no label changed" in report.detail
     unsound = type("DoubledAOL", (Doubled, type(aol)), {})(aol.model, 10, 0.25)
@@ -87,34 +72,32 @@ def test_the_soundness_check_passes_aol_and_names_the_point_that_breaks_a_double
         soundness.check(spec, unsound, samples)
 
 
-def test_aol_is_attacked_under_every_goal_and_built_in_python_gives_the_same_records(aol, tmp_path: Path,  # noqa: ANN001
-                                                                                    aol_spec: str) -> None:
+def test_aol_is_attacked_under_every_goal_and_built_in_python_gives_the_same_records(aol, tmp_path: Path) -> None:  # noqa: ANN001
     settings = {"num_samples": 3, "progress": False}
-    evasion = rsbench.evaluate(aol_spec, "pgd-l2", out=tmp_path / "evasion", **settings)
+    evasion = rsbench.evaluate(AOL, "pgd-l2", out=tmp_path / "evasion", **settings)
     robustness = evasion.metrics["robustness"]
     assert robustness["certified_broken"] == 0 and robustness["vra"]["value"] <= robustness["all"]["value"]
     built = rsbench.evaluate(type(aol)(aol.model, 10, 0.25), "pgd-l2", data="digits", out=tmp_path / "python",
                              **settings)
     assert built.defense.kind == "plugin" and built.defense.implementation.endswith(":AOLCertifier")
     assert [r[1:] for r in lines(tmp_path / "evasion")] == [r[1:] for r in lines(tmp_path / "python")]
-    degradation = rsbench.evaluate(aol_spec, "degradation-adaptive", out=tmp_path / "degradation", **settings)
+    degradation = rsbench.evaluate(AOL, "degradation-adaptive", out=tmp_path / "degradation", **settings)
     assert degradation.metrics["test_R"] == round(3 * robustness["vra"]["value"]) > 0  # the same certificates
     assert "degradation-adaptive" in degradation.metrics["attacks"]
     shadow = registry.get_attack("shadow-1ch").model_copy(update={"params": {"steps": 30, "one_channel": True}})
-    spoofing = rsbench.evaluate(aol_spec, shadow, out=tmp_path / "spoofing", num_samples=1, progress=False)
+    spoofing = rsbench.evaluate(AOL, shadow, out=tmp_path / "spoofing", num_samples=1, progress=False)
     row = spoofing.metrics["attacks"]["shadow-1ch"]
     assert row["attacked"] == 1 and spoofing.metrics["epsilon"] == 0.25
 
 
 def plugin_spec(tmp_path: Path, code: str) -> rsbench.specs.DefenseSpec:
     """aol-digits with its certifier replaced by the class `Plugin` of `code`, written beside a copy of its spec."""
-    spec = registry.get_defense(str(EXAMPLE))
+    spec = registry.get_defense(AOL)
     (tmp_path / "plugin.py").write_text(code)
     data = spec.model_dump(mode="json")
     data.update(name="plugged", implementation="./plugin.py:Plugin", code_sha256={},
-                architecture=f"python:{spec._folder / 'aol.py'}:build", architecture_options={"width": 128, "depth": 3},
-                kind="plugin", weights={"source": "file", "filename": str(spec._folder / "aol-digits.pt"),
-                                        "sha256": "ffa9541af40c9506448ca2cd67354a7a1262d4bc5707241463bd2121cc6de6b8"})
+                architecture=f"python:{spec._folder / 'aol.py'}:build",
+                weights={"source": "file", "filename": str(spec._folder / "aol-digits.pt"), "sha256": spec.weights.sha256})
     (tmp_path / "plugged.yaml").write_text(yaml.safe_dump(data))
     return registry.get_defense(str(tmp_path / "plugged.yaml"))
 
@@ -122,7 +105,7 @@ def plugin_spec(tmp_path: Path, code: str) -> rsbench.specs.DefenseSpec:
 def test_an_attack_needing_what_a_plugin_lacks_is_refused_in_one_line(tmp_path: Path) -> None:
     spec = plugin_spec(tmp_path, "from rsbench.defenses.base import Certificate, Defense\n"
                                  f"import importlib.util, sys\nspec = importlib.util.spec_from_file_location('a', "
-                                 f"{str(EXAMPLE / 'aol.py')!r})\n"
+                                 f"{str(registry.get_defense(AOL)._folder / 'aol.py')!r})\n"
                                  "aol = importlib.util.module_from_spec(spec); spec.loader.exec_module(aol)\n"
                                  "class Plugin(aol.AOLCertifier):\n    worst_case_margins = Defense.worst_case_margins\n")
     check_attack(registry.get_attack("pgd-l2"), spec)  # needs only the network

@@ -7,9 +7,8 @@ for the weights a checkpoint holds, trained or not. The logits z then move by at
 a difference z_j - z_i by at most sqrt(2) ||delta||: the top class is certified within
 (z_top - z_second) / sqrt(2).
 
-`build` is the network's code, which train.py trains and exports to model.onnx, the graph rsbench certifies
-(kind lipschitz) with its own code; none of this file runs there. `AOLCertifier` is the same certificate
-as a self-certified plugin (`kind: plugin`, `implementation: ./aol.py:AOLCertifier`) on that graph.
+This file is the whole submission's code: `build` is the model factory its spec names
+(`python:./aol.py:build`) and `AOLCertifier` the plugin certifier (`./aol.py:AOLCertifier`).
 """
 
 from __future__ import annotations
@@ -92,8 +91,7 @@ class AOLCertifier(Defense):
 
     @property
     def device(self) -> torch.device:
-        tensor = next(iter([*self.model.parameters(), *self.model.buffers()]), None)  # a converted graph: buffers only
-        return tensor.device if tensor is not None else torch.device("cpu")
+        return next(self.model.parameters()).device
 
     def to(self, device: torch.device | str) -> AOLCertifier:
         self.model.to(device)
