@@ -14,15 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_serializer, model_validator
 
 DatasetName = Literal["digits", "rgbdigits", "mnist", "cifar10", "imagenet", "tiny-imagenet", "tensors"]
 Norm = Literal["l2", "linf"]
@@ -43,8 +35,7 @@ inputs (degradation) or made to certify a wrong label (spoofing). A plugin is at
 its class meets (`rsbench.defenses.base.Defense`); the others are refused, one by one."""
 CODE_REFERENCE = r"^(?P<target>[^:\s]+):(?P<attr>[A-Za-z_]\w*)$"
 """`module.path:name` or `path/to/file.py:name`: code in the user's own files (a model factory, a plugin class)."""
-SELF_CERTIFIED = ("self-certified: its certificates come from its own code, audited by rsbench's attacks on its "
-                  "graph, not computed by rsbench")
+SELF_CERTIFIED = "self-certified: its certificates come from its own code, not from rsbench's certifiers"
 """The words that stand beside every number of a self-certified defense (`DefenseSpec.self_certified`)."""
 GRAPH = "onnx"
 """`architecture` of a defense given as an ONNX graph (`rsbench.graphs`): its weights file is the graph."""
@@ -205,9 +196,9 @@ class DefenseSpec(Spec):
     """Data the model was trained for and is evaluated on."""
     architecture: str
     """`onnx` for a defense given as an ONNX graph (its `weights` file, `.onnx`, run by rsbench's own code:
-    `rsbench.graphs`), an architecture name known to `rsbench.models`, `timm:NAME`, or `python:MODULE:FACTORY` for a model in your
-    own code: a dotted module on the Python path or a `.py` file (relative to the spec's folder), whose FACTORY is
-    called as `FACTORY(num_classes, **architecture_options)` and returns an `nn.Module`."""
+    `rsbench.graphs`), an architecture name known to `rsbench.models`, `timm:NAME`, or `python:MODULE:FACTORY` for a
+    model in your own code: a dotted module on the Python path or a `.py` file (relative to the spec's folder), whose
+    FACTORY is called as `FACTORY(num_classes, **architecture_options)` and returns an `nn.Module`."""
     architecture_options: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of a `python:` architecture's factory."""
     num_classes: int = Field(ge=2)
@@ -217,7 +208,7 @@ class DefenseSpec(Spec):
     sigma: float | None = Field(None, gt=0)
     """Gaussian noise level (smoothing only)."""
     epsilon: float | None = Field(None, gt=0)
-    """Radius the defense was built to certify (gloro, kw, crownibp)."""
+    """Radius the defense was built to certify (gloro, kw, crownibp, lipschitz)."""
     certify: CertifyDefaults = CertifyDefaults()
     """Default certification settings."""
     weights: WeightsRef
