@@ -21,12 +21,13 @@ Norm = Literal["l2", "linf"]
 Split = Literal["train", "test", "test-train", "test-eval"]
 """Dataset splits; `test-train` and `test-eval` halve MNIST's test set (`rsbench.data.TEST_HALVES`)."""
 Goal = Literal["evasion", "degradation", "spoofing"]
-DefenseKind = Literal["smoothing", "gloro", "kw", "crownibp", "plugin"]
+DefenseKind = Literal["smoothing", "gloro", "kw", "crownibp", "lipschitz", "plugin"]
 GOALS_BY_KIND: dict[str, tuple[Goal, ...]] = {
     "smoothing": ("evasion", "degradation", "spoofing"),
     "gloro": ("evasion", "degradation", "spoofing"),
     "kw": ("evasion", "degradation", "spoofing"),
     "crownibp": ("evasion", "degradation", "spoofing"),
+    "lipschitz": ("evasion", "degradation", "spoofing"),
     "plugin": ("evasion", "degradation", "spoofing"),
 }
 """Attack goals each kind of defense can be evaluated under: every certifier can be evaded, made to reject clean
@@ -34,6 +35,10 @@ inputs (degradation) or made to certify a wrong label (spoofing). A plugin is at
 its class meets (`rsbench.defenses.base.Defense`); the others are refused, one by one."""
 CODE_REFERENCE = r"^(?P<target>[^:\s]+):(?P<attr>[A-Za-z_]\w*)$"
 """`module.path:name` or `path/to/file.py:name`: code in the user's own files (a model factory, a plugin class)."""
+SELF_CERTIFIED = "self-certified: its certificates come from its own code, not from rsbench's certifiers"
+"""The words that stand beside every number of a self-certified defense (`DefenseSpec.self_certified`)."""
+GRAPH = "onnx"
+"""`architecture` of a defense given as an ONNX graph (`rsbench.graphs`): its weights file is the graph."""
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 STRICT_CONFIRMATION_GOALS: tuple[Goal, ...] = ("evasion", "degradation")
 """Goals whose smoothing runs confirm with the judge's bounds (`RunConfig.confirm_bounds`)."""
@@ -180,7 +185,9 @@ class DefenseSpec(Spec):
     name: str = Field(pattern=NAME_PATTERN)
     """Registry name, e.g. `smoothing-digits-0.50`."""
     kind: DefenseKind
-    """Certification method."""
+    """Certification method: rsbench's certifiers (`smoothing`, `gloro`, `kw`, `crownibp`, and `lipschitz`, the
+    Lipschitz-margin certificate of an ONNX graph whose Lipschitz bound rsbench computes), or `plugin`, a certifier
+    in your own code (self-certified)."""
     description: str = ""
     """One line for listings."""
     aliases: list[str] = Field(default_factory=list)
@@ -188,9 +195,10 @@ class DefenseSpec(Spec):
     dataset: DatasetSpec
     """Data the model was trained for and is evaluated on."""
     architecture: str
-    """Architecture name known to `rsbench.models`, `timm:NAME`, or `python:MODULE:FACTORY` for a model in your
-    own code: a dotted module on the Python path or a `.py` file (relative to the spec's folder), whose FACTORY is
-    called as `FACTORY(num_classes, **architecture_options)` and returns an `nn.Module`."""
+    """`onnx` for a defense given as an ONNX graph (its `weights` file, `.onnx`, run by rsbench's own code:
+    `rsbench.graphs`), an architecture name known to `rsbench.models`, `timm:NAME`, or `python:MODULE:FACTORY` for a
+    model in your own code: a dotted module on the Python path or a `.py` file (relative to the spec's folder), whose
+    FACTORY is called as `FACTORY(num_classes, **architecture_options)` and returns an `nn.Module`."""
     architecture_options: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of a `python:` architecture's factory."""
     num_classes: int = Field(ge=2)
@@ -200,7 +208,7 @@ class DefenseSpec(Spec):
     sigma: float | None = Field(None, gt=0)
     """Gaussian noise level (smoothing only)."""
     epsilon: float | None = Field(None, gt=0)
-    """Radius the defense was built to certify (gloro, kw, crownibp)."""
+    """Radius the defense was built to certify (gloro, kw, crownibp, lipschitz)."""
     certify: CertifyDefaults = CertifyDefaults()
     """Default certification settings."""
     weights: WeightsRef
@@ -217,6 +225,12 @@ class DefenseSpec(Spec):
     plugin's), by module or path as written. Filled when the spec is read; a file that no longer matches is
     refused, so a changed model file is a different defense with another spec hash."""
 
+    @property
+    def self_certified(self) -> bool:
+        """Whether the certificates come from the defense's own code (a plugin) rather than from rsbench's
+        certifiers: such a defense is labelled so wherever its numbers appear and ranked apart."""
+        return self.kind == "plugin"
+
     @model_validator(mode="after")
     def _kind_fields(self) -> DefenseSpec:
         if (self.kind == "plugin") != (self.implementation is not None):
@@ -231,7 +245,12 @@ class DefenseSpec(Spec):
             raise ValueError("kind 'smoothing' needs sigma")
         if self.kind == "smoothing" and self.norm != "l2":
             raise ValueError("kind 'smoothing' certifies the l2 norm, got norm " + self.norm)
-        if self.kind in ("gloro", "kw", "crownibp") and self.epsilon is None:
+        if self.kind == "lipschitz" and self.architecture != GRAPH:
+            raise ValueError("kind 'lipschitz' bounds the weights of an ONNX graph: it needs architecture 'onnx'")
+        if self.architecture == GRAPH and not self.weights.filename.endswith(".onnx"):
+            raise ValueError(f"architecture 'onnx' reads its weights file as the graph, a .onnx file; got "
+                             f"{self.weights.filename!r}")
+        if self.kind in ("gloro", "kw", "crownibp", "lipschitz") and self.epsilon is None:
             raise ValueError(f"kind {self.kind!r} needs epsilon")
         return self
 

@@ -147,7 +147,7 @@ class Attack(ABC):
     """
 
     Params: ClassVar[type[AttackParams]] = AttackParams
-    kinds: ClassVar[tuple[str, ...]] = ("smoothing", "gloro", "kw", "crownibp", "plugin")
+    kinds: ClassVar[tuple[str, ...]] = ("smoothing", "gloro", "kw", "crownibp", "lipschitz", "plugin")
     """Defense kinds the attack knows how to attack; the harness refuses the others with one line."""
     plugin_needs: ClassVar[tuple[str, ...]] = ()
     """Optional `Defense` methods a plugin must provide for this attack (e.g. `worst_case_margins`); a plugin

@@ -84,7 +84,7 @@ class BoundedPGD(Attack):
 
     Params = BudgetParams
     params: BudgetParams
-    kinds = ("gloro", "kw", "crownibp", "plugin")
+    kinds = ("gloro", "kw", "crownibp", "lipschitz", "plugin")
 
     def run(self, target: Target, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
         if target.epsilon is None:

@@ -122,7 +122,7 @@ class DegradationEpsPGD(_Degradation):
 
     name = "degradation-eps-pgd"
     budget_factor = 1.0
-    kinds = ("gloro", "kw", "crownibp", "plugin")
+    kinds = ("gloro", "kw", "crownibp", "lipschitz", "plugin")
 
 
 class DegradationSPGD(_Degradation):

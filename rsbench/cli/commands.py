@@ -300,6 +300,29 @@ def models_import(name: str, path: Path, replace: bool) -> None:
     click.echo(f"{spec.name}: {stored} (sha256 {sha256} pinned)")
 
 
+@models_group.command("export")
+@click.argument("name")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The ONNX file to write (smoothing: the base classifier's graph).")
+@click.option("--vnnlib", "vnnlib_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write one VNNLIB property per track sample at the defense's epsilon here (linf only).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Samples given a VNNLIB property (the first of the evaluation split, as the tracks take them).")
+def models_export(name: str, out: Path, vnnlib_dir: Path | None, num_samples: int) -> None:
+    """Write a defense's network as an ONNX graph (pixels in [0, 1] in, logits out) that external verifiers and
+    runtimes read, and, with --vnnlib, the VNN-COMP properties of its track's samples."""
+    from rsbench import graphs, registry
+
+    spec = registry.get_defense(name)
+    if vnnlib_dir is not None:
+        graphs.check_vnnlib(spec)  # before anything is written
+    graphs.export_defense(spec, out)
+    click.echo(f"{spec.name}: {out}")
+    if vnnlib_dir is not None:
+        written = graphs.export_vnnlib(spec, vnnlib_dir, num_samples)
+        click.echo(f"{spec.name}: {len(written)} VNNLIB properties in {vnnlib_dir}")
+
+
 @models_group.command("card")
 @click.argument("name")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,

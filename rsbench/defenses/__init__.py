@@ -1,6 +1,8 @@
 """Build a defense from its registry spec: weights -> architecture -> certifier of the spec's kind.
 
-A `plugin` spec names its certifier class in your own code (`implementation`), built with
+A spec with `architecture: onnx` names an ONNX graph, which `rsbench.graphs` checks and converts, and which
+rsbench's certifier of the spec's kind certifies (`load_graph`). A `plugin` spec names its certifier class in
+your own code (`implementation`), built with
 `CLASS.from_spec(spec, model)`; a spec with `memory` weights describes a defense built in Python
 and held by `rsbench.evaluate`, and a submitted defense served from its sandbox is held too
 (`rsbench.in_process`).
@@ -12,13 +14,14 @@ import torch
 
 from rsbench.defenses.base import Certificate, Defense, provides
 from rsbench.errors import RsbenchError
-from rsbench.specs import DefenseSpec
+from rsbench.specs import GRAPH, DefenseSpec
 
 BUILDERS = {
     "smoothing": "rsbench.defenses.smoothing:from_spec",
     "gloro": "rsbench.defenses.gloro:from_spec",
     "kw": "rsbench.defenses.kw:from_spec",
     "crownibp": "rsbench.defenses.crown_ibp:from_spec",
+    "lipschitz": "rsbench.defenses.lipschitz_margin:from_spec",
 }
 """Per kind, `module:function` turning (spec, loaded model) into a Defense; imported on use."""
 
@@ -32,13 +35,27 @@ def load_defense(defense: str | DefenseSpec, device: str | torch.device = "cpu")
 
     if spec.weights.source == "memory" or in_process.holds(spec):
         return in_process.held_defense(spec).to(device)
-    model = models.build_model(spec)
-    models.load_weights_into(model, hub.load_checkpoint(spec.weights, registry.folder_of(spec)))
+    if spec.architecture == GRAPH:
+        model = load_graph(spec)
+    else:
+        model = models.build_model(spec)
+        models.load_weights_into(model, hub.load_checkpoint(spec.weights, registry.folder_of(spec)))
     build = plugin_class(spec).from_spec if spec.kind == "plugin" else registry.resolve(BUILDERS[spec.kind])
     defense = build(spec, model)
     if not isinstance(defense, Defense):
         raise RsbenchError(f"{spec.implementation}.from_spec returned a {type(defense).__name__}, not a Defense")
     return defense.to(device)
+
+
+def load_graph(spec: DefenseSpec) -> torch.nn.Module:
+    """The checked, converted ONNX graph of a spec with `architecture: onnx` (`rsbench.graphs.load`); for the kinds
+    that read layers (GloRo, KW, CROWN-IBP), as their chain of layers."""
+    from rsbench import graphs, hub, registry
+    from rsbench.data import INPUT_SHAPES
+
+    path = hub.resolve_weights(spec.weights, registry.folder_of(spec))
+    network = graphs.load(path, INPUT_SHAPES[spec.dataset.name], spec.num_classes)
+    return graphs.as_sequential(network, spec.name) if spec.kind in ("gloro", "kw", "crownibp") else network
 
 
 def plugin_class(spec: DefenseSpec) -> type[Defense]:
@@ -56,4 +73,4 @@ def plugin_class(spec: DefenseSpec) -> type[Defense]:
     return cls
 
 
-__all__ = ["Certificate", "Defense", "load_defense", "plugin_class", "BUILDERS"]
+__all__ = ["BUILDERS", "Certificate", "Defense", "load_defense", "load_graph", "plugin_class"]

@@ -10,9 +10,10 @@ submission folder it names; a defense submission's entry a registry attack's spe
 the defense's folder, and records that running its attack again with its seeds reproduces
 (`defense_tracks.replay`); its records are one per attacked sample, with the dataset's labels, x and
 distances and the clean certificates of the track (recertified for a new track version); and every stored
-example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now. A track whose
-defense names code of its own is derived with that code served from its submission folder, in the
-sandbox (`defense_tracks.serving`), never in this process.
+example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now. A graph defense
+is derived with rsbench's own code on its graph; a track whose defense names code of its own (a
+self-certified plugin) is derived with that code served from its submission folder, in the sandbox
+(`defense_tracks.serving`), never in this process, and its certificates are audited again on its graph.
 `verify` re-judges a track's stored examples the same way, with a fresh seed or one to replay.
 """
 
@@ -48,7 +49,7 @@ from rsbench.leaderboard.track_files import (
 from rsbench.leaderboard.verdicts import upheld
 from rsbench.progress import each
 from rsbench.submissions import defense_tracks
-from rsbench.submissions.defense_submissions import located
+from rsbench.submissions.defense_submissions import check_soundness, located
 from rsbench.submissions.submission_spec import content_sha256
 
 
@@ -261,7 +262,8 @@ def check_source(where: str, board: Leaderboard, entry: Entry, submissions: Path
 
 def recertify(path: Path, board: Leaderboard) -> None:
     """A new track version's clean certificates, certified again with the protocol's seed: the same labels and
-    predictions, radii within `rederive.RADIUS_TOLERANCE` (another device may count a vote or two differently)."""
+    predictions, radii within `rederive.RADIUS_TOLERANCE` (another device may count a vote or two differently); a
+    self-certified defense's certificates then audited on its graph (`defense_submissions.check_soundness`)."""
     if not board.clean.path:
         return
     clean = stored_records(path.parent, board)[0]
@@ -275,6 +277,8 @@ def recertify(path: Path, board: Leaderboard) -> None:
         if (stored.label, stored.prediction, stored.correct) != (fresh.label, fresh.prediction, fresh.correct) or \
                 not math.isclose(stored.radius, fresh.radius, **rederive.RADIUS_TOLERANCE):
             raise RsbenchError(f"{path}: sample {stored.index}'s clean certificate is not what certifying it gives")
+    if board.defense.kind == "plugin":  # self-certified: its certificates are audited again, never taken
+        check_soundness(board.defense, samples=board.protocol.num_samples, seed=secrets.randbits(63))
 
 
 def rederive_entry(path: Path, board: Leaderboard, entry: Entry, seed: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from rsbench import metrics
 from rsbench.goals.degradation import certified
 from rsbench.leaderboard.track_files import Interval, Leaderboard, stored_records
 from rsbench.records import CertifiedPoint, SampleRecord
+from rsbench.specs import SELF_CERTIFIED
 
 Cell = Callable[[Interval], str]
 
@@ -138,22 +139,39 @@ def page(item: Profile, cell: Cell, head: str, script: str) -> str:
     tracks = "".join(f'<li><a href="{esc(t.slug)}.html">{esc(t.board.track)} v{t.board.version}</a> '
                      f"({len(t.board.entries)} entries)</li>" for t in item.tracks)
     p = ref.protocol
+    label = f'<p class="self-certified"><strong>{esc(SELF_CERTIFIED)}</strong></p>' if spec.self_certified else ""
+    heading = "certified accuracy (%, self-certified)" if spec.self_certified else "certified accuracy (%)"
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{esc(item.name)}</title>{head}</head><body>'
             f'<p><a href="defenses.html">all defenses</a> · <a href="index.html">all tracks</a></p>'
             f"<h1>{esc(item.name)}</h1><p>{esc(spec.description)}</p>"
             f"<p>{esc(spec.kind)}, {esc(spec.norm)}, {esc(settings)}; data {esc(spec.dataset.name)}; spec hash "
-            f"<code>{spec.spec_hash()[:12]}</code></p>"
+            f"<code>{spec.spec_hash()[:12]}</code></p>{label}"
             f"<h2>Clean and certified accuracy</h2><p>First {p.num_samples} {p.split} samples of "
             f'<a href="{esc(item.reference.slug)}.html">{esc(ref.track)}</a> (n0={p.n0}, n={p.n}, alpha={p.alpha:g}); '
             f"% with a 95% Clopper-Pearson interval.</p>"
-            f'<table id="certified"><tr><th>radius</th><th>certified accuracy (%)</th></tr>{curve}</table>'
+            f'<table id="certified"><tr><th>radius</th><th>{heading}</th></tr>{curve}</table>'
             f"<h2>Under attack</h2><p>Each goal's strongest entry, value [95% interval], on the newest version of its "
             f'track.</p><table id="headlines"><tr><th>headline</th><th>value</th><th>entry</th><th>track</th></tr>'
             f"{''.join(rows)}</table><h2>Tracks</h2><ul>{tracks}</ul>{script}</body></html>\n")
 
 
 def index(profiles: Sequence[Profile], cell: Cell, head: str, script: str) -> str:
-    """`defenses.html`: one row per defense, sortable on each number."""
+    """`defenses.html`: one row per defense, sortable on each number; self-certified defenses in a table of their
+    own, never ranked with those rsbench certifies."""
+    esc = html.escape
+    own = [p for p in profiles if p.reference.board.defense.self_certified]
+    tables = _table([p for p in profiles if p not in own], cell, "defenses")
+    if own:
+        tables += (f"<h2>Self-certified defenses</h2><p>{esc(SELF_CERTIFIED.capitalize())}; ranked apart from the "
+                   "defenses rsbench certifies.</p>" + _table(own, cell, "self-certified"))
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench defenses</title>{head}</head><body>'
+            f'<p><a href="index.html">all tracks</a></p><h1>Defenses</h1><p>Every defense with a track: its clean and '
+            "certified accuracy, and the headline of each goal from the strongest entry of its newest track. Click a "
+            f"column header to sort; a defense's name opens its profile.</p>{tables}{script}</body></html>\n")
+
+
+def _table(profiles: Sequence[Profile], cell: Cell, table_id: str) -> str:
+    """One sortable table of defenses, a row each."""
     esc = html.escape
     header = "".join(f"<th>{esc(h)}</th>" for h in ["defense", "kind", *COLUMNS.values()])
     rows = []
@@ -165,12 +183,8 @@ def index(profiles: Sequence[Profile], cell: Cell, head: str, script: str) -> st
             value = item.numbers.get(key, (NONE,))[0]
             cells.append(f'<td data-value="{"" if value.value is None else value.value}">{esc(cell(value))}</td>')
         rows.append(f'<tr data-defense="{esc(item.name)}">{"".join(cells)}</tr>')
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench defenses</title>{head}</head><body>'
-            f'<p><a href="index.html">all tracks</a></p><h1>Defenses</h1><p>Every defense with a track: its clean and '
-            "certified accuracy, and the headline of each goal from the strongest entry of its newest track. Click a "
-            "column header to sort; a defense's name opens its profile.</p>"
-            f'<table class="sortable" id="defenses"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody>'
-            f"</table>{script}</body></html>\n")
+    return (f'<table class="sortable" id="{table_id}"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody>'
+            "</table>")
 
 
 def write(site: Path, tracks: Sequence[Track], *, cell: Cell, head: str, script: str) -> list[Path]:

@@ -23,6 +23,7 @@ from rsbench.leaderboard.track_files import (
     stored_records,
     track_name,
 )
+from rsbench.specs import SELF_CERTIFIED
 
 LOWER_IS_BETTER = {"r50", "pct_cohen", "time_s", "total_time_s", "first_ratio_r50", "first_ratio_time",
                    "robust_accuracy", "l2_mean", "attack_error"}
@@ -107,7 +108,8 @@ def protocol_line(board: Leaderboard) -> str:
              if board.defense.kind == "smoothing" and p.goal != "spoofing" else "")
     certification = f"certification n0={p.n0}, n={p.n}, alpha={p.alpha:g}"
     split = f"{p.split} ({SPLIT_NOTES[p.split]})" if p.split in SPLIT_NOTES else p.split
-    return f"first {p.num_samples} {split} samples{eps}; {certification}{judge}; seed {p.seed}"
+    label = f"; {SELF_CERTIFIED}" if board.defense.self_certified else ""
+    return f"first {p.num_samples} {split} samples{eps}; {certification}{judge}; seed {p.seed}{label}"
 
 
 def verdict(ranking: Ranking) -> str:

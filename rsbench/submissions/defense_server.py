@@ -11,7 +11,10 @@ checkout) and holds a stand-in in this process (`rsbench.in_process`) that `load
 - a plugin: `RemotePlugin`, whose `certify`, `certify_many`, `predict` and, when the class provides
   it, `worst_case_margins` are requests, and whose `model` is a module forwarding to the child.
   `certified_at` (degradation's verdict) is what the interface defines it as, the certificate's
-  radius against epsilon, so it can never disagree with `certify`.
+  radius against epsilon, so it can never disagree with `certify`. A plugin whose network is an ONNX graph
+  (`architecture: onnx`) is self-certified and audited: `GraphPlugin` keeps only its certificates from the
+  child; its `model`, which attacks differentiate, is rsbench's conversion of the graph, and the child's network
+  must agree with it on every input it certifies.
 
 Gradients cross too: each forward is an autograd function whose backward asks the child for the
 vector-Jacobian product at the same input. Messages are a JSON header and raw tensor bytes
@@ -46,7 +49,7 @@ from torch import nn
 from rsbench import hub, in_process, user_code
 from rsbench.defenses.base import Certificate, Defense, check_input
 from rsbench.errors import RsbenchError
-from rsbench.specs import DefenseSpec
+from rsbench.specs import GRAPH, DefenseSpec
 from rsbench.submissions import sandbox
 from rsbench.submissions.submission_spec import IGNORED
 from rsbench.submissions.tensor_pipe import Pipe, states
@@ -213,6 +216,35 @@ class RemotePluginWithBound(RemotePlugin):
                              {"epsilon": float(epsilon)})
 
 
+class GraphPlugin(RemotePlugin):
+    """A self-certified plugin whose network is an ONNX graph: its certificates come from its sandbox, but `model`,
+    which every attack differentiates and the soundness check labels with, is rsbench's own conversion of the graph,
+    and the served network must give the graph's logits at every input it certifies."""
+
+    def __init__(self, link: Link, num_classes: int, norm: str, graph: nn.Module) -> None:
+        super().__init__(link, num_classes, norm)
+        self.served, self.model = self.model, graph
+
+    def certify_many(self, xs: Sequence[torch.Tensor],
+                     generators: Sequence[torch.Generator | None]) -> list[Certificate]:
+        from rsbench.graphs import TOLERANCE
+
+        for x in xs:
+            check_input(x)
+        batch = torch.stack(list(xs)).float()
+        with torch.no_grad():
+            served, own = self.served(batch), self.model(batch)
+        gap = float((served - own).abs().max())
+        if not gap <= TOLERANCE * max(1.0, float(own.abs().max())):
+            raise RsbenchError(f"{self.link.name}'s served network differs from its ONNX graph by {gap:.3g} in the "
+                               "logits of an input it certifies; refused")
+        return super().certify_many(xs, generators)
+
+
+class GraphPluginWithBound(GraphPlugin, RemotePluginWithBound):
+    """A self-certified plugin on a graph whose class provides `worst_case_margins`."""
+
+
 def needs_serving(spec: DefenseSpec) -> bool:
     """Whether the defense names code of its own (a `python:` architecture, a plugin), which runs only in a child."""
     return bool(user_code.references(spec))
@@ -248,7 +280,7 @@ def served(spec: DefenseSpec, folder: Path, *, timeout: float, isolated: bool = 
         link = Link(process, spec.name, time.monotonic() + timeout, stderr)
         try:
             info, _ = link.receive("loading its defense")
-            held = _stand_in(spec, link, info)
+            held = _stand_in(spec, link, info, checkpoint)
             with in_process.hold(spec, held), user_code.refused(f"which holds {spec.name}'s sandboxed stand-in"):
                 yield
         finally:
@@ -266,12 +298,13 @@ def _import_judging() -> None:
     from rsbench.goals import GOALS
 
     attacks = [spec.implementation for spec in registry.all_specs("attacks").values()]
-    for target in [*GOALS.values(), *BUILDERS.values(), *attacks]:
+    for target in [*GOALS.values(), *BUILDERS.values(), *attacks, "rsbench.graphs:load"]:
         importlib.import_module(target.partition(":")[0])
 
 
-def _stand_in(spec: DefenseSpec, link: Link, info: Any) -> in_process.Held:
-    """How this process builds the served defense for a spec (its run's certification settings), and its class."""
+def _stand_in(spec: DefenseSpec, link: Link, info: Any, checkpoint: Path) -> in_process.Held:
+    """How this process builds the served defense for a spec (its run's certification settings), and its class; a
+    plugin on an ONNX graph (`checkpoint`) gets rsbench's own conversion of it as its `model`."""
     if not isinstance(info, dict) or info.get("norm") != spec.norm or info.get("num_classes") != spec.num_classes:
         raise RsbenchError(f"{spec.name}'s process built a defense of another norm or number of classes than its "
                            "spec's; refused")
@@ -280,5 +313,12 @@ def _stand_in(spec: DefenseSpec, link: Link, info: Any) -> in_process.Held:
 
         module = RemoteModule(link, spec.num_classes)
         return in_process.Held(lambda s: from_spec(s, module), Smoothing)
+    if spec.architecture == GRAPH:
+        from rsbench import graphs
+        from rsbench.data import INPUT_SHAPES
+
+        graph = graphs.load(checkpoint, INPUT_SHAPES[spec.dataset.name], spec.num_classes)
+        on_graph = GraphPluginWithBound if info.get("bound") is True else GraphPlugin
+        return in_process.Held(lambda s: on_graph(link, spec.num_classes, spec.norm, graph), on_graph)
     cls = RemotePluginWithBound if info.get("bound") is True else RemotePlugin
     return in_process.Held(lambda s: cls(link, spec.num_classes, spec.norm), cls)

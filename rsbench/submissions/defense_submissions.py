@@ -1,7 +1,8 @@
 """Defense submissions: `submissions/defenses/<name>/` with `submission.yaml`, the model's code and (small) weights.
 
-`submission.yaml` holds the defense's spec (its code and `folder` weights in the submission's folder, or
-weights on the Hugging Face Hub at a pinned commit), the authors, the paper, the licence and, for each
+`submission.yaml` holds the defense's spec (its network an ONNX graph, `architecture: onnx`, in the submission's
+folder or on the Hugging Face Hub at a pinned commit, with one of rsbench's certifier kinds; or, self-certified, a
+plugin certifier in the folder whose network is that graph), the authors, the paper, the licence and, for each
 track the defense will get (`<goal>-<name>` for every goal its kind supports, under the standard
 protocol `track_protocols` gives), the clean and certified accuracies the authors measured there.
 
@@ -10,9 +11,10 @@ named by its folder's path, and is no registry defense), that every file the spe
 folder and that the weights have their sha256; it runs no code. `recertify` certifies the first
 samples of each track as the track will and refuses a claimed accuracy outside the reproduced 95%
 Clopper-Pearson interval. `check_soundness` checks the certifier itself (`rsbench.submissions.soundness`). Both
-run the submission's code through `load_defense`: `rsbench.submissions.defense_tracks` runs them with the defense
-served from its sandbox (`rsbench.submissions.defense_server`), never in rsbench's own process. `located` finds
-the submission folder that holds a track's defense.
+load the defense through `load_defense`: a graph with rsbench's certifier in rsbench's process, where nothing of
+the submission runs; a self-certified plugin served from its sandbox (`rsbench.submissions.defense_server`) by
+`rsbench.submissions.defense_tracks`, its code never in rsbench's own process. `located` finds the submission
+folder that holds a track's defense.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rsbench.data import load_dataset
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard.track_files import Protocol
 from rsbench.records import SampleRecord
-from rsbench.specs import GOALS_BY_KIND, DefenseSpec, Spec
+from rsbench.specs import GOALS_BY_KIND, GRAPH, DefenseSpec, Spec
 from rsbench.submissions import soundness
 from rsbench.submissions.defense_server import needs_serving
 from rsbench.submissions.submission_spec import Authored
@@ -97,9 +99,9 @@ def load(folder: Path) -> DefenseSubmission:
                            "would take; choose another")
     if spec.aliases:
         raise RsbenchError(f"{path}: a submitted defense answers to its folder's name only; remove its aliases")
-    if spec.kind in ("gloro", "kw") and needs_serving(spec):
-        raise RsbenchError(f"{path}: {spec.kind} certifies from the layers of its network, which rsbench reads in its "
-                           "own process, where submitted code never runs; submit the certifier as a plugin")
+    if spec.architecture != GRAPH:
+        raise RsbenchError(f"{path}: a submitted defense's network is an ONNX graph that rsbench runs with its own "
+                           f"code (architecture: onnx, weights: its .onnx file), not {spec.architecture!r}")
     check_files(spec, folder.resolve())
     tracks = track_protocols(spec)
     for track in submission.claims:

@@ -1,12 +1,12 @@
 """A submitted defense validated, attacked by the standard suite of each goal, and given its tracks.
 
-`validate` loads the folder (`defense_submissions.load`: schema, names, files, weights; no code
-runs) and, with the defense served from its sandbox (`defense_server.served`), certifies the
-track's samples again (claims outside their 95% intervals refused) and runs the soundness checks on
-noise drawn from the operating system. `verify` does the same, then runs `SUITE` on the standard
+`validate` loads the folder (`defense_submissions.load`: schema, names, files, the graph; no code
+runs) and, on the graph in rsbench's own process (a self-certified plugin's certifier served from its
+sandbox, `defense_server.served`), certifies the track's samples again (claims outside their 95%
+intervals refused) and runs the soundness checks on noise drawn from the operating system. `verify` does the same, then runs `SUITE` on the standard
 protocol of each track (`defense_submissions.track_protocols`) and adds `<goal>-<name>` v1 with one
 entry per attack, whose Source records the folder's content hash. Every attack runs here, in rsbench's
-process, against the served stand-in, on streams of a seed drawn for it; the examples it keeps are
+process, on the graph (or a self-certified plugin's stand-in), on streams of a seed drawn for it; the examples it keeps are
 then judged again (`rederive.rebuild`) on noise of a seed drawn after it finished, exactly as a
 submitted attack's are. Nothing is written before every track's entries are judged.
 
@@ -43,7 +43,7 @@ from rsbench.leaderboard.track_files import (
     jsonl,
 )
 from rsbench.records import SampleRecord
-from rsbench.specs import AttackSpec, DefenseSpec
+from rsbench.specs import GRAPH, AttackSpec, DefenseSpec
 from rsbench.submissions import sandbox, submission_run
 from rsbench.submissions.defense_server import needs_serving, served
 from rsbench.submissions.defense_submissions import (
@@ -159,8 +159,10 @@ def _checked(submission: DefenseSubmission, samples: int | None) -> tuple[list[s
     """With the defense served: the claims certified again and the soundness checks; lines, and each track's clean
     certificates."""
     spec = submission.defense
-    lines = [f"{spec.name}: schema, names, files and weights (sha256 {spec.weights.sha256[:12]}…) valid; its code "
-             "runs in its sandbox, rsbench's attacks and judge in their own process"]
+    how = ("an ONNX graph that rsbench certifies, attacks and judges in its own process; no submitted code runs"
+           if not needs_serving(spec) else "its code runs in its sandbox, rsbench's attacks and judge in their own "
+           "process" + (" on its ONNX graph; self-certified" if spec.architecture == GRAPH else ""))
+    lines = [f"{spec.name}: schema, names, files and weights (sha256 {spec.weights.sha256[:12]}…) valid; {how}"]
     claims, clean = recertify(submission, samples=samples)
     count = samples or TRACK_PROTOCOL["num_samples"]
     seed = secrets.randbits(63)
