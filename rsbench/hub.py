@@ -150,7 +150,7 @@ def resolve_weights(ref: WeightsRef, folder: Path | None = None) -> Path:
         )
     actual = sha256_of(path)
     if actual != expected:
-        raise RsbenchError(f"checksum mismatch for {path}: expected sha256 {expected[:12]}…, got {actual[:12]}…")
+        raise RsbenchError(f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}")
     return path
 
 

@@ -56,9 +56,10 @@ def test_served_from_the_cache_when_offline(offline_cache: Path, tmp_path: Path)
 
 
 def test_checksum_mismatch_in_the_cache_is_refused(offline_cache: Path, tmp_path: Path) -> None:
-    populate_cache(offline_cache, saved_state(tmp_path))
-    with pytest.raises(RsbenchError, match="checksum mismatch"):
+    cached = populate_cache(offline_cache, saved_state(tmp_path))
+    with pytest.raises(RsbenchError, match="checksum mismatch") as error:
         hub.load_checkpoint(hub_ref("f" * 64))
+    assert str(error.value).endswith(f"expected sha256 {'f' * 64}, got {hub.sha256_of(cached)}")  # both in full
 
 
 def test_missing_offline_says_what_to_do(offline_cache: Path) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from rsbench.cli.leaderboards import leaderboard_group, submission_group
-from rsbench.cli.options import DEVICE, attack_options, certification_options, sampling_options
+from rsbench.cli.options import DEFENSE, DEVICE, attack_options, certification_options, sampling_options
 from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def cli(quiet: bool) -> None:
 
 
 @cli.command()
-@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@DEFENSE
 @click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="Certify the first K samples of the test split.")
 @certification_options
@@ -91,7 +91,7 @@ def format_certified_table(result: RunResult) -> str:
 
 
 @cli.command()
-@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@DEFENSE
 @click.option("--attack", "attacks", required=True, multiple=True,
               help="Attack name; repeat to run several on the same samples (e.g. --attack caa --attack pgd). "
                    "All attacks of a run share one goal (evasion, degradation or spoofing).")
@@ -135,6 +135,7 @@ def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_bat
     out = out or rundir.default_path(config)
     result = engine.evaluate(spec, attack_specs, config, out, torch_device, save_examples=save_examples,
                              images_per_batch=images_per_batch, backend=backend, address=address)
+    click.echo(engine.format_headline(result) + "\n")
     click.echo(engine.format_table(result))
     click.echo("\nWith 95% bootstrap intervals over samples, as the leaderboards report them:")
     click.echo(track_table.run_table(out, leaderboards))
@@ -176,7 +177,7 @@ def sweep(defense_pattern: str, attack_pattern: str, device: str, root: Path, **
 
 
 @cli.command("degradation-curve")
-@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@DEFENSE
 @click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="Certify the first K samples of the test split.")
 @certification_options

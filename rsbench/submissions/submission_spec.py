@@ -108,7 +108,7 @@ def load_submission(folder: Path, *, claims: bool = True) -> Submission:
     except OSError as error:
         raise RsbenchError(f"{path}: cannot read ({error.strerror})") from None
     except (yaml.YAMLError, ValidationError) as error:
-        detail = registry.format_validation_error(error) if isinstance(error, ValidationError) else error
+        detail = registry.format_validation_error(error, Submission) if isinstance(error, ValidationError) else error
         raise RsbenchError(f"{path}: {detail}") from None
     if submission.attack.name != submission.name or folder.resolve().name != submission.name:
         raise RsbenchError(f"{path}: the folder, the submission and its attack must share one name")
