@@ -265,7 +265,7 @@ def registry_schema(model: str) -> None:
 
 @cli.group("models")
 def models_group() -> None:
-    """Fetch and inspect model weights."""
+    """Fetch, inspect and publish model weights."""
 
 
 @models_group.command("pull")
@@ -299,6 +299,30 @@ def models_import(name: str, path: Path, replace: bool) -> None:
     spec = registry.get_defense(name)
     stored, sha256 = release.import_weights(spec, path, replace=replace)
     click.echo(f"{spec.name}: {stored} (sha256 {sha256} pinned)")
+
+
+@models_group.command("push")
+@click.argument("name")
+@click.option("--repo", "repo_id", required=True, help="Hub repository OWNER/NAME to publish to (created when absent).")
+@click.option("--card", type=click.Path(path_type=Path), default=None,
+              help="The model card to publish as README.md [model-cards/NAME/README.md, as `rsbench models card` "
+                   "writes it].")
+@click.option("--no-card", is_flag=True, help="Publish the weights alone.")
+def models_push(name: str, repo_id: str, card: Path | None, no_card: bool) -> None:
+    """Publish a defense's weights and its model card to the Hugging Face Hub in one commit, then print the spec's
+    `weights:` lines that pull them back pinned (the commit and the sha256).
+
+    Uses the Hub client's settings: a write token (`HF_TOKEN` or `huggingface-cli login`) and `HF_ENDPOINT`.
+    """
+    import yaml
+
+    from rsbench import hub, registry
+
+    spec = registry.get_defense(name)
+    card = None if no_card else card or Path("model-cards") / spec.name / "README.md"
+    ref = hub.push(spec.weights, registry.folder_of(spec), repo_id, card)
+    click.echo(f"{spec.name}: pushed to {repo_id} at commit {ref.revision}; in its spec:")
+    click.echo(yaml.safe_dump({"weights": ref.model_dump(mode="json", exclude_none=True)}, sort_keys=False).rstrip())
 
 
 @models_group.command("card")
