@@ -176,6 +176,10 @@ def submission_measure(folder: Path, tracks: tuple[str, ...], samples: int | Non
     """Run each track's protocol on an attack submission, in the sandbox and judged by rsbench exactly as verify
     does, and print the claims block (with 95% intervals as comments) to paste into its submission.yaml.
 
+    A defense (submissions/defenses/NAME): certify each of its tracks' samples as the track will, its code served
+    from the sandbox, and print its claims block (clean and certified accuracy, in %, at the radii it already
+    claims, else epsilon and 2 epsilon; smoothing: sigma / 2 and sigma).
+
     Adds nothing to any leaderboard."""
     from rsbench.submissions import attack_submissions
 

@@ -28,7 +28,7 @@ from rsbench.leaderboard.scoring import entry_metrics
 from rsbench.leaderboard.track_files import Leaderboard, Protocol, Source
 from rsbench.progress import each
 from rsbench.records import SampleRecord
-from rsbench.submissions import claims, defense_submissions, defense_tracks, sandbox, submission_run
+from rsbench.submissions import claims, defense_claims, defense_submissions, defense_tracks, sandbox, submission_run
 from rsbench.submissions.submission_spec import (
     Submission,
     check_track,
@@ -150,10 +150,13 @@ def reproduce(folder: Path, submission: Submission, root: Path, track: str, time
 def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float = 1800, samples: int | None = None,
             isolated: bool = True) -> str:
     """Run each track's protocol (by default the claimed tracks'; its first `samples` only, when fewer) as `verify`
-    does and return the `claims:` block of what rsbench judged, to paste into submission.yaml. Adds nothing."""
+    does and return the `claims:` block of what rsbench judged, to paste into submission.yaml. Adds nothing. A
+    defense's folder: `defense_claims.measure`, the accuracies it claims on its own tracks."""
     if defense_submissions.is_defense(folder):
-        raise RsbenchError(f"{folder} holds a defense: measure runs an attack's folder (a defense's claimed "
-                           "accuracies are certified again by submission validate)")
+        if tracks:
+            raise RsbenchError(f"{folder} holds a defense, which claims its own tracks (evasion-, degradation- and "
+                               "spoofing-NAME): leave out --track")
+        return defense_claims.measure(folder, timeout, samples, isolated)
     submission = load_submission(folder, claims=False)
     tracks = list(dict.fromkeys(tracks or submission.claims))
     if not tracks:
