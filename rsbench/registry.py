@@ -16,9 +16,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml

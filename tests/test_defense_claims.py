@@ -3,6 +3,7 @@ shipped aol-digits example, exactly the claims it carries."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -44,3 +45,33 @@ def test_measure_of_a_few_samples_says_it_is_not_the_protocol_and_takes_no_track
                                                            ("evasion", "degradation", "spoofing")}
     refused = CliRunner().invoke(cli, ["submission", "measure", str(EXAMPLE), "--track", "evasion-aol-digits"])
     assert refused.exit_code == 2 and "leave out --track" in refused.output
+
+
+def test_a_trial_verify_reports_each_attack_as_it_ends_and_resumes_on_the_seeds_it_drew(
+        sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the trial's runs/ lies here
+    command = ["submission", "verify", str(EXAMPLE), "--dry-run", "--samples", "1", "--root", str(tmp_path / "lb")]
+    first = CliRunner().invoke(cli, command)
+    assert first.exit_code == 0, first.output
+    lines = first.output.splitlines()
+    reported = [line for line in lines if line.startswith("evasion-aol-digits: pgd-l2 success ")]
+    assert len(reported) == 2 and reported[1] == reported[0] + "; dry run, nothing added"
+    assert lines.index(reported[0]) < lines.index(reported[1])  # printed once it ended, then in the summary
+    trials = list((tmp_path / "runs").glob("verify-aol-digits-*"))
+    assert len(trials) == 1
+    seeds = {p.relative_to(trials[0]): p.read_text() for p in trials[0].rglob("*.seed")}
+    assert len(seeds) >= 5  # pgd-l2, three degradation attacks, shadow-1ch
+    runs = {p.relative_to(trials[0]): p.read_text() for p in trials[0].rglob("samples.jsonl")}
+    interrupted = next(p for p in trials[0].rglob("samples.jsonl") if "degradation-pgd-" in str(p))
+    interrupted.write_text("")  # as if Ctrl-C had stopped that attack before its record
+    again = CliRunner().invoke(cli, command)
+    assert again.exit_code == 0, again.output
+    assert {p.relative_to(trials[0]): p.read_text() for p in trials[0].rglob("*.seed")} == seeds
+
+    def without_times(text: str) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if "time" not in k} for line in text.splitlines()]
+
+    resumed = {p.relative_to(trials[0]): p.read_text() for p in trials[0].rglob("samples.jsonl")}
+    assert resumed.keys() == runs.keys()
+    assert all(without_times(resumed[k]) == without_times(runs[k]) for k in runs)
+    assert again.output.splitlines()[-3:] == first.output.splitlines()[-3:]  # the same headlines per track

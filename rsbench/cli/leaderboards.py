@@ -202,8 +202,11 @@ def submission_verify(folder: Path, timeout: float, samples: int | None, dry_run
 
     A defense (submissions/defenses/NAME): validate it, then run the standard attack suite of each goal its kind
     supports on the standard protocol against its sandboxed code, judge here, and add the tracks
-    evasion-NAME, degradation-NAME and spoofing-NAME."""
+    evasion-NAME, degradation-NAME and spoofing-NAME. Each attack's headline is printed as it finishes; a trial
+    that adds nothing (--dry-run, --samples, --unsandboxed) keeps its runs in runs/verify-NAME-... and resumes
+    them when run again (after Ctrl-C, say)."""
     from rsbench.submissions import attack_submissions
 
-    for line in attack_submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed):
+    for line in attack_submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed,
+                                          report=click.echo):
         click.echo(line)

@@ -13,7 +13,7 @@ defense (`submissions/defenses/<name>/`) is validated and verified by `rsbench.s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,17 +176,18 @@ def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float
 
 
 def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None = None, *, dry_run: bool = False,
-           isolated: bool = True) -> list[str]:
+           isolated: bool = True, report: Callable[[str], None] | None = None) -> list[str]:
     """Run every claimed track's protocol, judge the examples, compare with the claims, add the entries.
 
     With `samples` (K), only the first K samples of each track are run, for tracks too large to re-run
     in CI: the claims are checked against the intervals of that subset, and no entry is added. With
     `dry_run`, the whole track is run and checked and the entry it would add is shown, not added.
     Unsandboxed runs (`isolated=False`, a local trial) never add entries either. A defense's folder:
-    `defense_tracks.verify`, which adds the defense's tracks.
+    `defense_tracks.verify`, which adds the defense's tracks and tells `report` each attack's headline as it ends.
     """
     if defense_submissions.is_defense(folder):
-        return defense_tracks.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=isolated)
+        return defense_tracks.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=isolated,
+                                     report=report)
     submission = load_submission(folder)
     claims.check(folder, submission, root)
     sandbox.require(isolated)

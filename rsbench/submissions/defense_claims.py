@@ -16,7 +16,12 @@ from rsbench.errors import RsbenchError
 from rsbench.records import CertifiedPoint, SampleRecord
 from rsbench.specs import DefenseSpec
 from rsbench.submissions import sandbox
-from rsbench.submissions.defense_submissions import TRACK_PROTOCOL, certificates, check_files, track_protocols
+from rsbench.submissions.defense_submissions import (
+    TRACK_PROTOCOL,
+    certificates,
+    check_files,
+    track_protocols,
+)
 from rsbench.submissions.defense_tracks import serving
 
 
@@ -50,8 +55,8 @@ def measure(folder: Path, timeout: float = 1800, samples: int | None = None, iso
             if key not in runs:
                 runs[key] = certificates(spec, protocol)
     count = samples or TRACK_PROTOCOL["num_samples"]
-    lines = [f"# {spec.name}: measured by rsbench submission measure (certified as each track will, its code served "
-             "from its sandbox); paste into submission.yaml"]
+    lines = [(f"# {spec.name}: measured by rsbench submission measure (certified as each track will, its code "
+              "served from its sandbox); paste into submission.yaml")]
     if samples is not None and samples < TRACK_PROTOCOL["num_samples"]:
         lines.append(f"# NOT the tracks' protocol: their first {samples} of {TRACK_PROTOCOL['num_samples']} samples; "
                      "submission validate certifies them all, and these values may lie outside its intervals")
@@ -61,10 +66,11 @@ def measure(folder: Path, timeout: float = 1800, samples: int | None = None, iso
         clean = metrics.certified_accuracy(records, 0.0)
         points = [metrics.certified_accuracy(records, r) for r in radii(spec, claimed.get(track))]
         settings = f", n0={protocol.n0}, n={protocol.n}, alpha={protocol.alpha:g}" if spec.kind == "smoothing" else ""
+        certified = ", ".join(f"{p.radius:g}: {_percent(p.accuracy)}" for p in points)
+        intervals = "; ".join(f"{p.radius:g}: [{_interval(p)}]" for p in points)
         lines += [f"  {track}:  # first {count} {protocol.split} samples{settings}",
                   f"    clean_accuracy: {_percent(clean.accuracy)}  # 95% [{_interval(clean)}]",
-                  "    certified_accuracy: {" + ", ".join(f"{p.radius:g}: {_percent(p.accuracy)}" for p in points)
-                  + "}  # " + "; ".join(f"{p.radius:g}: [{_interval(p)}]" for p in points)]
+                  f"    certified_accuracy: {{{certified}}}  # {intervals}"]
     return "\n".join(lines)
 
 
