@@ -15,8 +15,8 @@ object lives (one worker).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from torch.utils.data import TensorDataset
 
 from rsbench import engine, in_process, models, registry, requirements, rundir, runner
-from rsbench.defenses import smoothing
+from rsbench.defenses import checked_while, smoothing
 from rsbench.defenses.base import Defense
 from rsbench.defenses.gloro import GloRo
 from rsbench.defenses.kw import KW
@@ -74,7 +74,7 @@ def evaluate(
             raise RsbenchError("a defense built in Python runs in the process holding it: use workers=1, or register "
                                "it (a spec with pinned weights) to run several workers")
         spec, held, tensors = describe(defense, data, name)
-        holding = in_process.hold(spec, held, tensors)
+        holding = held_for_run(spec, held, tensors, defense)
     else:
         spec = registry.get_defense(defense) if isinstance(defense, str) else registry.pin_code(defense)
         if data is not None and data != spec.dataset.name:
@@ -91,6 +91,14 @@ def evaluate(
     with holding:
         return engine.evaluate(spec, attack_specs, config, path, runner.resolve_device(device),
                                save_examples=save_examples, progress=progress)
+
+
+@contextmanager
+def held_for_run(spec: DefenseSpec, held: in_process.Held, tensors: TensorDataset | None,
+                 defense: Defense) -> Iterator[None]:
+    """The defense (and tensors) held for the run, its network's answers checked while it runs and no longer."""
+    with in_process.hold(spec, held, tensors), checked_while(defense):
+        yield
 
 
 def describe(defense: Defense, data: Data, name: str | None = None) -> tuple[DefenseSpec, in_process.Held,

@@ -389,3 +389,9 @@ def summarize(
 def format_table(result: RunResult) -> str:
     """The run's table, in its goal's layout."""
     return goal_of(result.attacks).format_table(result)
+
+
+def format_headline(result: RunResult) -> str:
+    """One line per attack with the goal's first numbers (evasion of smoothing: success and r50 beside the median
+    certified radius), which `evaluate` prints before its tables."""
+    return "\n".join(goal_of(result.attacks).headline(result))

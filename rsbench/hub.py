@@ -5,7 +5,9 @@ checkpoints are read with `torch.load(weights_only=True)`, so a tampered or
 truncated download is refused rather than executed or half-loaded. Hub files are
 pinned to a commit; with `HF_HUB_OFFLINE=1` they are served from the local cache.
 Releases without a published checksum (`source: import`) are pinned on this machine:
-`rsbench models import` records their sha256 in the weights cache's `pins.json`.
+`rsbench models import` records their sha256 in the weights cache's `pins.json`. The other way,
+`push` publishes a defense's weights and model card in one Hub commit and returns the reference that
+pulls them back pinned to it.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def resolve_weights(ref: WeightsRef, folder: Path | None = None) -> Path:
         )
     actual = sha256_of(path)
     if actual != expected:
-        raise RsbenchError(f"checksum mismatch for {path}: expected sha256 {expected[:12]}…, got {actual[:12]}…")
+        raise RsbenchError(f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}")
     return path
 
 
@@ -161,3 +163,26 @@ def load_checkpoint(ref: WeightsRef, folder: Path | None = None) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise RsbenchError(f"cannot read weights {path}: {error}") from None
+
+
+def push(ref: WeightsRef, folder: Path | None, repo_id: str, card: Path | None) -> WeightsRef:
+    """Publish a defense's verified weights file (and its model card as README.md) in one commit to the Hub
+    repository `repo_id` (created when absent; `HF_ENDPOINT` and `HF_TOKEN` apply as in the Hub client), and return
+    the reference that pulls them back pinned: the commit they landed in and their sha256."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    path = resolve_weights(ref, folder)
+    if card is not None and not card.is_file():
+        raise RsbenchError(f"no model card at {card}: write one with `rsbench models card` (or pass --card)")
+    filename = PurePosixPath(ref.filename).name
+    operations = [CommitOperationAdd(path_in_repo=filename, path_or_fileobj=str(path))]
+    if card is not None:
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card)))
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=f"rsbench: {filename}"
+                                   + (" and its model card" if card is not None else ""))
+    except Exception as error:  # the hub client raises many types for a bad token, repository or network
+        raise RsbenchError(f"cannot push {filename} to {repo_id}: {_first_line(error)}") from None
+    return WeightsRef(source="hf", repo_id=repo_id, filename=filename, revision=commit.oid, sha256=sha256_of(path))

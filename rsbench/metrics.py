@@ -63,6 +63,12 @@ def best_radius_by_sample(records: Sequence[AttackRecord]) -> dict[int, float]:
     return best
 
 
+def median_certified_radius(records: Sequence[AttackRecord]) -> float | None:
+    """Median clean certified radius of the attacked samples (each sample once), under the run's judge settings."""
+    bound = {r.index: r.cohen_radius for r in records}
+    return _median(list(bound.values()))
+
+
 def attack_summary(records: Sequence[AttackRecord], attack: str) -> AttackSummary:
     """Table 1's metrics of one attack, comparing it with every other attack in `records`."""
     mine = [r for r in records if r.attack == attack]

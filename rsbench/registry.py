@@ -16,9 +16,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -40,12 +41,34 @@ def registry_dirs() -> list[Path]:
     return [*extra, builtin]
 
 
-def format_validation_error(error: ValidationError) -> str:
-    """One line: the first failing field and why."""
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """"; did you mean a, b?" naming the known names closest to a misspelt one, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def format_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line: the first failing field and why; an unknown field of `model` (or of a model nested in it) with the
+    fields it may have meant."""
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "(top level)"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"field '{field}': {first['msg']}{more}"
+    hint = ""
+    if first["type"] == "extra_forbidden" and model is not None and first["loc"]:
+        hint = did_you_mean(str(first["loc"][-1]), _fields_at(model, first["loc"][:-1]))
+    return f"field '{field}': {first['msg']}{hint}{more}"
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """The fields of the model found at `loc` inside `model` (following fields whose type is a model), else none."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        inner = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and
+                 issubclass(t, BaseModel)] if field is not None else []
+        if not inner:
+            return []
+        model = inner[0]
+    return list(model.model_fields)
 
 
 def read_yaml(path: Path) -> Any:
@@ -77,7 +100,7 @@ def parse_spec(path: Path, spec_type: type[SpecT], key: str | None = None) -> Sp
         spec = spec_type.model_validate(data)
     except ValidationError as error:
         where = f"{key}." if key else ""
-        raise RsbenchError(f"{path}: {where}{format_validation_error(error)}") from None
+        raise RsbenchError(f"{path}: {where}{format_validation_error(error, spec_type)}") from None
     if isinstance(spec, DefenseSpec):
         try:
             spec = pin_code(spec, path.parent.resolve())
@@ -166,8 +189,7 @@ def _lookup(kind: Kind, name: str) -> Any:
             return spec
     if name in broken:
         raise RsbenchError(f"{kind[:-1]} {name!r} is broken: {broken[name]}")
-    close = difflib.get_close_matches(name, names(kind), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(specs)) or 'none'}"
+    hint = did_you_mean(name, names(kind)) or f"; known: {', '.join(sorted(specs)) or 'none'}"
     raise RsbenchError(f"unknown {kind[:-1]} {name!r}{hint}")
 
 
@@ -196,9 +218,7 @@ def find(name: str) -> DefenseSpec | AttackSpec:
         return get_defense(name)
     if name in names("attacks"):
         return get_attack(name)
-    close = difflib.get_close_matches(name, names("defenses") + names("attacks"), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise RsbenchError(f"unknown defense or attack {name!r}{hint}")
+    raise RsbenchError(f"unknown defense or attack {name!r}{did_you_mean(name, names('defenses') + names('attacks'))}")
 
 
 def resolve(implementation: str) -> Any:
@@ -216,4 +236,4 @@ def attack_params(spec: AttackSpec) -> BaseModel:
     try:
         return cls.Params.model_validate(spec.params)
     except ValidationError as error:
-        raise RsbenchError(f"attack {spec.name!r}: params {format_validation_error(error)}") from None
+        raise RsbenchError(f"attack {spec.name!r}: params {format_validation_error(error, cls.Params)}") from None

@@ -88,3 +88,11 @@ def test_bad_input_is_one_line_and_non_zero(args: list[str], message: str) -> No
 def test_models_pull_verifies_packaged_weights() -> None:
     result = invoke("models", "pull", "smoothing-digits-0.25")
     assert result.exit_code == 0 and "sha256 verified" in result.output
+
+
+@pytest.mark.parametrize("command", ["certify", "evaluate", "degradation-curve"])
+def test_defense_help_names_every_form_it_takes(command: str) -> None:
+    done = CliRunner().invoke(cli, [command, "--help"])
+    text = " ".join(done.output.split())
+    assert done.exit_code == 0 and "a registry name or alias" in text
+    assert "the path of a defense spec's YAML file" in text and "a defense submission's folder" in text

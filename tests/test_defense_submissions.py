@@ -177,6 +177,7 @@ def test_a_dry_run_runs_the_suite_and_adds_nothing(verified: tuple[Path, list[st
     """On a checkout whose tracks are complete, a dry run still runs the suite (here one attack per goal, to be quick)
     and shows its numbers; nothing under the leaderboards changes."""
     repo = copy_of(verified, tmp_path)
+    monkeypatch.chdir(tmp_path)  # where the trial keeps its runs (runs/verify-aol-digits-...)
     monkeypatch.setitem(defense_submissions.TRACK_PROTOCOL, "num_samples", 1)
     monkeypatch.setattr(defense_tracks, "SUITE", {"evasion": {"l2": ("pgd-l2",)},
                                                   "degradation": {"l2": ("degradation-pgd",)}, "spoofing": {"l2": ()}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +178,21 @@ def test_cli_prints_table_1(user_registry: None, tmp_path: Path) -> None:
     assert "judge N=400, alpha=0.005, confirmation on 4000 fresh copies" in result.output
     assert "Confirmed" in result.output and "the paper's ratios" in result.output
     assert (tmp_path / "cli" / "result.json").exists()
+    opening = result.output.index("caa-direct-small: success ")
+    assert "beside the median certified radius" in result.output and opening < result.output.index("Smallest attack")
+
+
+def test_evaluate_opens_with_success_and_r50_beside_the_median_certified_radius(reference: tuple[Path, object]) -> None:
+    out, result = reference
+    median = statistics.median({r["index"]: r["cohen_radius"] for r in records(out)}.values())
+    assert result.metrics["median_certified_radius"] == pytest.approx(median)
+    lines = engine.format_headline(result).splitlines()
+    assert len(lines) == len(SMALL_ATTACKS)
+    for name, line in zip(SMALL_ATTACKS, lines):
+        row = result.metrics["attacks"][name]
+        assert line.startswith(f"{name}: success {row['success']:.0f}% of {row['attacked']} attacked, r50 "
+                               f"{row['r50']:.2f} beside the median certified radius {median:.2f} (the smallest "
+                               f"examples lie a median {row['pct_cohen']:.0f}% beyond their certificates)")
 
 
 def test_cli_rejects_an_unknown_attack_in_one_line(tmp_path: Path) -> None:

@@ -94,6 +94,10 @@ def test_degradation_of_smoothing_counts_only_confident_rejections_that_fresh_ce
     m = result.metrics
     for name in ("degradation-pgd-quick", "degradation-adaptive-quick"):
         assert m["attacks"][name]["fpr_lower"]["value"] <= m["fpr_upper"]["value"] + 1e-12
+    assert engine.format_headline(result).splitlines() == [
+        f"{name}: degraded {100 * m['attacks'][name]['fpr_lower']['value']:.1f}% of the {m['test_R']} inputs "
+        f"certified at epsilon 0.25 (FPR lower bound; upper bound {100 * m['fpr_upper']['value']:.1f}%)"
+        for name in ("degradation-pgd-quick", "degradation-adaptive-quick")]
     records = rows(tmp_path)
     assert all(r["judged"] or not r["success"] for r in records)  # a success was first judged in the loop
     fresh = load_defense(registry.get_defense("smoothing-digits-0.25").model_copy(
@@ -127,6 +131,9 @@ def test_evasion_of_deterministic_defenses_never_breaks_a_certified_sample(
             row = x_adv["index"].tolist().index(r["index"])
             assert int(fresh.model(x_adv["x_adv"][row][None]).argmax()) != dataset[r["index"]][1]
     assert "VRA (certified at epsilon)" in engine.format_table(result)
+    under = robustness["attacks"][attack]["value"]
+    assert engine.format_headline(result) == (f"{attack}: robust accuracy {100 * under:.1f}% at epsilon {eps:g}, "
+                                              f"VRA {100 * robustness['vra']['value']:.1f}%")
 
 
 def test_a_run_mixing_goals_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -173,6 +180,10 @@ def test_spoofing_of_smoothing_reports_a_certificate_an_outsider_rederives(tmp_p
         assert r["success"] == (r["adv_prediction"] is not None and r["adv_prediction"] != r["label"])
         assert r["l2"] == pytest.approx(float((x_adv - saved["x"][saved["index"].tolist().index(r["index"])]).norm()))
     assert "Spoofed R" in engine.format_table(result)
+    row = result.metrics["attacks"]["shadow-quick"]
+    assert engine.format_headline(result) == (f"shadow-quick: spoofed {row['success']:.0f}% of {len(records)} attacked "
+                                              f"(certified with a wrong label), SSIM {row['ssim_mean']:.2f} to the "
+                                              "original")
 
 
 def test_spoofing_of_a_deterministic_certifier_is_checked_through_its_own_certify(tmp_path: Path) -> None:

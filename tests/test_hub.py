@@ -1,6 +1,8 @@
 """Weights from the Hugging Face Hub: a pre-populated cache, and the real download path against a local endpoint."""
 
+import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -56,9 +58,10 @@ def test_served_from_the_cache_when_offline(offline_cache: Path, tmp_path: Path)
 
 
 def test_checksum_mismatch_in_the_cache_is_refused(offline_cache: Path, tmp_path: Path) -> None:
-    populate_cache(offline_cache, saved_state(tmp_path))
-    with pytest.raises(RsbenchError, match="checksum mismatch"):
+    cached = populate_cache(offline_cache, saved_state(tmp_path))
+    with pytest.raises(RsbenchError, match="checksum mismatch") as error:
         hub.load_checkpoint(hub_ref("f" * 64))
+    assert str(error.value).endswith(f"expected sha256 {'f' * 64}, got {hub.sha256_of(cached)}")  # both in full
 
 
 def test_missing_offline_says_what_to_do(offline_cache: Path) -> None:
@@ -94,7 +97,8 @@ def test_models_pull_from_a_cache_through_the_environment(tmp_path: Path) -> Non
 
 class HubHandler(BaseHTTPRequestHandler):
     """The part of the Hub API `hf_hub_download` uses: HEAD and GET of /<repo>/resolve/<revision>/<file>, answered
-    with the headers the client needs (X-Repo-Commit, ETag, Content-Length) or its error codes."""
+    with the headers the client needs (X-Repo-Commit, ETag, Content-Length) or its error codes; and for
+    `rsbench models push`, creating a repository and committing files."""
 
     files: dict[tuple[str, str, str], bytes] = {}
     refs: dict[str, str] = {}
@@ -123,6 +127,37 @@ class HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(payload)
+
+    def do_POST(self) -> None:  # noqa: N802
+        """The part of the API `HfApi.create_repo` and `create_commit` use: every file is uploaded as a regular blob
+        (base64 in the commit's NDJSON), and a commit's id is the sha1 of its body."""
+        self.requests.append(f"POST {self.path}")
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        parts = unquote(self.path).lstrip("/").split("/")
+        if parts[:2] == ["api", "repos"]:
+            return self.json({"url": f"http://{self.headers['Host']}/{json.loads(body)['organization']}/"
+                                     f"{json.loads(body)['name']}"})
+        if parts[:2] == ["api", "validate-yaml"]:
+            return self.json({"errors": [], "warnings": []})
+        repo, verb = "/".join(parts[2:4]), parts[4]
+        if verb == "preupload":
+            return self.json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                        for f in json.loads(body)["files"]]})
+        commit = hashlib.sha1(body).hexdigest()
+        for line in body.decode().splitlines():
+            item = json.loads(line)
+            if item["key"] == "file":
+                self.files[(repo, commit, item["value"]["path"])] = base64.b64decode(item["value"]["content"])
+        self.json({"commitUrl": f"http://{self.headers['Host']}/{repo}/commit/{commit}", "commitOid": commit,
+                   "pullRequestUrl": None})
+
+    def json(self, value: object) -> None:
+        payload = json.dumps(value).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def error(self, status: int, code: str, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -199,3 +234,45 @@ def test_weights_come_from_the_hub_endpoint_pinned_and_then_from_the_cache_offli
     assert offline[0][0] == 0 and "sha256 verified" in offline[0][1]
     assert offline[1][0] == 2 and "not in the Hugging Face cache" in offline[1][1]
     assert len(HubHandler.requests) == served  # offline means no request at all
+
+
+def test_models_push_publishes_weights_and_card_in_one_commit_that_pulls_back_pinned(hub_server: str,
+                                                                                   tmp_path: Path) -> None:
+    card = tmp_path / "card.md"
+    card.write_text("---\nlicense: mit\n---\n# smoothing-digits-0.25\n")
+    env = {**os.environ, "HF_ENDPOINT": hub_server, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_TOKEN": "hf_local",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    script = ("import sys; from click.testing import CliRunner; from rsbench.cli import cli\n"
+              "done = CliRunner().invoke(cli, sys.argv[1:])\nprint(done.exit_code); print(done.output)\n")
+    command = [sys.executable, "-c", script, "models", "push", "smoothing-digits-0.25", "--repo", "someone/digits",
+               "--card", str(card)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    code, output = done.stdout.split("\n", 1)
+    assert code == "0", done.stdout + done.stderr
+    weights = yaml.safe_load(output.split("in its spec:\n", 1)[1])["weights"]
+    shipped = hub.local_path(registry.get_defense("smoothing-digits-0.25").weights)
+    assert weights == {"source": "hf", "filename": "smoothing-digits-0.25.pt", "sha256": hub.sha256_of(shipped),
+                       "repo_id": "someone/digits", "revision": weights["revision"]}
+    assert HubHandler.files[("someone/digits", weights["revision"], "smoothing-digits-0.25.pt")] == shipped.read_bytes()
+    assert HubHandler.files[("someone/digits", weights["revision"], "README.md")] == card.read_bytes()
+    # the printed lines, pasted into a spec, pull the very file back pinned to that commit
+    spec = registry.get_defense("smoothing-digits-0.25").model_dump(mode="json")
+    (tmp_path / "registry" / "defenses").mkdir(parents=True)
+    (tmp_path / "registry" / "defenses" / "pushed.yaml").write_text(
+        yaml.safe_dump({**spec, "name": "pushed", "aliases": [], "weights": weights}))
+    (pulled,) = pull(["pushed"], {**env, "RSBENCH_REGISTRY": str(tmp_path / "registry")})
+    assert pulled[0] == 0 and f"snapshots/{weights['revision']}/smoothing-digits-0.25.pt" in pulled[1]
+    assert f"sha256 verified: {weights['sha256']}" in pulled[1]
+
+
+def test_models_push_without_a_card_says_how_to_write_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from rsbench.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(cli, ["models", "push", "smoothing-digits-0.25", "--repo", "someone/digits"])
+    assert done.exit_code == 2 and done.output.count("\n") == 1
+    assert "no model card at model-cards/smoothing-digits-0.25/README.md: write one with `rsbench models card`" \
+        in done.output

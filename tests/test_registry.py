@@ -44,6 +44,27 @@ def test_unknown_name_suggests_close_matches() -> None:
         registry.get_defense("smoothing-digit-0.50")
 
 
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda d: d.update(sigmaa=d.pop("sigma")), "field 'sigmaa': Extra inputs are not permitted; did you mean sigma?"),
+    (lambda d: d["certify"].update(nn=3), "field 'certify.nn': Extra inputs are not permitted; did you mean n, n0?"),
+    (lambda d: d["weights"].update(sha=1), "field 'weights.sha': Extra inputs are not permitted; did you mean sha256?"),
+])
+def test_an_unknown_spec_field_suggests_the_fields_it_may_mean(tmp_path: Path, change, says: str) -> None:  # noqa: ANN001
+    data = {**registry.get_defense("smoothing-digits-0.50").model_dump(mode="json"), "name": "mine", "aliases": []}
+    change(data)
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RsbenchError) as error:
+        registry.get_defense(str(tmp_path / "mine.yaml"))
+    assert str(error.value) == f"{tmp_path / 'mine.yaml'}: {says}"
+
+
+def test_an_unknown_attack_param_suggests_the_params_it_may_mean() -> None:
+    spec = registry.get_attack("pgd")
+    with pytest.raises(RsbenchError, match=r"params field 'iterationss': Extra inputs are not permitted; did you mean "
+                                           r"iterations\?"):
+        registry.attack_params(spec.model_copy(update={"params": {"iterationss": 3}}))
+
+
 def test_unknown_attack_is_one_line() -> None:
     with pytest.raises(RsbenchError, match="unknown attack 'no-such-attack'"):
         registry.get_attack("no-such-attack")

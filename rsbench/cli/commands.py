@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from rsbench.cli.leaderboards import leaderboard_group, submission_group
-from rsbench.cli.options import DEVICE, attack_options, certification_options, sampling_options
+from rsbench.cli.options import DEFENSE, DEVICE, attack_options, certification_options, sampling_options
 from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def cli(quiet: bool) -> None:
 
 
 @cli.command()
-@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@DEFENSE
 @click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="Certify the first K samples of the test split.")
 @certification_options
@@ -91,7 +91,7 @@ def format_certified_table(result: RunResult) -> str:
 
 
 @cli.command()
-@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@DEFENSE
 @click.option("--attack", "attacks", required=True, multiple=True,
               help="Attack name; repeat to run several on the same samples (e.g. --attack caa --attack pgd). "
                    "All attacks of a run share one goal (evasion, degradation or spoofing).")
@@ -135,6 +135,7 @@ def evaluate(defense: str, attacks: tuple[str, ...], device: str, images_per_bat
     out = out or rundir.default_path(config)
     result = engine.evaluate(spec, attack_specs, config, out, torch_device, save_examples=save_examples,
                              images_per_batch=images_per_batch, backend=backend, address=address)
+    click.echo(engine.format_headline(result) + "\n")
     click.echo(engine.format_table(result))
     click.echo("\nWith 95% bootstrap intervals over samples, as the leaderboards report them:")
     click.echo(track_table.run_table(out, leaderboards))
@@ -176,7 +177,7 @@ def sweep(defense_pattern: str, attack_pattern: str, device: str, root: Path, **
 
 
 @cli.command("degradation-curve")
-@click.option("--defense", required=True, help="Defense name or alias (see `rsbench registry list`).")
+@DEFENSE
 @click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="Certify the first K samples of the test split.")
 @certification_options
@@ -264,7 +265,7 @@ def registry_schema(model: str) -> None:
 
 @cli.group("models")
 def models_group() -> None:
-    """Fetch and inspect model weights."""
+    """Fetch, inspect and publish model weights."""
 
 
 @models_group.command("pull")
@@ -321,6 +322,30 @@ def models_export(name: str, out: Path, vnnlib_dir: Path | None, num_samples: in
     if vnnlib_dir is not None:
         written = graphs.export_vnnlib(spec, vnnlib_dir, num_samples)
         click.echo(f"{spec.name}: {len(written)} VNNLIB properties in {vnnlib_dir}")
+
+
+@models_group.command("push")
+@click.argument("name")
+@click.option("--repo", "repo_id", required=True, help="Hub repository OWNER/NAME to publish to (created when absent).")
+@click.option("--card", type=click.Path(path_type=Path), default=None,
+              help="The model card to publish as README.md [model-cards/NAME/README.md, as `rsbench models card` "
+                   "writes it].")
+@click.option("--no-card", is_flag=True, help="Publish the weights alone.")
+def models_push(name: str, repo_id: str, card: Path | None, no_card: bool) -> None:
+    """Publish a defense's weights and its model card to the Hugging Face Hub in one commit, then print the spec's
+    `weights:` lines that pull them back pinned (the commit and the sha256).
+
+    Uses the Hub client's settings: a write token (`HF_TOKEN` or `huggingface-cli login`) and `HF_ENDPOINT`.
+    """
+    import yaml
+
+    from rsbench import hub, registry
+
+    spec = registry.get_defense(name)
+    card = None if no_card else card or Path("model-cards") / spec.name / "README.md"
+    ref = hub.push(spec.weights, registry.folder_of(spec), repo_id, card)
+    click.echo(f"{spec.name}: pushed to {repo_id} at commit {ref.revision}; in its spec:")
+    click.echo(yaml.safe_dump({"weights": ref.model_dump(mode="json", exclude_none=True)}, sort_keys=False).rstrip())
 
 
 @models_group.command("card")

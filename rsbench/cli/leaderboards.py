@@ -176,6 +176,10 @@ def submission_measure(folder: Path, tracks: tuple[str, ...], samples: int | Non
     """Run each track's protocol on an attack submission, in the sandbox and judged by rsbench exactly as verify
     does, and print the claims block (with 95% intervals as comments) to paste into its submission.yaml.
 
+    A defense (submissions/defenses/NAME): certify each of its tracks' samples as the track will, its code served
+    from the sandbox, and print its claims block (clean and certified accuracy, in %, at the radii it already
+    claims, else epsilon and 2 epsilon; smoothing: sigma / 2 and sigma).
+
     Adds nothing to any leaderboard."""
     from rsbench.submissions import attack_submissions
 
@@ -198,8 +202,11 @@ def submission_verify(folder: Path, timeout: float, samples: int | None, dry_run
 
     A defense (submissions/defenses/NAME): validate it, then run the standard attack suite of each goal its kind
     supports on the standard protocol against its sandboxed code, judge here, and add the tracks
-    evasion-NAME, degradation-NAME and spoofing-NAME."""
+    evasion-NAME, degradation-NAME and spoofing-NAME. Each attack's headline is printed as it finishes; a trial
+    that adds nothing (--dry-run, --samples, --unsandboxed) keeps its runs in runs/verify-NAME-... and resumes
+    them when run again (after Ctrl-C, say)."""
     from rsbench.submissions import attack_submissions
 
-    for line in attack_submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed):
+    for line in attack_submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed,
+                                          report=click.echo):
         click.echo(line)

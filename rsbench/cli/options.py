@@ -12,6 +12,13 @@ DEVICE = click.option(
     help="Where the model runs; auto picks a CUDA GPU when there is one.",
 )
 
+DEFENSE = click.option(
+    "--defense", required=True,
+    help="The defense: a registry name or alias (see `rsbench registry list`), the path of a defense spec's YAML "
+         "file (a model of your own: `architecture: python:./model.py:build`), or a defense submission's folder "
+         "(submissions/defenses/NAME).",
+)
+
 
 def with_options(options: list[Callable[..., object]]) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """A decorator adding `options` to a command, in this order in its help."""

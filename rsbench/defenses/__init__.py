@@ -10,11 +10,19 @@ and held by `rsbench.evaluate`, and a submitted defense served from its sandbox 
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rsbench.defenses.base import Certificate, Defense, provides
+import torch
+from torch import nn
+
+from rsbench.defenses.base import Certificate, Defense, provides, watch_outputs
 from rsbench.errors import RsbenchError
 from rsbench.specs import GRAPH, DefenseSpec
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
 
 BUILDERS = {
     "smoothing": "rsbench.defenses.smoothing:from_spec",
@@ -34,7 +42,7 @@ def load_defense(defense: str | DefenseSpec, device: str | torch.device = "cpu")
     from rsbench import in_process
 
     if spec.weights.source == "memory" or in_process.holds(spec):
-        return in_process.held_defense(spec).to(device)
+        return checked(in_process.held_defense(spec)).to(device)
     if spec.architecture == GRAPH:
         model = load_graph(spec)
     else:
@@ -44,7 +52,35 @@ def load_defense(defense: str | DefenseSpec, device: str | torch.device = "cpu")
     defense = build(spec, model)
     if not isinstance(defense, Defense):
         raise RsbenchError(f"{spec.implementation}.from_spec returned a {type(defense).__name__}, not a Defense")
-    return defense.to(device)
+    return checked(defense).to(device)
+
+
+def checked(defense: Defense) -> Defense:
+    """The defense, its network's every answer checked from now on (see `watch`)."""
+    watch(defense)
+    return defense
+
+
+@contextmanager
+def checked_while(defense: Defense) -> Iterator[None]:
+    """`watch` a defense object its caller keeps (`rsbench.evaluate`'s) for the length of a run only."""
+    handle = watch(defense)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def watch(defense: Defense) -> RemovableHandle | None:
+    """Check a deterministic defense's `model` on every answer (`watch_outputs`); a smoothing defense's votes are
+    checked where they are counted, and a plugin without a `model` has no network to check."""
+    from rsbench.defenses.smoothing import Smoothing
+
+    model = getattr(defense, "model", None)
+    if isinstance(defense, Smoothing) or not isinstance(model, nn.Module):
+        return None
+    return watch_outputs(model, defense.num_classes)
 
 
 def load_graph(spec: DefenseSpec) -> torch.nn.Module:

@@ -40,6 +40,7 @@ from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
     from torch import nn
+    from torch.utils.hooks import RemovableHandle
 
     from rsbench.specs import DefenseSpec
 
@@ -63,6 +64,67 @@ def check_input(x: torch.Tensor) -> None:
     low, high = float(x.min()), float(x.max())
     if low < 0.0 or high > 1.0:
         raise RsbenchError(f"input pixels must lie in [0, 1], got range [{low:.4g}, {high:.4g}]")
+
+
+def check_output(value: object, shape: Sequence[int], subject: str, noun: str, expected: str, *,
+                 finite: bool = True) -> torch.Tensor:
+    """`value` when it is a floating-point tensor of `shape` (finite unless `finite` is False), else one line saying
+    what came back ("`subject` `noun` of shape [5, 7]") and what was `expected`.
+
+    The one check of what a network answers, on every path that reads one (votes, a deterministic model's
+    logits, a served defense's answers): a NaN argmax is class 0 and an eleventh logit's vote lands in
+    the next sample's counts, so outputs are refused before anything counts them.
+    """
+    wanted = list(shape)
+    if not isinstance(value, torch.Tensor):
+        raise RsbenchError(f"{subject} a {type(value).__name__}, not {noun}; {expected}")
+    if not value.is_floating_point():
+        raise RsbenchError(f"{subject} {str(value.dtype).removeprefix('torch.')} values, not floating-point {noun}; "
+                           f"{expected}")
+    if list(value.shape) != wanted:
+        raise RsbenchError(f"{subject} {noun} of shape {list(value.shape)}; {expected}")
+    if finite:
+        refuse_nonfinite(int(nonfinite_rows(value)), len(value), subject, noun)
+    return value
+
+
+def nonfinite_rows(value: torch.Tensor) -> torch.Tensor:
+    """How many rows (inputs) of `value` hold a NaN or an infinity, as a tensor on its device (nothing read back)."""
+    return (~torch.isfinite(value)).reshape(len(value), -1).any(dim=1).sum()
+
+
+def refuse_nonfinite(rows: int, total: int, subject: str, noun: str) -> None:
+    """Refuse in one line when `rows` of `total` inputs got NaN or infinite outputs (see `check_output`)."""
+    if rows:
+        raise RsbenchError(f"{subject} NaN or infinite {noun} for {rows} of {total} inputs; only finite {noun} "
+                           "can be counted")
+
+
+def check_logits(logits: object, batch: int, num_classes: int, *, finite: bool = True) -> torch.Tensor:
+    """`check_output` of a model's answer to `batch` inputs: finite logits of shape [batch, num_classes]."""
+    return check_output(logits, (batch, num_classes), "your model returned", "logits",
+                        f"the spec says {num_classes} classes", finite=finite)
+
+
+class LogitsCheck:
+    """A forward hook running `check_logits` on every answer of the network a deterministic defense certifies."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: object) -> None:
+        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        batch = len(x) if x is not None and x.dim() > 0 else len(output) if isinstance(output, torch.Tensor) else 0
+        check_logits(output, batch, self.num_classes)
+
+
+def watch_outputs(model: nn.Module, num_classes: int) -> RemovableHandle | None:
+    """Check every answer of `model` from now on (a `LogitsCheck`); None when it is checked already."""
+    for hook in model._forward_hooks.values():
+        if isinstance(hook, LogitsCheck):
+            hook.num_classes = num_classes
+            return None
+    return model.register_forward_hook(LogitsCheck(num_classes))
 
 
 class Defense(ABC):

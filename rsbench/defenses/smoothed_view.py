@@ -39,6 +39,7 @@ import torch
 from scipy.stats import chi2
 from torch import nn
 
+from rsbench.defenses.base import check_logits, nonfinite_rows, refuse_nonfinite
 from rsbench.errors import RsbenchError
 
 GUMBEL_TEMPERATURE = 1.0
@@ -67,10 +68,13 @@ def count_votes_many(
     Input i's noise comes from `generators[i]` in chunks of `batch_size`, exactly as `count_votes`
     draws it alone, so its counts do not depend on the other inputs; the k chunks go through the
     model as one batch of k * batch_size copies, which keeps a device busy when the model is
-    small. Votes are counted on the device without reading anything back inside the loop.
+    small. Votes are counted on the device without reading anything back inside the loop: every pass's
+    logits are checked for their shape there (`check_logits`), which a vote for a class beyond
+    num_classes would otherwise add to the next input's counts, and for NaN once the loop is done.
     """
     k, shape = xs.shape[0], xs.shape[1:]
     counts = torch.zeros(k * num_classes, dtype=torch.long, device=xs.device)
+    nonfinite, copies = torch.zeros((), dtype=torch.long, device=xs.device), 0
     noisy = torch.empty((k, min(batch_size, num), *shape), device=xs.device, dtype=xs.dtype)
     remaining = num
     while remaining > 0:
@@ -79,10 +83,14 @@ def count_votes_many(
         for i, generator in enumerate(generators):
             torch.randn((size, *shape), generator=generator, out=batch[i])
         batch.mul_(sigma).add_(xs.unsqueeze(1))  # x + sigma * noise, in place: no allocation per pass
-        labels = base_classifier(batch.flatten(0, 1)).argmax(dim=1)
+        logits = check_logits(base_classifier(batch.flatten(0, 1)), k * size, num_classes, finite=False)
+        nonfinite += nonfinite_rows(logits)
+        copies += k * size
+        labels = logits.argmax(dim=1)
         owner = torch.arange(k, device=xs.device).repeat_interleave(size) * num_classes
         counts.index_add_(0, owner + labels, torch.ones_like(labels))
         remaining -= size
+    refuse_nonfinite(int(nonfinite), copies, "your model returned", "logits")
     return counts.view(k, num_classes).cpu()
 
 

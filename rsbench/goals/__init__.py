@@ -105,6 +105,11 @@ class Goal(ABC):
         """The goal's table, as the terminal prints it."""
 
     @classmethod
+    @abstractmethod
+    def headline(cls, result: RunResult) -> list[str]:
+        """One line per attack with the numbers a reader looks for first, printed before the table."""
+
+    @classmethod
     def note(cls, spec: DefenseSpec) -> str:
         """The statistics note of a result on this defense."""
         return cls.statistics

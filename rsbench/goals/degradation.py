@@ -253,6 +253,13 @@ class Degradation(Goal):
         }
 
     @classmethod
+    def headline(cls, result: RunResult) -> list[str]:
+        m = result.metrics
+        return [f"{name}: degraded {100 * row['fpr_lower']['value']:.1f}% of the {m['test_R']} inputs certified at "
+                f"epsilon {m['epsilon']:g} (FPR lower bound; upper bound {100 * m['fpr_upper']['value']:.1f}%)"
+                for name, row in m["attacks"].items()]
+
+    @classmethod
     def format_table(cls, result: RunResult) -> str:
         m = result.metrics
 

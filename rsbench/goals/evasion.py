@@ -140,9 +140,24 @@ class Evasion(Goal):
         }
         if spec.kind != "smoothing" and config.epsilon is not None:
             summary["robustness"] = metrics.robust_accuracy(clean, records, config.epsilon)
-        elif spec.kind == "smoothing":
+        else:
+            summary["median_certified_radius"] = metrics.median_certified_radius(records)
+        if spec.kind == "smoothing":
             summary["attacks_paper_rule"] = metrics.paper_rule_table(records)
         return summary
+
+    @classmethod
+    def headline(cls, result: RunResult) -> list[str]:
+        m = result.metrics
+        if "robustness" in m:
+            vra = m["robustness"]["vra"]["value"]
+            return [f"{name}: robust accuracy {100 * value['value']:.1f}% at epsilon {result.config.epsilon:g}, "
+                    f"VRA {100 * vra:.1f}%" for name, value in m["robustness"]["attacks"].items()]
+        median = m.get("median_certified_radius")
+        return [f"{name}: success {row['success']:.0f}% of {row['attacked']} attacked, r50 {_cell(row['r50'], '.2f')} "
+                f"beside the median certified radius {_cell(median, '.2f')} (the smallest examples lie a median "
+                f"{_cell(row['pct_cohen'], '.0f', '%')} beyond their certificates)"
+                for name, row in m.get("attacks", {}).items()]
 
     @classmethod
     def note(cls, spec: DefenseSpec) -> str:

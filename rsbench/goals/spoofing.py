@@ -308,6 +308,13 @@ class Spoofing(Goal):
         }
 
     @classmethod
+    def headline(cls, result: RunResult) -> list[str]:
+        m = result.metrics
+        return [f"{name}: spoofed {row['success']:.0f}% of {m['attacked_samples']} attacked (certified with a wrong "
+                f"label), SSIM {'-' if row['ssim_mean'] is None else format(row['ssim_mean'], '.2f')} to the original"
+                for name, row in m["attacks"].items()]
+
+    @classmethod
     def format_table(cls, result: RunResult) -> str:
         m = result.metrics
 

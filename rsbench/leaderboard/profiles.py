@@ -5,8 +5,10 @@ Clopper-Pearson intervals over the track's samples, from the clean certificates 
 the headline of each goal, each linked to its track: the strongest evasion (smoothing: the smallest
 r50 and %-Cohen; GloRo, KW and plugins: the lowest robust accuracy beside the VRA), the false positive
 rate's bounds under degradation (the strongest attack's lower bound, the upper bound from the
-certificates) and spoofing (the highest spoof rate and its spoofed radius). Only the newest version of
-each track counts; superseded versions keep their own pages. `defenses.html` lists every defense with
+certificates) and spoofing (the highest spoof rate and its spoofed radius), each with the date and rsbench
+commit of the run behind it. An "About" list leads the page (`rsbench.leaderboard.about`): authors, paper
+and venue, licence, architecture and checkpoint size, training recipe and model card. Only the newest
+version of each track counts; superseded versions keep their own pages. `defenses.html` lists every defense with
 these numbers, sortable on each. `rsbench.leaderboard.site.render` calls `write`.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from rsbench import metrics
 from rsbench.goals.degradation import certified
+from rsbench.leaderboard.about import About, about
 from rsbench.leaderboard.track_files import Interval, Leaderboard, stored_records
 from rsbench.records import CertifiedPoint, SampleRecord
 from rsbench.specs import SELF_CERTIFIED
@@ -46,6 +49,8 @@ class Profile:
     """The track whose clean certificates give the accuracies (evasion first, then degradation, then spoofing)."""
     numbers: dict[str, tuple[Interval, Track | None, str]] = field(default_factory=dict)
     """Per column: the number, the track it comes from (None: from the certificates) and the entry behind it."""
+    about: About | None = None
+    """Who made the defense, its paper, licence, architecture and training."""
 
 
 COLUMNS = {
@@ -85,10 +90,11 @@ def _strongest(track: Track, metric: str, lowest: bool) -> tuple[Interval, str]:
     return min(rows, key=lambda row: row[0].value if lowest else -row[0].value)
 
 
-def profile(name: str, tracks: Sequence[Track]) -> Profile:
-    """One defense's profile from its newest tracks."""
+def profile(name: str, tracks: Sequence[Track], submissions: Path | None = None) -> Profile:
+    """One defense's profile from its newest tracks (and, for a submitted defense, its folder under `submissions`)."""
     result = Profile(name, sorted(tracks, key=lambda t: GOAL_ORDER.index(t.board.protocol.goal)))
     result.reference = result.tracks[0]
+    result.about = about(result.reference.board.defense, submissions)
     result.clean = stored_records(result.reference.path.parent, result.reference.board)[0]
     board = result.reference.board
     numbers = result.numbers
@@ -133,8 +139,10 @@ def page(item: Profile, cell: Cell, head: str, script: str) -> str:
             continue
         where = (f'<a href="{esc(track.slug)}.html">{esc(track.board.track)} v{track.board.version}</a>'
                  if track else "clean certificates")
+        date, commit = _when(track or item.reference, entry)
         rows.append(f'<tr data-headline="{key}"><td>{esc(label)}</td><td>{esc(cell(value))}</td>'
-                    f"<td>{esc(entry) or '–'}</td><td>{where}</td></tr>")
+                    f"<td>{esc(entry) or '–'}</td><td>{where}</td><td>{esc(date)}</td><td><code>{esc(commit)}</code>"
+                    "</td></tr>")
     settings = (f"sigma {spec.sigma:g}" if spec.sigma else "") + (f"epsilon {spec.epsilon:g}" if spec.epsilon else "")
     tracks = "".join(f'<li><a href="{esc(t.slug)}.html">{esc(t.board.track)} v{t.board.version}</a> '
                      f"({len(t.board.entries)} entries)</li>" for t in item.tracks)
@@ -145,14 +153,48 @@ def page(item: Profile, cell: Cell, head: str, script: str) -> str:
             f'<p><a href="defenses.html">all defenses</a> · <a href="index.html">all tracks</a></p>'
             f"<h1>{esc(item.name)}</h1><p>{esc(spec.description)}</p>"
             f"<p>{esc(spec.kind)}, {esc(spec.norm)}, {esc(settings)}; data {esc(spec.dataset.name)}; spec hash "
-            f"<code>{spec.spec_hash()[:12]}</code></p>{label}"
+            f"<code>{spec.spec_hash()[:12]}</code></p>{label}{_about(item.about)}"
             f"<h2>Clean and certified accuracy</h2><p>First {p.num_samples} {p.split} samples of "
             f'<a href="{esc(item.reference.slug)}.html">{esc(ref.track)}</a> (n0={p.n0}, n={p.n}, alpha={p.alpha:g}); '
             f"% with a 95% Clopper-Pearson interval.</p>"
             f'<table id="certified"><tr><th>radius</th><th>{heading}</th></tr>{curve}</table>'
             f"<h2>Under attack</h2><p>Each goal's strongest entry, value [95% interval], on the newest version of its "
-            f'track.</p><table id="headlines"><tr><th>headline</th><th>value</th><th>entry</th><th>track</th></tr>'
+            "track, with the date and rsbench commit of the run that gave it (for the accuracies, the track's first "
+            "entry, which stored its certificates).</p>"
+            f'<table id="headlines"><tr><th>headline</th><th>value</th><th>entry</th><th>track</th><th>date</th>'
+            f"<th>commit</th></tr>"
             f"{''.join(rows)}</table><h2>Tracks</h2><ul>{tracks}</ul>{script}</body></html>\n")
+
+
+def _when(track: Track, entry: str) -> tuple[str, str]:
+    """The date and rsbench commit of the run behind a number: its entry's, or for the clean certificates (no entry)
+    the track's first entry's, which stored them."""
+    entries = track.board.entries
+    run = next((e for e in entries if e.name == entry), entries[0] if entries else None)
+    if run is None:
+        return "–", "–"
+    return run.date[:10], (run.environment.git_commit or "not recorded")[:12]
+
+
+def _about(item: About | None) -> str:
+    """The profile's "About" list: authors, paper (and venue), licence, architecture and size, training, card."""
+    if item is None:
+        return ""
+    esc = html.escape
+
+    def link(target: str | None) -> str:
+        if target is None:
+            return "not given"
+        return f'<a href="{esc(target)}">{esc(target)}</a>' if target.startswith("https://") else f"<code>{esc(target)}</code>"
+
+    size = f"{item.values:,} numbers in {item.tensors} tensors" if item.values is not None else "checkpoint not on " \
+        "this machine"
+    rows = {"authors": esc(item.authors), "paper": link(item.paper) + (f" ({esc(item.venue)})" if item.venue else ""),
+            "licence": esc(item.licence or "not given"), "architecture": f"<code>{esc(item.architecture)}</code>, {size}",
+            "training": link(item.recipe) if item.recipe and not item.recipe.startswith("{") else
+            f"<code>{esc(item.recipe)}</code>" if item.recipe else "not given", "model card": link(item.card)}
+    return '<h2>About</h2><dl id="about">' + "".join(
+        f'<dt>{key}</dt><dd data-about="{key}">{value}</dd>' for key, value in rows.items()) + "</dl>"
 
 
 def index(profiles: Sequence[Profile], cell: Cell, head: str, script: str) -> str:
@@ -187,12 +229,14 @@ def _table(profiles: Sequence[Profile], cell: Cell, table_id: str) -> str:
             "</table>")
 
 
-def write(site: Path, tracks: Sequence[Track], *, cell: Cell, head: str, script: str) -> list[Path]:
-    """Write `defense-<name>.html` for every defense with a track, and `defenses.html`; the written paths."""
+def write(site: Path, tracks: Sequence[Track], *, cell: Cell, head: str, script: str,
+          submissions: Path | None = None) -> list[Path]:
+    """Write `defense-<name>.html` for every defense with a track, and `defenses.html`; the written paths. Submitted
+    defenses' folders are read from `submissions` (`submissions/defenses/<name>/submission.yaml`)."""
     by_defense: dict[str, list[Track]] = {}
     for track in tracks:
         by_defense.setdefault(track.board.defense.name, []).append(track)
-    profiles = [profile(name, items) for name, items in sorted(by_defense.items())]
+    profiles = [profile(name, items, submissions) for name, items in sorted(by_defense.items())]
     written = []
     for item in profiles:
         path = site / f"defense-{item.name}.html"

@@ -214,8 +214,9 @@ def metric_legend(boards: list[Leaderboard]) -> str:
                    + "</ul>" for goal, found in definitions.items())
 
 
-def render(root: Path) -> list[Path]:
-    """Write root/README.md and root/site/ from every leaderboard file; the written paths."""
+def render(root: Path, submissions: Path | None = None) -> list[Path]:
+    """Write root/README.md and root/site/ from every leaderboard file; the written paths. Submitted defenses'
+    profiles read their folders under `submissions` (default: beside `root`)."""
     paths = files(root)
     site = root / "site"
     if site.exists():
@@ -238,7 +239,8 @@ def render(root: Path) -> list[Path]:
         boards.append(board)
         if latest_version == board.version:
             current.append(profiles.Track(path, board, slug))
-    profiles.write(site, current, cell=cell, head=HEAD, script=SCRIPT)
+    profiles.write(site, current, cell=cell, head=HEAD, script=SCRIPT, submissions=submissions or root.parent /
+                   "submissions")
     (site / "index.html").write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>rsbench leaderboards</title>{HEAD}'
         "</head><body><h1>rsbench leaderboards</h1><p>Attacks on certified defenses, one table per track (a defense "

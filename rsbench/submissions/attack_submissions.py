@@ -13,7 +13,7 @@ defense (`submissions/defenses/<name>/`) is validated and verified by `rsbench.s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from rsbench.leaderboard.scoring import entry_metrics
 from rsbench.leaderboard.track_files import Leaderboard, Protocol, Source
 from rsbench.progress import each
 from rsbench.records import SampleRecord
-from rsbench.submissions import claims, defense_submissions, defense_tracks, sandbox, submission_run
+from rsbench.submissions import claims, defense_claims, defense_submissions, defense_tracks, sandbox, submission_run
 from rsbench.submissions.submission_spec import (
     Submission,
     check_track,
@@ -150,10 +150,13 @@ def reproduce(folder: Path, submission: Submission, root: Path, track: str, time
 def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float = 1800, samples: int | None = None,
             isolated: bool = True) -> str:
     """Run each track's protocol (by default the claimed tracks'; its first `samples` only, when fewer) as `verify`
-    does and return the `claims:` block of what rsbench judged, to paste into submission.yaml. Adds nothing."""
+    does and return the `claims:` block of what rsbench judged, to paste into submission.yaml. Adds nothing. A
+    defense's folder: `defense_claims.measure`, the accuracies it claims on its own tracks."""
     if defense_submissions.is_defense(folder):
-        raise RsbenchError(f"{folder} holds a defense: measure runs an attack's folder (a defense's claimed "
-                           "accuracies are certified again by submission validate)")
+        if tracks:
+            raise RsbenchError(f"{folder} holds a defense, which claims its own tracks (evasion-, degradation- and "
+                               "spoofing-NAME): leave out --track")
+        return defense_claims.measure(folder, timeout, samples, isolated)
     submission = load_submission(folder, claims=False)
     tracks = list(dict.fromkeys(tracks or submission.claims))
     if not tracks:
@@ -173,17 +176,18 @@ def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float
 
 
 def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None = None, *, dry_run: bool = False,
-           isolated: bool = True) -> list[str]:
+           isolated: bool = True, report: Callable[[str], None] | None = None) -> list[str]:
     """Run every claimed track's protocol, judge the examples, compare with the claims, add the entries.
 
     With `samples` (K), only the first K samples of each track are run, for tracks too large to re-run
     in CI: the claims are checked against the intervals of that subset, and no entry is added. With
     `dry_run`, the whole track is run and checked and the entry it would add is shown, not added.
     Unsandboxed runs (`isolated=False`, a local trial) never add entries either. A defense's folder:
-    `defense_tracks.verify`, which adds the defense's tracks.
+    `defense_tracks.verify`, which adds the defense's tracks and tells `report` each attack's headline as it ends.
     """
     if defense_submissions.is_defense(folder):
-        return defense_tracks.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=isolated)
+        return defense_tracks.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=isolated,
+                                     report=report)
     submission = load_submission(folder)
     claims.check(folder, submission, root)
     sandbox.require(isolated)

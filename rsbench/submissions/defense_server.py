@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from rsbench import hub, in_process, user_code
-from rsbench.defenses.base import Certificate, Defense, check_input
+from rsbench.defenses.base import Certificate, Defense, check_input, check_output
 from rsbench.errors import RsbenchError
 from rsbench.specs import GRAPH, DefenseSpec
 from rsbench.submissions import sandbox
@@ -87,14 +87,13 @@ class Link:
         return self.receive(op)
 
     def tensor(self, op: str, tensors: dict[str, torch.Tensor], shape: tuple[int, ...], **args: Any) -> torch.Tensor:
-        """A finite float32 tensor of `shape` the child answers `op` with."""
+        """A finite float32 tensor of `shape` the child answers `op` with (`check_output`, as every path checks)."""
         _, answer = self.call(op, tensors, **args)
         value = answer.get("y")
-        if value is None or value.dtype != torch.float32 or tuple(value.shape) != shape or \
-                not torch.isfinite(value).all():
-            raise RsbenchError(f"{self.name}'s process answered {op} with something other than finite float32 values "
-                               f"of shape {list(shape)}; refused")
-        return value
+        expected = f"expected finite float32 values of shape {list(shape)}; refused"
+        if isinstance(value, torch.Tensor) and value.dtype != torch.float32:
+            raise RsbenchError(f"{self.name}'s process answered {op} with {value.dtype} values; {expected}")
+        return check_output(value, shape, f"{self.name}'s process answered {op} with", "values", expected)
 
     def last_words(self) -> str:
         """The last line the child wrote to standard error (read from the end: the child may have written a lot)."""

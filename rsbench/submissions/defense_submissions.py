@@ -89,7 +89,7 @@ def load(folder: Path) -> DefenseSubmission:
     try:
         submission = DefenseSubmission.model_validate(data)
     except ValidationError as error:
-        raise RsbenchError(f"{path}: {registry.format_validation_error(error)}") from None
+        raise RsbenchError(f"{path}: {registry.format_validation_error(error, DefenseSubmission)}") from None
     spec = registry.parse_spec(path, DefenseSpec, "defense")  # the same spec, with its folder and code pinned
     submission = submission.model_copy(update={"defense": spec})
     if not submission.name == spec.name == folder.resolve().name:

@@ -17,11 +17,12 @@ failure (a defense's author would forge that one); running the attack again does
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def judged_run(board: Leaderboard, clean: list[SampleRecord], attack: AttackSpec
     """One attack on the track's attacked samples (`clean`: the track's certificates), run here on streams of `seed`,
     then every example it keeps judged again on noise of `judge_seed` (default: drawn now, after the run)."""
     out = work / f"{attack.name}-{seed}"
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # a trial run again resumes its records there
     (out / "clean.jsonl").write_bytes(jsonl(clean))  # the engine attacks; it certifies nothing
     config = board.protocol.run_config([attack]).model_copy(update={"seed": seed})
     engine.evaluate(board.defense, [attack], config, out, torch.device("cpu"), save_examples=True, progress=progress)
@@ -199,11 +200,15 @@ def _track(root: Path, track: str, spec: DefenseSpec, protocol: Protocol, writin
 
 
 def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None = None, *, dry_run: bool = False,
-           isolated: bool = True, progress: bool = True) -> list[str]:
+           isolated: bool = True, progress: bool = True, report: Callable[[str], None] | None = None) -> list[str]:
     """`validate`, then the suite of each goal on the standard protocol, judged by rsbench; the tracks added.
 
     `samples` (K) runs the first K samples only, and `dry_run` (or an unsandboxed local trial) the whole protocol,
-    both adding nothing; `timeout` bounds each track (the served session gets one more for validation).
+    both adding nothing; `timeout` bounds each track (the served session gets one more for validation). Each
+    attack's headline goes to `report` as it finishes. A trial that adds nothing keeps its runs in
+    `runs/verify-NAME-<hash of the folder's content, the protocols and the suite>` and, run again, resumes them
+    (each attack on the seed it drew first); the runs that add entries draw their seeds afresh, in a folder nobody
+    can prepare.
     """
     sandbox.require(isolated)
     submission = load(folder)
@@ -215,18 +220,23 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
                     content_sha256=content_sha256(folder))
     environment, weights = runner.environment(torch.device("cpu")), pinned_sha256(spec.weights)
     judged = {}
+    trial = _trial(spec, str(source.content_sha256), protocols)
     with serving([spec], root, timeout * (len(boards) + 1), isolated), \
-            tempfile.TemporaryDirectory(prefix="rsbench-verify-") as scratch:
+            (nullcontext(str(trial)) if not writing else tempfile.TemporaryDirectory(prefix="rsbench-verify-")) \
+            as scratch:
         lines, fresh = _checked(submission, samples)
         for track, (path, board) in boards.items():
             clean = track_files.stored_records(path.parent, board)[0] if board.clean.path else fresh[track]
             attacks = suite(spec, board.protocol.goal)
             entries = []
             for attack in [a for a in attacks if a.name not in {e.name for e in board.entries}]:
-                seed = secrets.randbits(63)
-                records, examples, judging = judged_run(board, clean, attack, seed, None, Path(scratch), progress)
+                work = Path(scratch) / track
+                seed = secrets.randbits(63) if writing else _kept_seed(work / f"{attack.name}.seed")
+                records, examples, judging = judged_run(board, clean, attack, seed, None, work, progress)
                 entries.append(admission.NewEntry(attack, records, examples, source, environment, weights,
                                                   judging.date, seed, judging, []))
+                if report is not None:
+                    report(f"{track}: {attack.name} {_headline(board, entries[-1], clean)}")
             judged[track] = (path, board, clean, entries, bool(attacks))
     why = "dry run" if dry_run else "unsandboxed" if not isolated else f"first {samples} samples only"
     for track, (path, board, clean, entries, attacked) in judged.items():
@@ -239,6 +249,24 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
             admission.admit(path, board, clean, entries)
         lines.append(f"{track}: {summary}; " + (f"entries added to {path}" if writing else f"{why}, nothing added"))
     return lines
+
+
+def _trial(spec: DefenseSpec, content: str, protocols: dict[str, Protocol]) -> Path:
+    """Where a trial keeps its runs: a folder per submission content, protocols and suite, so that a trial resumes
+    only runs of the very same work."""
+    hashes = [content, *(p.spec_hash() for p in protocols.values()),
+              *(a.spec_hash() for p in protocols.values() for a in suite(spec, p.goal))]
+    return Path("runs") / f"verify-{spec.name}-{hashlib.sha256(' '.join(hashes).encode()).hexdigest()[:12]}"
+
+
+def _kept_seed(path: Path) -> int:
+    """The seed a trial's attack drew when it first ran (kept in `path`), or one drawn now and kept."""
+    if path.is_file():
+        return int(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seed = secrets.randbits(63)
+    path.write_text(f"{seed}\n")
+    return seed
 
 
 def _headline(board: Leaderboard, entry: admission.NewEntry, clean: list[SampleRecord]) -> str:

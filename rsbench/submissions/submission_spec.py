@@ -15,6 +15,7 @@ import hashlib
 import math
 import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 from pydantic import Field, ValidationError
@@ -31,6 +32,7 @@ IGNORED = ("__pycache__", ".pytest_cache")
 class Authored(Spec):
     """What every `submission.yaml` begins with, an attack's or a defense's: its name and who made it."""
 
+    omitted_when_default: ClassVar[frozenset[str]] = frozenset({"venue"})
     name: str = Field(pattern=NAME_PATTERN)
     """The submission's folder name, which is also its attack's or defense's name."""
     authors: list[str] = Field(min_length=1)
@@ -39,6 +41,8 @@ class Authored(Spec):
     """Link to the paper (or report) defining it."""
     licence: str
     """Licence of its code and weights (SPDX identifier)."""
+    venue: str | None = None
+    """Where the paper appeared (`ECCV 2022`), shown beside its link on the defense's profile."""
 
 
 class Submission(Authored):
@@ -108,7 +112,7 @@ def load_submission(folder: Path, *, claims: bool = True) -> Submission:
     except OSError as error:
         raise RsbenchError(f"{path}: cannot read ({error.strerror})") from None
     except (yaml.YAMLError, ValidationError) as error:
-        detail = registry.format_validation_error(error) if isinstance(error, ValidationError) else error
+        detail = registry.format_validation_error(error, Submission) if isinstance(error, ValidationError) else error
         raise RsbenchError(f"{path}: {detail}") from None
     if submission.attack.name != submission.name or folder.resolve().name != submission.name:
         raise RsbenchError(f"{path}: the folder, the submission and its attack must share one name")
