@@ -37,6 +37,8 @@ from rsbench.errors import RsbenchError
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/ld.so.conf",
           "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime", "/etc/fonts")
 """System paths mounted read-only where they exist: programs, libraries and the dynamic loader's files."""
+ECHO_CHARS = 200
+"""The most characters of a sandboxed process's error text that rsbench repeats."""
 TICK_S = 0.5
 """Seconds between two looks at a running command's progress."""
 NO_SANDBOX = ("bubblewrap (bwrap) {why}: submission code runs only inside its sandbox. Install it "
@@ -88,11 +90,19 @@ def harness_copy(dest: Path) -> Path:
     """A copy of the rsbench package the caller runs (and of the registry, when it lies beside the package), in
     `dest`, without compiled files; the folder to put on the sandbox's PYTHONPATH."""
     package = Path(rsbench.__file__).resolve().parent
-    shutil.copytree(package, dest / "rsbench", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(package, dest / "rsbench", symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     registry = package.parent / "registry"
     if not (package / "_registry").is_dir() and registry.is_dir():
-        shutil.copytree(registry, dest / "registry")
+        shutil.copytree(registry, dest / "registry", symlinks=True)
     return dest
+
+
+def echoed(text: str) -> str:
+    """What of a sandboxed process's error text reaches rsbench's output: its last non-blank line, printable
+    characters only, at most ECHO_CHARS of them (the child cannot pour a file it read into the parent's output)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = "".join(c if c.isprintable() else "?" for c in (lines[-1] if lines else "")).strip()
+    return last if len(last) <= ECHO_CHARS else last[:ECHO_CHARS - 3] + "..."
 
 
 def digest(*roots: Path) -> str:

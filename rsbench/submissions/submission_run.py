@@ -17,7 +17,6 @@ import importlib
 import json
 import os
 import secrets
-import shutil
 import stat
 import subprocess
 import sys
@@ -43,8 +42,8 @@ from rsbench.leaderboard import rederive
 from rsbench.leaderboard.track_files import Comparison, Judging, Leaderboard, jsonl, parse_jsonl, record_type
 from rsbench.progress import bar
 from rsbench.records import SampleRecord
-from rsbench.submissions import sandbox
-from rsbench.submissions.submission_spec import IGNORED, Submission, load_submission
+from rsbench.submissions import sandbox, submission_spec
+from rsbench.submissions.submission_spec import Submission, load_submission
 
 MAX_OUTPUT_BYTES = 256 * 2**20
 """Largest examples file read back from a child (a run of every digits sample needs a few MB)."""
@@ -91,7 +90,7 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
     with tempfile.TemporaryDirectory(prefix="rsbench-submission-") as scratch:
         work = Path(scratch)
         harness = box.mount(sandbox.harness_copy(work / "harness"), "/harness")
-        shutil.copytree(folder, work / "submissions" / submission.name, ignore=shutil.ignore_patterns(*IGNORED))
+        submission_spec.copy(folder, work / "submissions" / submission.name)
         code = box.mount(work / "submissions", "/submissions") + f"/{submission.name}"
         (work / "out" / "run").mkdir(parents=True)
         (work / "out" / "run" / "clean.jsonl").write_bytes(jsonl(clean))  # the engine attacks; it certifies nothing
@@ -120,8 +119,8 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
         if changed:
             raise RsbenchError(f"{' and '.join(changed)} changed while {submission.name} ran; refused")
         if done.returncode != 0:
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            raise RsbenchError(f"{submission.name} failed on {board.track}: {lines[-1] if lines else done.returncode}")
+            raise RsbenchError(f"{submission.name} failed on {board.track}: "
+                               f"{sandbox.echoed(done.stderr) or done.returncode}")
         proposals, reports = returned(board, dataset, submission.name, work / "out" / "run")
     judge_seed = secrets.randbits(63)
     environment = runner.environment(defense.device)
