@@ -19,7 +19,7 @@ import torch
 from rsbench import registry, runner
 from rsbench.errors import RsbenchError
 from rsbench.gate import audit
-from rsbench.leaderboard import admission, rederive, track_files
+from rsbench.leaderboard import admission, rederive, site, track_files
 from rsbench.leaderboard.track_files import Leaderboard, Protocol, Source, StoredFile
 from rsbench.records import AttackRecord
 from rsbench.submissions import submission_run
@@ -208,3 +208,28 @@ def test_new_entries_go_to_the_newest_version_only(repo: Path) -> None:
     add_entry(root, "caa", another_digit)  # written to v1 by hand, as a pull request could
     with pytest.raises(RsbenchError, match="new entries go to the track's newest version, v2"):
         audit.check(root, "HEAD", intervals=False)
+
+
+def test_rendered_tables_that_no_track_file_backs_are_refused(repo: Path) -> None:
+    """A pull request rewrites a number of the README, a track page, a picture; adds a page; removes one."""
+    root = repo / "leaderboards"
+    site.render(root)
+    audit.check(root, "HEAD", intervals=False, pull_request=True)
+    page = root / "site" / f"{TRACK}-v1.html"
+    picture = next((root / "site").glob("*.png"))
+    edits: list[Callable[[], None]] = [
+        lambda: (root / "README.md").write_text((root / "README.md").read_text().replace("| pgd |", "| pgd (best) |")),
+        lambda: page.write_text(page.read_text().replace("pgd", "my-attack")),
+        lambda: picture.write_bytes(picture.read_bytes()[:-8]),
+        lambda: (root / "site" / "extra.html").write_text("<p>leader: my-attack</p>"),
+        lambda: page.unlink(),
+    ]
+    for edit in edits:
+        before = {p: p.read_bytes() for p in (root / "site").iterdir()} | {root / "README.md": (root / "README.md").read_bytes()}
+        edit()
+        with pytest.raises(RsbenchError, match=r"the rendered tables are not what the track files give \(.+ differ\)"):
+            audit.check(root, "HEAD", intervals=False, pull_request=True)
+        (root / "site" / "extra.html").unlink(missing_ok=True)
+        for path, data in before.items():
+            path.write_bytes(data)
+    assert audit.check(root, "HEAD", intervals=False, pull_request=True).new == []

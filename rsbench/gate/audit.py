@@ -10,7 +10,8 @@ submission folder it names; a defense submission's entry a registry attack's spe
 the defense's folder, and records that running its attack again with its seeds reproduces
 (`defense_tracks.replay`); its records are one per attacked sample, with the dataset's labels, x and
 distances and the clean certificates of the track (recertified for a new track version); and every stored
-example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now. A track whose
+example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now. In a pull request,
+the rendered tables must be what rendering the track files gives (`rendered`). A track whose
 defense names code of its own is derived with that code served from its submission folder, in the
 sandbox (`defense_tracks.serving`), never in this process.
 `verify` re-judges a track's stored examples the same way, with a fresh seed or one to replay.
@@ -32,6 +33,7 @@ from rsbench import registry, runner
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
+from rsbench.gate import rendered
 from rsbench.leaderboard import rederive, verdicts
 from rsbench.leaderboard.scoring import comparison, entry_metrics, point_metrics
 from rsbench.leaderboard.track_files import (
@@ -146,7 +148,8 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
           pull_request: bool = False, submissions: Path | None = None) -> Checked:
     """Check every file under root and, against git revision `against`, the history and every new entry.
 
-    `pull_request` refuses new submission entries (the trusted job adds those after merge); `submissions` is
+    `pull_request` refuses new submission entries (the trusted job adds those after merge) and rendered tables
+    that are not what the track files give (`rendered.check`); `submissions` is
     the folder of submission folders (default: beside root); `seed` replays a re-judging.
     """
     paths = files(root)
@@ -192,6 +195,8 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
         if board.version != newest[board.track]:
             raise RsbenchError(f"{where}: new entries go to the track's newest version, v{newest[board.track]}")
         check_source(where, board, entry, submissions, pull_request)
+    if pull_request:
+        rendered.check(root)
     derived = {path: boards[path] for path in [*certified, *(path for path, _, _ in new)]}
     derived = {path: board.model_copy(update={"defense": located(board.defense, submissions)})
                for path, board in derived.items()}
