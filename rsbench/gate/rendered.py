@@ -36,7 +36,8 @@ def differences(root: Path) -> list[str]:
     """The rendered files under root that differ from rendering its track files again (missing, extra or changed)."""
     with tempfile.TemporaryDirectory(prefix="rsbench-render-") as scratch:
         again = Path(scratch) / "leaderboards"
-        shutil.copytree(root, again, symlinks=True, ignore=lambda folder, names: RENDERED if Path(folder) == root else ())
+        shutil.copytree(root, again, symlinks=True,
+                        ignore=lambda folder, names: RENDERED if Path(folder) == root else ())
         site.render(again)
         fresh, committed = contents(again), contents(root)
     return sorted(p for p in fresh.keys() | committed.keys() if fresh.get(p) != committed.get(p))
