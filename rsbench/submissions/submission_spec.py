@@ -43,6 +43,16 @@ class Authored(Spec):
     """Licence of its code and weights (SPDX identifier)."""
 
 
+class Seeds(Spec):
+    """The seeds of the run `rsbench submission measure` made on one track: with them, `verify` runs the attack and
+    judges what it returns exactly as measure did, so the claims are reproduced to every digit the tables show."""
+
+    run: int
+    """The attack's streams."""
+    judging: int
+    """The judge's noise (an entry is judged once more, on a seed drawn after its run)."""
+
+
 class Submission(Authored):
     """`submission.yaml`: the attack, who made it, and what it claims on which tracks."""
 
@@ -52,6 +62,9 @@ class Submission(Authored):
     """Per claimed track (`<goal>-<defense>`, its newest version), the metrics the authors measured, as the
     leaderboard reports them (null where it reports none; `rsbench submission measure` prints them); at least the
     goal's headline metrics, on at least one track."""
+    seeds: dict[str, Seeds] = Field(default_factory=dict)
+    """Per claimed track, the seeds of the measurement the claims come from (measure prints them with the claims);
+    without them, verify draws its own, and only an attack and judge that no noise moves reproduce the claims."""
 
 
 def files(folder: Path) -> list[Path]:
@@ -133,6 +146,9 @@ def load_submission(folder: Path, *, claims: bool = True) -> Submission:
     if claims and not submission.claims:
         raise RsbenchError(f"{path}: claims no track (rsbench submission measure {folder} --track TRACK prints the "
                            "claims block)")
+    unclaimed = sorted(set(submission.seeds) - set(submission.claims))
+    if claims and unclaimed:
+        raise RsbenchError(f"{path}: seeds of {', '.join(unclaimed)}, which it claims nothing on")
     for track, claimed in submission.claims.items() if claims else ():
         check_track(path, goal, track)
         check_values(path, goal, track, claimed)
