@@ -23,6 +23,7 @@ from rsbench.leaderboard import admission, rederive, site, track_files, track_ta
 from rsbench.leaderboard.track_files import Leaderboard, Protocol, Source, StoredFile
 from rsbench.records import AttackRecord
 from rsbench.submissions import defense_submissions, submission_run
+from rsbench.submissions.submission_spec import content_sha256
 
 TRACK = "evasion-smoothing-digits-0.50"
 
@@ -81,6 +82,11 @@ def another_digit(x: torch.Tensor, label: int) -> torch.Tensor:
     raise AssertionError("no confidently classified digit of another class")
 
 
+def beside_another_digit(x: torch.Tensor, label: int) -> torch.Tensor:
+    """`another_digit` moved a little off the segment from x: still adversarial, and not pgd's stored example."""
+    return 0.999 * another_digit(x, label) + 0.001
+
+
 def one_pixel(x: torch.Tensor, label: int) -> torch.Tensor:
     """x plus 0.1 in one pixel: not adversarial."""
     moved = x.clone()
@@ -115,7 +121,7 @@ def repo(base_repo: Path, tmp_path: Path) -> Path:
 
 def test_an_honest_new_entry_is_derived_and_judged_again_on_a_recorded_seed(repo: Path) -> None:
     root = repo / "leaderboards"
-    add_entry(root, "caa", another_digit)
+    add_entry(root, "caa", beside_another_digit)
     checked = audit.check(root, "HEAD")
     assert checked.new == [f"{TRACK} v1 caa"]
     agreement = checked.verification.agreement[f"{TRACK} v1 caa"]
@@ -245,9 +251,10 @@ def stored_examples(root: Path, name: str) -> dict[int, torch.Tensor]:
 
 @pytest.mark.parametrize(("t", "says"), [(1.0, "equals pgd's stored example"),
                                          (0.999, r"lies 0\.999 of the way from x to pgd's stored example")])
-def test_an_entry_assembled_from_another_entrys_examples_is_refused(repo: Path, t: float, says: str) -> None:
-    """Per sample, pgd's stored example (or a point just short of it on the segment from x): real adversarial
-    examples, re-judged and upheld, just not caa's."""
+def test_a_submitted_attack_assembled_from_another_entrys_examples_is_refused(repo: Path, t: float,
+                                                                              says: str) -> None:
+    """Per sample, pgd's stored example (or a point just short of it on the segment from x), shipped in the
+    submission's folder: real adversarial examples, re-judged and upheld, just not the submission's."""
     root = repo / "leaderboards"
     pgd = stored_examples(root, "pgd")
     by_x = {i: submission_run.prepare(light_board())[1][i][0] for i in pgd}
@@ -257,6 +264,17 @@ def test_an_entry_assembled_from_another_entrys_examples_is_refused(repo: Path, 
         return x + t * (pgd[index] - x)
 
     add_entry(root, "caa", copied, by_hand=True)
+    folder = repo / "submissions" / "caa"
+    folder.mkdir(parents=True)
+    (folder / "pgd_examples.txt").write_text("copied from the leaderboards")
+    path = root / TRACK / "v1.json"
+    data = json.loads(path.read_text())
+    data["entries"][1] |= {"source": {"kind": "submission", "submission": "caa", "commit": None,
+                                      "content_sha256": content_sha256(folder)},
+                           "judging": {"seed": 1, "date": "2026-01-01T00:00:00+00:00", "rsbench_version": "0",
+                                       "git_commit": None},
+                           "self_reported": rederive.SELF_REPORTED["evasion"]}
+    path.write_text(json.dumps(data))
     with pytest.raises(RsbenchError, match=f"{TRACK} v1 entry caa: its example of sample \\d+ {says}; an entry is an "
                                            "attack's own run"):
         audit.check(root, "HEAD", intervals=False)
@@ -281,7 +299,7 @@ def test_a_pull_requests_registry_entry_is_run_again_and_its_records_compared(re
     site.render(honest / "leaderboards")
     checked = audit.check(honest / "leaderboards", "HEAD", intervals=False, pull_request=True)
     assert checked.new == [f"{TRACK} v1 deepfool"]
-    add_entry(root, "deepfool", lambda x, label: 0.999 * another_digit(x, label) + 0.001)  # not pgd's either
+    add_entry(root, "deepfool", beside_another_digit)
     site.render(root)
     audit.check(root, "HEAD", intervals=False)  # its successes hold on fresh noise
     with pytest.raises(RsbenchError, match=f"{TRACK} v1 entry deepfool: sample \\d+'s record says .*, running its "

@@ -10,8 +10,9 @@ submission folder it names; a defense submission's entry a registry attack's spe
 the defense's folder, and records that running its attack again with its seeds reproduces
 (`defense_tracks.replay`); its records are one per attacked sample, with the dataset's labels, x and
 distances and the clean certificates of the track (recertified for a new track version); and every stored
-example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now; no stored example
-equals another entry's, or lies on the segment from x to one (`provenance.borrowed`). In a pull request,
+example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now; no example of a
+submitted attack equals another entry's, or lies on the segment from x to one (`provenance.borrowed`). In a pull
+request,
 a new registry entry is run again with its seed and its records compared, a new track version takes its goal's
 standard protocol (`provenance`), and the rendered tables must be what rendering the track files gives
 (`rendered`). A track whose defense names code of its own is derived with that code served from its
@@ -289,17 +290,17 @@ def recertify(path: Path, board: Leaderboard) -> None:
 
 def rederive_entry(path: Path, board: Leaderboard, entry: Entry, seed: int,
                    pull_request: bool = False) -> tuple[int, int]:
-    """A new entry's records checked against the dataset and its examples (`rederive.check_entry`), its examples
-    against every other entry's (`provenance.borrowed`) and, for a defense submission's and, in a pull request, a
-    registry entry's, against running its attack again; then every stored success judged again on noise of `seed`:
-    (upheld, re-judged)."""
+    """A new entry's records checked against the dataset and its examples (`rederive.check_entry`); a submitted
+    attack's examples against every other entry's (`provenance.borrowed`: it could ship them in its folder); a
+    defense submission's and, in a pull request, a registry entry's records against running its attack again;
+    then every stored success judged again on noise of `seed`: (upheld, re-judged)."""
     where = f"{board.track} v{board.version} entry {entry.name}"
     defense = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([])))
     dataset = load_dataset(board.defense.dataset.name, board.protocol.split, board.defense.dataset.root)
     clean, records = stored_records(path.parent, board)
     examples = _examples(path, entry)
     rederive.check_entry(board, defense, dataset, clean, entry.name, records[entry.name], examples)
-    if examples is not None:
+    if examples is not None and entry.source.kind == "submission":  # the others are run again (in a pull request)
         others = {e.name: _examples(path, e) for e in board.entries if e.name != entry.name}
         provenance.borrowed(where, examples, {name: kept for name, kept in others.items() if kept is not None})
     if entry.source.kind == "defense-submission":

@@ -1,11 +1,15 @@
 """Whether rsbench produced a new entry, or someone assembled it.
 
 Re-judging stored examples shows that they are adversarial, not that the entry's attack found them: an
-entry assembled from other entries' examples (per sample the smallest one) passes every verdict. So a new
-entry's stored example may neither equal another entry's stored example of the same sample nor lie on
-the segment between the clean x and one (`borrowed`), and in a pull request a registry entry is run again
-with its seed under the track's protocol and its records compared (`rerun`); the times are the running
-machine's and are shown as self-reported (`track_table.self_reported`). A new track version takes its goal's
+entry assembled from other entries' examples (per sample the smallest one) passes every verdict. So in a
+pull request a registry entry is run again with its seed under the track's protocol and its records
+compared (`rerun`), as `check` does with a submitted defense's entries; the times are the running
+machine's and are shown as self-reported (`track_table.self_reported`). A submitted attack cannot be run
+again outside its sandbox, and its folder could carry other entries' examples (the leaderboards are
+public): its stored example may neither equal another entry's stored example of the same sample nor lie on
+the segment between the clean x and one (`borrowed`). Registry attacks can do that honestly (on 15 of the
+328 pairs of entries on the committed tracks a degradation attack's example equals, or lies on the
+segment to, another's: eps-pgd searches along pgd's direction), which is why they are run again instead. A new track version takes its goal's
 standard protocol (`standard`).
 """
 
