@@ -231,7 +231,7 @@ def test_rendered_tables_that_no_track_file_backs_are_refused(repo: Path) -> Non
         lambda: page.unlink(),
     ]
     for edit in edits:
-        before = {p: p.read_bytes() for p in (root / "site").iterdir()} | {root / "README.md": (root / "README.md").read_bytes()}
+        before = {p: p.read_bytes() for p in [root / "README.md", *(root / "site").iterdir()]}
         edit()
         with pytest.raises(RsbenchError, match=r"the rendered tables are not what the track files give \(.+ differ\)"):
             audit.check(root, "HEAD", intervals=False, pull_request=True)

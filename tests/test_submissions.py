@@ -264,7 +264,8 @@ def test_claims_must_be_what_the_run_reproduces_to_the_digits_the_tables_show() 
     attack_submissions.check_claims("a", TRACK, {"success": 79, "r50": 0.19}, reproduced, exact=False)
     for claimed, reason in [({"success": 79}, r"claims success 79 .* reproduces 50 \[20, 80\]; refused"),
                             ({"r50": 0.124}, r"claims r50 0.124 .* reproduces 0.123 \[0.1, 0.2\]; refused"),
-                            ({"r50": None}, r"claims r50 None .* reproduces 0.123"), ({"time_s": 1}, "does not report")]:
+                            ({"r50": None}, r"claims r50 None .* reproduces 0.123"),
+                            ({"time_s": 1}, "does not report")]:
         with pytest.raises(RsbenchError, match=reason):
             attack_submissions.check_claims("a", TRACK, claimed, reproduced)
     with pytest.raises(RsbenchError, match=r"claims success 81 .* on its first samples; refused"):

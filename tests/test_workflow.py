@@ -86,7 +86,8 @@ def test_the_pull_requests_check_runs_from_the_base_branch_and_takes_the_pull_re
     comment = workflow("leaderboard.yml")["jobs"]["comment"]
     assert not any(s.get("uses", "").startswith("actions/checkout") for s in comment["steps"])
     post = comment["steps"][-1]
-    assert post["env"]["NUMBER"] == "${{ github.event.pull_request.number }}" and "gh pr comment \"$NUMBER\"" in post["run"]
+    assert post["env"]["NUMBER"] == "${{ github.event.pull_request.number }}"
+    assert 'gh pr comment "$NUMBER"' in post["run"]
 
 
 def test_actionlint_finds_nothing_in_the_workflows() -> None:

@@ -9,8 +9,8 @@ again outside its sandbox, and its folder could carry other entries' examples (t
 public): its stored example may neither equal another entry's stored example of the same sample nor lie on
 the segment between the clean x and one (`borrowed`). Registry attacks can do that honestly (on 15 of the
 328 pairs of entries on the committed tracks a degradation attack's example equals, or lies on the
-segment to, another's: eps-pgd searches along pgd's direction), which is why they are run again instead. A new track version takes its goal's
-standard protocol (`standard`).
+segment to, another's: eps-pgd searches along pgd's direction), which is why they are run again instead.
+A new track version takes its goal's standard protocol (`standard`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ import torch
 from rsbench import engine
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import rederive
-from rsbench.leaderboard.track_files import Entry, Leaderboard, jsonl, parse_jsonl, record_type
+from rsbench.leaderboard.track_files import (
+    Entry,
+    Leaderboard,
+    jsonl,
+    parse_jsonl,
+    record_type,
+)
 from rsbench.records import SampleRecord
 from rsbench.submissions.defense_submissions import TRACK_PROTOCOL, track_protocols
 
