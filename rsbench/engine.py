@@ -27,12 +27,12 @@ import torch
 from pydantic import BaseModel
 
 from rsbench import batching, runner
-from rsbench.progress import bar as bar_of
 from rsbench.data import load_dataset
 from rsbench.errors import RsbenchError
 from rsbench.goals import Goal, Sample, check_attack, goal_of
-from rsbench.rundir import RunDir
+from rsbench.progress import bar as bar_of
 from rsbench.records import RunConfig, RunResult, SampleRecord
+from rsbench.rundir import RunDir
 from rsbench.specs import AttackSpec, DefenseSpec
 
 Backend = Literal["local", "ray"]

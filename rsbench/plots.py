@@ -11,8 +11,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from rsbench import metrics  # noqa: E402
-from rsbench.records import AttackRecord, CertifiedPoint
-from rsbench.records import SampleRecord  # noqa: E402
+from rsbench.records import (
+    AttackRecord,
+    CertifiedPoint,
+    SampleRecord,  # noqa: E402
+)
+
+
+def save(figure: plt.Figure, path: Path) -> Path:
+    """Write the figure as a PNG and close it; without the matplotlib version among its metadata, so that rendering
+    the same records gives the same bytes on every machine with the same fonts (`leaderboard check` compares)."""
+    figure.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(figure)
+    return path
 
 
 def certified_accuracy_plot(records: Sequence[SampleRecord], points: Sequence[CertifiedPoint], title: str, path: Path) -> Path:
@@ -31,9 +42,7 @@ def certified_accuracy_plot(records: Sequence[SampleRecord], points: Sequence[Ce
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def attack_proportion_plot(records: Sequence[AttackRecord], title: str, path: Path) -> Path:
@@ -53,6 +62,4 @@ def attack_proportion_plot(records: Sequence[AttackRecord], title: str, path: Pa
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save(figure, path)

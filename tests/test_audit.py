@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsbench import registry, runner
+from rsbench import engine, registry, runner
 from rsbench.errors import RsbenchError
-from rsbench.gate import audit
-from rsbench.leaderboard import admission, rederive, track_files
+from rsbench.gate import audit, provenance
+from rsbench.leaderboard import admission, rederive, site, track_files, track_table
 from rsbench.leaderboard.track_files import Leaderboard, Protocol, Source, StoredFile
 from rsbench.records import AttackRecord
-from rsbench.submissions import submission_run
+from rsbench.submissions import defense_submissions, submission_run
+from rsbench.submissions.submission_spec import content_sha256
 
 TRACK = "evasion-smoothing-digits-0.50"
 
@@ -81,6 +82,11 @@ def another_digit(x: torch.Tensor, label: int) -> torch.Tensor:
     raise AssertionError("no confidently classified digit of another class")
 
 
+def beside_another_digit(x: torch.Tensor, label: int) -> torch.Tensor:
+    """`another_digit` moved a little off the segment from x: still adversarial, and not pgd's stored example."""
+    return 0.999 * another_digit(x, label) + 0.001
+
+
 def one_pixel(x: torch.Tensor, label: int) -> torch.Tensor:
     """x plus 0.1 in one pixel: not adversarial."""
     moved = x.clone()
@@ -115,7 +121,7 @@ def repo(base_repo: Path, tmp_path: Path) -> Path:
 
 def test_an_honest_new_entry_is_derived_and_judged_again_on_a_recorded_seed(repo: Path) -> None:
     root = repo / "leaderboards"
-    add_entry(root, "caa", another_digit)
+    add_entry(root, "caa", beside_another_digit)
     checked = audit.check(root, "HEAD")
     assert checked.new == [f"{TRACK} v1 caa"]
     agreement = checked.verification.agreement[f"{TRACK} v1 caa"]
@@ -208,3 +214,129 @@ def test_new_entries_go_to_the_newest_version_only(repo: Path) -> None:
     add_entry(root, "caa", another_digit)  # written to v1 by hand, as a pull request could
     with pytest.raises(RsbenchError, match="new entries go to the track's newest version, v2"):
         audit.check(root, "HEAD", intervals=False)
+
+
+def test_rendered_tables_that_no_track_file_backs_are_refused(repo: Path) -> None:
+    """A pull request rewrites a number of the README, a track page, a picture; adds a page; removes one."""
+    root = repo / "leaderboards"
+    site.render(root)
+    audit.check(root, "HEAD", intervals=False, pull_request=True)
+    page = root / "site" / f"{TRACK}-v1.html"
+    picture = next((root / "site").glob("*.png"))
+    edits: list[Callable[[], None]] = [
+        lambda: (root / "README.md").write_text((root / "README.md").read_text().replace("| pgd |", "| pgd (best) |")),
+        lambda: page.write_text(page.read_text().replace("pgd", "my-attack")),
+        lambda: picture.write_bytes(picture.read_bytes()[:-8]),
+        lambda: (root / "site" / "extra.html").write_text("<p>leader: my-attack</p>"),
+        lambda: page.unlink(),
+    ]
+    for edit in edits:
+        before = {p: p.read_bytes() for p in [root / "README.md", *(root / "site").iterdir()]}
+        edit()
+        with pytest.raises(RsbenchError, match=r"the rendered tables are not what the track files give \(.+ differ\)"):
+            audit.check(root, "HEAD", intervals=False, pull_request=True)
+        (root / "site" / "extra.html").unlink(missing_ok=True)
+        for path, data in before.items():
+            path.write_bytes(data)
+    assert audit.check(root, "HEAD", intervals=False, pull_request=True).new == []
+
+
+def stored_examples(root: Path, name: str) -> dict[int, torch.Tensor]:
+    """An entry's stored examples by sample index."""
+    path = root / TRACK / "v1.json"
+    entry = next(e for e in track_files.load(path).entries if e.name == name)
+    examples = audit._examples(path, entry)
+    return {i: examples["x_adv"][row] for row, i in enumerate(examples["index"].tolist())}
+
+
+@pytest.mark.parametrize(("t", "says"), [(1.0, "equals pgd's stored example"),
+                                         (0.999, r"lies 0\.999 of the way from x to pgd's stored example")])
+def test_a_submitted_attack_assembled_from_another_entrys_examples_is_refused(repo: Path, t: float,
+                                                                              says: str) -> None:
+    """Per sample, pgd's stored example (or a point just short of it on the segment from x), shipped in the
+    submission's folder: real adversarial examples, re-judged and upheld, just not the submission's."""
+    root = repo / "leaderboards"
+    pgd = stored_examples(root, "pgd")
+    by_x = {i: submission_run.prepare(light_board())[1][i][0] for i in pgd}
+
+    def copied(x: torch.Tensor, label: int) -> torch.Tensor:
+        index = next(i for i, clean_x in by_x.items() if torch.equal(clean_x, x))
+        return x + t * (pgd[index] - x)
+
+    add_entry(root, "caa", copied, by_hand=True)
+    folder = repo / "submissions" / "caa"
+    folder.mkdir(parents=True)
+    (folder / "pgd_examples.txt").write_text("copied from the leaderboards")
+    path = root / TRACK / "v1.json"
+    data = json.loads(path.read_text())
+    data["entries"][1] |= {"source": {"kind": "submission", "submission": "caa", "commit": None,
+                                      "content_sha256": content_sha256(folder)},
+                           "judging": {"seed": 1, "date": "2026-01-01T00:00:00+00:00", "rsbench_version": "0",
+                                       "git_commit": None},
+                           "self_reported": rederive.SELF_REPORTED["evasion"]}
+    path.write_text(json.dumps(data))
+    with pytest.raises(RsbenchError, match=f"{TRACK} v1 entry caa: its example of sample \\d+ {says}; an entry is an "
+                                           "attack's own run"):
+        audit.check(root, "HEAD", intervals=False)
+
+
+def test_a_pull_requests_registry_entry_is_run_again_and_its_records_compared(repo: Path, tmp_path: Path) -> None:
+    """deepfool's entry made by running deepfool passes; one whose examples deepfool did not find is refused, even
+    though every stored success is a real adversarial example that re-judging upholds."""
+    root = repo / "leaderboards"
+    path = root / TRACK / "v1.json"
+    board = track_files.load(path)
+    clean = track_files.stored_records(path.parent, board)[0]
+    attack = registry.get_attack("deepfool")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "clean.jsonl").write_bytes(track_files.jsonl(clean))
+    engine.evaluate(board.defense, [attack], board.protocol.run_config([attack]), run, torch.device("cpu"),
+                    save_examples=True, progress=False)
+    honest = tmp_path / "honest"
+    shutil.copytree(repo, honest)
+    admission.add_run(honest / "leaderboards", run)
+    site.render(honest / "leaderboards")
+    checked = audit.check(honest / "leaderboards", "HEAD", intervals=False, pull_request=True)
+    assert checked.new == [f"{TRACK} v1 deepfool"]
+    add_entry(root, "deepfool", beside_another_digit)
+    site.render(root)
+    audit.check(root, "HEAD", intervals=False)  # its successes hold on fresh noise
+    with pytest.raises(RsbenchError, match=f"{TRACK} v1 entry deepfool: sample \\d+'s record says .*, running its "
+                                           "attack again with its seeds gives .*; refused"):
+        audit.check(root, "HEAD", intervals=False, pull_request=True)
+
+
+def test_times_no_trusted_job_measured_are_marked_self_reported_on_every_table(repo: Path) -> None:
+    root = repo / "leaderboards"
+    board = track_files.load(root / TRACK / "v1.json")
+    [pgd] = board.entries
+    assert pgd.source.kind == "registry" and pgd.self_reported == []
+    assert {"time_s", "total_time_s"} <= track_table.self_reported(pgd)
+    assert track_table.marked(pgd, "time_s", "0.5 s") == "0.5 s*" and track_table.marked(pgd, "success", "50") == "50"
+    trusted = pgd.model_copy(update={"source": Source(kind="defense-submission", submission="x", content_sha256="0")})
+    assert track_table.self_reported(trusted) == set()
+    site.render(root)
+    assert track_table.SELF_REPORTED_NOTE in (root / "README.md").read_text()
+    assert "*" in (root / "site" / f"{TRACK}-v1.html").read_text().split("<tbody>")[1]
+
+
+def test_a_new_track_version_takes_its_goals_standard_protocol(repo: Path) -> None:
+    """A pull request adds v2 whose judge sees fewer copies than the standard's (easier successes): refused; the
+    standard protocol itself passes, as does the newest version of every committed track."""
+    root = repo / "leaderboards"
+    spec = registry.get_defense("smoothing-digits-0.50")
+    standard = defense_submissions.track_protocols(spec)[TRACK]
+    easier = standard.model_copy(update={"judge_n": 100})
+    track_files.save(root / TRACK / "v2.json", light_board().model_copy(update={
+        "version": 2, "protocol": easier, "protocol_hash": easier.spec_hash()}))
+    with pytest.raises(RsbenchError, match=f"{TRACK} v2: a new track version takes its goal's standard protocol "
+                                           r"\(rsbench evaluate's defaults on the first 20 or 100 samples\); its "
+                                           "judge_n differ; refused"):
+        audit.check(root, "HEAD", intervals=False, pull_request=True)
+    provenance.standard(TRACK, light_board().model_copy(update={"protocol": standard}))
+    committed = Path(__file__).resolve().parents[1] / "leaderboards"
+    newest = {path.parent.name: path for path in track_files.files(committed)}
+    for path in newest.values():
+        board = track_files.load(path)
+        provenance.standard(board.track, board)

@@ -25,7 +25,7 @@ from rsbench import registry, user_code
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
 from rsbench.gate import audit
-from rsbench.leaderboard import site, track_files
+from rsbench.leaderboard import rederive, site, track_files
 from rsbench.leaderboard.scoring import comparison, entry_metrics
 from rsbench.submissions import attack_submissions, defense_submissions, defense_tracks, sandbox, soundness, tensor_pipe
 from rsbench.submissions.submission_spec import content_sha256
@@ -117,7 +117,7 @@ def test_the_aol_example_earns_its_tracks_and_check_derives_them_again(verified:
         for entry in board.entries:
             again, _, _ = defense_tracks.judged_run(here, clean, entry.attack, entry.seed, entry.judging.seed,
                                                     tmp_path / board.track)
-            assert [defense_tracks._differing(a.model_dump(), b.model_dump())
+            assert [rederive.differing(a.model_dump(), b.model_dump())
                     for a, b in zip(records[entry.name], again)] == [None] * len(again)
     checked = audit.check(root, "HEAD")
     assert len(checked.new) == 4 and not checked.verification.refuted()

@@ -255,14 +255,21 @@ def test_verify_on_a_subset_checks_the_claims_on_its_samples_and_adds_no_entry(s
     assert track_files.load(root / TRACK / "v1.json").entries == []
 
 
-def test_claims_are_checked_against_the_reproduced_intervals() -> None:
+def test_claims_must_be_what_the_run_reproduces_to_the_digits_the_tables_show() -> None:
+    """A claim anywhere inside the 95% interval (79 where the run gives 50 [20, 80]) is refused; the value as the
+    tables show it passes; a run of a track's first samples only is held to its interval."""
     reproduced = {"success": track_files.Interval(value=50, ci_low=20, ci_high=80),
-                  "r50": track_files.Interval(value=None, ci_low=None, ci_high=None)}
-    attack_submissions.check_claims("a", TRACK, {"success": 79, "r50": None}, reproduced)
-    for claimed, reason in [({"success": 81}, r"claims success 81 .* reproduces 50 \[20, 80\]"),
-                            ({"r50": 0.5}, "claims r50 0.5 .* reproduces -"), ({"time_s": 1}, "does not report")]:
+                  "r50": track_files.Interval(value=0.123456, ci_low=0.1, ci_high=0.2)}
+    attack_submissions.check_claims("a", TRACK, {"success": 50, "r50": 0.123}, reproduced)
+    attack_submissions.check_claims("a", TRACK, {"success": 79, "r50": 0.19}, reproduced, exact=False)
+    for claimed, reason in [({"success": 79}, r"claims success 79 .* reproduces 50 \[20, 80\]; refused"),
+                            ({"r50": 0.124}, r"claims r50 0.124 .* reproduces 0.123 \[0.1, 0.2\]; refused"),
+                            ({"r50": None}, r"claims r50 None .* reproduces 0.123"),
+                            ({"time_s": 1}, "does not report")]:
         with pytest.raises(RsbenchError, match=reason):
             attack_submissions.check_claims("a", TRACK, claimed, reproduced)
+    with pytest.raises(RsbenchError, match=r"claims success 81 .* on its first samples; refused"):
+        attack_submissions.check_claims("a", TRACK, {"success": 81}, reproduced, exact=False)
 
 
 @pytest.mark.parametrize(("claims", "reason"), [
@@ -391,9 +398,20 @@ def test_measure_prints_claims_that_verify_accepts(sandboxed: None, root: Path, 
     assert set(measured) == {TRACK} and measured[TRACK]["success"] == 100 and measured[TRACK]["r50"] > 1
     assert "# 95% interval [" in printed and "NOT" not in printed and "time_s" not in measured[TRACK]
     assert track_files.load(root / TRACK / "v1.json").entries == []  # measuring adds nothing
-    (folder / "submission.yaml").write_text(yaml.safe_dump(data | {"claims": measured}))
+    seeds = yaml.safe_load(printed)["seeds"]
+    assert set(seeds) == {TRACK} and set(seeds[TRACK]) == {"run", "judging"}
+    (folder / "submission.yaml").write_text(yaml.safe_dump(data | {"claims": measured, "seeds": seeds}))
     [line] = attack_submissions.verify(folder, root, timeout=300, dry_run=True)
     assert line.startswith(f"{TRACK}: claims reproduced (success 100 [100, 100], r50 ")
+    nudged = {TRACK: measured[TRACK] | {"r50": round(measured[TRACK]["r50"] * 1.01, 2)}}  # inside its interval
+    (folder / "submission.yaml").write_text(yaml.safe_dump(data | {"claims": nudged, "seeds": seeds}))
+    with pytest.raises(RsbenchError, match=f"claims r50 {nudged[TRACK]['r50']:g} on {TRACK}; its run reproduces "
+                                           f"{measured[TRACK]['r50']:g} "):
+        attack_submissions.verify(folder, root, timeout=300, dry_run=True)
+    (folder / "submission.yaml").write_text(yaml.safe_dump(data | {"claims": measured, "seeds": seeds}))
+    attack_submissions.verify(folder, root, timeout=300)
+    [entry] = track_files.load(root / TRACK / "v1.json").entries
+    assert entry.seed == seeds[TRACK]["run"] and entry.judging.seed != seeds[TRACK]["judging"]  # judged on new noise
     partial = attack_submissions.measure(folder, root, samples=1, timeout=300)  # the claimed tracks, by default
     assert "NOT the tracks' protocols: evasion-smoothing-digits-0.50 on its first 1 of 2 samples" in partial
     assert yaml.safe_load(partial)["claims"][TRACK]["success"] == 100

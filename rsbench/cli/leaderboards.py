@@ -73,8 +73,10 @@ def leaderboard_add(run_dir: Path, new_version: bool, root: Path) -> None:
                                             "comparison blocks (seconds instead of about a minute).")
 @click.option("--seed", type=int, default=None, help="Replay a re-judging of new entries with this verification seed "
                                                      "(default: drawn from the operating system now).")
-@click.option("--pull-request", is_flag=True, help="Refuse new submission entries: the trusted job adds those after "
-                                                   "merge (CI on pull requests).")
+@click.option("--pull-request", is_flag=True,
+              help="CI on pull requests: refuse new submission entries (the trusted job adds those after merge) and "
+                   "new track versions off their goal's standard protocol, run every new registry entry again, and "
+                   "refuse rendered tables that differ from rendering the track files.")
 @click.option("--submissions", type=click.Path(path_type=Path), default=None,
               help="Folder of the submission folders (default: submissions/ beside ROOT).")
 def leaderboard_check(root: Path, against: str | None, quick: bool, seed: int | None, pull_request: bool,

@@ -10,9 +10,13 @@ submission folder it names; a defense submission's entry a registry attack's spe
 the defense's folder, and records that running its attack again with its seeds reproduces
 (`defense_tracks.replay`); its records are one per attacked sample, with the dataset's labels, x and
 distances and the clean certificates of the track (recertified for a new track version); and every stored
-example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now. A graph defense
-is derived with rsbench's own code on its graph; a track whose defense names code of its own (a
-self-certified plugin) is derived with that code served from its submission folder, in the sandbox
+example of a success is judged again (`verdicts.upheld`) on noise from a seed drawn now; no example of a
+submitted attack equals another entry's, or lies on the segment from x to one (`provenance.borrowed`). In a pull
+request,
+a new registry entry is run again with its seed and its records compared, a new track version takes its goal's
+standard protocol (`provenance`), and the rendered tables must be what rendering the track files gives
+(`rendered`). A graph defense is derived with rsbench's own code on its graph; a track whose defense names code of its own
+(a self-certified plugin) is derived with that code served from its submission folder, in the sandbox
 (`defense_tracks.serving`), never in this process, and its certificates are audited again on its graph.
 `verify` re-judges a track's stored examples the same way, with a fresh seed or one to replay.
 """
@@ -33,6 +37,7 @@ from rsbench import registry, runner
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
+from rsbench.gate import provenance, rendered
 from rsbench.leaderboard import rederive, verdicts
 from rsbench.leaderboard.scoring import comparison, entry_metrics, point_metrics
 from rsbench.leaderboard.track_files import (
@@ -147,7 +152,9 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
           pull_request: bool = False, submissions: Path | None = None) -> Checked:
     """Check every file under root and, against git revision `against`, the history and every new entry.
 
-    `pull_request` refuses new submission entries (the trusted job adds those after merge); `submissions` is
+    `pull_request` refuses new submission entries (the trusted job adds those after merge), a new track version
+    whose protocol is not its goal's standard one (`provenance.standard`) and rendered tables that are not what the
+    track files give (`rendered.check`), and runs every new registry entry again; `submissions` is
     the folder of submission folders (default: beside root); `seed` replays a re-judging.
     """
     paths = files(root)
@@ -193,6 +200,10 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
         if board.version != newest[board.track]:
             raise RsbenchError(f"{where}: new entries go to the track's newest version, v{newest[board.track]}")
         check_source(where, board, entry, submissions, pull_request)
+    if pull_request:
+        for path in boards.keys() - old_files.keys():
+            provenance.standard(f"{boards[path].track} v{boards[path].version}", boards[path])
+        rendered.check(root)
     derived = {path: boards[path] for path in [*certified, *(path for path, _, _ in new)]}
     derived = {path: board.model_copy(update={"defense": located(board.defense, submissions)})
                for path, board in derived.items()}
@@ -202,7 +213,7 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
             recertify(path, derived[path])
         for path, _, entry in each(new, "re-judge", "entry"):
             board = derived[path]
-            agreement = rederive_entry(path, board, entry, verification.judging.seed)
+            agreement = rederive_entry(path, board, entry, verification.judging.seed, pull_request)
             verification.agreement[f"{board.track} v{board.version} {entry.name}"] = agreement
     refuted = verification.refuted()
     if refuted:
@@ -281,17 +292,25 @@ def recertify(path: Path, board: Leaderboard) -> None:
         check_soundness(board.defense, samples=board.protocol.num_samples, seed=secrets.randbits(63))
 
 
-def rederive_entry(path: Path, board: Leaderboard, entry: Entry, seed: int) -> tuple[int, int]:
-    """A new entry's records checked against the dataset and its examples (`rederive.check_entry`) and, for a
-    defense submission's, against running its attack again (`defense_tracks.replay`); then every stored success
-    judged again on noise of `seed`: (upheld, re-judged)."""
+def rederive_entry(path: Path, board: Leaderboard, entry: Entry, seed: int,
+                   pull_request: bool = False) -> tuple[int, int]:
+    """A new entry's records checked against the dataset and its examples (`rederive.check_entry`); a submitted
+    attack's examples against every other entry's (`provenance.borrowed`: it could ship them in its folder); a
+    defense submission's and, in a pull request, a registry entry's records against running its attack again;
+    then every stored success judged again on noise of `seed`: (upheld, re-judged)."""
+    where = f"{board.track} v{board.version} entry {entry.name}"
     defense = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([])))
     dataset = load_dataset(board.defense.dataset.name, board.protocol.split, board.defense.dataset.root)
     clean, records = stored_records(path.parent, board)
     examples = _examples(path, entry)
     rederive.check_entry(board, defense, dataset, clean, entry.name, records[entry.name], examples)
+    if examples is not None and entry.source.kind == "submission":  # the others are run again (in a pull request)
+        others = {e.name: _examples(path, e) for e in board.entries if e.name != entry.name}
+        provenance.borrowed(where, examples, {name: kept for name, kept in others.items() if kept is not None})
     if entry.source.kind == "defense-submission":
         defense_tracks.replay(board, entry, clean, records[entry.name])
+    elif entry.source.kind == "registry" and pull_request:
+        provenance.rerun(where, board, entry, clean, records[entry.name])
     return rejudge(board, defense, entry.name, records[entry.name], examples, seed)
 
 

@@ -31,7 +31,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
-from rsbench import runner  # noqa: E402
+from rsbench import plots, runner  # noqa: E402
 from rsbench.defenses.base import Defense  # noqa: E402
 from rsbench.defenses.smoothed_view import goodman_bounds  # noqa: E402
 from rsbench.defenses.smoothing import Smoothing  # noqa: E402
@@ -134,9 +134,7 @@ def curve_plot(points: Sequence[CurvePoint], title: str, path: Path, *, norm: st
         axes.grid(alpha=0.3)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return plots.save(figure, path)
 
 
 DEGRADATION_NOTE = (

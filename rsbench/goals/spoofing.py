@@ -22,7 +22,7 @@ import matplotlib
 import torch
 import torch.nn.functional as F
 
-from rsbench import runner
+from rsbench import plots, runner
 from rsbench.attacks.base import Target, Tracker
 from rsbench.attacks.shadow import total_variation
 from rsbench.errors import RsbenchError
@@ -182,9 +182,7 @@ def shadow_examples_plot(examples: Sequence[SpoofExample], title: str, path: Pat
             axis.axis("off")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return plots.save(figure, path)
 
 
 def _percent(count: int, total: int) -> float:

@@ -204,3 +204,31 @@ def _check_measures(board: Leaderboard, where: str, r: Any, x: torch.Tensor, x_a
             raise RsbenchError(f"{where}: sample {r.index}'s example gives {field} {value:.4f}, its record {stored}")
     if goal != "spoofing" and not in_threat_model(board, x, x_adv):
         raise RsbenchError(f"{where}: sample {r.index}'s example lies outside [0, 1] or the ball of epsilon")
+
+
+def same_records(where: str, stored: Sequence[Any], again: Sequence[Any]) -> None:
+    """Refuse, with one line, stored records that are not what running their attack again with their seeds gave
+    (`again`), times aside (the running machine measures those)."""
+    by_index = {r.index: r for r in stored}
+    if sorted(by_index) != sorted(r.index for r in again):
+        raise RsbenchError(f"{where}: running it again attacks other samples than its records")
+    for fresh in again:
+        field = differing(by_index[fresh.index].model_dump(), fresh.model_dump())
+        if field is not None:
+            raise RsbenchError(f"{where}: sample {fresh.index}'s record says {field} "
+                               f"{by_index[fresh.index].model_dump()[field]}, running its attack again with its seeds "
+                               f"gives {fresh.model_dump()[field]}; refused")
+
+
+def differing(stored: dict[str, Any], fresh: dict[str, Any]) -> str | None:
+    """The first field (times aside, which are measured) in which two records differ beyond float rounding."""
+    for field, value in fresh.items():
+        if field.endswith("time_s"):
+            continue
+        other = stored.get(field)
+        if isinstance(value, float) and isinstance(other, float):
+            if not math.isclose(value, other, rel_tol=1e-4, abs_tol=1e-6):
+                return field
+        elif value != other:
+            return field
+    return None

@@ -35,6 +35,7 @@ from rsbench.leaderboard.track_table import (
     marked,
     metric_columns,
     protocol_line,
+    self_reported,
     sorted_entries,
     source_of,
     superseded,
@@ -149,7 +150,7 @@ def page(board: Leaderboard, ranking: Ranking, p_values: dict[str, dict[str, flo
                        for k, v in board.protocol.model_dump().items() if k != "metrics")
     legend = [RANK_LEGEND, *(f"{k}: {board.protocol.metrics[k]}" for k in columns)]
     legend += [TIME_LEGEND] if any(k in TIME_METRICS for k in columns) else []
-    legend += [SELF_REPORTED_NOTE] if any(e.self_reported for e in board.entries) else []
+    legend += [SELF_REPORTED_NOTE] if any(self_reported(e) & set(columns) for e in board.entries) else []
     images = "".join(f'<img src="{esc(name)}" alt="{esc(name)}">' for name in pictures)
     note = superseded(board, newest)
     note = f'<p id="superseded"><b>{esc(note)}</b></p>' if note else ""
@@ -277,8 +278,9 @@ TRUST = ("What you can trust: every success rests on a stored example that rsben
          "protocol, and any success can be judged again on fresh noise (rsbench leaderboard verify). A submitted "
          "attack ran in a sandbox; rsbench rebuilt its records from the dataset and the examples it returned, judged "
          "on noise from a seed drawn after it finished (recorded in the entry, so anyone can replay it). Numbers "
-         "marked * (times, iterations, first examples) are the attack's own report. Smoothing verdicts are "
-         "statistical, with the protocol's alpha; every number carries a 95% bootstrap interval over samples.")
+         "marked * are self-reported: times measured by the machine that ran the attack, unless rsbench's trusted "
+         "job did, and what a submitted attack reports about itself (iterations, first examples). Smoothing verdicts "
+         "are statistical, with the protocol's alpha; every number carries a 95% bootstrap interval over samples.")
 """What a visitor can trust, and why; on the site's index and in the leaderboards README."""
 
 README_HEAD = f"""# Leaderboards

@@ -83,12 +83,21 @@ def source_of(entry: Entry) -> str:
     return f"submission {source.submission}, content {(source.content_sha256 or 'unknown')[:8]}"
 
 
-SELF_REPORTED_NOTE = "* self-reported by the attack (times, iterations, its first example); rsbench did not judge it."
+SELF_REPORTED_NOTE = ("* self-reported: by the attack (times, iterations, its first example), or measured by the "
+                      "machine that ran it, which was not rsbench's CI (times); rsbench did not judge it.")
+MEASURED = ("time_s", "total_time_s", "first_ratio_time")
+"""Metrics from times the running machine measured, which no re-check can reproduce."""
+
+
+def self_reported(entry: Entry) -> set[str]:
+    """The entry's metrics rsbench did not judge: what its attack reported itself and, unless rsbench's trusted job
+    ran it (a submitted defense's suite), its times, which came with the pull request that carried it."""
+    return set(entry.self_reported) | (set() if entry.source.kind == "defense-submission" else set(MEASURED))
 
 
 def marked(entry: Entry, metric: str, text: str) -> str:
-    """A cell's text, starred when the entry's attack reported the number itself."""
-    return f"{text}*" if metric in entry.self_reported and text != "–" else text
+    """A cell's text, starred when rsbench did not judge the number (`self_reported`)."""
+    return f"{text}*" if metric in self_reported(entry) and text != "–" else text
 
 
 def superseded(board: Leaderboard, newest: int | None) -> str:
@@ -165,7 +174,7 @@ def markdown(board: Leaderboard, ranking: Ranking, sort: str | None = None, newe
                      f"{entry.attacked} | {values} |")
     legend = [RANK_LEGEND, *(f"`{k}`: {p.metrics[k]}" for k in columns)]
     legend += [TIME_LEGEND] if any(k in TIME_METRICS for k in columns) else []
-    legend += [SELF_REPORTED_NOTE] if any(e.self_reported for e in board.entries) else []
+    legend += [SELF_REPORTED_NOTE] if any(self_reported(e) & set(columns) for e in board.entries) else []
     return "\n".join([*lines, "", *(f"- {line}" for line in legend)])
 
 

@@ -12,7 +12,6 @@ defense (`submissions/defenses/<name>/`) is validated and verified by `rsbench.s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from rsbench.progress import each
 from rsbench.records import SampleRecord
 from rsbench.submissions import claims, defense_claims, defense_submissions, defense_tracks, sandbox, submission_run
 from rsbench.submissions.submission_spec import (
+    Seeds,
     Submission,
     check_track,
     commit_of,
@@ -134,16 +134,18 @@ class Reproduced:
 
 
 def reproduce(folder: Path, submission: Submission, root: Path, track: str, timeout: float, samples: int | None,
-              isolated: bool) -> Reproduced:
+              isolated: bool, seeds: Seeds | None = None) -> Reproduced:
     """Run the submission on the track's protocol (its first `samples` only, when fewer) in the sandbox, judge what it
-    returns and compute the entry's metrics with their intervals, as the leaderboard does."""
+    returns and compute the entry's metrics with their intervals, as the leaderboard does; with `seeds`, exactly
+    as the measurement that used them did."""
     path = track_files.find(root, track)
     board = track_files.load(path)
     subset = samples is not None and samples < board.protocol.num_samples
     if subset:
         board = board.model_copy(update={"protocol": board.protocol.model_copy(update={"num_samples": samples})})
     clean = clean_of(board, path.parent)
-    judged = submission_run.run(folder, submission, board, clean, root, timeout=timeout, isolated=isolated)
+    judged = submission_run.run(folder, submission, board, clean, root, timeout=timeout, isolated=isolated,
+                                seed=seeds and seeds.run, judge_seed=seeds and seeds.judging)
     return Reproduced(path, board, subset, clean, judged, entry_metrics(board, submission.name, clean, judged.records))
 
 
@@ -171,7 +173,8 @@ def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float
         run = reproduce(folder, submission, root, track, timeout, samples, isolated)
         full = track_files.load(run.path).protocol.num_samples
         measured.append(claims.Measured(track, run.board.version, run.board.protocol.num_samples, full, run.metrics,
-                                        rederive.SELF_REPORTED[run.board.protocol.goal]))
+                                        rederive.SELF_REPORTED[run.board.protocol.goal],
+                                        Seeds(run=run.judged.seed, judging=run.judged.judging.seed)))
     return claims.block(submission.name, measured)
 
 
@@ -194,8 +197,9 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     digest, commit = content_sha256(folder), commit_of(folder)
     lines = []
     for track, claimed in each(submission.claims.items(), f"verify {submission.name}", "track"):
-        run = reproduce(folder, submission, root, track, timeout, samples, isolated)
-        check_claims(submission.name, track, claimed, run.metrics)
+        seeds = submission.seeds.get(track)
+        run = reproduce(folder, submission, root, track, timeout, samples, isolated, seeds)
+        check_claims(submission.name, track, claimed, run.metrics, exact=not run.subset)
         goal = run.board.protocol.goal
         summary = ", ".join(f"{k} {_value(run.metrics[k])}" for k in track_files.HEADLINE[goal])
         if run.subset:
@@ -208,7 +212,8 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
             continue
         source = Source(kind="submission", submission=submission.name, commit=commit, content_sha256=digest)
         environment = runner.environment(torch.device("cpu"))
-        judged = run.judged
+        judged = run.judged if seeds is None else submission_run.judge(  # on noise no one knew before it ran
+            run.board, run.clean, submission.name, run.judged.seed, run.judged.proposals, run.judged.reports)
         entry = admission.NewEntry(submission.attack, judged.records, judged.examples, source, environment,
                                    pinned_sha256(run.board.defense.weights), judged.judging.date, judged.seed,
                                    judged.judging, rederive.SELF_REPORTED[goal])
@@ -221,16 +226,11 @@ def _value(interval: track_files.Interval) -> str:
     return "-" if interval.value is None else f"{interval.value:.3g} [{interval.ci_low:.3g}, {interval.ci_high:.3g}]"
 
 
-def _shown(value: float) -> float:
-    """Half a unit of the third significant digit, to which the leaderboard shows `value` (a claim copied from its
-    table is as exact as the table)."""
-    return 0.5 * 10 ** (math.floor(math.log10(abs(value))) - 2) if value else 1e-9
-
-
-def check_claims(name: str, track: str, claims: dict[str, float | None], reproduced: dict) -> None:
-    """Refuse, with one line, a claimed metric outside the 95% interval its run reproduces (as the leaderboard shows
-    it, to three significant digits)."""
-    for metric, claimed in claims.items():
+def check_claims(name: str, track: str, values: dict[str, float | None], reproduced: dict, exact: bool = True) -> None:
+    """Refuse, with one line, a claimed metric that is not what the run reproduces to the three significant digits
+    the tables show (what `measure` printed, when the run used its seeds); with `exact` off (a run of the track's
+    first samples only), one outside the reproduced 95% interval as the tables show it."""
+    for metric, claimed in values.items():
         interval = reproduced.get(metric)
         if interval is None:
             raise RsbenchError(f"{name} claims {metric} on {track}, which the track does not report")
@@ -239,6 +239,8 @@ def check_claims(name: str, track: str, claims: dict[str, float | None], reprodu
                 raise RsbenchError(f"{name} claims {metric} {claimed} on {track}; its run reproduces "
                                    f"{_value(interval)}; refused")
             continue
-        if not interval.ci_low - _shown(interval.ci_low) <= claimed <= interval.ci_high + _shown(interval.ci_high):
+        low, high = (interval.value, interval.value) if exact else (interval.ci_low, interval.ci_high)
+        if not claims.shown(low) <= claims.shown(claimed) <= claims.shown(high):
             raise RsbenchError(f"{name} claims {metric} {claimed:g} on {track}; its run reproduces "
-                               f"{interval.value:.3g} [{interval.ci_low:.3g}, {interval.ci_high:.3g}]; refused")
+                               f"{interval.value:.3g} [{interval.ci_low:.3g}, {interval.ci_high:.3g}]"
+                               f"{'' if exact else ' on its first samples'}; refused")

@@ -5,7 +5,8 @@ must exist under the leaderboards' root (its newest version is meant), and the s
 be an entry's on a claimed track: admission would refuse it only after the whole run (an entry made from
 this very folder, unchanged, is its own).
 `block` writes what `rsbench submission measure` measured as the `claims:` block of `submission.yaml`,
-each value with its 95% interval as a comment; YAML drops the comments when the file is read.
+each value with its 95% interval as a comment (YAML drops the comments when the file is read), and the
+`seeds:` of the measurement, with which `verify` must find these very values.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import track_files
 from rsbench.leaderboard.track_files import Interval, Leaderboard
-from rsbench.submissions.submission_spec import Submission, content_sha256
+from rsbench.submissions.submission_spec import Seeds, Submission, content_sha256
 
 
 def track_file(root: Path, name: str, track: str) -> Path:
@@ -71,16 +72,23 @@ class Measured:
     metrics: dict[str, Interval]
     self_reported: Sequence[str]
     """Metrics computed from what the attack reported about itself (times): shown, never claimed."""
+    seeds: Seeds
+    """The seeds of the run, with which verify reproduces it."""
+
+
+def shown(value: float) -> float:
+    """A value as the tables show it: three significant digits."""
+    return float(f"{value:.3g}")
 
 
 def _scalar(value: float | None) -> str:
     """A value as the leaderboard shows it (three significant digits), written so that YAML reads a number."""
     if value is None:
         return "null"
-    shown = float(f"{value:.3g}")
-    if shown.is_integer() and abs(shown) < 1e15:
-        return str(int(shown))
-    text = repr(shown)
+    value = shown(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    text = repr(value)
     return text if "." in text else text.replace("e", ".0e")
 
 
@@ -107,7 +115,9 @@ def block(name: str, measured: Sequence[Measured]) -> str:
         for metric, interval in claimed.items():
             value = _scalar(interval.value)
             lines.append(f"    {metric}: {value}{' ' * (width - len(metric) - len(value))}  # {_interval(interval)}")
-        shown = [f"{k} {_scalar(v.value)} ({_interval(v)})" for k, v in m.metrics.items() if k in m.self_reported]
-        if shown:
-            lines.append(f"    # measured by the attack itself on this machine, not claimed: {'; '.join(shown)}")
+        own = [f"{k} {_scalar(v.value)} ({_interval(v)})" for k, v in m.metrics.items() if k in m.self_reported]
+        if own:
+            lines.append(f"    # measured by the attack itself on this machine, not claimed: {'; '.join(own)}")
+    lines.append("seeds:  # of this measurement: verify runs and judges with them and must find these very claims")
+    lines += [f"  {m.track}: {{run: {m.seeds.run}, judging: {m.seeds.judging}}}" for m in measured]
     return "\n".join(lines)

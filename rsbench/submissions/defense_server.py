@@ -31,7 +31,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -50,8 +49,7 @@ from rsbench import hub, in_process, user_code
 from rsbench.defenses.base import Certificate, Defense, check_input, check_output
 from rsbench.errors import RsbenchError
 from rsbench.specs import GRAPH, DefenseSpec
-from rsbench.submissions import sandbox
-from rsbench.submissions.submission_spec import IGNORED
+from rsbench.submissions import sandbox, submission_spec
 from rsbench.submissions.tensor_pipe import Pipe, states
 
 
@@ -75,7 +73,7 @@ class Link:
             raise RsbenchError(f"{self.name}'s process gave no valid answer to {what} "
                                f"({type(error).__name__}: {self.last_words()})") from None
         if "error" in header:
-            raise RsbenchError(f"{self.name}'s code failed on {what}: {str(header['error'])[:300]}")
+            raise RsbenchError(f"{self.name}'s code failed on {what}: {sandbox.echoed(str(header['error']))}")
         return header.get("value"), tensors
 
     def call(self, op: str, tensors: dict[str, torch.Tensor], **args: Any) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -100,8 +98,7 @@ class Link:
         with self.stderr.open("rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
             tail = handle.read().decode(errors="replace")
-        lines = [line for line in tail.splitlines() if line.strip()]
-        return lines[-1][:300] if lines else f"exit status {self.process.poll()}"
+        return sandbox.echoed(tail) or f"exit status {self.process.poll()}"
 
     def close(self) -> None:
         """End the child and every process it started."""
@@ -265,7 +262,7 @@ def served(spec: DefenseSpec, folder: Path, *, timeout: float, isolated: bool = 
     with tempfile.TemporaryDirectory(prefix="rsbench-defense-") as scratch:
         work = Path(scratch)
         harness = box.mount(sandbox.harness_copy(work / "harness"), "/harness")
-        shutil.copytree(folder, work / "submission" / folder.name, ignore=shutil.ignore_patterns(*IGNORED))
+        submission_spec.copy(folder, work / "submission" / folder.name)
         code = box.mount(work / "submission", "/submission") + f"/{folder.name}"
         weights = box.mount(checkpoint, f"/checkpoint/{checkpoint.name}")
         (work / "home").mkdir()

@@ -6,7 +6,7 @@ plugin certifier in the folder whose network is that graph), the authors, the pa
 track the defense will get (`<goal>-<name>` for every goal its kind supports, under the standard
 protocol `track_protocols` gives), the clean and certified accuracies the authors measured there.
 
-`load` checks the schema, the names (never a registry defense's name or alias: a submitted defense is
+`load` refuses a folder that is or holds a link, then checks the schema, the names (never a registry defense's name or alias: a submitted defense is
 named by its folder's path, and is no registry defense), that every file the spec names is in the
 folder and that the weights have their sha256; it runs no code. `recertify` certifies the first
 samples of each track as the track will and refuses a claimed accuracy outside the reproduced 95%
@@ -32,7 +32,7 @@ from rsbench.records import SampleRecord
 from rsbench.specs import GOALS_BY_KIND, GRAPH, DefenseSpec, Spec
 from rsbench.submissions import soundness
 from rsbench.submissions.defense_server import needs_serving
-from rsbench.submissions.submission_spec import Authored
+from rsbench.submissions.submission_spec import Authored, files
 
 TRACK_PROTOCOL = {"num_samples": 20, "n0": 100, "n": 10_000, "alpha": 0.001, "judge_n": 1500, "judge_alpha": 0.005,
                   "confirm_n": 15_000, "seed": 0}
@@ -85,6 +85,7 @@ def is_defense(folder: Path) -> bool:
 def load(folder: Path) -> DefenseSubmission:
     """The folder's submission, its schema, names, files and weights checked; one line naming what is wrong."""
     path = folder / "submission.yaml"
+    files(folder)  # before reading anything in it
     data = registry.read_yaml(path)
     try:
         submission = DefenseSubmission.model_validate(data)
@@ -187,6 +188,7 @@ def located(spec: DefenseSpec, submissions: Path) -> DefenseSpec:
     folder to run from: refused."""
     folder = (submissions / "defenses" / spec.name).resolve()
     if (folder / "submission.yaml").is_file():
+        files(submissions / "defenses" / spec.name)  # before reading anything in it
         try:
             held = registry.get_defense(str(folder))
         except RsbenchError:

@@ -18,14 +18,12 @@ failure (a defense's author would forge that one); running the attack again does
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -131,29 +129,7 @@ def replay(board: Leaderboard, entry: Entry, clean: list[SampleRecord], records:
         raise RsbenchError(f"{where}: records no judging to replay")
     with tempfile.TemporaryDirectory(prefix="rsbench-replay-") as scratch:
         again, _, _ = judged_run(board, clean, entry.attack, entry.seed, entry.judging.seed, Path(scratch))
-    stored = {r.index: r for r in records}
-    if sorted(stored) != sorted(r.index for r in again):
-        raise RsbenchError(f"{where}: running it again attacks other samples than its records")
-    for fresh in again:
-        field = _differing(stored[fresh.index].model_dump(), fresh.model_dump())
-        if field is not None:
-            raise RsbenchError(f"{where}: sample {fresh.index}'s record says {field} "
-                               f"{stored[fresh.index].model_dump()[field]}, running its attack again with its seeds "
-                               f"gives {fresh.model_dump()[field]}; refused")
-
-
-def _differing(stored: dict[str, Any], fresh: dict[str, Any]) -> str | None:
-    """The first field (times aside, which are measured) in which two records differ beyond float rounding."""
-    for field, value in fresh.items():
-        if field.endswith("time_s"):
-            continue
-        other = stored.get(field)
-        if isinstance(value, float) and isinstance(other, float):
-            if not math.isclose(value, other, rel_tol=1e-4, abs_tol=1e-6):
-                return field
-        elif value != other:
-            return field
-    return None
+    rederive.same_records(where, records, again)
 
 
 def _checked(submission: DefenseSubmission, samples: int | None) -> tuple[list[str], dict[str, list[SampleRecord]]]:

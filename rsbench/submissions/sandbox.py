@@ -5,7 +5,9 @@ sees the system's libraries and this Python installation (read-only), the folder
 read-only copy of the harness, the submission, the data and weights caches) and one writable scratch
 folder; a private /tmp, a minimal /dev and its own /proc; a handful of environment variables; a network
 namespace of its own with nothing but loopback; a PID namespace (it cannot see or signal other
-processes, and all its processes die with it); a new session (no terminal).
+processes, and all its processes die with it); a new session (no terminal); no user namespaces of its own
+and a seccomp filter that denies the system calls a submission never needs (`syscalls`: namespaces, ptrace,
+mounts, key rings, BPF, kernel modules, io_uring).
 It does not see any checkout (no `leaderboards/`, no `.git`), home folders or the caller's environment.
 
 What it does not isolate: CPU, memory and disk use (only the caller's wall-clock limit bounds them),
@@ -33,10 +35,13 @@ from typing import IO
 
 import rsbench
 from rsbench.errors import RsbenchError
+from rsbench.submissions import syscalls
 
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/ld.so.conf",
           "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime", "/etc/fonts")
 """System paths mounted read-only where they exist: programs, libraries and the dynamic loader's files."""
+ECHO_CHARS = 200
+"""The most characters of a sandboxed process's error text that rsbench repeats."""
 TICK_S = 0.5
 """Seconds between two looks at a running command's progress."""
 NO_SANDBOX = ("bubblewrap (bwrap) {why}: submission code runs only inside its sandbox. Install it "
@@ -51,19 +56,26 @@ def in_ci() -> bool:
 
 @lru_cache(maxsize=1)
 def unavailable() -> str | None:
-    """Why bubblewrap cannot sandbox on this machine (missing, or not allowed to create namespaces); None if it can."""
+    """Why bubblewrap cannot sandbox on this machine (missing, older than 0.8, which has no --disable-userns, not
+    allowed to create namespaces, or without the system-call filter); None if it can."""
     binary = shutil.which("bwrap")
     if binary is None:
         return NO_SANDBOX.format(why="is not installed")
-    probe = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--die-with-parent",
-             "true"]
     try:
-        done = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+        filter_fd = syscalls.descriptor()
+    except RsbenchError as error:
+        return str(error)
+    probe = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--unshare-user",
+             "--disable-userns", "--seccomp", str(filter_fd), "--die-with-parent", "true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=30, pass_fds=(filter_fd,))
     except (OSError, subprocess.TimeoutExpired) as error:
         return NO_SANDBOX.format(why=f"cannot start ({error})")
+    finally:
+        os.close(filter_fd)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        return NO_SANDBOX.format(why=f"cannot create namespaces here ({reason})")
+        return NO_SANDBOX.format(why=f"cannot create namespaces here, or is older than 0.8 ({reason})")
     return None
 
 
@@ -88,11 +100,19 @@ def harness_copy(dest: Path) -> Path:
     """A copy of the rsbench package the caller runs (and of the registry, when it lies beside the package), in
     `dest`, without compiled files; the folder to put on the sandbox's PYTHONPATH."""
     package = Path(rsbench.__file__).resolve().parent
-    shutil.copytree(package, dest / "rsbench", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(package, dest / "rsbench", symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     registry = package.parent / "registry"
     if not (package / "_registry").is_dir() and registry.is_dir():
-        shutil.copytree(registry, dest / "registry")
+        shutil.copytree(registry, dest / "registry", symlinks=True)
     return dest
+
+
+def echoed(text: str) -> str:
+    """What of a sandboxed process's error text reaches rsbench's output: its last non-blank line, printable
+    characters only, at most ECHO_CHARS of them (the child cannot pour a file it read into the parent's output)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = "".join(c if c.isprintable() else "?" for c in (lines[-1] if lines else "")).strip()
+    return last if len(last) <= ECHO_CHARS else last[:ECHO_CHARS - 3] + "..."
 
 
 def digest(*roots: Path) -> str:
@@ -136,19 +156,31 @@ class Sandbox:
         """Run argv with exactly `env` (plus PATH, HOME, a private /tmp) in `cwd`, calling `tick` every TICK_S
         seconds while it runs (to show its progress); past `timeout` seconds every process it started is killed and
         TimeoutExpired raised."""
-        return _run(*self.command(argv, env, cwd), timeout, tick)
+        filter_fd = syscalls.descriptor() if self.isolated else None
+        try:
+            return _run(*self.command(argv, env, cwd, filter_fd), timeout, tick, filter_fd)
+        finally:
+            if filter_fd is not None:
+                os.close(filter_fd)
 
     def start(self, argv: list[str], env: dict[str, str], cwd: str, stderr: IO[bytes]) -> subprocess.Popen:
         """Start argv as `run` would, in a session of its own, talking to the caller through pipes on its standard
         input and output (binary), its standard error going to `stderr`; the caller kills its session when done."""
-        command, variables, directory = self.command(argv, env, cwd)
-        return subprocess.Popen(command, env=variables, cwd=directory, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=stderr, start_new_session=True)
+        filter_fd = syscalls.descriptor() if self.isolated else None
+        command, variables, directory = self.command(argv, env, cwd, filter_fd)
+        try:
+            return subprocess.Popen(command, env=variables, cwd=directory, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=stderr, start_new_session=True,
+                                    pass_fds=_passed(filter_fd))
+        finally:
+            if filter_fd is not None:
+                os.close(filter_fd)
 
-    def command(self, argv: list[str], env: dict[str, str], cwd: str) -> tuple[list[str], dict[str, str] | None,
-                                                                              str | None]:
+    def command(self, argv: list[str], env: dict[str, str], cwd: str, filter_fd: int | None = None
+                ) -> tuple[list[str], dict[str, str] | None, str | None]:
         """(the command line, its environment, its working folder) that runs argv with exactly `env` (plus PATH,
-        HOME, a private /tmp) in `cwd`, under bubblewrap or, unsandboxed, as a plain process."""
+        HOME, a private /tmp) in `cwd`, under bubblewrap, with the system-call filter bwrap reads from `filter_fd`
+        (`syscalls`) and no user namespaces of its own, or, unsandboxed, as a plain process."""
         base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "USER": "sandbox",
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}
         if not self.isolated:
@@ -156,8 +188,10 @@ class Sandbox:
             variables = base | {"HOME": str(scratch), "TMPDIR": str(scratch), "MPLCONFIGDIR": str(scratch)} | env
             return argv, variables, cwd
         command = ["bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
-                   "--die-with-parent", "--new-session", "--clearenv", "--dev", "/dev", "--proc", "/proc",
-                   "--tmpfs", "/tmp"]
+                   "--disable-userns", "--die-with-parent", "--new-session", "--clearenv", "--dev", "/dev", "--proc",
+                   "/proc", "--tmpfs", "/tmp"]
+        if filter_fd is not None:
+            command += ["--seccomp", str(filter_fd)]
         for path in [*SYSTEM, *python_paths()]:
             command += ["--ro-bind-try", path, path]
         for host, inside, writable in self.mounts:
@@ -169,13 +203,17 @@ class Sandbox:
         return command, None, None
 
 
+def _passed(fd: int | None) -> tuple[int, ...]:
+    return () if fd is None else (fd,)
+
+
 def _run(argv: list[str], env: dict[str, str] | None, cwd: str | None, timeout: float,
-         tick: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
-    """subprocess.run in a session of its own, whose every process is killed when the time is up; `tick` is called
-    every TICK_S seconds while it runs."""
+         tick: Callable[[], None] | None = None, filter_fd: int | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own (handed `filter_fd`), whose every process is killed when the time is
+    up; `tick` is called every TICK_S seconds while it runs."""
     deadline = time.monotonic() + timeout
     with subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as process:
+                          start_new_session=True, pass_fds=_passed(filter_fd)) as process:
         while True:
             left = max(deadline - time.monotonic(), 0.0)
             try:

@@ -17,7 +17,6 @@ import importlib
 import json
 import os
 import secrets
-import shutil
 import stat
 import subprocess
 import sys
@@ -43,8 +42,8 @@ from rsbench.leaderboard import rederive
 from rsbench.leaderboard.track_files import Comparison, Judging, Leaderboard, jsonl, parse_jsonl, record_type
 from rsbench.progress import bar
 from rsbench.records import SampleRecord
-from rsbench.submissions import sandbox
-from rsbench.submissions.submission_spec import IGNORED, Submission, load_submission
+from rsbench.submissions import sandbox, submission_spec
+from rsbench.submissions.submission_spec import Submission, load_submission
 
 MAX_OUTPUT_BYTES = 256 * 2**20
 """Largest examples file read back from a child (a run of every digits sample needs a few MB)."""
@@ -60,7 +59,11 @@ class Judged:
     examples: dict | None
     judging: Judging
     seed: int
-    """The seed of the child's run (attack, in-run judge and confirmation streams), drawn for it."""
+    """The seed of the child's run (attack, in-run judge and confirmation streams)."""
+    proposals: dict[int, torch.Tensor]
+    """The examples the child returned, by sample index, to judge again on other noise (`judge`)."""
+    reports: dict[int, Any]
+    """The child's own records, by sample index."""
 
 
 def prepare(board: Leaderboard) -> tuple[Defense, Dataset]:
@@ -81,17 +84,19 @@ def guarded(root: Path | None, folder: Path) -> dict[str, Path]:
 
 
 def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[SampleRecord], root: Path | None, *,
-        timeout: float, isolated: bool = True) -> Judged:
-    """Run the submission on the track's attacked samples in the sandbox and judge what it returns."""
+        timeout: float, isolated: bool = True, seed: int | None = None, judge_seed: int | None = None) -> Judged:
+    """Run the submission on the track's attacked samples in the sandbox, on streams of `seed`, and judge what it
+    returns on noise of `judge_seed` (each drawn from the operating system when not given; the judge's after the
+    child has exited)."""
     defense, dataset = prepare(board)
     box = sandbox.Sandbox(isolated)
     trees = guarded(root, folder)
     before = {name: sandbox.digest(path) for name, path in trees.items()}
-    seed = secrets.randbits(63)
+    seed = secrets.randbits(63) if seed is None else seed
     with tempfile.TemporaryDirectory(prefix="rsbench-submission-") as scratch:
         work = Path(scratch)
         harness = box.mount(sandbox.harness_copy(work / "harness"), "/harness")
-        shutil.copytree(folder, work / "submissions" / submission.name, ignore=shutil.ignore_patterns(*IGNORED))
+        submission_spec.copy(folder, work / "submissions" / submission.name)
         code = box.mount(work / "submissions", "/submissions") + f"/{submission.name}"
         (work / "out" / "run").mkdir(parents=True)
         (work / "out" / "run" / "clean.jsonl").write_bytes(jsonl(clean))  # the engine attacks; it certifies nothing
@@ -120,16 +125,23 @@ def run(folder: Path, submission: Submission, board: Leaderboard, clean: list[Sa
         if changed:
             raise RsbenchError(f"{' and '.join(changed)} changed while {submission.name} ran; refused")
         if done.returncode != 0:
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            raise RsbenchError(f"{submission.name} failed on {board.track}: {lines[-1] if lines else done.returncode}")
+            raise RsbenchError(f"{submission.name} failed on {board.track}: "
+                               f"{sandbox.echoed(done.stderr) or done.returncode}")
         proposals, reports = returned(board, dataset, submission.name, work / "out" / "run")
-    judge_seed = secrets.randbits(63)
+    return judge(board, clean, submission.name, seed, proposals, reports, judge_seed, (defense, dataset))
+
+
+def judge(board: Leaderboard, clean: list[SampleRecord], name: str, seed: int, proposals: dict[int, torch.Tensor],
+          reports: dict[int, Any], judge_seed: int | None = None,
+          loaded: tuple[Defense, Dataset] | None = None) -> Judged:
+    """A run's returned examples judged on noise of `judge_seed` (default: drawn from the operating system now)."""
+    defense, dataset = loaded or prepare(board)
+    judge_seed = secrets.randbits(63) if judge_seed is None else judge_seed
     environment = runner.environment(defense.device)
     judging = Judging(seed=judge_seed, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       rsbench_version=environment.rsbench_version, git_commit=environment.git_commit)
-    records, examples = rederive.rebuild(board, defense, dataset, clean, submission.name, proposals, reports,
-                                         judge_seed)
-    return Judged(records, examples, judging, seed)
+    records, examples = rederive.rebuild(board, defense, dataset, clean, name, proposals, reports, judge_seed)
+    return Judged(records, examples, judging, seed, proposals, reports)
 
 
 def written(path: Path) -> int:

@@ -4,7 +4,8 @@ The folder's name, the submission's and its attack's are one name, which no regi
 entry named like a registry attack would pass for it). Every claimed track is a track name of the
 attack's goal, and each claim gives at least the goal's headline metrics, names only metrics the goal's
 entries report (a near miss is named: `r_50`, did you mean `r50`) and values in their domains. The folder holds plain files
-only (a link could pull any file of the machine into the sandbox). `content_sha256` fingerprints the
+only (a link could pull any file of the machine into the sandbox), and every copy refuses links rather than
+following them (`copy`). `content_sha256` fingerprints the
 folder as it runs; its entry records it, and the commit only when the folder is exactly that commit's.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import shutil
 import subprocess
 from pathlib import Path
 from typing import ClassVar
@@ -45,6 +47,16 @@ class Authored(Spec):
     """Where the paper appeared (`ECCV 2022`), shown beside its link on the defense's profile."""
 
 
+class Seeds(Spec):
+    """The seeds of the run `rsbench submission measure` made on one track: with them, `verify` runs the attack and
+    judges what it returns exactly as measure did, so the claims are reproduced to every digit the tables show."""
+
+    run: int
+    """The attack's streams."""
+    judging: int
+    """The judge's noise (an entry is judged once more, on a seed drawn after its run)."""
+
+
 class Submission(Authored):
     """`submission.yaml`: the attack, who made it, and what it claims on which tracks."""
 
@@ -54,10 +66,16 @@ class Submission(Authored):
     """Per claimed track (`<goal>-<defense>`, its newest version), the metrics the authors measured, as the
     leaderboard reports them (null where it reports none; `rsbench submission measure` prints them); at least the
     goal's headline metrics, on at least one track."""
+    seeds: dict[str, Seeds] = Field(default_factory=dict)
+    """Per claimed track, the seeds of the measurement the claims come from (measure prints them with the claims);
+    without them, verify draws its own, and only an attack and judge that no noise moves reproduce the claims."""
 
 
 def files(folder: Path) -> list[Path]:
-    """The submission's files, sorted; refused when the folder holds a link."""
+    """The submission's files, sorted; refused when the folder is or holds a link (the parent would read its target:
+    the checkout's .git/config, /proc/self/environ, any file of this machine)."""
+    if folder.is_symlink():
+        raise RsbenchError(f"{folder}: a submission is a folder of plain files, not a link")
     found = []
     for path in sorted(folder.rglob("*")):
         if any(part in IGNORED for part in path.relative_to(folder).parts):
@@ -67,6 +85,15 @@ def files(folder: Path) -> list[Path]:
         if path.is_file():
             found.append(path)
     return found
+
+
+def copy(folder: Path, dest: Path) -> Path:
+    """A copy of the submission folder at `dest` for the sandbox, made without following any link: the folder holds
+    none (`files`), and one that appeared meanwhile is copied as a link and refused."""
+    files(folder)
+    shutil.copytree(folder, dest, symlinks=True, ignore=shutil.ignore_patterns(*IGNORED))
+    files(dest)
+    return dest
 
 
 def content_sha256(folder: Path) -> str:
@@ -107,6 +134,7 @@ def load_submission(folder: Path, *, claims: bool = True) -> Submission:
     """The folder's submission.yaml, validated; refused with one line otherwise. Without `claims` (to measure
     them), its claims may be missing or incomplete and are not checked."""
     path = folder / "submission.yaml"
+    files(folder)  # before reading anything in it
     try:
         submission = Submission.model_validate(yaml.safe_load(path.read_text()))
     except OSError as error:
@@ -122,6 +150,9 @@ def load_submission(folder: Path, *, claims: bool = True) -> Submission:
     if claims and not submission.claims:
         raise RsbenchError(f"{path}: claims no track (rsbench submission measure {folder} --track TRACK prints the "
                            "claims block)")
+    unclaimed = sorted(set(submission.seeds) - set(submission.claims))
+    if claims and unclaimed:
+        raise RsbenchError(f"{path}: seeds of {', '.join(unclaimed)}, which it claims nothing on")
     for track, claimed in submission.claims.items() if claims else ():
         check_track(path, goal, track)
         check_values(path, goal, track, claimed)
@@ -129,7 +160,6 @@ def load_submission(folder: Path, *, claims: bool = True) -> Submission:
         if missing:
             raise RsbenchError(f"{path}: the claims on {track} must give {', '.join(HEADLINE[goal])} "
                                f"({', '.join(missing)} missing)")
-    files(folder)
     return submission
 
 
