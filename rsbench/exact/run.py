@@ -1,0 +1,205 @@
+"""The exact job: samples -> MILP verdict and the defense's own certificate -> records (appended, resumable) -> summary.
+
+Why a job of its own: an exact verdict costs seconds to minutes per sample, so a run over a test set takes hours
+and must survive being stopped. Each sample's record is appended to `samples.jsonl` as soon as it is decided, its
+adversarial example first written beside it (`examples/<index>.npy`, its sha256 in the record); re-running the
+same command skips the samples already recorded (`rsbench.rundir.RunDir`), so Ctrl-C loses at most the sample in
+progress. `result.json` summarizes the records: the exact adversarial error with its 95% Clopper-Pearson interval
+beside the defense's certified error on the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from rsbench import hub, runner
+from rsbench.data import load_dataset
+from rsbench.defenses import Defense, load_defense
+from rsbench.errors import RsbenchError
+from rsbench.exact.milp import Verifier
+from rsbench.progress import bar as progress_bar
+from rsbench.records import Environment, RunConfig
+from rsbench.rundir import RunDir
+from rsbench.specs import DefenseSpec, Spec
+from rsbench.stats import clopper_pearson
+
+EXAMPLES = "examples"
+"""Folder of the run directory holding each adversarial example, `<index>.npy` (float32, the input's shape)."""
+
+
+class ExactRecord(Spec):
+    """One verified test sample, as written to `samples.jsonl`."""
+
+    index: int
+    """Position in the dataset split."""
+    label: int
+    """True class."""
+    prediction: int
+    """The network's label at x."""
+    exact: Literal["robust", "adversarial", "unknown"]
+    """robust: the MILP proved every point of the ball (inside [0, 1]) keeps the label; adversarial: a point that
+    does not was found and confirmed by a forward pass (x itself when misclassified); unknown: the time limit or
+    the solver's tolerance left it undecided."""
+    certified: bool
+    """Whether the defense's own certifier certifies its label at x within epsilon (`certified_at`)."""
+    distance: float | None = None
+    """adversarial: the l_inf distance of the example from x (with `minimal`: the closest one's)."""
+    distance_bound: float | None = None
+    """minimal: a proven lower bound on the distance of every adversarial example in the ball (= distance when the
+    search was exact; epsilon when robust)."""
+    margin_bound: float | None = None
+    """robust, without minimal: a proven lower bound on f_label - f_j over the ball, for every j."""
+    example: str | None = None
+    """adversarial: the example's file, relative to the run directory."""
+    example_sha256: str | None = None
+    """sha256 of that file."""
+    neurons: int
+    """ReLUs of the network."""
+    stable: int
+    """ReLUs whose state the bounds fixed over the ball (no binary variable)."""
+    solves: int
+    """MILPs solved for the sample."""
+    time_s: float
+    """Wall-clock seconds for the sample: bounds and MILPs (not the defense's certificate)."""
+
+
+class Rate(Spec):
+    """A proportion of samples with its two-sided 95% Clopper-Pearson interval."""
+
+    count: int
+    rate: float
+    ci_low: float
+    ci_high: float
+
+
+class ExactResult(Spec):
+    """What `result.json` of an exact run holds."""
+
+    config: RunConfig
+    defense: DefenseSpec
+    environment: Environment
+    weights_sha256: str | None
+    finished_at: str
+    num_samples: int
+    epsilon: float
+    exact_adversarial: Rate
+    """Samples where an adversarial example exists (misclassified ones included)."""
+    unknown: Rate
+    """Samples left undecided: between the two ends of the adversarial error's range."""
+    certified_error: Rate
+    """Samples the defense's certifier does not certify correctly at epsilon."""
+    median_time_s: float
+    mean_time_s: float
+    stable_share: float = Field(ge=0, le=1)
+    """Share of all the samples' ReLUs that the bounds made stable."""
+
+
+def exact_config(spec: DefenseSpec, *, num_samples: int, epsilon: float | None = None, minimal: bool = False,
+                 time_limit: float | None = None) -> RunConfig:
+    """An exact run's config, after refusing what a MILP cannot verify."""
+    if spec.kind == "smoothing":
+        raise RsbenchError(f"{spec.name} is a smoothing defense: its classifier is randomized, and the MILP verifies "
+                           "deterministic ReLU networks (kw, crownibp, gloro, plugins)")
+    if spec.norm != "linf":
+        raise RsbenchError(f"the MILP verifies the linf norm, but {spec.name} is certified in {spec.norm}")
+    if epsilon is not None and epsilon <= 0:
+        raise RsbenchError(f"--epsilon must be positive, got {epsilon}")
+    if time_limit is not None and time_limit <= 0:
+        raise RsbenchError(f"--time-limit must be positive, got {time_limit}")
+    eps = epsilon if epsilon is not None else spec.epsilon
+    if eps is None:
+        raise RsbenchError(f"{spec.name} has no epsilon of its own: give --epsilon")
+    return runner.run_config(spec, "exact", num_samples=num_samples, epsilon=eps, minimal=minimal,
+                             time_limit=time_limit)
+
+
+def verify(spec: DefenseSpec, config: RunConfig, out: Path, *, progress: bool = True) -> ExactResult:
+    """Verify the first `config.num_samples` samples of the split exactly, resuming from `out` if it holds records."""
+    dataset = load_dataset(spec.dataset.name, config.split, spec.dataset.root)
+    if config.num_samples > len(dataset):
+        raise RsbenchError(f"--num-samples {config.num_samples} exceeds the {len(dataset)} samples of the split")
+    run = RunDir(out, config)
+    done = {record.index for record in run.records(ExactRecord)}
+    todo = [i for i in range(config.num_samples) if i not in done]
+    if todo:
+        defense = load_defense(spec, "cpu")
+        verifier = Verifier(defense.model, tuple(dataset[0][0].shape))
+        with progress_bar(len(todo), f"exact {spec.name}", "sample", enabled=progress) as bar:
+            for index in todo:
+                x, label = dataset[index][0], int(dataset[index][1])
+                run.append(verify_sample(verifier, defense, config, run.path, x, label, index))
+                bar.update(1)
+    records = exact_records(out, config)
+    result = summarize(spec, config, records)
+    run.write_result(result)
+    return result
+
+
+def verify_sample(verifier: Verifier, defense: Defense, config: RunConfig, folder: Path, x: torch.Tensor, label: int,
+                  index: int) -> ExactRecord:
+    """One sample's record; its example, if any, is written first, so a record never names a missing file."""
+    eps = float(config.epsilon)
+    started = time.perf_counter()
+    search = verifier.closest if config.minimal else verifier.decide
+    verdict = search(x, label, eps, config.time_limit)
+    seconds = time.perf_counter() - started
+    example = digest = None
+    if verdict.example is not None:
+        example, digest = save_example(folder, index, verdict.example)
+    return ExactRecord(
+        index=index, label=label, prediction=verifier.predict(x), exact=verdict.exact,
+        certified=bool(defense.certified_at(x, eps)), distance=verdict.distance,
+        distance_bound=verdict.distance_bound, margin_bound=verdict.margin_bound, example=example,
+        example_sha256=digest, neurons=verdict.neurons, stable=verdict.stable, solves=verdict.solves, time_s=seconds,
+    )
+
+
+def save_example(folder: Path, index: int, example: torch.Tensor) -> tuple[str, str]:
+    """Write `examples/<index>.npy` atomically; returns its path relative to `folder` and its sha256."""
+    relative = Path(EXAMPLES) / f"{index:05d}.npy"
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as handle:
+        np.save(handle, example.detach().cpu().numpy().astype(np.float32))
+    os.replace(temporary, path)
+    return relative.as_posix(), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def exact_records(out: Path, config: RunConfig) -> list[ExactRecord]:
+    """The records of an exact run directory, in sample order, up to the config's number of samples."""
+    records = RunDir(out, config).records(ExactRecord)
+    return sorted((r for r in records if r.index < config.num_samples), key=lambda r: r.index)
+
+
+def rate(count: int, total: int) -> Rate:
+    """`count` of `total` with its 95% Clopper-Pearson interval."""
+    low, high = clopper_pearson(count, total, 0.05) if total else (0.0, 1.0)
+    return Rate(count=count, rate=count / total if total else 0.0, ci_low=low, ci_high=high)
+
+
+def summarize(spec: DefenseSpec, config: RunConfig, records: list[ExactRecord]) -> ExactResult:
+    """The summary of an exact run from its records."""
+    total, times = len(records), [r.time_s for r in records] or [0.0]
+    neurons = sum(r.neurons for r in records)
+    return ExactResult(
+        config=config, defense=spec, environment=runner.environment(torch.device("cpu")),
+        weights_sha256=hub.pinned_sha256(spec.weights),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), num_samples=total,
+        epsilon=float(config.epsilon),
+        exact_adversarial=rate(sum(r.exact == "adversarial" for r in records), total),
+        unknown=rate(sum(r.exact == "unknown" for r in records), total),
+        certified_error=rate(sum(not (r.certified and r.prediction == r.label) for r in records), total),
+        median_time_s=statistics.median(times), mean_time_s=statistics.fmean(times),
+        stable_share=sum(r.stable for r in records) / neurons if neurons else 1.0,
+    )

@@ -1,0 +1,121 @@
+"""The exact MILP verifier checked against independent references: enumeration of activation patterns, a linear
+classifier's closed form, the certificates of the shipped KW and CROWN-IBP models, and its run directory."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_relu_net
+from scipy.optimize import linprog
+from torch import nn
+
+from rsbench.exact.milp import MARGIN, Verifier
+
+NEGLIGIBLE = 1e-6
+"""Brute-force optima closer than this to a decision threshold are left out: either answer would be right."""
+
+
+def _regions(net: nn.Sequential, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Every activation pattern of a ReLU MLP as (A, c, G, h): on the region {x: G x <= h} the logits are A x + c."""
+    linears = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in net if isinstance(m, nn.Linear)]
+    widths = [bias.size for _, bias in linears[:-1]]
+    regions = []
+    for pattern in itertools.product([0.0, 1.0], repeat=sum(widths)):
+        slope, offset, rows, limits, used = np.eye(n), np.zeros(n), [], [], 0
+        for (weight, bias), width in zip(linears[:-1], widths):
+            on = np.array(pattern[used:used + width])
+            used += width
+            pre_slope, pre_offset = weight @ slope, weight @ offset + bias
+            sign = np.where(on == 1, -1.0, 1.0)  # active: -z <= 0, inactive: z <= 0
+            rows.append(sign[:, None] * pre_slope)
+            limits.append(-sign * pre_offset)
+            slope, offset = on[:, None] * pre_slope, on * pre_offset
+        weight, bias = linears[-1]
+        regions.append((weight @ slope, weight @ offset + bias, np.vstack(rows), np.concatenate(limits)))
+    return regions
+
+
+def brute_force(net: nn.Sequential, x: np.ndarray, label: int, eps: float) -> tuple[float, float | None]:
+    """(max over the ball in [0, 1] of max_j f_j - f_y, min distance to a point with f_j - f_y >= MARGIN), one LP per
+    activation pattern and class."""
+    n = x.size
+    box = list(zip(np.maximum(x - eps, 0), np.minimum(x + eps, 1)))
+    worst, closest = -np.inf, None
+    for slope, offset, rows, limits in _regions(net, n):
+        for j in range(slope.shape[0]):
+            if j == label:
+                continue
+            gap, constant = slope[j] - slope[label], offset[j] - offset[label]
+            found = linprog(-gap, A_ub=rows, b_ub=limits, bounds=box, method="highs")
+            if found.status == 0:
+                worst = max(worst, -found.fun + constant)
+            # variables (x', t): min t, |x' - x| <= t, gap . x' + constant >= MARGIN
+            objective = np.append(np.zeros(n), 1.0)
+            upper = np.vstack([np.hstack([rows, np.zeros((len(rows), 1))]),
+                               np.hstack([np.eye(n), -np.ones((n, 1))]), np.hstack([-np.eye(n), -np.ones((n, 1))]),
+                               np.append(-gap, 0.0)[None]])
+            limit = np.concatenate([limits, x, -x, [constant - MARGIN]])
+            found = linprog(objective, A_ub=upper, b_ub=limit, bounds=[*box, (0, eps)], method="highs")
+            if found.status == 0 and (closest is None or found.fun < closest):
+                closest = float(found.fun)
+    return worst, closest
+
+
+def test_decision_and_closest_distance_agree_with_enumerating_activation_patterns() -> None:
+    verdicts = []
+    for seed in range(3):
+        net = tiny_relu_net(seed, (2, 4, 3, 3))
+        with torch.no_grad():  # steeper layers, so that the balls below hold both answers
+            for layer in net[::2]:
+                layer.weight.mul_(3)
+        verifier = Verifier(net, (2,))
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(3):
+            x = torch.rand(2, generator=generator, dtype=torch.float64)
+            label = int(net(x[None]).argmax())
+            for eps in (0.05, 0.15, 0.4):
+                worst, closest = brute_force(net, x.numpy(), label, eps)
+                decided, searched = verifier.decide(x, label, eps), verifier.closest(x, label, eps)
+                assert decided.neurons == 7 and searched.neurons == 7
+                if worst > NEGLIGIBLE:
+                    assert decided.exact == "adversarial"
+                    assert int(net(decided.example[None]).argmax()) != label
+                    assert float((decided.example - x).abs().max()) <= eps + 1e-12
+                elif worst < -NEGLIGIBLE:
+                    assert decided.exact == "robust"
+                    assert 0 < decided.margin_bound <= -worst + 1e-6
+                if closest is None:
+                    assert searched.exact == "robust"
+                else:
+                    assert searched.exact == "adversarial"
+                    assert searched.distance == pytest.approx(closest, abs=1e-6)
+                    assert searched.distance_bound == pytest.approx(closest, abs=1e-6)
+                verdicts.append(decided.exact)
+    assert verdicts.count("robust") >= 10 and verdicts.count("adversarial") >= 8  # both answers were checked
+
+
+def test_closest_distance_of_a_linear_classifier_is_its_closed_form() -> None:
+    torch.manual_seed(3)
+    layer = nn.Linear(6, 4).double()
+    with torch.no_grad():
+        layer.weight.mul_(4)
+    verifier = Verifier(layer, (6,))
+    weight, bias = layer.weight.detach(), layer.bias.detach()
+    checked = 0
+    for _ in range(20):
+        x = 0.3 + 0.4 * torch.rand(6, dtype=torch.float64)  # far enough from 0 and 1 that the box stays inactive
+        label = int(layer(x[None]).argmax())
+        distances = [float((weight[label] - weight[j]) @ x + bias[label] - bias[j] + MARGIN)
+                     / float((weight[label] - weight[j]).abs().sum()) for j in range(4) if j != label]
+        closed = min(distances)
+        if closed > 0.25:
+            continue
+        searched = verifier.closest(x, label, 0.3)
+        assert searched.exact == "adversarial"
+        assert searched.distance == pytest.approx(closed, abs=1e-7)
+        checked += 1
+    assert checked >= 5
