@@ -174,13 +174,14 @@ class Verifier:
         if self.predict(x) != label:
             return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0)
         bounds, margins = self.bounds(x, eps, label)
-        problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=False)
-        lowest, undecided, solves = math.inf, False, 0
+        problem, lowest, undecided, solves = None, math.inf, False, 0
         for j in _candidates(margins, label):
             if margins[j] > ROBUST_MARGIN:
                 lowest = min(lowest, float(margins[j]))
                 continue
             solves += 1
+            if problem is None:  # built only for inputs the bounds do not already prove
+                problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=False)
             outcome = problem.solve_margin(label, j, deadline - time.monotonic())
             example = self._confirmed(x, outcome.point, label, eps) if (outcome.value or 0) < 0 else None
             if example is not None:
@@ -198,12 +199,13 @@ class Verifier:
         if self.predict(x) != label:
             return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0)
         bounds, margins = self.bounds(x, eps, label)
-        problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=True)
-        best, example, lower, undecided, solves = eps, None, math.inf, False, 0
+        problem, best, example, lower, undecided, solves = None, eps, None, math.inf, False, 0
         for j in _candidates(margins, label):
             if margins[j] > ROBUST_MARGIN:
                 continue
             solves += 1
+            if problem is None:
+                problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=True)
             outcome = problem.solve_distance(label, j, best, deadline - time.monotonic())
             if outcome.status == "infeasible":
                 continue
