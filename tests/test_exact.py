@@ -3,8 +3,8 @@ classifier's closed form, the certificates of the shipped KW and CROWN-IBP model
 
 from __future__ import annotations
 
+import copy
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -13,6 +13,8 @@ from conftest import tiny_relu_net
 from scipy.optimize import linprog
 from torch import nn
 
+from rsbench.data import load_dataset
+from rsbench.defenses import load_defense
 from rsbench.exact.milp import MARGIN, Verifier
 
 NEGLIGIBLE = 1e-6
@@ -119,3 +121,52 @@ def test_closest_distance_of_a_linear_classifier_is_its_closed_form() -> None:
         assert searched.distance == pytest.approx(closed, abs=1e-7)
         checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("name", ["kw-digits-0.05", "kw-digits-0.10", "crownibp-digits-0.10"])
+def test_every_point_the_shipped_digits_certifiers_certify_is_exactly_robust(name: str) -> None:
+    defense = load_defense(name)
+    data = load_dataset("digits", "test")
+    verifier = Verifier(defense.model, (1, 8, 8))
+    certified = 0
+    for index in range(10):
+        x, label = data[index][0], int(data[index][1])
+        if defense.predict(x) != label:  # not certified at epsilon with the true label
+            continue
+        certified += 1
+        verdict = verifier.decide(x, label, defense.epsilon)
+        assert verdict.exact == "robust" and verdict.margin_bound > 0
+        assert verdict.neurons == 484 and 0 < verdict.stable <= 484
+        _, margins = verifier.bounds(x, defense.epsilon, label)
+        closest = min((j for j in range(10) if j != label), key=lambda j: margins[j])
+        solved = verifier.worst_margin(x, label, closest, defense.epsilon)  # the MILP itself, not the bounds
+        assert solved.status == "optimal" and solved.bound >= margins[closest] - 1e-6 and solved.bound > 0
+    assert certified >= 3
+
+
+def test_the_milp_minimum_lies_between_the_certifiers_bound_and_the_clean_margin() -> None:
+    defense = load_defense("kw-digits-0.10")
+    x, label = load_dataset("digits", "test")[0]
+    verifier = Verifier(defense.model, (1, 8, 8))
+    exact_model = copy.deepcopy(defense.model).double()
+    eps = defense.epsilon
+    _, margins = verifier.bounds(x, eps, int(label))
+    with torch.no_grad():
+        clean = defense.model(x[None])[0].double()
+    for target in (1, 7, 9):
+        solved = verifier.worst_margin(x, int(label), target, eps)
+        assert solved.status == "optimal"
+        assert margins[target] - 1e-6 <= solved.bound <= solved.value + 1e-9
+        assert solved.value <= float(clean[int(label)] - clean[target]) + 1e-5
+        with torch.no_grad():  # the encoding is exact: the network at the solver's point has the solver's margin
+            reached = exact_model(torch.from_numpy(solved.point).view(1, 1, 8, 8))[0]
+        assert float(reached[int(label)] - reached[target]) == pytest.approx(solved.value, abs=1e-5)
+
+
+def test_a_time_limit_of_almost_zero_gives_unknown_never_robust() -> None:
+    defense = load_defense("kw-digits-0.10")
+    x, label = load_dataset("digits", "test")[0]
+    verifier = Verifier(defense.model, (1, 8, 8))
+    assert not defense.certified_at(x, 0.1)  # the bounds alone do not decide this sample: a MILP must
+    assert verifier.decide(x, int(label), 0.1, time_limit=1e-9).exact == "unknown"
+    assert verifier.closest(x, int(label), 0.1, time_limit=1e-9).exact == "unknown"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +46,8 @@ from rsbench.defenses.kw import dual_bounds, supported_layers
 from rsbench.errors import RsbenchError
 
 Exact = Literal["robust", "adversarial", "unknown"]
+Search = Callable[[torch.Tensor, int, float], "torch.Tensor | None"]
+"""A cheap attack (x, label, eps) -> a candidate point or None, tried before the MILP (`rsbench.exact.run`: PGD)."""
 NAME = "the MILP verifier"
 ROBUST_MARGIN = 1e-6
 """A class is ruled out only when the lower bound on f_y - f_j exceeds this: HiGHS's feasibility tolerances are
@@ -145,6 +148,10 @@ class Verdict:
     """ReLUs the bounds proved stable (no binary variable)."""
     solves: int
     """MILPs solved (classes the bounds did not rule out, until a verdict)."""
+    found_by: Literal["clean", "search", "milp"] | None = None
+    """adversarial: x itself misclassified, the cheap search tried first, or the MILP."""
+    searched: bool = False
+    """Whether the cheap search ran (it runs only when the bounds leave a class open)."""
 
 
 class Verifier:
@@ -168,57 +175,86 @@ class Verifier:
                       torch.minimum(ku, iu).flatten().numpy() + BOUND_SLACK) for (kl, ku), (il, iu) in pairs]
         return relus, margins
 
-    def decide(self, x: torch.Tensor, label: int, eps: float, time_limit: float | None = None) -> Verdict:
-        """Is there a point within eps of x (inside [0, 1]) whose label is not `label`?"""
+    def worst_margin(self, x: torch.Tensor, label: int, target: int, eps: float,
+                     time_limit: float | None = None) -> Solve:
+        """The MILP's minimum of f_label - f_target over the ball inside [0, 1], whatever the margin bounds say."""
+        bounds, _ = self.bounds(x, eps, label)
+        problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=False)
+        return problem.solve_margin(label, target, math.inf if time_limit is None else time_limit)
+
+    def decide(self, x: torch.Tensor, label: int, eps: float, time_limit: float | None = None,
+               search: Search | None = None) -> Verdict:
+        """Is there a point within eps of x (inside [0, 1]) whose label is not `label`?
+
+        `search`, a cheap attack, is tried once before the first MILP (not at all when the bounds decide): a point
+        it returns ends the search when the model, re-checked like the MILP's points, misclassifies it.
+        """
         deadline = time.monotonic() + (math.inf if time_limit is None else time_limit)
         if self.predict(x) != label:
-            return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0)
+            return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0, "clean")
         bounds, margins = self.bounds(x, eps, label)
         problem, lowest, undecided, solves = None, math.inf, False, 0
         for j in _candidates(margins, label):
             if margins[j] > ROBUST_MARGIN:
                 lowest = min(lowest, float(margins[j]))
                 continue
-            solves += 1
             if problem is None:  # built only for inputs the bounds do not already prove
+                if search is not None:
+                    found = self._confirmed(x, _as_point(search(x, label, eps)), label, eps)
+                    if found is not None:
+                        return self._verdict("adversarial", found, self._distance(found, x), None, None, bounds, 0,
+                                             "search", True)
                 problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=False)
-            outcome = problem.solve_margin(label, j, deadline - time.monotonic())
+            solves += 1
+            outcome = problem.solve_reach(label, j, deadline - time.monotonic())
+            if outcome.status == "infeasible":  # no point of the ball has f_y - f_j <= ROBUST_MARGIN
+                lowest = min(lowest, ROBUST_MARGIN)
+                continue
             example = self._confirmed(x, outcome.point, label, eps) if (outcome.value or 0) < 0 else None
             if example is not None:
-                return self._verdict("adversarial", example, self._distance(example, x), None, None, bounds, solves)
-            if outcome.bound is not None and outcome.bound > ROBUST_MARGIN:
-                lowest = min(lowest, outcome.bound)
-            else:
-                undecided = True
+                return self._verdict("adversarial", example, self._distance(example, x), None, None, bounds, solves,
+                                     "milp", search is not None)
+            undecided = True
         exact: Exact = "unknown" if undecided else "robust"
-        return self._verdict(exact, None, None, None, None if undecided else lowest, bounds, solves)
+        return self._verdict(exact, None, None, None, None if undecided else lowest, bounds, solves, None,
+                             problem is not None and search is not None)
 
-    def closest(self, x: torch.Tensor, label: int, eps: float, time_limit: float | None = None) -> Verdict:
-        """The closest point within eps of x (inside [0, 1]) whose label is not `label`, with a proof of its distance."""
+    def closest(self, x: torch.Tensor, label: int, eps: float, time_limit: float | None = None,
+                search: Search | None = None) -> Verdict:
+        """The closest point within eps of x (inside [0, 1]) whose label is not `label`, with a proof of its distance.
+
+        A confirmed point of `search` (tried as in `decide`) only lowers the ceiling of the MILPs' distance.
+        """
         deadline = time.monotonic() + (math.inf if time_limit is None else time_limit)
         if self.predict(x) != label:
-            return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0)
+            return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0, "clean")
         bounds, margins = self.bounds(x, eps, label)
         problem, best, example, lower, undecided, solves = None, eps, None, math.inf, False, 0
+        found_by: Literal["search", "milp"] = "search"
         for j in _candidates(margins, label):
             if margins[j] > ROBUST_MARGIN:
                 continue
-            solves += 1
             if problem is None:
+                if search is not None:
+                    example = self._confirmed(x, _as_point(search(x, label, eps)), label, eps)
+                    best = self._distance(example, x) if example is not None else eps
                 problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=True)
+            solves += 1
             outcome = problem.solve_distance(label, j, best, deadline - time.monotonic())
             if outcome.status == "infeasible":
                 continue
             found = self._confirmed(x, outcome.point, label, eps)
             if found is not None and (example is None or self._distance(found, x) < best):
-                best, example = self._distance(found, x), found
+                best, example, found_by = self._distance(found, x), found, "milp"
             if outcome.status != "optimal" or found is None:
                 undecided = True
                 lower = min(lower, outcome.bound if outcome.bound is not None else 0.0)
+        searched = problem is not None and search is not None
         if example is not None:
-            return self._verdict("adversarial", example, best, min(best, lower), None, bounds, solves)
+            return self._verdict("adversarial", example, best, min(best, lower), None, bounds, solves, found_by,
+                                 searched)
         return self._verdict("unknown" if undecided else "robust", None, None,
-                             lower if undecided else eps, None, bounds, solves)
+                             lower if undecided else eps, None, bounds, solves, None, searched)
 
     def predict(self, x: torch.Tensor) -> int:
         """The model's label at x (one input), by a plain forward pass."""
@@ -245,10 +281,17 @@ class Verifier:
 
     @staticmethod
     def _verdict(exact: Exact, example: torch.Tensor | None, distance: float | None, distance_bound: float | None,
-                 margin_bound: float | None, bounds: list[tuple[np.ndarray, np.ndarray]], solves: int) -> Verdict:
+                 margin_bound: float | None, bounds: list[tuple[np.ndarray, np.ndarray]], solves: int,
+                 found_by: Literal["clean", "search", "milp"] | None = None, searched: bool = False) -> Verdict:
         neurons = sum(low.size for low, _ in bounds)
         stable = sum(int(((low >= 0) | (high <= 0)).sum()) for low, high in bounds)
-        return Verdict(exact, example, distance, distance_bound, margin_bound, neurons, stable, solves)
+        return Verdict(exact, example, distance, distance_bound, margin_bound, neurons, stable, solves, found_by,
+                       searched)
+
+
+def _as_point(example: torch.Tensor | None) -> np.ndarray | None:
+    """A search's example as the solver's points are given: flat float64."""
+    return None if example is None else example.detach().double().cpu().flatten().numpy()
 
 
 def _candidates(margins: np.ndarray, label: int) -> list[int]:
@@ -340,6 +383,14 @@ class _Problem:
         coefficients, constant = self._logit_gap(label, target)
         return self._solve(coefficients, constant, self.matrix, self.row_low, self.row_high, self.upper, time_limit)
 
+    def solve_reach(self, label: int, target: int, time_limit: float) -> Solve:
+        """Find a point with f_y - f_j <= ROBUST_MARGIN, stopping at the first one (descending f_y - f_j on the way);
+        infeasible is the proof that none exists, the dual bound having passed ROBUST_MARGIN."""
+        gap, constant = self._logit_gap(label, target)
+        matrix = sparse.vstack([self.matrix, sparse.csr_array(gap[None])], format="csr")
+        return self._solve(gap, constant, matrix, np.append(self.row_low, -np.inf),
+                           np.append(self.row_high, ROBUST_MARGIN - constant), self.upper, time_limit, first=True)
+
     def solve_distance(self, label: int, target: int, ceiling: float, time_limit: float) -> Solve:
         """Minimize t subject to f_j - f_y >= MARGIN, t <= ceiling."""
         gap, constant = self._logit_gap(label, target)
@@ -352,12 +403,13 @@ class _Problem:
                            np.append(self.row_high, -MARGIN - constant), upper, time_limit)
 
     def _solve(self, objective: np.ndarray, constant: float, matrix: sparse.csr_array, row_low: np.ndarray,
-               row_high: np.ndarray, upper: np.ndarray, time_limit: float) -> Solve:
+               row_high: np.ndarray, upper: np.ndarray, time_limit: float, *, first: bool = False) -> Solve:
+        """Solve with HiGHS; `first` stops at the first feasible point (any gap is accepted)."""
         if time_limit <= 0:
             return Solve("limit", None, None, None)
+        options = {"time_limit": time_limit, "disp": False} | ({"mip_rel_gap": math.inf} if first else {})
         result = milp(objective, integrality=self.integral, bounds=Bounds(self.lower, upper),
-                      constraints=LinearConstraint(matrix, row_low, row_high),
-                      options={"time_limit": time_limit, "disp": False})
+                      constraints=LinearConstraint(matrix, row_low, row_high), options=options)
         if result.status == 2:
             return Solve("infeasible", None, None, None)
         point = result.x[:self.n].copy() if result.x is not None else None

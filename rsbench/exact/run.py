@@ -22,17 +22,20 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from rsbench import hub, runner
+from rsbench import hub, registry, runner
+from rsbench.attacks.bounded_pgd import BudgetParams, ascend, cross_entropy_gradient
 from rsbench.data import load_dataset
 from rsbench.defenses import Defense, load_defense
 from rsbench.errors import RsbenchError
-from rsbench.exact.milp import Verifier
+from rsbench.exact.milp import Search, Verifier
 from rsbench.progress import bar as progress_bar
 from rsbench.records import Environment, RunConfig
 from rsbench.rundir import RunDir
 from rsbench.specs import DefenseSpec, Spec
 from rsbench.stats import clopper_pearson
 
+PGD = "pgd-linf"
+"""The registry attack tried before the MILP: a cheap witness spares the solver most adversarial samples."""
 EXAMPLES = "examples"
 """Folder of the run directory holding each adversarial example, `<index>.npy` (float32, the input's shape)."""
 
@@ -63,6 +66,12 @@ class ExactRecord(Spec):
     """adversarial: the example's file, relative to the run directory."""
     example_sha256: str | None = None
     """sha256 of that file."""
+    found_by: Literal["clean", "pgd", "milp"] | None = None
+    """adversarial: x itself is misclassified, bounded PGD found the example (tried first, with pgd-linf's
+    params), or the MILP did."""
+    pgd: bool | None = None
+    """Whether bounded PGD found an adversarial example; null where it did not run: x misclassified, or the bounds
+    proved the sample robust (so no attack can succeed)."""
     neurons: int
     """ReLUs of the network."""
     stable: int
@@ -150,8 +159,8 @@ def verify_sample(verifier: Verifier, defense: Defense, config: RunConfig, folde
     """One sample's record; its example, if any, is written first, so a record never names a missing file."""
     eps = float(config.epsilon)
     started = time.perf_counter()
-    search = verifier.closest if config.minimal else verifier.decide
-    verdict = search(x, label, eps, config.time_limit)
+    solve = verifier.closest if config.minimal else verifier.decide
+    verdict = solve(x, label, eps, config.time_limit, search=pgd_search(defense.model, config.seed, index))
     seconds = time.perf_counter() - started
     example = digest = None
     if verdict.example is not None:
@@ -160,8 +169,25 @@ def verify_sample(verifier: Verifier, defense: Defense, config: RunConfig, folde
         index=index, label=label, prediction=verifier.predict(x), exact=verdict.exact,
         certified=bool(defense.certified_at(x, eps)), distance=verdict.distance,
         distance_bound=verdict.distance_bound, margin_bound=verdict.margin_bound, example=example,
-        example_sha256=digest, neurons=verdict.neurons, stable=verdict.stable, solves=verdict.solves, time_s=seconds,
+        example_sha256=digest, found_by="pgd" if verdict.found_by == "search" else verdict.found_by,
+        pgd=verdict.found_by == "search" if verdict.searched else None, neurons=verdict.neurons, stable=verdict.stable, solves=verdict.solves, time_s=seconds,
     )
+
+
+def pgd_search(model: torch.nn.Module, seed: int, index: int) -> Search:
+    """Bounded PGD with the registry's pgd-linf params, on its own noise stream of the sample: each iterate is
+    returned as soon as the model misclassifies it."""
+    params = BudgetParams(**registry.get_attack(PGD).params)
+
+    def search(x: torch.Tensor, label: int, eps: float) -> torch.Tensor | None:
+        generator = runner.stream(seed, index, PGD, "exact", torch.device("cpu"))
+        for x_adv in ascend(x, cross_entropy_gradient(model, label), eps, "linf", params, generator):
+            with torch.no_grad():
+                if int(model(x_adv.unsqueeze(0)).argmax(1)) != label:
+                    return x_adv.detach()
+        return None
+
+    return search
 
 
 def save_example(folder: Path, index: int, example: torch.Tensor) -> tuple[str, str]:
