@@ -15,11 +15,15 @@ u <= 0 is zero; only an unstable one (l < 0 < u) needs a binary d, with the exac
 
     a >= 0,  a >= z,  a <= u d,  a <= z - l (1 - d).
 
-Deciding: for each class j != y that the margin bounds of KW and IBP do not already rule out, minimize f_y - f_j
-over the ball. The label is robust when, for every such j, the solver's dual bound, a proof even when the time
-limit stopped the search, exceeds ROBUST_MARGIN. A point the solver returns with f_j > f_y is clipped to the ball
-and to [0, 1] and re-checked by a float32 forward pass of the model: only a point the network itself misclassifies
-counts as adversarial. Anything else is unknown, never robust.
+Deciding: for each class j != y that the margin bounds of KW and IBP do not already rule out, the MILP asks for a
+point of the ball with f_y - f_j <= ROBUST_MARGIN, descending f_y - f_j and stopping at the first one it finds.
+HiGHS declaring it infeasible is the proof that class j is out of reach: its dual bound on min f_y - f_j, valid
+even when a search is cut short, passed ROBUST_MARGIN. The label is robust when every open class is proved out of
+reach. A point the solver returns is clipped to the ball and to [0, 1] and re-checked by a float32 forward pass of
+the model: only a point the network itself misclassifies counts as adversarial. Anything else (the time limit, a
+point the forward pass does not confirm) is unknown, never robust. A cheap attack (`search`, PGD in the job) may be
+tried before the first MILP; its point counts on the same confirmation, and spares the solver most adversarial
+inputs. `Verifier.solve(..., worst=True)` gives the exact minimum of f_y - f_j instead.
 
 The closest example: per class j, minimize t subject to |x' - x|_inf <= t and f_j - f_y >= MARGIN, t at most eps
 and at most the best distance found for an earlier class. Infeasible for every j means robust within eps.
@@ -175,12 +179,14 @@ class Verifier:
                       torch.minimum(ku, iu).flatten().numpy() + BOUND_SLACK) for (kl, ku), (il, iu) in pairs]
         return relus, margins
 
-    def worst_margin(self, x: torch.Tensor, label: int, target: int, eps: float,
-                     time_limit: float | None = None) -> Solve:
-        """The MILP's minimum of f_label - f_target over the ball inside [0, 1], whatever the margin bounds say."""
+    def solve(self, x: torch.Tensor, label: int, target: int, eps: float, *, worst: bool = False,
+              time_limit: float | None = None) -> Solve:
+        """One class's MILP over the ball inside [0, 1], whatever the margin bounds say: `decide`'s (the first point
+        with f_label - f_target <= ROBUST_MARGIN, or infeasible), or with `worst` the minimum of f_label - f_target."""
         bounds, _ = self.bounds(x, eps, label)
         problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=False)
-        return problem.solve_margin(label, target, math.inf if time_limit is None else time_limit)
+        limit = math.inf if time_limit is None else time_limit
+        return problem.solve_margin(label, target, limit) if worst else problem.solve_reach(label, target, limit)
 
     def decide(self, x: torch.Tensor, label: int, eps: float, time_limit: float | None = None,
                search: Search | None = None) -> Verdict:
