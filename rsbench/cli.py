@@ -224,6 +224,7 @@ def format_exact(result: run_module.ExactResult) -> str:
         line("exact adversarial", result.exact_adversarial),
         line("unknown", result.unknown),
         line("certified error", result.certified_error),
+        line("bounded PGD error", result.pgd_error),
         f"time per sample: median {result.median_time_s:.2f} s, mean {result.mean_time_s:.2f} s",
     ])
 

@@ -107,6 +107,9 @@ class ExactResult(Spec):
     """Samples left undecided: between the two ends of the adversarial error's range."""
     certified_error: Rate
     """Samples the defense's certifier does not certify correctly at epsilon."""
+    pgd_error: Rate
+    """Samples misclassified or broken by bounded PGD (pgd-linf's params), which ran wherever the bounds left a
+    class open (elsewhere no attack can succeed)."""
     median_time_s: float
     mean_time_s: float
     stable_share: float = Field(ge=0, le=1)
@@ -226,6 +229,7 @@ def summarize(spec: DefenseSpec, config: RunConfig, records: list[ExactRecord]) 
         exact_adversarial=rate(sum(r.exact == "adversarial" for r in records), total),
         unknown=rate(sum(r.exact == "unknown" for r in records), total),
         certified_error=rate(sum(not (r.certified and r.prediction == r.label) for r in records), total),
+        pgd_error=rate(sum(r.found_by == "clean" or bool(r.pgd) for r in records), total),
         median_time_s=statistics.median(times), mean_time_s=statistics.fmean(times),
         stable_share=sum(r.stable for r in records) / neurons if neurons else 1.0,
     )
