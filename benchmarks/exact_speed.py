@@ -30,7 +30,7 @@ def main() -> None:
 
     from rsbench.data import load_dataset
     from rsbench.defenses import load_defense
-    from rsbench.exact.milp import Verifier
+    from rsbench.exact.verifier import Verifier
 
     means = {}
     for name, samples in (("kw-digits-0.10", args.digits_samples), ("kw-mnist-0.1", args.mnist_samples)):

@@ -31,7 +31,13 @@ from rsbench.defenses.gloro import GloRo
 from rsbench.defenses.kw import KW
 from rsbench.errors import RsbenchError
 from rsbench.records import RunResult
-from rsbench.specs import AttackSpec, CertifyDefaults, DatasetSpec, DefenseSpec, WeightsRef
+from rsbench.specs import (
+    AttackSpec,
+    CertifyDefaults,
+    DatasetSpec,
+    DefenseSpec,
+    WeightsRef,
+)
 
 PROTOCOL = ("n0", "n", "alpha", "batch_size", "seed", "judge_n", "judge_alpha", "confirm_n", "precision",
             "channels_last")

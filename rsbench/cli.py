@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 import click
 
 from rsbench.cli_leaderboards import leaderboard_group, submission_group
-from rsbench.cli_options import DEVICE, OUT, attack_options, certification_options, sampling_options
+from rsbench.cli_options import (
+    DEVICE,
+    OUT,
+    attack_options,
+    certification_options,
+    sampling_options,
+)
 from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
@@ -218,8 +224,8 @@ def format_exact(result: run_module.ExactResult) -> str:
         return f"{name:<22} {rate.count:>6}  {100 * rate.rate:6.2f}%  [{100 * rate.ci_low:.2f}, {100 * rate.ci_high:.2f}]"
 
     return "\n".join([
-        f"{result.defense.name} at linf epsilon {result.epsilon}: {result.num_samples} samples; "
-        f"{100 * result.stable_share:.1f}% of ReLUs stable by the bounds",
+        (f"{result.defense.name} at linf epsilon {result.epsilon}: {result.num_samples} samples; "
+         f"{100 * result.stable_share:.1f}% of ReLUs stable by the bounds"),
         f"{'':<22} {'count':>6}  {'rate':>7}  95% interval",
         line("exact adversarial", result.exact_adversarial),
         line("unknown", result.unknown),

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_relu_net
 from click.testing import CliRunner, Result
+from conftest import tiny_relu_net
 from scipy.optimize import linprog
 from torch import nn
 
 from rsbench.cli import cli
-
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
-from rsbench.exact.milp import MARGIN, Verifier
+from rsbench.exact.milp import MARGIN
 from rsbench.exact.run import ExactRecord
+from rsbench.exact.verifier import Verifier
 
 NEGLIGIBLE = 1e-6
 """Brute-force optima closer than this to a decision threshold are left out: either answer would be right."""

@@ -4,37 +4,26 @@ Why: every leaderboard ranks attacks against each other, and none says how far t
 For a network small enough, a mixed-integer program (Tjeng, Xiao & Tedrake, "Evaluating Robustness of Neural
 Networks with Mixed Integer Programming", ICLR 2019) decides whether any point of the ball changes the label, and
 finds the closest one that does: the ground truth an attack's recall and a certificate's tightness are measured
-against.
+against. This module is the program; `rsbench.exact.verifier` decides with it, one input at a time.
 
 The formulation. The network is read as affine maps with a ReLU between consecutive ones (a Conv2d is the sparse
 matrix of its convolution, Flatten the identity on flattened activations, two affine layers in a row one map). Each
-ReLU's pre-activation z = W a + b gets bounds l <= z <= u over the ball, the tighter of rsbench's own two sound
-ones: the dual network's (`kw.dual_bounds`) and interval arithmetic's (`crown_ibp.interval_relu_bounds`), both on
-the ball clipped to [0, 1], which is also the MILP's domain. A neuron with l >= 0 is the identity and one with
-u <= 0 is zero; only an unstable one (l < 0 < u) needs a binary d, with the exact encoding
+ReLU's pre-activation z = W a + b has bounds l <= z <= u over the ball (the verifier's, from KW and IBP). A neuron
+with l >= 0 is the identity and one with u <= 0 is zero; only an unstable one (l < 0 < u) needs a binary d, with
+the exact encoding
 
     a >= 0,  a >= z,  a <= u d,  a <= z - l (1 - d).
 
-Deciding: for each class j != y that the margin bounds of KW and IBP do not already rule out, the MILP asks for a
-point of the ball with f_y - f_j <= ROBUST_MARGIN, descending f_y - f_j and stopping at the first one it finds.
-HiGHS declaring it infeasible is the proof that class j is out of reach: its dual bound on min f_y - f_j, valid
-even when a search is cut short, passed ROBUST_MARGIN. The label is robust when every open class is proved out of
-reach. A point the solver returns is clipped to the ball and to [0, 1] and re-checked by a float32 forward pass of
-the model: only a point the network itself misclassifies counts as adversarial. Anything else (the time limit, a
-point the forward pass does not confirm) is unknown, never robust. A cheap attack (`search`, PGD in the job) may be
-tried before the first MILP; its point counts on the same confirmation, and spares the solver most adversarial
-inputs. `Verifier.solve(..., worst=True)` gives the exact minimum of f_y - f_j instead.
-
-The closest example: per class j, minimize t subject to |x' - x|_inf <= t and f_j - f_y >= MARGIN, t at most eps
-and at most the best distance found for an earlier class. Infeasible for every j means robust within eps.
+The input ranges over the ball clipped to [0, 1]. Per class j, three objectives: reach (`solve_reach`) asks for a
+point with f_y - f_j <= ROBUST_MARGIN, descending f_y - f_j and stopping at the first one found, so that HiGHS
+declaring it infeasible proves that class out of reach (its dual bound on min f_y - f_j, valid even when a search is
+cut short, passed ROBUST_MARGIN); worst (`solve_margin`) finds min f_y - f_j with its dual bound; distance
+(`solve_distance`) minimizes t subject to |x' - x|_inf <= t and f_j - f_y >= MARGIN, t at most a ceiling.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,13 +34,9 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 from torch.nn import functional as F
 
-from rsbench.defenses.crown_ibp import ibp_margins, interval_relu_bounds
-from rsbench.defenses.kw import dual_bounds, supported_layers
+from rsbench.defenses.kw import supported_layers
 from rsbench.errors import RsbenchError
 
-Exact = Literal["robust", "adversarial", "unknown"]
-Search = Callable[[torch.Tensor, int, float], "torch.Tensor | None"]
-"""A cheap attack (x, label, eps) -> a candidate point or None, tried before the MILP (`rsbench.exact.run`: PGD)."""
 NAME = "the MILP verifier"
 ROBUST_MARGIN = 1e-6
 """A class is ruled out only when the lower bound on f_y - f_j exceeds this: HiGHS's feasibility tolerances are
@@ -60,10 +45,6 @@ MARGIN = 1e-4
 """The closest example is the closest point where some class beats the label by at least this much, so that the
 float32 forward pass that re-checks it agrees (a point exactly on the boundary could go either way); it moves the
 distance by MARGIN over the margin's gradient norm, far below a pixel level."""
-BOUND_SLACK = 1e-7
-"""Each pre-activation bound is widened by this, covering the rounding of the float64 passes that computed it."""
-
-
 @dataclass(frozen=True)
 class Affine:
     """One affine map z = W a + b between ReLU layers, in float64 on flattened activations."""
@@ -132,180 +113,7 @@ class Solve:
     """The input part of the best point found."""
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What the verifier proved about one input."""
-
-    exact: Exact
-    example: torch.Tensor | None
-    """adversarial: a point of the ball (and [0, 1]) the model misclassifies, confirmed by a forward pass."""
-    distance: float | None
-    """adversarial: the example's l_inf distance from x."""
-    distance_bound: float | None
-    """closest search: a proven lower bound on the distance of every adversarial example (the distance itself
-    when every solve was optimal)."""
-    margin_bound: float | None
-    """decision: a proven lower bound on min over j != y of f_y - f_j over the ball (positive when robust)."""
-    neurons: int
-    """ReLUs of the network."""
-    stable: int
-    """ReLUs the bounds proved stable (no binary variable)."""
-    solves: int
-    """MILPs solved (classes the bounds did not rule out, until a verdict)."""
-    found_by: Literal["clean", "search", "milp"] | None = None
-    """adversarial: x itself misclassified, the cheap search tried first, or the MILP."""
-    searched: bool = False
-    """Whether the cheap search ran (it runs only when the bounds leave a class open)."""
-
-
-class Verifier:
-    """The MILP of one network, read once; `decide` and `closest` verify one input at a time."""
-
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
-        self.model = model.eval()
-        self.exact_model = copy.deepcopy(model).double().cpu().eval()
-        self.input_shape = tuple(input_shape)
-        self.maps = affine_maps(self.exact_model, self.input_shape)
-
-    def bounds(self, x: torch.Tensor, eps: float, label: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
-        """Per ReLU layer, flattened lower and upper pre-activation bounds over the ball inside [0, 1]; and lower
-        bounds on f_y - f_j for every j. Each is the tighter of KW's and IBP's."""
-        batch, labels = x.detach().double().cpu().unsqueeze(0), torch.tensor([label])
-        with torch.no_grad():
-            kw_margins, kw_relus = dual_bounds(self.exact_model, batch, eps, labels, box=True)
-            margins = torch.maximum(kw_margins, ibp_margins(self.exact_model, batch, eps, labels))[0].numpy()
-            pairs = zip(kw_relus, interval_relu_bounds(self.exact_model, batch, eps, box=True))
-            relus = [(torch.maximum(kl, il).flatten().numpy() - BOUND_SLACK,
-                      torch.minimum(ku, iu).flatten().numpy() + BOUND_SLACK) for (kl, ku), (il, iu) in pairs]
-        return relus, margins
-
-    def solve(self, x: torch.Tensor, label: int, target: int, eps: float, *, worst: bool = False,
-              time_limit: float | None = None) -> Solve:
-        """One class's MILP over the ball inside [0, 1], whatever the margin bounds say: `decide`'s (the first point
-        with f_label - f_target <= ROBUST_MARGIN, or infeasible), or with `worst` the minimum of f_label - f_target."""
-        bounds, _ = self.bounds(x, eps, label)
-        problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=False)
-        limit = math.inf if time_limit is None else time_limit
-        return problem.solve_margin(label, target, limit) if worst else problem.solve_reach(label, target, limit)
-
-    def decide(self, x: torch.Tensor, label: int, eps: float, time_limit: float | None = None,
-               search: Search | None = None) -> Verdict:
-        """Is there a point within eps of x (inside [0, 1]) whose label is not `label`?
-
-        `search`, a cheap attack, is tried once before the first MILP (not at all when the bounds decide): a point
-        it returns ends the search when the model, re-checked like the MILP's points, misclassifies it.
-        """
-        deadline = time.monotonic() + (math.inf if time_limit is None else time_limit)
-        if self.predict(x) != label:
-            return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0, "clean")
-        bounds, margins = self.bounds(x, eps, label)
-        problem, lowest, undecided, solves = None, math.inf, False, 0
-        for j in _candidates(margins, label):
-            if margins[j] > ROBUST_MARGIN:
-                lowest = min(lowest, float(margins[j]))
-                continue
-            if problem is None:  # built only for inputs the bounds do not already prove
-                if search is not None:
-                    found = self._confirmed(x, _as_point(search(x, label, eps)), label, eps)
-                    if found is not None:
-                        return self._verdict("adversarial", found, self._distance(found, x), None, None, bounds, 0,
-                                             "search", True)
-                problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=False)
-            solves += 1
-            outcome = problem.solve_reach(label, j, deadline - time.monotonic())
-            if outcome.status == "infeasible":  # no point of the ball has f_y - f_j <= ROBUST_MARGIN
-                lowest = min(lowest, ROBUST_MARGIN)
-                continue
-            example = self._confirmed(x, outcome.point, label, eps) if (outcome.value or 0) < 0 else None
-            if example is not None:
-                return self._verdict("adversarial", example, self._distance(example, x), None, None, bounds, solves,
-                                     "milp", search is not None)
-            undecided = True
-        exact: Exact = "unknown" if undecided else "robust"
-        return self._verdict(exact, None, None, None, None if undecided else lowest, bounds, solves, None,
-                             problem is not None and search is not None)
-
-    def closest(self, x: torch.Tensor, label: int, eps: float, time_limit: float | None = None,
-                search: Search | None = None) -> Verdict:
-        """The closest point within eps of x (inside [0, 1]) whose label is not `label`, with a proof of its distance.
-
-        A confirmed point of `search` (tried as in `decide`) only lowers the ceiling of the MILPs' distance.
-        """
-        deadline = time.monotonic() + (math.inf if time_limit is None else time_limit)
-        if self.predict(x) != label:
-            return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0, "clean")
-        bounds, margins = self.bounds(x, eps, label)
-        problem, best, example, lower, undecided, solves = None, eps, None, math.inf, False, 0
-        found_by: Literal["search", "milp"] = "search"
-        for j in _candidates(margins, label):
-            if margins[j] > ROBUST_MARGIN:
-                continue
-            if problem is None:
-                if search is not None:
-                    example = self._confirmed(x, _as_point(search(x, label, eps)), label, eps)
-                    best = self._distance(example, x) if example is not None else eps
-                problem = _Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=True)
-            solves += 1
-            outcome = problem.solve_distance(label, j, best, deadline - time.monotonic())
-            if outcome.status == "infeasible":
-                continue
-            found = self._confirmed(x, outcome.point, label, eps)
-            if found is not None and (example is None or self._distance(found, x) < best):
-                best, example, found_by = self._distance(found, x), found, "milp"
-            if outcome.status != "optimal" or found is None:
-                undecided = True
-                lower = min(lower, outcome.bound if outcome.bound is not None else 0.0)
-        searched = problem is not None and search is not None
-        if example is not None:
-            return self._verdict("adversarial", example, best, min(best, lower), None, bounds, solves, found_by,
-                                 searched)
-        return self._verdict("unknown" if undecided else "robust", None, None,
-                             lower if undecided else eps, None, bounds, solves, None, searched)
-
-    def predict(self, x: torch.Tensor) -> int:
-        """The model's label at x (one input), by a plain forward pass."""
-        parameter = next(self.model.parameters())
-        with torch.no_grad():
-            return int(self.model(x.to(parameter.device, parameter.dtype).unsqueeze(0)).argmax(1))
-
-    def _confirmed(self, x: torch.Tensor, point: np.ndarray | None, label: int, eps: float) -> torch.Tensor | None:
-        """The solver's point clipped to the ball and [0, 1], if the float32 model misclassifies it."""
-        if point is None:
-            return None
-        candidate = torch.from_numpy(point).to(x.dtype).view(x.shape)
-        candidate = torch.minimum(torch.maximum(candidate, x - eps), x + eps).clamp(0.0, 1.0)
-        while True:  # x +- eps rounds in x's dtype; step each pixel that ends past eps one float back towards x
-            outside = (candidate.double() - x.double()).abs() > eps
-            if not outside.any():
-                break
-            candidate = torch.where(outside, torch.nextafter(candidate, x), candidate)
-        return candidate if self.predict(candidate) != label else None
-
-    @staticmethod
-    def _distance(example: torch.Tensor, x: torch.Tensor) -> float:
-        return float((example.double() - x.double()).abs().max())
-
-    @staticmethod
-    def _verdict(exact: Exact, example: torch.Tensor | None, distance: float | None, distance_bound: float | None,
-                 margin_bound: float | None, bounds: list[tuple[np.ndarray, np.ndarray]], solves: int,
-                 found_by: Literal["clean", "search", "milp"] | None = None, searched: bool = False) -> Verdict:
-        neurons = sum(low.size for low, _ in bounds)
-        stable = sum(int(((low >= 0) | (high <= 0)).sum()) for low, high in bounds)
-        return Verdict(exact, example, distance, distance_bound, margin_bound, neurons, stable, solves, found_by,
-                       searched)
-
-
-def _as_point(example: torch.Tensor | None) -> np.ndarray | None:
-    """A search's example as the solver's points are given: flat float64."""
-    return None if example is None else example.detach().double().cpu().flatten().numpy()
-
-
-def _candidates(margins: np.ndarray, label: int) -> list[int]:
-    """The other classes, the one with the lowest margin bound (likeliest to be reached) first."""
-    return sorted((j for j in range(len(margins)) if j != label), key=lambda j: float(margins[j]))
-
-
-class _Problem:
+class Problem:
     """The constraints of one input's MILP; the objective of each class is set by `solve_margin` / `solve_distance`.
 
     Variables: the input x' (n), then per ReLU layer its outputs a and one binary per unstable neuron, then (closest

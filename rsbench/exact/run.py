@@ -27,7 +27,7 @@ from rsbench.attacks.bounded_pgd import BudgetParams, ascend, cross_entropy_grad
 from rsbench.data import load_dataset
 from rsbench.defenses import Defense, load_defense
 from rsbench.errors import RsbenchError
-from rsbench.exact.milp import Search, Verifier
+from rsbench.exact.verifier import Search, Verifier
 from rsbench.progress import bar as progress_bar
 from rsbench.records import Environment, RunConfig
 from rsbench.rundir import RunDir
