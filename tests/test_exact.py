@@ -7,6 +7,7 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,36 @@ def test_bad_input_is_one_line(args: tuple[str, ...], message: str) -> None:
     result = invoke(*args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+SHARED_DATA = Path(os.environ.get("RSBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+ANCHOR = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "exact-kw-mnist-0.1"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "models" / "kw-mnist-eps0.1.pth").is_file() or not ANCHOR.is_dir(),
+                    reason="shared data or the committed run absent")
+def test_the_committed_mnist_run_checks_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stored example of the committed kw-mnist-0.1 run is MNIST's x moved by at most 0.1 inside [0, 1], with
+    its recorded sha256 and distance, and misclassified by the model; every certified sample is exactly robust; and
+    result.json counts the records."""
+    monkeypatch.setenv("RSBENCH_DATA", str(SHARED_DATA))
+    defense, data = load_defense("kw-mnist-0.1"), load_dataset("mnist", "test")
+    records = [ExactRecord.model_validate_json(line) for line in (ANCHOR / "samples.jsonl").read_text().splitlines()]
+    assert [r.index for r in records] == list(range(len(records)))
+    for record in records:
+        assert record.label == int(data[record.index][1])
+        if record.certified and record.prediction == record.label:
+            assert record.exact == "robust"
+        if record.exact != "adversarial":
+            assert record.example is None
+            continue
+        path = ANCHOR / record.example
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == record.example_sha256
+        example, x = torch.from_numpy(np.load(path)), data[record.index][0]
+        assert float((example.double() - x.double()).abs().max()) == record.distance <= 0.1
+        assert 0 <= float(example.min()) and float(example.max()) <= 1
+        with torch.no_grad():
+            assert int(defense.model(example[None]).argmax()) != record.label
+    result = json.loads((ANCHOR / "result.json").read_text())
+    assert result["num_samples"] == len(records)
+    assert result["exact_adversarial"]["count"] == sum(r.exact == "adversarial" for r in records)
