@@ -104,6 +104,9 @@ def test_decision_and_closest_distance_agree_with_enumerating_activation_pattern
                     assert searched.exact == "adversarial"
                     assert searched.distance == pytest.approx(closest, abs=1e-6)
                     assert searched.distance_bound == pytest.approx(closest, abs=1e-6)
+                    # a search's example only lowers the MILPs' ceiling: the same closest distance
+                    hinted = verifier.closest(x, label, eps, search=lambda *_, point=decided.example: point)
+                    assert hinted.search_found and hinted.distance == pytest.approx(closest, abs=1e-6)
                 verdicts.append(decided.exact)
     assert verdicts.count("robust") >= 8 and verdicts.count("adversarial") >= 5  # both answers were checked
 

@@ -173,7 +173,8 @@ def verify_sample(verifier: Verifier, defense: Defense, config: RunConfig, folde
         certified=bool(defense.certified_at(x, eps)), distance=verdict.distance,
         distance_bound=verdict.distance_bound, margin_bound=verdict.margin_bound, example=example,
         example_sha256=digest, found_by="pgd" if verdict.found_by == "search" else verdict.found_by,
-        pgd=verdict.found_by == "search" if verdict.searched else None, neurons=verdict.neurons, stable=verdict.stable, solves=verdict.solves, time_s=seconds,
+        pgd=verdict.search_found, neurons=verdict.neurons, stable=verdict.stable, solves=verdict.solves,
+        time_s=seconds,
     )
 
 

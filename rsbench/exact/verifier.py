@@ -61,8 +61,9 @@ class Verdict:
     """MILPs solved (classes the bounds did not rule out, until a verdict)."""
     found_by: Literal["clean", "search", "milp"] | None = None
     """adversarial: x itself misclassified, the cheap search tried first, or the MILP."""
-    searched: bool = False
-    """Whether the cheap search ran (it runs only when the bounds leave a class open)."""
+    search_found: bool | None = None
+    """Whether the cheap search found a confirmed example; None when it did not run (it runs only when the bounds
+    leave a class open)."""
 
 
 class Verifier:
@@ -106,7 +107,7 @@ class Verifier:
         if self.predict(x) != label:
             return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0, "clean")
         bounds, margins = self.bounds(x, eps, label)
-        problem, lowest, undecided, solves = None, math.inf, False, 0
+        problem, lowest, undecided, solves, searched = None, math.inf, False, 0, None
         for j in _candidates(margins, label):
             if margins[j] > ROBUST_MARGIN:
                 lowest = min(lowest, float(margins[j]))
@@ -117,6 +118,7 @@ class Verifier:
                     if found is not None:
                         return self._verdict("adversarial", found, self._distance(found, x), None, None, bounds, 0,
                                              "search", True)
+                    searched = False
                 problem = Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=False)
             solves += 1
             outcome = problem.solve_reach(label, j, deadline - time.monotonic())
@@ -126,11 +128,10 @@ class Verifier:
             example = self._confirmed(x, outcome.point, label, eps) if (outcome.value or 0) < 0 else None
             if example is not None:
                 return self._verdict("adversarial", example, self._distance(example, x), None, None, bounds, solves,
-                                     "milp", search is not None)
+                                     "milp", searched)
             undecided = True
         exact: Exact = "unknown" if undecided else "robust"
-        return self._verdict(exact, None, None, None, None if undecided else lowest, bounds, solves, None,
-                             problem is not None and search is not None)
+        return self._verdict(exact, None, None, None, None if undecided else lowest, bounds, solves, None, searched)
 
     def closest(self, x: torch.Tensor, label: int, eps: float, time_limit: float | None = None,
                 search: Search | None = None) -> Verdict:
@@ -142,7 +143,7 @@ class Verifier:
         if self.predict(x) != label:
             return self._verdict("adversarial", x, 0.0, 0.0, None, [], 0, "clean")
         bounds, margins = self.bounds(x, eps, label)
-        problem, best, example, lower, undecided, solves = None, eps, None, math.inf, False, 0
+        problem, best, example, lower, undecided, solves, searched = None, eps, None, math.inf, False, 0, None
         found_by: Literal["search", "milp"] = "search"
         for j in _candidates(margins, label):
             if margins[j] > ROBUST_MARGIN:
@@ -151,6 +152,7 @@ class Verifier:
                 if search is not None:
                     example = self._confirmed(x, _as_point(search(x, label, eps)), label, eps)
                     best = self._distance(example, x) if example is not None else eps
+                    searched = example is not None
                 problem = Problem(self.maps, x.detach().double().cpu().flatten().numpy(), eps, bounds, closest=True)
             solves += 1
             outcome = problem.solve_distance(label, j, best, deadline - time.monotonic())
@@ -162,7 +164,6 @@ class Verifier:
             if outcome.status != "optimal" or found is None:
                 undecided = True
                 lower = min(lower, outcome.bound if outcome.bound is not None else 0.0)
-        searched = problem is not None and search is not None
         if example is not None:
             return self._verdict("adversarial", example, best, min(best, lower), None, bounds, solves, found_by,
                                  searched)
@@ -195,7 +196,7 @@ class Verifier:
     @staticmethod
     def _verdict(exact: Exact, example: torch.Tensor | None, distance: float | None, distance_bound: float | None,
                  margin_bound: float | None, bounds: list[tuple[np.ndarray, np.ndarray]], solves: int,
-                 found_by: Literal["clean", "search", "milp"] | None = None, searched: bool = False) -> Verdict:
+                 found_by: Literal["clean", "search", "milp"] | None = None, searched: bool | None = None) -> Verdict:
         neurons = sum(low.size for low, _ in bounds)
         stable = sum(int(((low >= 0) | (high <= 0)).sum()) for low, high in bounds)
         return Verdict(exact, example, distance, distance_bound, margin_bound, neurons, stable, solves, found_by,
