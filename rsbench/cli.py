@@ -193,9 +193,15 @@ def sweep(defense_pattern: str, attack_pattern: str, device: str, root: Path, **
 @click.option("--time-limit", type=float, default=120.0, show_default=True,
               help="Seconds of MILP solving per sample; a sample not decided by then is recorded unknown, never "
                    "robust.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one process; ray: samples spread over Ray actors (a local Ray or the cluster at "
+                   "--address), this process alone writing the records.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray actors verifying samples side by side (--backend ray).")
+@click.option("--address", default=None, help="Address of a running Ray cluster for --backend ray [a local Ray].")
 @OUT
-def exact(defense: str, num_samples: int, epsilon: float | None, minimal: bool, time_limit: float,
-          out: Path | None) -> None:
+def exact(defense: str, num_samples: int, epsilon: float | None, minimal: bool, time_limit: float, backend: str,
+          workers: int, address: str | None, out: Path | None) -> None:
     """Decide exactly, by a mixed-integer program, whether each sample has an adversarial example.
 
     The network (Linear, Conv2d, ReLU, Flatten) is encoded as a MILP (Tjeng et al. 2019) with
@@ -209,12 +215,13 @@ def exact(defense: str, num_samples: int, epsilon: float | None, minimal: bool, 
     from rsbench.exact import run
 
     spec = registry.get_defense(defense)
-    config = run.exact_config(spec, num_samples=num_samples, epsilon=epsilon, minimal=minimal, time_limit=time_limit)
+    config = run.exact_config(spec, num_samples=num_samples, epsilon=epsilon, minimal=minimal, time_limit=time_limit,
+                              workers=workers)
     requirements.require(spec)
     out = out or rundir.default_path(config)
     click.echo(f"exact {spec.name} at epsilon {config.epsilon} on {num_samples} samples of {spec.dataset.name} "
                f"{config.split}, records in {out}", err=True)
-    result = run.verify(spec, config, out)
+    result = run.verify(spec, config, out, backend=backend, address=address)
     click.echo(format_exact(result))
 
 

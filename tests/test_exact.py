@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -22,8 +23,9 @@ from rsbench.cli import cli
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.exact.milp import MARGIN
-from rsbench.exact.run import ExactRecord
+from rsbench.exact.run import ExactRecord, exact_config, verify
 from rsbench.exact.verifier import Verifier
+from rsbench.registry import get_defense
 
 NEGLIGIBLE = 1e-6
 """Brute-force optima closer than this to a decision threshold are left out: either answer would be right."""
@@ -257,3 +259,16 @@ def test_the_committed_mnist_run_checks_out(monkeypatch: pytest.MonkeyPatch) -> 
     result = json.loads((ANCHOR / "result.json").read_text())
     assert result["num_samples"] == len(records)
     assert result["exact_adversarial"]["count"] == sum(r.exact == "adversarial" for r in records)
+
+
+def test_a_ray_run_records_what_one_process_records(ray_cluster: ModuleType, tmp_path: Path) -> None:
+    spec = get_defense("kw-digits-0.10")
+    records = {}
+    for backend, workers in (("local", 1), ("ray", 2)):
+        config = exact_config(spec, num_samples=4, workers=workers)
+        verify(spec, config, tmp_path / backend, progress=False, backend=backend)
+        lines = [json.loads(line) for line in (tmp_path / backend / "samples.jsonl").read_text().splitlines()]
+        records[backend] = sorted(({k: v for k, v in r.items() if k != "time_s"} for r in lines),
+                                  key=lambda r: r["index"])
+    assert records["ray"] == records["local"]
+    assert [r["exact"] for r in records["local"]] == ["adversarial", "adversarial", "robust", "adversarial"]

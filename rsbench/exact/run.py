@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from rsbench import hub, registry, runner
+from rsbench import cluster, hub, registry, runner
 from rsbench.attacks.bounded_pgd import BudgetParams, ascend, cross_entropy_gradient
 from rsbench.data import load_dataset
-from rsbench.defenses import Defense, load_defense
+from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
 from rsbench.exact.verifier import Search, Verifier
 from rsbench.progress import bar as progress_bar
@@ -117,7 +117,7 @@ class ExactResult(Spec):
 
 
 def exact_config(spec: DefenseSpec, *, num_samples: int, epsilon: float | None = None, minimal: bool = False,
-                 time_limit: float | None = None) -> RunConfig:
+                 time_limit: float | None = None, workers: int = 1) -> RunConfig:
     """An exact run's config, after refusing what a MILP cannot verify."""
     if spec.kind == "smoothing":
         raise RsbenchError(f"{spec.name} is a smoothing defense: its classifier is randomized, and the MILP verifies "
@@ -132,50 +132,81 @@ def exact_config(spec: DefenseSpec, *, num_samples: int, epsilon: float | None =
     if eps is None:
         raise RsbenchError(f"{spec.name} has no epsilon of its own: give --epsilon")
     return runner.run_config(spec, "exact", num_samples=num_samples, epsilon=eps, minimal=minimal,
-                             time_limit=time_limit)
+                             time_limit=time_limit, workers=workers)
 
 
-def verify(spec: DefenseSpec, config: RunConfig, out: Path, *, progress: bool = True) -> ExactResult:
-    """Verify the first `config.num_samples` samples of the split exactly, resuming from `out` if it holds records."""
-    dataset = load_dataset(spec.dataset.name, config.split, spec.dataset.root)
-    if config.num_samples > len(dataset):
-        raise RsbenchError(f"--num-samples {config.num_samples} exceeds the {len(dataset)} samples of the split")
+Outcome = tuple[ExactRecord, "torch.Tensor | None"]
+"""A verified sample: its record (without the example's file) and its example, which only the driver writes."""
+
+
+class ExactWorker:
+    """Verifies a batch of sample indices; built once per process (or Ray actor), it holds the data, the defense and
+    the network's MILP."""
+
+    def __init__(self, spec: DefenseSpec, config: RunConfig) -> None:
+        self.config = config
+        self.dataset = load_dataset(spec.dataset.name, config.split, spec.dataset.root)
+        self.defense = load_defense(spec, "cpu")
+        self.verifier = Verifier(self.defense.model, tuple(self.dataset[0][0].shape))
+
+    def __call__(self, indices: list[int]) -> list[Outcome]:
+        return [self.verify_sample(index) for index in indices]
+
+    def verify_sample(self, index: int) -> Outcome:
+        """One sample's record and example."""
+        x, label, eps = self.dataset[index][0], int(self.dataset[index][1]), float(self.config.epsilon)
+        started = time.perf_counter()
+        solve = self.verifier.closest if self.config.minimal else self.verifier.decide
+        verdict = solve(x, label, eps, self.config.time_limit, search=pgd_search(self.defense.model, self.config.seed,
+                                                                                 index))
+        seconds = time.perf_counter() - started
+        record = ExactRecord(
+            index=index, label=label, prediction=self.verifier.predict(x), exact=verdict.exact,
+            certified=bool(self.defense.certified_at(x, eps)), distance=verdict.distance,
+            distance_bound=verdict.distance_bound, margin_bound=verdict.margin_bound,
+            found_by="pgd" if verdict.found_by == "search" else verdict.found_by, pgd=verdict.search_found,
+            neurons=verdict.neurons, stable=verdict.stable, solves=verdict.solves, time_s=seconds,
+        )
+        return record, verdict.example
+
+
+def verify(spec: DefenseSpec, config: RunConfig, out: Path, *, progress: bool = True, backend: str = "local",
+           address: str | None = None) -> ExactResult:
+    """Verify the first `config.num_samples` samples of the split exactly, resuming from `out` if it holds records.
+
+    `backend` local verifies in this process; ray spreads the samples over `config.workers` Ray actors (a local Ray,
+    or the cluster at `address`), and this process alone writes the records and examples, as each sample finishes.
+    """
+    size = len(load_dataset(spec.dataset.name, config.split, spec.dataset.root))
+    if config.num_samples > size:
+        raise RsbenchError(f"--num-samples {config.num_samples} exceeds the {size} samples of the split")
+    if backend == "local" and config.workers != 1:
+        raise RsbenchError("--workers above 1 needs --backend ray: the local backend verifies in one process")
     run = RunDir(out, config)
     done = {record.index for record in run.records(ExactRecord)}
     todo = [i for i in range(config.num_samples) if i not in done]
     if todo:
-        defense = load_defense(spec, "cpu")
-        verifier = Verifier(defense.model, tuple(dataset[0][0].shape))
+        if backend == "ray":
+            batches = cluster.run_batches(ExactWorker, [[i] for i in todo], (spec, config), config.workers,
+                                          torch.device("cpu"), address)
+        else:
+            worker = ExactWorker(spec, config)
+            batches = ([worker.verify_sample(index)] for index in todo)
         with progress_bar(len(todo), f"exact {spec.name}", "sample", enabled=progress) as bar:
-            for index in todo:
-                x, label = dataset[index][0], int(dataset[index][1])
-                run.append(verify_sample(verifier, defense, config, run.path, x, label, index))
-                bar.update(1)
+            for outcomes in batches:
+                for record, example in outcomes:
+                    if record.index in done:  # a retried batch's sample, already appended
+                        continue
+                    if example is not None:
+                        path, digest = save_example(run.path, record.index, example)
+                        record = record.model_copy(update={"example": path, "example_sha256": digest})
+                    run.append(record)
+                    done.add(record.index)
+                bar.update(len(outcomes))
     records = exact_records(out, config)
     result = summarize(spec, config, records)
     run.write_result(result)
     return result
-
-
-def verify_sample(verifier: Verifier, defense: Defense, config: RunConfig, folder: Path, x: torch.Tensor, label: int,
-                  index: int) -> ExactRecord:
-    """One sample's record; its example, if any, is written first, so a record never names a missing file."""
-    eps = float(config.epsilon)
-    started = time.perf_counter()
-    solve = verifier.closest if config.minimal else verifier.decide
-    verdict = solve(x, label, eps, config.time_limit, search=pgd_search(defense.model, config.seed, index))
-    seconds = time.perf_counter() - started
-    example = digest = None
-    if verdict.example is not None:
-        example, digest = save_example(folder, index, verdict.example)
-    return ExactRecord(
-        index=index, label=label, prediction=verifier.predict(x), exact=verdict.exact,
-        certified=bool(defense.certified_at(x, eps)), distance=verdict.distance,
-        distance_bound=verdict.distance_bound, margin_bound=verdict.margin_bound, example=example,
-        example_sha256=digest, found_by="pgd" if verdict.found_by == "search" else verdict.found_by,
-        pgd=verdict.search_found, neurons=verdict.neurons, stable=verdict.stable, solves=verdict.solves,
-        time_s=seconds,
-    )
 
 
 def pgd_search(model: torch.nn.Module, seed: int, index: int) -> Search:
