@@ -196,11 +196,11 @@ class Verifier:
     @staticmethod
     def _verdict(exact: Exact, example: torch.Tensor | None, distance: float | None, distance_bound: float | None,
                  margin_bound: float | None, bounds: list[tuple[np.ndarray, np.ndarray]], solves: int,
-                 found_by: Literal["clean", "search", "milp"] | None = None, searched: bool | None = None) -> Verdict:
+                 found_by: Literal["clean", "search", "milp"] | None = None, search_found: bool | None = None) -> Verdict:
         neurons = sum(low.size for low, _ in bounds)
         stable = sum(int(((low >= 0) | (high <= 0)).sum()) for low, high in bounds)
         return Verdict(exact, example, distance, distance_bound, margin_bound, neurons, stable, solves, found_by,
-                       searched)
+                       search_found)
 
 
 def _as_point(example: torch.Tensor | None) -> np.ndarray | None:
