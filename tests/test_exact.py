@@ -77,6 +77,7 @@ def brute_force(net: nn.Sequential, x: np.ndarray, label: int, eps: float) -> tu
     return worst, closest
 
 
+@pytest.mark.slow
 def test_decision_and_closest_distance_agree_with_enumerating_activation_patterns() -> None:
     verdicts = []
     for seed in range(3):
@@ -136,6 +137,7 @@ def test_closest_distance_of_a_linear_classifier_is_its_closed_form() -> None:
     assert checked >= 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["kw-digits-0.05", "kw-digits-0.10", "crownibp-digits-0.10"])
 def test_every_point_the_shipped_digits_certifiers_certify_is_exactly_robust(name: str) -> None:
     defense = load_defense(name)
@@ -156,6 +158,7 @@ def test_every_point_the_shipped_digits_certifiers_certify_is_exactly_robust(nam
     assert certified >= 3
 
 
+@pytest.mark.slow
 def test_the_milp_minimum_lies_between_the_certifiers_bound_and_the_clean_margin() -> None:
     defense = load_defense("kw-digits-0.10")
     x, label = load_dataset("digits", "test")[0]
@@ -188,6 +191,7 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, ["exact", *args])
 
 
+@pytest.mark.slow
 def test_the_job_resumes_without_duplicates_and_its_examples_check_out(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = invoke("--defense", "kw-digits-0.10", "--num-samples", "3", "--out", str(out))
@@ -261,6 +265,7 @@ def test_the_committed_mnist_run_checks_out(monkeypatch: pytest.MonkeyPatch) -> 
     assert result["exact_adversarial"]["count"] == sum(r.exact == "adversarial" for r in records)
 
 
+@pytest.mark.slow
 def test_a_ray_run_records_what_one_process_records(ray_cluster: ModuleType, tmp_path: Path) -> None:
     spec = get_defense("kw-digits-0.10")
     records = {}
