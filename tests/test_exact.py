@@ -277,3 +277,14 @@ def test_a_ray_run_records_what_one_process_records(ray_cluster: ModuleType, tmp
                                   key=lambda r: r["index"])
     assert records["ray"] == records["local"]
     assert [r["exact"] for r in records["local"]] == ["adversarial", "adversarial", "robust", "adversarial"]
+
+
+def test_an_example_is_clipped_into_the_ball_exactly_even_where_x_minus_eps_rounds_to_zero() -> None:
+    net = nn.Linear(2, 2)
+    with torch.no_grad():  # label 0 while 10 x_0 > 2
+        net.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 0.0]]))
+        net.bias.copy_(torch.tensor([-2.0, 0.0]))
+    x = torch.tensor([0.4, 0.5])  # x_0 is float32's 0.4, a little above 0.4: 0 is just outside the ball
+    verdict = Verifier(net, (2,)).decide(x, 0, 0.4, search=lambda *_: torch.tensor([0.0, 0.5]))
+    assert verdict.exact == "adversarial" and verdict.found_by == "search"
+    assert 0 < float(verdict.example[0]) < 1e-7 and verdict.distance <= 0.4

@@ -181,12 +181,8 @@ class Verifier:
         if point is None:
             return None
         candidate = torch.from_numpy(point).to(x.dtype).view(x.shape)
-        candidate = torch.minimum(torch.maximum(candidate, x - eps), x + eps).clamp(0.0, 1.0)
-        while True:  # x +- eps rounds in x's dtype; step each pixel that ends past eps one float back towards x
-            outside = (candidate.double() - x.double()).abs() > eps
-            if not outside.any():
-                break
-            candidate = torch.where(outside, torch.nextafter(candidate, x), candidate)
+        low, high = _inside(x.double() - eps, x.dtype, up=True), _inside(x.double() + eps, x.dtype, up=False)
+        candidate = torch.minimum(torch.maximum(candidate, low), high).clamp(0.0, 1.0)
         return candidate if self.predict(candidate) != label else None
 
     @staticmethod
@@ -201,6 +197,15 @@ class Verifier:
         stable = sum(int(((low >= 0) | (high <= 0)).sum()) for low, high in bounds)
         return Verdict(exact, example, distance, distance_bound, margin_bound, neurons, stable, solves, found_by,
                        search_found)
+
+
+def _inside(end: torch.Tensor, dtype: torch.dtype, *, up: bool) -> torch.Tensor:
+    """The ball's end (exact, in float64) rounded into `dtype` towards the ball's inside, so that a point clipped to
+    it is within eps of x exactly, not only up to the rounding of x +- eps."""
+    rounded = end.to(dtype)
+    beyond = rounded.double() < end if up else rounded.double() > end
+    towards = torch.full_like(rounded, math.inf if up else -math.inf)
+    return torch.where(beyond, torch.nextafter(rounded, towards), rounded)
 
 
 def _as_point(example: torch.Tensor | None) -> np.ndarray | None:
