@@ -1,7 +1,7 @@
 """Exact columns for the deterministic l_inf evasion tracks: each attack's recall and the certificate's tightness.
 
 For each track, `rsbench exact` decides its samples (the protocol's split, number of samples and epsilon) into
-runs/exact-tracks/<track> (resumed when re-run). Over the track's attacked samples (correctly classified):
+runs/exact-tracks/<track> (resumed when re-run; `--runs benchmarks/results/exact-tracks` reads the committed runs). Over the track's attacked samples (correctly classified):
 
 - exists: samples where an adversarial example exists (exact), with the undecided ones counted apart;
 - recall of each entry: its confirmed successes / the samples where an example exists, with a 95% Clopper-Pearson
@@ -10,7 +10,7 @@ runs/exact-tracks/<track> (resumed when re-run). Over the track's attacked sampl
   at most 1), with its interval.
 
 The tracks' files are read only (they are append-only; these columns are derived, not stored).
-Run: python benchmarks/exact_tracks.py [--track evasion-kw-digits-0.05 ...] [--time-limit 120]
+Run: python benchmarks/exact_tracks.py [--track evasion-kw-digits-0.05 ...] [--time-limit 120] [--runs DIR]
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--track", action="append", default=None)
     parser.add_argument("--time-limit", type=float, default=120.0)
     parser.add_argument("--leaderboards", type=Path, default=Path(__file__).resolve().parents[1] / "leaderboards")
+    parser.add_argument("--runs", type=Path, default=Path("runs") / "exact-tracks",
+                        help="Folder of the exact runs, one per track (benchmarks/results/exact-tracks holds the "
+                             "committed ones: pointing there re-derives the columns without solving anything)")
     args = parser.parse_args()
     os.environ.setdefault("RSBENCH_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -51,7 +54,7 @@ def main() -> None:
         board = leaderboard.load(path)
         protocol = board.protocol
         clean, entries = leaderboard.stored_records(path.parent, board)
-        out = Path("runs") / "exact-tracks" / track
+        out = args.runs / track
         result = verify_exactly(protocol.defense, num_samples=protocol.num_samples, epsilon=protocol.epsilon,
                                 time_limit=args.time_limit, out=out, progress=False)
         exact = {r.index: r for r in RunDir(out, result.config).records(ExactRecord)}
