@@ -28,3 +28,11 @@ def evaluate(defense, attacks, **options):  # noqa: ANN001, ANN003, ANN201 - mir
     from rsbench.api import evaluate as _evaluate
 
     return _evaluate(defense, attacks, **options)
+
+
+def verify_exactly(defense, **options):  # noqa: ANN001, ANN003, ANN201 - mirrors rsbench.api.verify_exactly
+    """Decide exactly, by a MILP, which test samples of a deterministic ReLU defense have an adversarial example in
+    the l_inf ball; returns the run's ExactResult (see `rsbench.api.verify_exactly`)."""
+    from rsbench.api import verify_exactly as _verify
+
+    return _verify(defense, **options)

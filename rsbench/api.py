@@ -31,7 +31,13 @@ from rsbench.defenses.gloro import GloRo
 from rsbench.defenses.kw import KW
 from rsbench.errors import RsbenchError
 from rsbench.records import RunResult
-from rsbench.specs import AttackSpec, CertifyDefaults, DatasetSpec, DefenseSpec, WeightsRef
+from rsbench.specs import (
+    AttackSpec,
+    CertifyDefaults,
+    DatasetSpec,
+    DefenseSpec,
+    WeightsRef,
+)
 
 PROTOCOL = ("n0", "n", "alpha", "batch_size", "seed", "judge_n", "judge_alpha", "confirm_n", "precision",
             "channels_last")
@@ -185,3 +191,21 @@ def _checked(data: object) -> tuple[torch.Tensor, torch.Tensor]:
     if not torch.isfinite(x).all() or float(x.min()) < 0 or float(x.max()) > 1:
         raise RsbenchError("image pixels must be finite and lie in [0, 1]")
     return x, y.detach().to("cpu", torch.int64)
+
+
+def verify_exactly(defense: str, *, num_samples: int = 10, epsilon: float | None = None, minimal: bool = False,
+                   time_limit: float | None = None, out: str | Path | None = None, progress: bool = True,
+                   backend: str = "local", workers: int = 1, address: str | None = None) -> Any:
+    """Decide exactly, by a MILP, which of the first `num_samples` test samples of a registry defense (a
+    deterministic ReLU network in l_inf) have an adversarial example within `epsilon` (default: the defense's own);
+    with `minimal`, also each one's exact closest distance. The run of `rsbench exact`: records in `out`
+    (default `runs/<defense>/exact-seed0-<key>`), resumed when re-run; `backend="ray"` spreads the samples over
+    `workers` Ray actors. Returns the run's `ExactResult`."""
+    from rsbench.exact import run
+
+    spec = registry.get_defense(defense)
+    requirements.require(spec)
+    config = run.exact_config(spec, num_samples=num_samples, epsilon=epsilon, minimal=minimal, time_limit=time_limit,
+                              workers=workers)
+    path = Path(out) if out is not None else rundir.default_path(config)
+    return run.verify(spec, config, path, progress=progress, backend=backend, address=address)

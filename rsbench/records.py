@@ -3,7 +3,7 @@ results it writes (`samples.jsonl`, the attacks' records, `result.json`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,7 +16,8 @@ SCHEMA_VERSION = 1
 class RunConfig(Spec):
     """Everything that determines a run's results; a resumed run must match it."""
 
-    command: Literal["certify", "evaluate"]
+    omitted_when_default: ClassVar[frozenset[str]] = frozenset({"minimal", "time_limit"})
+    command: Literal["certify", "evaluate", "exact"]
     """Which job produced the run."""
     defense: str
     """Defense name as resolved in the registry."""
@@ -65,6 +66,11 @@ class RunConfig(Spec):
     it measures on confirm_n fresh copies. `judge_n` (every such run since this field exists) makes confirmation
     at least as strict as the judge it confirms, so a point the judge accepted on one lucky draw is not
     confirmed; null (earlier runs, kept as measured, and every other run): bounds at confirm_n."""
+
+    minimal: bool = False
+    """exact: whether each adversarial sample's closest example was searched for (its exact l_inf distance)."""
+    time_limit: float | None = Field(None, gt=0)
+    """exact: seconds of MILP solving allowed per sample; a sample not decided by then is recorded unknown."""
 
     @model_validator(mode="after")
     def _confirmation_not_weaker(self) -> RunConfig:

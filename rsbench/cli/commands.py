@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 import click
 
 from rsbench.cli.leaderboards import leaderboard_group, submission_group
-from rsbench.cli.options import DEFENSE, DEVICE, attack_options, certification_options, sampling_options
+from rsbench.cli.options import DEFENSE, DEVICE, OUT, attack_options, certification_options, sampling_options
 from rsbench.errors import RsbenchError
 
 if TYPE_CHECKING:
+    from rsbench.exact import run as run_module
     from rsbench.records import RunResult
 
 
@@ -174,6 +175,67 @@ def sweep(defense_pattern: str, attack_pattern: str, device: str, root: Path, **
     click.echo("\nsweep:")
     for run in finished:
         click.echo(sweeps.summary_line(run))
+
+
+@cli.command()
+@click.option("--defense", required=True, help="Defense name or alias: a deterministic ReLU network certified in "
+                                                 "linf (kw, crownibp; see `rsbench registry list`).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Verify the first K samples of the defense's test split.")
+@click.option("--epsilon", type=float, default=None, help="Radius of the linf ball [the defense's epsilon].")
+@click.option("--minimal", is_flag=True,
+              help="Also find each adversarial sample's closest example within epsilon (its exact linf distance); "
+                   "slower.")
+@click.option("--time-limit", type=float, default=120.0, show_default=True,
+              help="Seconds of MILP solving per sample; a sample not decided by then is recorded unknown, never "
+                   "robust.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one process; ray: samples spread over Ray actors (a local Ray or the cluster at "
+                   "--address), this process alone writing the records.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray actors verifying samples side by side (--backend ray).")
+@click.option("--address", default=None, help="Address of a running Ray cluster for --backend ray [a local Ray].")
+@OUT
+def exact(defense: str, num_samples: int, epsilon: float | None, minimal: bool, time_limit: float, backend: str,
+          workers: int, address: str | None, out: Path | None) -> None:
+    """Decide exactly, by a mixed-integer program, whether each sample has an adversarial example.
+
+    The network (Linear, Conv2d, ReLU, Flatten) is encoded as a MILP (Tjeng et al. 2019) with
+    per-neuron bounds from KW and IBP, and solved by HiGHS on the CPU. Each sample is robust
+    (proved), adversarial (an example in the ball inside [0, 1], confirmed by a forward pass) or
+    unknown (time limit). Writes OUT/samples.jsonl (one line per sample, as it finishes, with
+    the defense's own certificate at epsilon), OUT/examples/<index>.npy and OUT/result.json.
+    Re-running with the same OUT resumes.
+    """
+    from rsbench import registry, requirements, rundir
+    from rsbench.exact import run
+
+    spec = registry.get_defense(defense)
+    config = run.exact_config(spec, num_samples=num_samples, epsilon=epsilon, minimal=minimal, time_limit=time_limit,
+                              workers=workers)
+    requirements.require(spec)
+    out = out or rundir.default_path(config)
+    click.echo(f"exact {spec.name} at epsilon {config.epsilon} on {num_samples} samples of {spec.dataset.name} "
+               f"{config.split}, records in {out}", err=True)
+    result = run.verify(spec, config, out, backend=backend, address=address)
+    click.echo(format_exact(result))
+
+
+def format_exact(result: run_module.ExactResult) -> str:
+    """The summary printed after an exact run."""
+    def line(name: str, rate: run_module.Rate) -> str:
+        return f"{name:<22} {rate.count:>6}  {100 * rate.rate:6.2f}%  [{100 * rate.ci_low:.2f}, {100 * rate.ci_high:.2f}]"
+
+    return "\n".join([
+        (f"{result.defense.name} at linf epsilon {result.epsilon}: {result.num_samples} samples; "
+         f"{100 * result.stable_share:.1f}% of ReLUs stable by the bounds"),
+        f"{'':<22} {'count':>6}  {'rate':>7}  95% interval",
+        line("exact adversarial", result.exact_adversarial),
+        line("unknown", result.unknown),
+        line("certified error", result.certified_error),
+        line("bounded PGD error", result.pgd_error),
+        f"time per sample: median {result.median_time_s:.2f} s, mean {result.mean_time_s:.2f} s",
+    ])
 
 
 @cli.command("degradation-curve")

@@ -84,6 +84,32 @@ def _bias_term(layer: nn.Module, rows: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bmc...,c->bm", rows, layer.bias)
 
 
+def _interval_forward(
+    layers: list[nn.Module], low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Size], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """IBP forwards through `layers` from the box [low, high]: the output box, each layer's input shape, and every
+    ReLU's pre-activation bounds."""
+    shapes, relus = [], []
+    for layer in layers:
+        shapes.append(low.shape[1:])
+        if isinstance(layer, nn.ReLU):
+            relus.append((low, high))
+            low, high = low.clamp(min=0), high.clamp(min=0)
+        elif isinstance(layer, nn.Flatten):
+            low, high = layer(low), layer(high)
+        else:
+            centre, radius = layer((high + low) / 2), _abs_affine(layer, (high - low) / 2)
+            low, high = centre - radius, centre + radius
+    return low, high, shapes, relus
+
+
+def interval_relu_bounds(
+    model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, *, box: bool = True
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per ReLU layer, in order, IBP's lower and upper bounds (B, *S) on its pre-activations over the l_inf ball."""
+    return _interval_forward(supported_layers(model, CERTIFIER), *_input_box(x, eps, box))[3]
+
+
 def margin_bounds(
     model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, labels: torch.Tensor, *, box: bool = True,
     crown: bool = True,
@@ -96,17 +122,7 @@ def margin_bounds(
     if not isinstance(layers[-1], nn.Linear):
         raise RsbenchError(f"{CERTIFIER} needs a Linear last layer (the logits), got {type(layers[-1]).__name__}")
     x_low, x_high = _input_box(x, eps, box)
-    low, high, shapes, relus = x_low, x_high, [], []
-    for layer in layers[:-1]:  # IBP forwards: every ReLU's pre-activation bounds, and the logit layer's input box
-        shapes.append(low.shape[1:])
-        if isinstance(layer, nn.ReLU):
-            relus.append((low, high))
-            low, high = low.clamp(min=0), high.clamp(min=0)
-        elif isinstance(layer, nn.Flatten):
-            low, high = layer(low), layer(high)
-        else:
-            centre, radius = layer((high + low) / 2), _abs_affine(layer, (high - low) / 2)
-            low, high = centre - radius, centre + radius
+    low, high, shapes, relus = _interval_forward(layers[:-1], x_low, x_high)
     last = layers[-1]
     rows = last.weight[labels].unsqueeze(1) - last.weight.unsqueeze(0)  # (B, m, features): w_y - w_j
     offset = (last.bias[labels].unsqueeze(1) - last.bias.unsqueeze(0)) if last.bias is not None else 0.0

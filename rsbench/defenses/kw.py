@@ -137,6 +137,25 @@ class _DualState:
         self.intercepts.append((-chord * lower).flatten(1).gather(1, order) * used)
 
 
+def _dual_forward(
+    model: nn.Module, x: torch.Tensor, eps: torch.Tensor, box: bool
+) -> tuple[_DualState, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The dual network pushed through every layer (eps: one radius per input), and each ReLU layer's
+    pre-activation bounds (B, *S) on the way."""
+    layers = supported_layers(model)
+    batch, inputs = x.shape[0], x[0].numel()
+    identity = torch.eye(inputs, dtype=x.dtype, device=x.device).view(1, inputs, *x.shape[1:])
+    state = _DualState(x, identity.expand(batch, *identity.shape[1:]), [], [])
+    relus = []
+    for layer in layers:
+        if isinstance(layer, nn.ReLU):
+            relus.append(state.bounds(x, eps, box))
+            state.relu(*relus[-1])
+        else:
+            state.apply(layer)
+    return state, relus
+
+
 def margin_lower_bounds(
     model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, labels: torch.Tensor, *, box: bool = False
 ) -> torch.Tensor:
@@ -146,16 +165,16 @@ def margin_lower_bounds(
     input. Returns (B, m) with exact zeros at j = y. With `box`, x' is also kept in [0, 1].
     Memory grows as B * (input pixels + unstable ReLUs) * widest layer.
     """
-    layers = supported_layers(model)
-    batch, inputs = x.shape[0], x[0].numel()
-    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(batch)
-    identity = torch.eye(inputs, dtype=x.dtype, device=x.device).view(1, inputs, *x.shape[1:])
-    state = _DualState(x, identity.expand(batch, *identity.shape[1:]), [], [])
-    for layer in layers:
-        if isinstance(layer, nn.ReLU):
-            state.relu(*state.bounds(x, eps, box))
-        else:
-            state.apply(layer)
+    return dual_bounds(model, x, eps, labels, box=box)[0]
+
+
+def dual_bounds(
+    model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, labels: torch.Tensor, *, box: bool = False
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """`margin_lower_bounds`, and per ReLU layer, in order, the lower and upper bounds (B, *S) on its pre-activations
+    that the dual network computed on the way (an exact verifier's big-M constants)."""
+    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0])
+    state, relus = _dual_forward(model, x, eps, box)
     if state.center.dim() != 2:
         raise RsbenchError(f"KW needs the model to output a vector of logits, got shape {tuple(state.center.shape[1:])}")
     eye = torch.eye(state.center.shape[1], dtype=x.dtype, device=x.device)
@@ -163,7 +182,7 @@ def margin_lower_bounds(
     state.center = torch.einsum("bjk,bk->bj", margins, state.center)
     state.jacobian = torch.einsum("bjk,bnk->bnj", margins, state.jacobian)
     state.relaxed = [torch.einsum("bjk,bnk->bnj", margins, block) for block in state.relaxed]
-    return state.bounds(x, eps, box)[0]
+    return state.bounds(x, eps, box)[0], relus
 
 
 def certified(
