@@ -1,6 +1,7 @@
 """The `rsbench` command line: click commands that parse, call the library and print; no logic lives here.
 
-- `commands`: the top-level group (certify, evaluate, sweep, train, registry, models, data ...).
+- `commands`: the top-level group (certify, evaluate, sweep, exact, degradation-curve, train).
+- `catalogue`: the `registry`, `models` and `data` groups.
 - `leaderboards`: the `leaderboard` and `submission` groups.
 - `options`: options several commands share.
 
