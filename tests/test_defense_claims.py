@@ -1,5 +1,5 @@
 """`rsbench submission measure` on a defense's folder prints the claims block that `validate` then accepts: for the
-shipped aol-digits example, exactly the claims it carries."""
+shipped aol-digits-graph example, exactly the claims it carries."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from rsbench.cli import cli
 from rsbench.submissions import sandbox
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits"
+EXAMPLE = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits-graph"
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def sandboxed() -> None:
 
 
 def test_measure_prints_the_claims_the_example_carries(sandboxed: None, tmp_path: Path) -> None:
-    folder = tmp_path / "aol-digits"
+    folder = tmp_path / "aol-digits-graph"
     shutil.copytree(EXAMPLE, folder)
     data = yaml.safe_load((folder / "submission.yaml").read_text())
     carried = data.pop("claims")
@@ -41,9 +41,9 @@ def test_measure_of_a_few_samples_says_it_is_not_the_protocol_and_takes_no_track
     done = CliRunner().invoke(cli, ["submission", "measure", str(EXAMPLE), "--samples", "2"])
     assert done.exit_code == 0, done.output
     assert "NOT the tracks' protocol: their first 2 of 20 samples" in done.output
-    assert set(yaml.safe_load(done.output)["claims"]) == {f"{goal}-aol-digits" for goal in
+    assert set(yaml.safe_load(done.output)["claims"]) == {f"{goal}-aol-digits-graph" for goal in
                                                            ("evasion", "degradation", "spoofing")}
-    refused = CliRunner().invoke(cli, ["submission", "measure", str(EXAMPLE), "--track", "evasion-aol-digits"])
+    refused = CliRunner().invoke(cli, ["submission", "measure", str(EXAMPLE), "--track", "evasion-aol-digits-graph"])
     assert refused.exit_code == 2 and "leave out --track" in refused.output
 
 
@@ -54,10 +54,10 @@ def test_a_trial_verify_reports_each_attack_as_it_ends_and_resumes_on_the_seeds_
     first = CliRunner().invoke(cli, command)
     assert first.exit_code == 0, first.output
     lines = first.output.splitlines()
-    reported = [line for line in lines if line.startswith("evasion-aol-digits: pgd-l2 success ")]
+    reported = [line for line in lines if line.startswith("evasion-aol-digits-graph: pgd-l2 success ")]
     assert len(reported) == 2 and reported[1] == reported[0] + "; dry run, nothing added"
     assert lines.index(reported[0]) < lines.index(reported[1])  # printed once it ended, then in the summary
-    trials = list((tmp_path / "runs").glob("verify-aol-digits-*"))
+    trials = list((tmp_path / "runs").glob("verify-aol-digits-graph-*"))
     assert len(trials) == 1
     seeds = {p.relative_to(trials[0]): p.read_text() for p in trials[0].rglob("*.seed")}
     assert len(seeds) >= 5  # pgd-l2, three degradation attacks, shadow-1ch

@@ -229,7 +229,7 @@ def test_radial_projection_keeps_points_in_the_ball_and_the_box() -> None:
 
 def test_attacks_refuse_defenses_and_norms_they_do_not_support() -> None:
     for name, defense, message in [
-            ("degradation-eps-pgd", "smoothing-digits-0.25", "attacks gloro, kw, crownibp, plugin defenses"),
+            ("degradation-eps-pgd", "smoothing-digits-0.25", "attacks gloro, kw, crownibp, lipschitz, plugin defenses"),
             ("degradation-spgd", "gloro-digits-0.25", "attacks smoothing defenses")]:
         with pytest.raises(RsbenchError, match=message):  # the harness refuses before anything runs
             instantiate(registry.get_attack(name), registry.get_defense(defense))
