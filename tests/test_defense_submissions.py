@@ -486,9 +486,9 @@ def test_a_graph_claiming_more_than_rsbench_certifies_is_refused(tmp_path: Path,
             r"samples give 85\.0% \[62\.1, 96\.8\]; refused")
     with pytest.raises(RsbenchError, match=says):
         if step == "validate":
-            defense_tracks.validate(folder, isolated=False)
+            defense_tracks.validate(folder)
         else:
-            attack_submissions.verify(folder, tmp_path / "leaderboards", isolated=False, dry_run=True)
+            attack_submissions.verify(folder, tmp_path / "leaderboards", dry_run=True)
 
 
 @pytest.mark.slow

@@ -114,7 +114,7 @@ def test_defense_profiles_and_their_sortable_index(browser: object, tmp_path: Pa
     admission.add_run(root, make_evasion_run(tmp_path / "a", {"caa": [0.5, 0.6, 0.7, 0.8]}))
     admission.add_run(root, make_evasion_run(tmp_path / "b", {"pgd": [0.9, 0.2, 1.0, 1.1]}))
     for goal, attack in (("evasion", "pgd-l2"), ("degradation", "degradation-pgd")):
-        aol = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits"
+        aol = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits-graph"
         rsbench.evaluate(str(aol), attack, num_samples=4, out=tmp_path / goal, save_examples=True, progress=False)
         admission.add_run(root, tmp_path / goal)
     site.render(root)
@@ -122,18 +122,18 @@ def test_defense_profiles_and_their_sortable_index(browser: object, tmp_path: Pa
     browser.find_element("link text", "Defenses").click()
     defenses = lambda: [row.get_attribute("data-defense")  # noqa: E731
                         for row in browser.find_elements("css selector", "#defenses tbody tr")]
-    assert defenses() == ["aol-digits", "smoothing-digits-0.50"]
+    assert defenses() == ["aol-digits-graph", "smoothing-digits-0.50"]
     header = {h.text: h for h in browser.find_elements("css selector", "#defenses th")}
     assert {"evasion: smallest r50", "degradation: FPR upper bound (%)", "VRA at epsilon (%)"} <= set(header)
     header["kind"].click()
-    header["kind"].click()  # descending: smoothing before plugin
-    assert defenses() == ["smoothing-digits-0.50", "aol-digits"]
+    header["kind"].click()  # descending: smoothing before lipschitz
+    assert defenses() == ["smoothing-digits-0.50", "aol-digits-graph"]
     row = browser.find_element("css selector", "#defenses tr[data-defense='smoothing-digits-0.50']")
     assert "0.65 [" in row.text  # the strongest r50: caa's 0.65 beats pgd's 0.95
-    browser.find_element("link text", "aol-digits").click()
+    browser.find_element("link text", "aol-digits-graph").click()
     headlines = {r.get_attribute("data-headline"): r.text
                  for r in browser.find_elements("css selector", "#headlines tr[data-headline]")}
     assert {"clean", "certified", "robust_accuracy", "vra", "fpr_lower", "fpr_upper"} <= set(headlines)
-    assert "pgd-l2 evasion-aol-digits v1" in headlines["robust_accuracy"]
+    assert "pgd-l2 evasion-aol-digits-graph v1" in headlines["robust_accuracy"]
     browser.find_element("css selector", "#headlines tr[data-headline='fpr_lower'] a").click()
-    assert browser.find_element("tag name", "h1").text == "degradation-aol-digits v1"
+    assert browser.find_element("tag name", "h1").text == "degradation-aol-digits-graph v1"

@@ -199,6 +199,7 @@ def test_the_commit_job_commits_only_what_check_derives_again(tmp_path: Path, ch
     scripts = [s["run"] for job, s in steps("leaderboard.yml") if job == "commit" and "run" in s][-2:]
     fake(tmp_path / "bin", "rsbench", "exit 0" if check_passes else 'case "$*" in *check*) exit 2;; esac')
     fake(tmp_path / "bin", "git", 'case "$*" in *"diff --cached --quiet"*) exit 1;; esac')  # something to commit
+    fake(tmp_path / "bin", "python", "exit 0")  # docs/generated.py, which writes README.md's generated tables
     calls = tmp_path / "calls"
     env = {"CALLS": str(calls), "RUNNER_TEMP": str(tmp_path), "GITHUB_SHA": "a" * 40, "BEFORE": "b" * 40,
            "GH_TOKEN": "t", "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
@@ -208,6 +209,7 @@ def test_the_commit_job_commits_only_what_check_derives_again(tmp_path: Path, ch
     pushed = any(line.startswith("git") and "push" in line for line in calls.read_text().splitlines())
     assert (done.returncode == 0) == check_passes and pushed == check_passes
     assert f"rsbench leaderboard check leaderboards --against {'b' * 40}" in calls.read_text()
+    assert ("python docs/generated.py" in calls.read_text()) == check_passes  # README.md's tables follow the tracks
 
 
 @pytest.mark.parametrize(("changed", "refused"), [
