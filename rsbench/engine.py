@@ -207,8 +207,8 @@ def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int, backen
         return
     threads = max(1, cores() // workers)
     context = multiprocessing.get_context("spawn")
-    reports = context.SimpleQueue()
-    relay = threading.Thread(target=_relay, args=(reports, report), daemon=True)
+    reports, stop = context.SimpleQueue(), threading.Event()
+    relay = threading.Thread(target=_relay, args=(reports, report, stop), daemon=True)
     relay.start()
     pool = context.Pool(workers, _start_worker, (threads, reports, *args))
     try:
@@ -217,15 +217,20 @@ def run_tasks(batches: list[list[SampleTask]], args: tuple, workers: int, backen
     finally:
         pool.terminate()
         pool.join()
-        reports.put(None)
-        relay.join()
+        # No message through the queue: a worker terminated while it was writing a report may hold the queue's
+        # write lock forever, and a put would then never return.
+        stop.set()
+        relay.join(timeout=1)
 
 
-def _relay(reports: Any, report: Report | None) -> None:
-    """Pass what the worker processes say they do on to `report`, one entry per process, until None arrives."""
+def _relay(reports: Any, report: Report | None, stop: threading.Event) -> None:
+    """Pass what the worker processes say they do on to `report`, one entry per process, until `stop` is set."""
     doing: dict[int, str] = {}
-    while (message := reports.get()) is not None:
-        process, text = message
+    while not stop.is_set():
+        if reports.empty():  # polls without blocking, so that `stop` is seen
+            stop.wait(0.05)
+            continue
+        process, text = reports.get()
         doing[process] = text
         if report is not None:
             report("; ".join(doing[p] for p in sorted(doing)))
