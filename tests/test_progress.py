@@ -168,3 +168,48 @@ def test_a_sandboxed_run_is_looked_at_while_it_runs_and_still_stopped_at_its_lim
     assert written(records) == 2
     (tmp_path / "link.jsonl").symlink_to(records)
     assert written(tmp_path / "link.jsonl") == 0
+
+
+def test_a_failed_run_returns_even_when_a_killed_worker_held_the_report_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker terminated while it wrote a progress report leaves the queue's write lock taken; stopping the
+    relay must not need that lock, or the parent hangs after the failure instead of reporting it."""
+    import multiprocessing
+
+    from rsbench import engine
+
+    spawn = multiprocessing.get_context("spawn")
+
+    class FailingPool:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def imap_unordered(self, *args: object) -> object:
+            raise RuntimeError("a worker failed")
+
+        def close(self) -> None:
+            pass
+
+        terminate = join = close
+
+    class Context:
+        def SimpleQueue(self) -> object:  # noqa: N802 - multiprocessing's name
+            queue = spawn.SimpleQueue()
+            queue._wlock.acquire()  # as a worker killed mid-put leaves it
+            return queue
+
+        Pool = FailingPool
+
+    monkeypatch.setattr(engine.multiprocessing, "get_context", lambda method: Context())
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            list(engine.run_tasks([[]], (), workers=2))
+        except RuntimeError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the parent hung on the report queue"
+    assert [str(e) for e in outcome] == ["a worker failed"]
