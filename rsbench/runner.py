@@ -64,6 +64,14 @@ def stream(seed: int, index: int, attack: str, purpose: str, device: torch.devic
     return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
 
 
+def cpu_names() -> list[str]:
+    """The model name of each logical CPU, from /proc/cpuinfo (empty where it is absent)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return []
+    return [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+
+
 def environment(device: torch.device) -> Environment:
     """Versions and hardware to record with every result."""
     root = Path(__file__).resolve().parents[1]
@@ -73,11 +81,8 @@ def environment(device: torch.device) -> Environment:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = None
-    hardware = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        hardware = f"{names[0]} x{len(names)}" if names else hardware
+    names = cpu_names()
+    hardware = f"{names[0]} x{len(names)}" if names else platform.processor() or platform.machine()
     if device.type == "cuda":
         hardware += f"; {torch.cuda.get_device_name(device)}"
     return Environment(

@@ -63,12 +63,9 @@ def current_environment(device: torch.device | str = "cpu") -> BuildEnvironment:
     if device.type == "cuda":
         return BuildEnvironment(torch=torch.__version__, cpu_capability=f"CUDA {torch.cuda.get_device_name(device)}",
                                 cpu="GPU training")
-    cpu = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+    from rsbench.runner import cpu_names
+
+    cpu = next(iter(cpu_names()), "unknown CPU")
     return BuildEnvironment(torch=torch.__version__, cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu=cpu)
 
 
