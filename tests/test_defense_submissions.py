@@ -96,7 +96,7 @@ def test_the_aol_example_earns_its_tracks_and_check_derives_them_again(verified:
     assert [line.split(":")[0] for line in lines[1:4]] == ["evasion-aol-digits-graph", "degradation-aol-digits-graph",
                                                           "spoofing-aol-digits-graph"]
     assert "clean accuracy 95% in [" in lines[1]
-    assert "soundness on the first 1 test samples (noise seed" in lines[4] and "by pgd-l2: no label changed" in lines[4]
+    assert "soundness on the first 1 test samples (noise seed" in lines[4] and "by pgd-l2, square-l2: no label changed" in lines[4]
     assert lines[5].startswith("evasion-aol-digits-graph: pgd-l2 success 0, r50 -; entries added to")
     assert lines[6].startswith("degradation-aol-digits-graph: degradation-pgd fpr_lower 100; degradation-adaptive "
                                "fpr_lower 100; entries added")

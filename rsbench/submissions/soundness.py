@@ -7,8 +7,12 @@ own certifier (a plugin) or its own model could claim more than holds. On the fi
   (two calls agree exactly), its label must be the network's (`Defense.model`), and no point within
   the certified radius may change that label: every bounded evasion attack of the registry that
   attacks the kind in its norm (`pgd-l2`, `pgd-linf`) is run at each sample's own certified radius,
-  judged exactly as evasion runs judge. A point found is a counterexample, named with its sample,
-  radius and distance.
+  judged exactly as evasion runs judge: gradient attacks on rsbench's own gradients and the Square
+  attack, which only calls the forward pass (a network whose gradients mislead cannot hide from it).
+  In linf, where the network is a chain of affine layers and ReLUs, the exact MILP of `rsbench.exact`
+  then decides each certificate the attacks left standing, within `MILP_TIME_LIMIT` seconds a sample
+  (undecided ones are counted, never taken as proved). A point found is a counterexample, named with
+  its sample, radius and distance.
 - smoothing: CERTIFY must agree with a second, independent run within its error. For the class
   each run certifies, its lower bound on that class's probability must not exceed the upper bound
   (one-sided Clopper-Pearson at the certificate's alpha) that the counts of the other run give. A
@@ -31,11 +35,12 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import binom
 
-from rsbench import registry, runner
+from rsbench import graphs, registry, runner
 from rsbench.attacks.base import Target, Tracker
 from rsbench.defenses.base import Defense
 from rsbench.defenses.smoothing import Smoothing
 from rsbench.errors import RsbenchError
+from rsbench.exact.verifier import Verifier
 from rsbench.goals import instantiate, within
 from rsbench.specs import AttackSpec, DefenseSpec
 from rsbench.stats import clopper_pearson
@@ -46,6 +51,8 @@ SMOOTHING_SIGNIFICANCE = 1e-3
 """Chance that a sound smoothing defense fails the agreement check."""
 RADIUS_SLACK = 1e-6
 """Attacks run within radius (1 - RADIUS_SLACK), so float rounding at the sphere's edge counts for the certificate."""
+MILP_TIME_LIMIT = 30.0
+"""Seconds of MILP solving per certificate; a certificate still open then is counted undecided."""
 
 
 @dataclass(frozen=True)
@@ -80,15 +87,18 @@ def check(spec: DefenseSpec, defense: Defense, samples: Sequence[tuple[torch.Ten
 
 
 def check_deterministic(spec: DefenseSpec, defense: Defense, samples: Sequence[tuple[torch.Tensor, int]],
-                        seed: int = 0, attacks: Sequence[AttackSpec] | None = None, track_seed: int = 0) -> Report:
-    """Determinism, the network's label, and no counterexample within any certified radius; raises on the first
+                        seed: int = 0, attacks: Sequence[AttackSpec] | None = None, track_seed: int = 0,
+                        milp: bool = True) -> Report:
+    """Determinism, the network's label, and no counterexample within any certified radius (found by `attacks`, the
+    registry's bounded ones by default, then, with `milp`, by the exact MILP where it applies); raises on the first
     violation, naming it."""
     network = getattr(defense, "model", None)
     if not isinstance(network, torch.nn.Module):
         raise RsbenchError(f"{spec.name}: the certifier exposes no `model` whose label its certificate protects")
     attacks = list(attacks) if attacks is not None else bounded_attacks(spec)
     jobs = [(attack, instantiate(attack, spec)) for attack in attacks]
-    device, tested = defense.device, 0
+    exact = milp_verifier(spec, network, tuple(samples[0][0].shape)) if samples and milp else None
+    device, tested, proved, undecided = defense.device, 0, 0, 0
     for index, (x, _) in enumerate(samples):
         x = x.to(device)
         first = defense.certify(x, generator=runner.sample_generator(track_seed, index, device))
@@ -111,10 +121,33 @@ def check_deterministic(spec: DefenseSpec, defense: Defense, samples: Sequence[t
                 raise RsbenchError(f"{spec.name}: unsound certificate at sample {index}: label {label} certified "
                                    f"within {spec.norm} radius {first.radius:.4f}, but {attack.name} found label "
                                    f"{found[0]} at distance {found[1]:.4f}")
+        if exact is not None:
+            verdict = exact.decide(x.cpu(), label, radius, MILP_TIME_LIMIT)
+            if verdict.exact == "adversarial":
+                other = int(network(verdict.example[None].to(device)).argmax(1))
+                raise RsbenchError(f"{spec.name}: unsound certificate at sample {index}: label {label} certified "
+                                   f"within {spec.norm} radius {first.radius:.4f}, but the exact MILP found label "
+                                   f"{other} at distance {verdict.distance:.4f}")
+            proved += verdict.exact == "robust"
+            undecided += verdict.exact == "unknown"
         tested += 1
     names = ", ".join(a.name for a in attacks)
+    decided = f"; the exact MILP proved {proved} of them ({undecided} undecided in {MILP_TIME_LIMIT:g} s)" \
+        if exact is not None else ""
     return Report(len(samples), tested, f"{tested} certified samples attacked at their own radius by {names}: no "
-                                        "label changed; every certificate repeats exactly")
+                                        f"label changed{decided}; every certificate repeats exactly")
+
+
+def milp_verifier(spec: DefenseSpec, network: torch.nn.Module, input_shape: tuple[int, ...]) -> Verifier | None:
+    """The exact verifier of the network, where one decides its certificates: linf, and a chain of affine layers and
+    ReLUs (an ONNX graph's converted chain); None otherwise."""
+    if spec.norm != "linf":
+        return None
+    try:
+        chain = graphs.as_sequential(network, spec.name) if isinstance(network, graphs.Network) else network
+        return Verifier(chain, input_shape)
+    except RsbenchError:
+        return None
 
 
 def _counterexample(spec: DefenseSpec, defense: Defense, network: torch.nn.Module, job: object, name: str,
