@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rsbench.errors import RsbenchError
-from rsbench.leaderboard.exact_columns import Share, derive, gap
+from rsbench.leaderboard import profiles, site, track_files, track_table
+from rsbench.leaderboard.exact_columns import NOTHING, Share, derive, gap, shown
+from rsbench.leaderboard.ranking import rank
 from rsbench.records import AttackRecord
 
 VERDICTS = {0: "adversarial", 1: "robust", 2: "adversarial", 3: "unknown", 4: "robust", 5: "unknown", 6: "robust",
@@ -52,3 +56,42 @@ def test_the_l2_gap_takes_the_best_entry_per_sample_where_a_certificate_and_an_e
     found = gap(entries)
     assert found.gaps == pytest.approx([0.2, 1.0])  # sample 1: no example; sample 2: no certificate
     assert found.text() == "on the 2 samples with both, median 0.6 (quartiles 0.4, 0.8; 0.2 to 1)"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def committed(track: str) -> tuple[Path, track_files.Leaderboard, tuple[list, dict[str, list]]]:
+    path = track_files.find(REPO / "leaderboards", track)
+    board = track_files.load(path)
+    return path, board, track_files.stored_records(path.parent, board)
+
+
+def test_the_committed_kw_digits_track_shows_its_recall_tightness_and_unknowns_on_table_page_and_profile() -> None:
+    path, board, records = committed("evasion-kw-digits-0.05")
+    exact = shown(path, board, records)
+    assert exact.recall == {"pgd-linf": Share(3, 3)} and exact.tightness == Share(15, 16)
+    ranking = rank(board, *records)
+    table = track_table.markdown(board, ranking, exact=exact)
+    assert table.splitlines()[6].endswith("| recall (exact) |")
+    assert table.splitlines()[8].endswith("| 3/3 = 100% [29, 100] |")
+    assert ("an adversarial example exists on 3, none on 16, 0 unknown (undecided within the time limit); certificate "
+            "tightness (certified / exactly robust) 15/16 = 94% [70, 100]") in table
+    page = site.page(board, ranking, {}, [], exact=exact)
+    assert "<th>recall (exact)</th>" in page and "3/3 <small>100% [29, 100]</small>" in page
+    track = profiles.Track(path, board, "evasion-kw-digits-0.05-v1")
+    item = profiles.profile("kw-digits-0.05", [track])
+    assert item.numbers["tightness"][0].value == pytest.approx(93.75)
+    assert item.numbers["recall"][0].value == 100 and item.numbers["recall"][2] == "pgd-linf"
+    assert "15/16 = 94% [70, 100]" in profiles.page(item, track_table.cell, "", "")
+
+
+def test_an_l2_track_shows_the_gap_and_why_no_exact_verdict() -> None:
+    exact = shown(*committed("evasion-gloro-digits-0.50"))
+    assert not exact.recall and exact.tightness is None
+    assert exact.notes == ["No exact verdicts: an l2 ball is no box, so its MILP would be quadratic, which rsbench "
+                           "exact does not solve. Instead, the gap between the best entry's distance and the certified "
+                           "radius per sample, on the 5 samples with both, median 0.0716 (quartiles 0.0584, 0.0841; "
+                           "0.0154 to 0.0886)."]
+    assert "randomized" in shown(*committed("evasion-smoothing-digits-0.50")).notes[0]
+    assert shown(*committed("degradation-kw-digits-0.05")) == NOTHING
