@@ -306,5 +306,8 @@ Entries are ranked by `best` (the share of samples on which an entry's example i
 each with the 95% bootstrap interval of its rank. A track's leader is the entry first alone in at least
 {100 * LEADER_SHARE:.0f}% of the bootstrap resamples; otherwise the entries whose rank interval reaches 1
 are named as tied, and a track with a single entry, or where no entry is best on any sample, has none.
+A deterministic l_inf evasion track's `exact/` folder holds the `rsbench exact` run behind its `recall (exact)`
+column and certificate tightness (written by maintainers, re-checked by `rsbench leaderboard check`); the l2 evasion
+tracks, which no exact verifier here decides, show the gap between certificate and best attack instead.
 
 """
