@@ -4,9 +4,10 @@
 protocol in one line, its leader or the entries tied for first, and the metrics' legend) and one page
 per track version with a sortable table (numbers with their 95% intervals, each entry's rank interval;
 a click on a header reorders the rows, by one plain JavaScript file beside the pages), the protocol,
-the paired comparisons with their sign tests and the pictures (certified accuracy, attack proportion,
-FPR curve, spoofing examples) drawn from the stored records, and one profile per defense
-(`rsbench.leaderboard.profiles`). Rankings come from `rsbench.leaderboard.ranking`, recomputed from the stored records at
+what an exact verifier says of an evasion track (`rsbench.leaderboard.exact_columns`: each entry's recall and the
+certificate's tightness, or on l2 the gap between certificate and attack), the paired comparisons with their sign
+tests and the pictures (certified accuracy, attack proportion, FPR curve, spoofing examples) drawn from the stored
+records, and one profile per defense (`rsbench.leaderboard.profiles`). Rankings come from `rsbench.leaderboard.ranking`, recomputed from the stored records at
 every render. Nothing is fetched: the site works from the file system or any static host.
 """
 
@@ -167,7 +168,8 @@ def page(board: Leaderboard, ranking: Ranking, p_values: dict[str, dict[str, flo
             f"<p>{esc(protocol_line(board))}. Click a column header to sort. Numbers: value [95% bootstrap interval "
             f"over samples].</p>"
             f'<table class="sortable" id="entries"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
-            + "".join(f'<p class="exact">{esc(note)}</p>' for note in exact.notes) + "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in legend) + "</ul>"
+            + "".join(f'<p class="exact">{esc(note)}</p>' for note in exact.notes)
+            + "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in legend) + "</ul>"
             f"<h2>Paired comparisons</h2><p>Row beats column: % of samples attacked by both where the row's example "
             f"is better (smaller; spoofing: more similar). {esc(SIGN_LEGEND)}.</p>{_paired(board, p_values)}"
             f"<h2>Pictures</h2>{images}<h2>Protocol <code>{board.protocol_hash[:12]}</code></h2>"
