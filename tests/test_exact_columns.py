@@ -89,9 +89,9 @@ def test_the_committed_kw_digits_track_shows_its_recall_tightness_and_unknowns_o
 def test_an_l2_track_shows_the_gap_and_why_no_exact_verdict() -> None:
     exact = shown(*committed("evasion-gloro-digits-0.50"))
     assert not exact.recall and exact.tightness is None
-    assert exact.notes == ["No exact verdicts: an l2 ball is no box, so its MILP would be quadratic, which rsbench "
-                           "exact does not solve. Instead, the gap between the best entry's distance and the certified "
-                           "radius per sample, on the 5 samples with both, median 0.0716 (quartiles 0.0584, 0.0841; "
-                           "0.0154 to 0.0886)."]
+    assert exact.notes == [("No exact verdicts: an l2 ball is no box, so its MILP would be quadratic, which rsbench "
+                            "exact does not solve. Instead, the gap between the best entry's distance and the certified "
+                            "radius per sample, on the 5 samples with both, median 0.0716 (quartiles 0.0584, 0.0841; "
+                            "0.0154 to 0.0886).")]
     assert "randomized" in shown(*committed("evasion-smoothing-digits-0.50")).notes[0]
     assert shown(*committed("degradation-kw-digits-0.05")) == NOTHING

@@ -192,13 +192,14 @@ def shown(path: Path, board: Leaderboard, stored: tuple[list[SampleRecord], dict
         return NOTHING
     found = columns(path, board, stored)
     if found is not None:
-        return Shown(found.recall, found.tightness, [
-            f"Exact (rsbench exact, a MILP, in {EXACT}/): of {found.attacked} attacked samples, an adversarial example "
-            f"exists on {found.exists}, none on {found.robust}, {found.unknown} unknown (undecided within the time "
-            f"limit); certificate tightness (certified / exactly robust) {found.tightness.text()}. {RECALL}: an "
-            "entry's successes / the samples where an example exists. 95% Clopper-Pearson intervals."])
+        note = (f"Exact (rsbench exact, a MILP, in {EXACT}/): of {found.attacked} attacked samples, an adversarial "
+                f"example exists on {found.exists}, none on {found.robust}, {found.unknown} unknown (undecided within "
+                f"the time limit); certificate tightness (certified / exactly robust) {found.tightness.text()}. "
+                f"{RECALL}: an entry's successes / the samples where an example exists. 95% Clopper-Pearson intervals.")
+        return Shown(found.recall, found.tightness, [note])
     if board.defense.norm != "l2" or not board.entries:
         return NOTHING
     why = NO_MILP["smoothing" if board.defense.kind == "smoothing" else "l2"]
-    return Shown(notes=[f"No exact verdicts: {why}. Instead, the gap between the best entry's distance and the "
-                        f"certified radius per sample, {gap(stored[1]).text()}."])
+    note = (f"No exact verdicts: {why}. Instead, the gap between the best entry's distance and the certified radius "
+            f"per sample, {gap(stored[1]).text()}.")
+    return Shown(notes=[note])
