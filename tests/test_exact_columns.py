@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from rsbench.cli import cli
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard import profiles, site, track_files, track_table
 from rsbench.leaderboard.exact_columns import NOTHING, Share, derive, gap, shown
@@ -95,3 +97,10 @@ def test_an_l2_track_shows_the_gap_and_why_no_exact_verdict() -> None:
                             "0.0154 to 0.0886).")]
     assert "randomized" in shown(*committed("evasion-smoothing-digits-0.50")).notes[0]
     assert shown(*committed("degradation-kw-digits-0.05")) == NOTHING
+
+
+def test_leaderboard_show_prints_the_recall_column_and_the_exact_line() -> None:
+    result = CliRunner().invoke(cli, ["leaderboard", "show", "evasion-kw-mnist-0.1", "--root", str(REPO / "leaderboards")])
+    assert result.exit_code == 0, result.output
+    assert "| recall (exact) |" in result.output and "| 1/1 = 100% [2.5, 100] |" in result.output
+    assert "none on 18, 0 unknown" in result.output and "18/18 = 100% [81, 100]" in result.output

@@ -62,6 +62,9 @@ TAMPERS: dict[str, tuple[Callable[[Path], object], str]] = {
     "example not adversarial": (clean_x, r"examples/00000.npy is not adversarial: the network gives it label 4"),
     "distance edited": (lambda r: edit(r, 0, distance=0.01), r"not within epsilon 0.05 of sample 0 .* recorded"),
     "stray example": (lambda r: shutil.copy(example(r), example(r, 7)), r"examples/00007.npy is no adversarial"),
+    "sample recorded twice": (lambda r: (r / TRACK / "exact" / "samples.jsonl").write_text(
+        (r / TRACK / "exact" / "samples.jsonl").read_text() + '{"index":9,"label":8,"prediction":8,"exact":"robust",'
+        '"certified":false,"neurons":484,"stable":484,"solves":0,"time_s":1.0}\n'), r"samples \[9\] are recorded twice"),
     "epsilon edited": (lambda r: (r / TRACK / "exact" / "config.json").write_text(
         (r / TRACK / "exact" / "config.json").read_text().replace('"epsilon": 0.05', '"epsilon": 0.06')),
                        r"not an exact run of evasion-kw-digits-0.05 v1"),

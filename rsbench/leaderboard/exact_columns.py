@@ -104,13 +104,19 @@ def derive(where: str, attacked: Sequence[int], certified: set[int], verdicts: d
 
 
 def read_run(folder: Path) -> tuple[RunConfig, list[ExactRecord]]:
-    """An exact run's config and records, read only (a torn or invalid line is refused, not cut off)."""
+    """An exact run's config and records, read only (a torn or invalid line is refused, not cut off, and so is a
+    second record of a sample, which would override the first)."""
     try:
         config = RunConfig.model_validate_json((folder / "config.json").read_text())
         lines = (folder / "samples.jsonl").read_text().splitlines()
-        return config, [ExactRecord.model_validate_json(line) for line in lines if line.strip()]
+        records = [ExactRecord.model_validate_json(line) for line in lines if line.strip()]
     except (OSError, ValidationError) as error:
         raise RsbenchError(f"{folder}: not an exact run ({error})") from None
+    indices = [r.index for r in records]
+    if len(set(indices)) != len(indices):
+        raise RsbenchError(f"{folder}: samples {sorted({i for i in indices if indices.count(i) > 1})} are recorded "
+                           "twice")
+    return config, records
 
 
 def follows(config: RunConfig, board: Leaderboard) -> bool:
