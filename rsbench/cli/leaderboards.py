@@ -38,8 +38,8 @@ def leaderboard_list(root: Path) -> None:
 @LEADERBOARDS
 def leaderboard_show(track: str, sort: str | None, as_json: bool, root: Path) -> None:
     """A track's table (TRACK, or TRACK@vN for an older version) with 95% bootstrap intervals, each entry's rank
-    interval, and its leader or the entries tied for first."""
-    from rsbench.leaderboard import ranking, track_files, track_table
+    interval, its leader or the entries tied for first, and what an exact verifier says of it (evasion)."""
+    from rsbench.leaderboard import exact_columns, ranking, track_files, track_table
 
     path = track_files.find(root, track)
     board = track_files.load(path)
@@ -47,8 +47,9 @@ def leaderboard_show(track: str, sort: str | None, as_json: bool, root: Path) ->
         click.echo(board.model_dump_json(indent=1))
         return
     newest = int(track_files.latest(root, board.track).stem[1:])
-    standings = ranking.rank(board, *track_files.stored_records(path.parent, board))
-    click.echo(track_table.markdown(board, standings, sort, newest))
+    records = track_files.stored_records(path.parent, board)
+    exact = exact_columns.shown(path, board, records)
+    click.echo(track_table.markdown(board, ranking.rank(board, *records), sort, newest, exact=exact))
 
 
 @leaderboard_group.command("add")

@@ -14,10 +14,12 @@ example of a success is judged again (`verdicts.upheld`) on noise from a seed dr
 submitted attack equals another entry's, or lies on the segment from x to one (`provenance.borrowed`). In a pull
 request,
 a new registry entry is run again with its seed and its records compared, a new track version takes its goal's
-standard protocol (`provenance`), and the rendered tables must be what rendering the track files gives
-(`rendered`). A graph defense is derived with rsbench's own code on its graph; a track whose defense names code of its own
-(a self-certified plugin) is derived with that code served from its submission folder, in the sandbox
-(`defense_tracks.serving`), never in this process, and its certificates are audited again on its graph.
+standard protocol (`provenance`), the rendered tables must be what rendering the track files gives
+(`rendered`), and no track's exact run may change (`exact_runs`, which also re-checks every exact run's
+examples, in and out of a pull request). A graph defense is derived with rsbench's own code on its graph; a track
+whose defense names code of its own (a self-certified plugin) is derived with that code served from its
+submission folder, in the sandbox (`defense_tracks.serving`), never in this process, and its certificates are
+audited again on its graph.
 `verify` re-judges a track's stored examples the same way, with a fresh seed or one to replay.
 """
 
@@ -37,7 +39,7 @@ from rsbench import registry, runner
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
-from rsbench.gate import provenance, rendered
+from rsbench.gate import exact_runs, provenance, rendered
 from rsbench.leaderboard import rederive, verdicts
 from rsbench.leaderboard.scoring import comparison, entry_metrics, point_metrics
 from rsbench.leaderboard.track_files import (
@@ -164,6 +166,7 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
         if board.protocol_hash in hashes.setdefault(board.track, set()):
             raise RsbenchError(f"{board.track}: two versions share one protocol; a new version is a new protocol")
         hashes[board.track].add(board.protocol_hash)
+    exact_runs.check(root)
     if against is None:
         return Checked(paths)
     top = _git(root, "rev-parse", "--show-toplevel")
@@ -172,6 +175,9 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
     base = Path(top.strip())
     submissions = submissions or root.parent / "submissions"
     listed = _git(base, "ls-tree", "-r", "--name-only", against, "--", str(root.resolve().relative_to(base))) or ""
+    if pull_request:
+        exact_runs.unchanged(root, base, against, _git(base, "ls-tree", "-r", against, "--",
+                                                        str(root.resolve().relative_to(base))) or "")
     old_files = {(base / name).resolve(): name for name in listed.splitlines() if _is_board(name)}
     new: list[tuple[Path, Leaderboard, Entry]] = []
     certified: list[Path] = []  # track versions whose clean certificates are new: certified again below

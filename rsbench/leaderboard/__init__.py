@@ -5,6 +5,7 @@
 - `verdicts`, `rederive`: success as a track's protocol judges it, and what the harness derives again itself.
 - `scoring`, `ranking`: metrics with bootstrap intervals, ranks and ties, recomputed from stored records.
 - `track_table`, `site`, `profiles`: the tables, the static site and the defense profiles.
+- `exact_columns`: what an exact verifier says of a track (recall, tightness), or on l2 the certificate-to-attack gap.
 
 May import the core (specs, records, registry, data, models, defenses, attacks, goals, engine, runner, metrics,
 stats); never `rsbench.submissions`, `rsbench.gate` or `rsbench.cli`.

@@ -6,8 +6,11 @@ the headline of each goal, each linked to its track: the strongest evasion (smoo
 r50 and %-Cohen; GloRo, KW and plugins: the lowest robust accuracy beside the VRA), the false positive
 rate's bounds under degradation (the strongest attack's lower bound, the upper bound from the
 certificates) and spoofing (the highest spoof rate and its spoofed radius), each with the date and rsbench
-commit of the run behind it. An "About" list leads the page (`rsbench.leaderboard.about`): authors, paper
-and venue, licence, architecture and checkpoint size, training recipe and model card. Only the newest
+commit of the run behind it; where an evasion track has an exact run, the highest recall of an entry and the
+certificate's tightness, and for every evasion track an "Exact verification" list of what an exact verifier says
+(on l2, the gap between certificate and attack: `rsbench.leaderboard.exact_columns`). An "About" list leads the
+page (`rsbench.leaderboard.about`): authors, paper and venue, licence, architecture and checkpoint size, training
+recipe and model card. Only the newest
 version of each track counts; superseded versions keep their own pages. `defenses.html` lists every defense with
 these numbers, sortable on each. `rsbench.leaderboard.site.render` calls `write`.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from rsbench import metrics
 from rsbench.goals.degradation import certified
 from rsbench.leaderboard.about import About, about
+from rsbench.leaderboard.exact_columns import Shown, shown
 from rsbench.leaderboard.track_files import Interval, Leaderboard, stored_records
 from rsbench.records import CertifiedPoint, SampleRecord
 from rsbench.specs import SELF_CERTIFIED
@@ -51,6 +55,8 @@ class Profile:
     """Per column: the number, the track it comes from (None: from the certificates) and the entry behind it."""
     about: About | None = None
     """Who made the defense, its paper, licence, architecture and training."""
+    exact: list[tuple[Track, Shown]] = field(default_factory=list)
+    """Its evasion tracks' exact columns or, on l2, the gap between certificate and attack."""
 
 
 COLUMNS = {
@@ -60,6 +66,8 @@ COLUMNS = {
     "pct_cohen": "evasion: %-Cohen of that entry",
     "robust_accuracy": "evasion: lowest robust accuracy (%)",
     "vra": "VRA at epsilon (%)",
+    "recall": "evasion: highest recall (exact, %)",
+    "tightness": "certificate tightness (exact, %)",
     "fpr_lower": "degradation: FPR lower bound (%)",
     "fpr_upper": "degradation: FPR upper bound (%)",
     "spoof_rate": "spoofing: highest spoof rate (%)",
@@ -111,6 +119,14 @@ def profile(name: str, tracks: Sequence[Track], submissions: Path | None = None)
             value, entry = _strongest(track, "robust_accuracy", lowest=True)
             numbers["robust_accuracy"] = (value, track, entry)
             numbers["vra"] = (_percent(metrics.certified_accuracy(result.clean, eps)), None, "")
+        if goal == "evasion":
+            exact = shown(track.path, track.board, stored_records(track.path.parent, track.board))
+            result.exact += [(track, exact)] if exact.notes else []
+            if exact.recall:
+                entry, share = max(exact.recall.items(), key=lambda item: item[1].count)
+                numbers["recall"] = (share.interval(), track, entry)
+            if exact.tightness is not None:
+                numbers["tightness"] = (exact.tightness.interval(), track, "")
         elif goal == "degradation":
             value, entry = _strongest(track, "fpr_lower", lowest=False)
             numbers["fpr_lower"] = (value, track, entry)
@@ -146,6 +162,11 @@ def page(item: Profile, cell: Cell, head: str, script: str) -> str:
     settings = (f"sigma {spec.sigma:g}" if spec.sigma else "") + (f"epsilon {spec.epsilon:g}" if spec.epsilon else "")
     tracks = "".join(f'<li><a href="{esc(t.slug)}.html">{esc(t.board.track)} v{t.board.version}</a> '
                      f"({len(t.board.entries)} entries)</li>" for t in item.tracks)
+    exact = "".join(f'<li><a href="{esc(t.slug)}.html">{esc(t.board.track)} v{t.board.version}</a>: '
+                    + " ".join(esc(note) for note in found.notes)
+                    + "".join(f" Recall of {esc(name)}: {esc(share.text())}." for name, share in found.recall.items())
+                    + "</li>" for t, found in item.exact)
+    exact = f'<h2>Exact verification</h2><ul id="exact">{exact}</ul>' if exact else ""
     p = ref.protocol
     label = f'<p class="self-certified"><strong>{esc(SELF_CERTIFIED)}</strong></p>' if spec.self_certified else ""
     heading = "certified accuracy (%, self-certified)" if spec.self_certified else "certified accuracy (%)"
@@ -163,7 +184,7 @@ def page(item: Profile, cell: Cell, head: str, script: str) -> str:
             "entry, which stored its certificates).</p>"
             f'<table id="headlines"><tr><th>headline</th><th>value</th><th>entry</th><th>track</th><th>date</th>'
             f"<th>commit</th></tr>"
-            f"{''.join(rows)}</table><h2>Tracks</h2><ul>{tracks}</ul>{script}</body></html>\n")
+            f"{''.join(rows)}</table>{exact}<h2>Tracks</h2><ul>{tracks}</ul>{script}</body></html>\n")
 
 
 def _when(track: Track, entry: str) -> tuple[str, str]:

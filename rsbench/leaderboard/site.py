@@ -4,9 +4,10 @@
 protocol in one line, its leader or the entries tied for first, and the metrics' legend) and one page
 per track version with a sortable table (numbers with their 95% intervals, each entry's rank interval;
 a click on a header reorders the rows, by one plain JavaScript file beside the pages), the protocol,
-the paired comparisons with their sign tests and the pictures (certified accuracy, attack proportion,
-FPR curve, spoofing examples) drawn from the stored records, and one profile per defense
-(`rsbench.leaderboard.profiles`). Rankings come from `rsbench.leaderboard.ranking`, recomputed from the stored records at
+what an exact verifier says of an evasion track (`rsbench.leaderboard.exact_columns`: each entry's recall and the
+certificate's tightness, or on l2 the gap between certificate and attack), the paired comparisons with their sign
+tests and the pictures (certified accuracy, attack proportion, FPR curve, spoofing examples) drawn from the stored
+records, and one profile per defense (`rsbench.leaderboard.profiles`). Rankings come from `rsbench.leaderboard.ranking`, recomputed from the stored records at
 every render. Nothing is fetched: the site works from the file system or any static host.
 """
 
@@ -21,7 +22,8 @@ from rsbench import metrics, plots
 from rsbench.data import SPLIT_NOTES
 from rsbench.goals.degradation import curve_files
 from rsbench.goals.spoofing import Spoofing
-from rsbench.leaderboard import profiles
+from rsbench.leaderboard import exact_columns, profiles
+from rsbench.leaderboard.exact_columns import NOTHING, RECALL, Shown
 from rsbench.leaderboard.ranking import LEADER_SHARE, TIME_METRICS, Ranking, rank, sign_tests
 from rsbench.leaderboard.track_files import Entry, Interval, Leaderboard, files, load, read_stored, stored_records
 from rsbench.leaderboard.track_table import (
@@ -102,7 +104,7 @@ def _pictures(board: Leaderboard, records: tuple[list, dict[str, list]], folder:
     return names
 
 
-def _row(board: Leaderboard, entry: Entry, ranking: Ranking, columns: list[str]) -> str:
+def _row(board: Leaderboard, entry: Entry, ranking: Ranking, columns: list[str], exact: Shown) -> str:
     """One entry's row of a track page; each cell carries the value a click sorts by."""
     esc = html.escape
     standing = ranking.of(entry.name)
@@ -118,6 +120,11 @@ def _row(board: Leaderboard, entry: Entry, ranking: Ranking, columns: list[str])
         else:
             text = "–" if v.value is None else marked(entry, k, f"{v.value:.3g} <small>[{v.ci_low:.3g}, {v.ci_high:.3g}]</small>")
             cells.append(("" if v.value is None else v.value, text))
+    if exact.recall:
+        share = exact.recall[entry.name]
+        count, _, rest = share.text().partition(" = ")
+        cells.append(("" if share.interval().value is None else share.interval().value,
+                      f"{esc(count)} <small>{esc(rest)}</small>"))
     return (f'<tr data-entry="{esc(entry.name)}">'
             + "".join(f'<td data-value="{esc(str(key))}">{text}</td>' for key, text in cells) + "</tr>")
 
@@ -138,13 +145,14 @@ def _paired(board: Leaderboard, p_values: dict[str, dict[str, float | None]]) ->
 
 
 def page(board: Leaderboard, ranking: Ranking, p_values: dict[str, dict[str, float | None]], pictures: list[str],
-         newest: int | None = None) -> str:
-    """One track version's HTML page."""
+         newest: int | None = None, exact: Shown = NOTHING) -> str:
+    """One track version's HTML page; `exact`: each entry's recall and the exact verifier's notes under the table."""
     columns = metric_columns(board)
     esc = html.escape
     head = "".join(f"<th>{esc(k)}</th>" for k in ["entry", "rank", "source", "attacked",
-                                                  *(header(board, k) for k in columns)])
-    rows = "".join(_row(board, entry, ranking, columns) for entry in sorted_entries(board, None, ranking))
+                                                  *(header(board, k) for k in columns),
+                                                  *([RECALL] if exact.recall else [])])
+    rows = "".join(_row(board, entry, ranking, columns, exact) for entry in sorted_entries(board, None, ranking))
     protocol = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}"
                        f"{esc(f' ({SPLIT_NOTES[v]})') if k == 'split' and v in SPLIT_NOTES else ''}</td></tr>"
                        for k, v in board.protocol.model_dump().items() if k != "metrics")
@@ -160,7 +168,8 @@ def page(board: Leaderboard, ranking: Ranking, p_values: dict[str, dict[str, flo
             f"<p>{esc(protocol_line(board))}. Click a column header to sort. Numbers: value [95% bootstrap interval "
             f"over samples].</p>"
             f'<table class="sortable" id="entries"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
-            "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in legend) + "</ul>"
+            + "".join(f'<p class="exact">{esc(note)}</p>' for note in exact.notes)
+            + "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in legend) + "</ul>"
             f"<h2>Paired comparisons</h2><p>Row beats column: % of samples attacked by both where the row's example "
             f"is better (smaller; spoofing: more similar). {esc(SIGN_LEGEND)}.</p>{_paired(board, p_values)}"
             f"<h2>Pictures</h2>{images}<h2>Protocol <code>{board.protocol_hash[:12]}</code></h2>"
@@ -234,7 +243,8 @@ def render(root: Path, submissions: Path | None = None) -> list[Path]:
         ranking, p_values = rank(board, *records), sign_tests(board, *records)
         slug, latest_version = f"{board.track}-v{board.version}", newest[path.parent.name]
         pictures = _pictures(board, records, path.parent, site, slug)
-        (site / f"{slug}.html").write_text(page(board, ranking, p_values, pictures, latest_version))
+        exact = exact_columns.shown(path, board, records)
+        (site / f"{slug}.html").write_text(page(board, ranking, p_values, pictures, latest_version, exact))
         version = f"{board.version}" + (" (superseded)" if latest_version > board.version else "")
         links.append(index_row(board, ranking, slug, version))
         boards.append(board)
@@ -266,8 +276,10 @@ def readme(root: Path) -> str:
     sections = []
     for path in paths:
         board = load(path)
-        ranking, latest_version = rank(board, *stored_records(path.parent, board)), newest[path.parent.name]
-        sections.append(markdown(board, ranking, newest=latest_version))
+        records = stored_records(path.parent, board)
+        ranking, latest_version = rank(board, *records), newest[path.parent.name]
+        sections.append(markdown(board, ranking, newest=latest_version,
+                                 exact=exact_columns.shown(path, board, records)))
         version = f"{board.version}" + (" (superseded)" if latest_version > board.version else "")
         summary.append(f"| {board.track} v{version} | {len(board.entries)} | {ranking.headline} | "
                        f"{cell(top_best(board, ranking))} |")
@@ -296,5 +308,8 @@ Entries are ranked by `best` (the share of samples on which an entry's example i
 each with the 95% bootstrap interval of its rank. A track's leader is the entry first alone in at least
 {100 * LEADER_SHARE:.0f}% of the bootstrap resamples; otherwise the entries whose rank interval reaches 1
 are named as tied, and a track with a single entry, or where no entry is best on any sample, has none.
+A deterministic l_inf evasion track's `exact/` folder holds the `rsbench exact` run behind its `recall (exact)`
+column and certificate tightness (written by maintainers, re-checked by `rsbench leaderboard check`); the l2 evasion
+tracks, which no exact verifier here decides, show the gap between certificate and best attack instead.
 
 """

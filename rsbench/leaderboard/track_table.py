@@ -11,6 +11,7 @@ from pathlib import Path
 from rsbench.data import SPLIT_NOTES
 from rsbench.errors import RsbenchError
 from rsbench.leaderboard.admission import add_run
+from rsbench.leaderboard.exact_columns import NOTHING, RECALL, Shown
 from rsbench.leaderboard.ranking import LEADER_SHARE, TIME_METRICS, Ranking, rank, relative_time
 from rsbench.leaderboard.track_files import (
     Entry,
@@ -150,9 +151,10 @@ def header(board: Leaderboard, metric: str) -> str:
 
 
 def markdown(board: Leaderboard, ranking: Ranking, sort: str | None = None, newest: int | None = None,
-             title: str | None = None) -> str:
+             title: str | None = None, exact: Shown = NOTHING) -> str:
     """The track's table in Markdown, ranked as the site ranks it, with the protocol in one line and what the
-    columns mean; `title` replaces the heading (a run's table, which is no track)."""
+    columns mean; `title` replaces the heading (a run's table, which is no track); `exact` adds each entry's recall
+    and, under the table, what the exact verifier says (`rsbench.leaderboard.exact_columns.shown`)."""
     p, columns, line = board.protocol, metric_columns(board), protocol_line(board)
     note = superseded(board, newest)
     lines = [
@@ -163,19 +165,21 @@ def markdown(board: Leaderboard, ranking: Ranking, sort: str | None = None, newe
         f"{line[:1].upper()}{line[1:]}; protocol `{board.protocol_hash[:12]}`. "
         f"95% bootstrap intervals over samples ({p.bootstrap_resamples} resamples, seed {p.bootstrap_seed}).",
         "",
-        "| entry | rank | source | attacked | " + " | ".join(header(board, k) for k in columns) + " |",
-        "|---|---|---|---|" + "---|" * len(columns),
+        "| entry | rank | source | attacked | " + " | ".join(header(board, k) for k in columns)
+        + (f" | {RECALL}" if exact.recall else "") + " |",
+        "|---|---|---|---|" + "---|" * (len(columns) + bool(exact.recall)),
     ]
     for entry in sorted_entries(board, sort, ranking):
         standing = ranking.of(entry.name)
         values = " | ".join(marked(entry, k, time_cell(board, entry, k)[1] if k in TIME_METRICS
                                    else cell(value_of(board, entry, k))) for k in columns)
+        recall = f" | {exact.recall[entry.name].text()}" if exact.recall else ""
         lines.append(f"| {entry.name} | {standing.interval if standing else '–'} | {source_of(entry)} | "
-                     f"{entry.attacked} | {values} |")
+                     f"{entry.attacked} | {values}{recall} |")
     legend = [RANK_LEGEND, *(f"`{k}`: {p.metrics[k]}" for k in columns)]
     legend += [TIME_LEGEND] if any(k in TIME_METRICS for k in columns) else []
     legend += [SELF_REPORTED_NOTE] if any(self_reported(e) & set(columns) for e in board.entries) else []
-    return "\n".join([*lines, "", *(f"- {line}" for line in legend)])
+    return "\n".join([*lines, "", *(f"{note}\n" for note in exact.notes), *(f"- {line}" for line in legend)])
 
 
 def run_table(run_dir: Path, root: Path) -> str:

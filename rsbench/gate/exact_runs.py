@@ -1,0 +1,110 @@
+"""The exact runs behind the leaderboards' exact columns: re-checked on every check, never changed by a pull request.
+
+A track's `exact/` folder (`rsbench.leaderboard.exact_columns`) moves its columns: turning an 'adversarial'
+verdict into 'robust', or deleting an example, would raise a certificate's tightness or an entry's recall. So
+`check` re-checks it as `rsbench exact` wrote it: each 'adversarial' record's example exists as
+`examples/<index>.npy` with its sha256, lies within epsilon of the dataset's sample inside [0, 1] at the recorded
+distance, and a forward pass of the defense's network gives another label; no other file lies among the examples;
+the run follows the newest version's protocol; and the columns derive without contradiction (certified samples are
+exactly robust, no entry succeeds where the MILP proved robustness). A 'robust' verdict cannot be re-checked short
+of solving again: that is why `unchanged` refuses any pull request that touches these folders; maintainers write
+them by running `rsbench exact`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rsbench import runner
+from rsbench.data import load_dataset
+from rsbench.defenses import load_defense
+from rsbench.errors import RsbenchError
+from rsbench.exact.run import EXAMPLES
+from rsbench.leaderboard import exact_columns
+from rsbench.leaderboard.track_files import Leaderboard, latest, load, stored_records
+
+
+def check(root: Path) -> None:
+    """Every track's exact run under root, checked against the track's newest version (`check_folder`)."""
+    for folder in sorted(root.glob(f"*/{exact_columns.EXACT}")):
+        path = latest(root, folder.parent.name)
+        if path is None:
+            raise RsbenchError(f"{folder}: an exact run beside no track file")
+        check_folder(path, load(path))
+
+
+def check_folder(path: Path, board: Leaderboard) -> None:
+    """Refuse, in one line, the exact run beside the newest track version at `path` where it is not what
+    `rsbench exact` writes for the version's samples."""
+    where = folder = path.parent / exact_columns.EXACT
+    config, records = exact_columns.read_run(folder)
+    if not exact_columns.follows(config, board):
+        raise RsbenchError(f"{where}: not an exact run of {board.track} v{board.version}'s defense, split, epsilon and "
+                           "samples")
+    dataset = load_dataset(board.defense.dataset.name, board.protocol.split, board.defense.dataset.root)
+    model = load_defense(runner.spec_for_run(board.defense, board.protocol.run_config([]))).model
+    eps = float(config.epsilon)
+    expected = set()
+    for record in records:
+        x, label = dataset[record.index]
+        if record.label != int(label):
+            raise RsbenchError(f"{where}: sample {record.index}'s label is not the dataset's")
+        if record.exact != "adversarial":
+            if record.example is not None:
+                raise RsbenchError(f"{where}: sample {record.index} is {record.exact} but names an example")
+            continue
+        name = f"{EXAMPLES}/{record.index:05d}.npy"
+        expected.add(name)
+        file = folder / name
+        if record.example != name or not file.is_file():
+            raise RsbenchError(f"{where}: sample {record.index} is adversarial but its example {name} is missing")
+        data = file.read_bytes()
+        if hashlib.sha256(data).hexdigest() != record.example_sha256:
+            raise RsbenchError(f"{where}: {name} does not match its sha256 in samples.jsonl")
+        example = torch.from_numpy(np.load(file))
+        distance = float((example.double() - x.double()).abs().max()) if example.shape == x.shape else np.inf
+        if not distance == record.distance <= eps or float(example.min()) < 0 or float(example.max()) > 1:
+            raise RsbenchError(f"{where}: {name} is not within epsilon {eps:g} of sample {record.index} in [0, 1] at "
+                               "its recorded distance")
+        with torch.no_grad():
+            if int(model(example[None].to(torch.float32)).argmax()) == record.label:
+                raise RsbenchError(f"{where}: {name} is not adversarial: the network gives it label {record.label}")
+    stray = sorted(p.relative_to(folder).as_posix() for p in (folder / EXAMPLES).glob("*")) if \
+        (folder / EXAMPLES).is_dir() else []
+    stray = [name for name in stray if name not in expected]
+    if stray:
+        raise RsbenchError(f"{where}: {', '.join(stray)} is no adversarial record's example")
+    exact_columns.columns(path, board, stored_records(path.parent, board))
+
+
+def git_blob(data: bytes) -> str:
+    """The id git gives a file of these bytes."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def unchanged(root: Path, base: Path, against: str, listed: str) -> None:
+    """Refuse, in one line, a pull request that adds, changes or removes a file of a track's exact run since
+    `against`; `listed` is `git ls-tree -r <against> -- <root>` run at the top of the checkout, `base`."""
+    prefix = root.resolve().relative_to(base).as_posix() + "/"
+    old = {}
+    for line in listed.splitlines():
+        info, _, name = line.partition("\t")
+        if name.startswith(prefix) and _in_exact(name[len(prefix):]):
+            old[name] = info.split()[2]
+    now = {prefix + p.relative_to(root).as_posix(): git_blob(p.read_bytes())
+           for p in root.glob(f"*/{exact_columns.EXACT}/**/*") if p.is_file()}
+    changed = sorted(name for name in old.keys() | now.keys() if old.get(name) != now.get(name))
+    if changed:
+        raise RsbenchError(f"{changed[0]}: changed since {against} ({len(changed)} file(s) under the tracks' "
+                           f"{exact_columns.EXACT}/ folders); exact runs are written by maintainers running rsbench "
+                           "exact, never in a pull request")
+
+
+def _in_exact(relative: str) -> bool:
+    """Whether a path relative to the leaderboards folder lies in a track's exact run."""
+    parts = relative.split("/")
+    return len(parts) > 2 and parts[1] == exact_columns.EXACT

@@ -1,0 +1,108 @@
+"""A track's exact run is re-checked on every check, and a pull request may not change it: tampered records refused.
+
+The run is the committed one of evasion-kw-digits-0.05 (20 digits, epsilon 0.05): sample 0 is adversarial (PGD's
+example, which the track's pgd-linf entry found too), sample 2 robust and certified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rsbench.data import load_dataset
+from rsbench.errors import RsbenchError
+from rsbench.gate import audit, exact_runs
+
+TRACK = "evasion-kw-digits-0.05"
+SHIPPED = Path(__file__).resolve().parents[1] / "leaderboards" / TRACK
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    shutil.copytree(SHIPPED, tmp_path / "leaderboards" / TRACK, ignore=shutil.ignore_patterns("site"))
+    return tmp_path / "leaderboards"
+
+
+def edit(root: Path, index: int, **fields: object) -> None:
+    """Rewrite one record of the exact run."""
+    path = root / TRACK / "exact" / "samples.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[index].update(fields)
+    path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+
+
+def example(root: Path, index: int = 0) -> Path:
+    return root / TRACK / "exact" / "examples" / f"{index:05d}.npy"
+
+
+def clean_x(root: Path) -> None:
+    """Sample 0's example replaced by x itself, its sha256 and distance made to match: no longer adversarial."""
+    np.save(example(root), load_dataset("digits", "test")[0][0].numpy())
+    edit(root, 0, example_sha256=hashlib.sha256(example(root).read_bytes()).hexdigest(), distance=0.0)
+
+
+TAMPERS: dict[str, tuple[Callable[[Path], object], str]] = {
+    "adversarial turned robust": (lambda r: (edit(r, 0, exact="robust", example=None, example_sha256=None),
+                                             example(r).unlink()),
+                                  r"pgd-linf succeeded on samples \[0\], which the MILP proved robust"),
+    "certified turned unknown": (lambda r: edit(r, 2, exact="unknown"),
+                                 r"samples \[2\] are certified but not exactly robust"),
+    "robust turned adversarial": (lambda r: edit(r, 2, exact="adversarial"),
+                                  r"sample 2 is adversarial but its example examples/00002.npy is missing"),
+    "example deleted": (lambda r: example(r).unlink(), r"sample 0 is adversarial but its example .* is missing"),
+    "example edited": (lambda r: example(r).write_bytes(example(r).read_bytes()[:-4] + b"\1\0\0\0"),
+                       r"examples/00000.npy does not match its sha256"),
+    "example not adversarial": (clean_x, r"examples/00000.npy is not adversarial: the network gives it label 4"),
+    "distance edited": (lambda r: edit(r, 0, distance=0.01), r"not within epsilon 0.05 of sample 0 .* recorded"),
+    "stray example": (lambda r: shutil.copy(example(r), example(r, 7)), r"examples/00007.npy is no adversarial"),
+    "sample recorded twice": (lambda r: (r / TRACK / "exact" / "samples.jsonl").write_text(
+        (r / TRACK / "exact" / "samples.jsonl").read_text() + '{"index":9,"label":8,"prediction":8,"exact":"robust",'
+        '"certified":false,"neurons":484,"stable":484,"solves":0,"time_s":1.0}\n'), r"samples \[9\] are recorded twice"),
+    "epsilon edited": (lambda r: (r / TRACK / "exact" / "config.json").write_text(
+        (r / TRACK / "exact" / "config.json").read_text().replace('"epsilon": 0.05', '"epsilon": 0.06')),
+                       r"not an exact run of evasion-kw-digits-0.05 v1"),
+}
+
+
+def test_the_committed_run_checks_out(root: Path) -> None:
+    exact_runs.check(root)
+
+
+@pytest.mark.parametrize("tamper", TAMPERS, ids=list(TAMPERS))
+def test_a_tampered_exact_run_is_refused_in_one_line(root: Path, tamper: str) -> None:
+    change, message = TAMPERS[tamper]
+    change(root)
+    with pytest.raises(RsbenchError, match=message) as refused:
+        exact_runs.check(root)
+    assert "\n" not in str(refused.value)
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: edit(r, 5, time_s=1.0),  # a change every other check accepts
+    lambda r: (r / TRACK / "exact" / "notes.txt").write_text("solved again"),
+    lambda r: (r / TRACK / "exact" / "result.json").unlink(),
+], ids=["record edited", "file added", "file removed"])
+def test_a_pull_request_may_not_change_an_exact_run(root: Path, change: Callable[[Path], object]) -> None:
+    repo = root.parent
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "base")
+    listed = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "HEAD", "--", "leaderboards"],
+                            capture_output=True, text=True, check=True).stdout
+    exact_runs.unchanged(root, repo.resolve(), "HEAD", listed)
+    change(root)
+    with pytest.raises(RsbenchError, match=r"leaderboards/evasion-kw-digits-0.05/exact/.*: changed since HEAD .*"
+                                           r"written by maintainers running rsbench exact, never in a pull request"):
+        audit.check(root, "HEAD", intervals=False, pull_request=True)
