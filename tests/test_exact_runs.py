@@ -106,3 +106,16 @@ def test_a_pull_request_may_not_change_an_exact_run(root: Path, change: Callable
     with pytest.raises(RsbenchError, match=r"leaderboards/evasion-kw-digits-0.05/exact/.*: changed since HEAD .*"
                                            r"written by maintainers running rsbench exact, never in a pull request"):
         audit.check(root, "HEAD", intervals=False, pull_request=True)
+
+
+def test_a_run_whose_defense_lacks_files_here_is_named_as_not_rechecked_never_silently_passed(
+        root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mnist = "evasion-kw-mnist-0.1"
+    shutil.copytree(SHIPPED.parent / mnist, root / mnist, ignore=shutil.ignore_patterns("site"))
+    monkeypatch.setenv("RSBENCH_DATA", str(tmp_path / "no-data"))
+    unchecked = exact_runs.check(root)
+    assert len(unchecked) == 1 and unchecked[0].startswith(f"{mnist} (MNIST test idx files in ")
+    assert audit.check(root).exact_unchecked == unchecked
+    edit(root, 0, exact="robust")  # the digits run is still checked: its tampering refused
+    with pytest.raises(RsbenchError):
+        exact_runs.check(root)

@@ -90,6 +90,8 @@ def leaderboard_check(root: Path, against: str | None, quick: bool, seed: int | 
                           submissions=submissions)
     what = "point values" if quick else "metrics, intervals and comparisons"
     click.echo(f"{len(checked.files)} leaderboard files valid, {what} recomputed from their records")
+    if checked.exact_unchecked:
+        click.echo(f"exact runs not re-checked on this machine: {', '.join(checked.exact_unchecked)}")
     if against is None:
         click.echo("not a git checkout: history and new entries not checked")
         return

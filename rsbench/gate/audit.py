@@ -148,6 +148,8 @@ class Checked:
     files: list[Path]
     new: list[str] = field(default_factory=list)
     verification: Verification | None = None
+    exact_unchecked: list[str] = field(default_factory=list)
+    """Tracks whose exact run this machine could not re-check (data or weights absent), with what is missing."""
 
 
 def check(root: Path, against: str | None = None, *, intervals: bool = True, seed: int | None = None,
@@ -166,9 +168,9 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
         if board.protocol_hash in hashes.setdefault(board.track, set()):
             raise RsbenchError(f"{board.track}: two versions share one protocol; a new version is a new protocol")
         hashes[board.track].add(board.protocol_hash)
-    exact_runs.check(root)
+    unchecked = exact_runs.check(root)
     if against is None:
-        return Checked(paths)
+        return Checked(paths, exact_unchecked=unchecked)
     top = _git(root, "rev-parse", "--show-toplevel")
     if top is None or _git(root, "rev-parse", "--verify", "--quiet", f"{against}^{{commit}}") is None:
         raise RsbenchError(f"--against {against!r} does not resolve to a commit in the git checkout of {root}")
@@ -225,7 +227,7 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
     if refuted:
         raise RsbenchError(f"fresh noise refutes stored successes of {', '.join(refuted)} (verification seed "
                            f"{verification.judging.seed}; replay with --seed)")
-    return Checked(paths, [f"{b.track} v{b.version} {e.name}" for _, b, e in new], verification)
+    return Checked(paths, [f"{b.track} v{b.version} {e.name}" for _, b, e in new], verification, unchecked)
 
 
 def unchanged_defense(name: str, board: Leaderboard, submissions: Path) -> None:
