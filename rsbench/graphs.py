@@ -25,6 +25,11 @@ from torch import nn
 from rsbench.errors import RsbenchError
 from rsbench.specs import GRAPH, DefenseSpec
 
+# onnx2torch's Slice indexes with a list, which PyTorch warns about on every forward of a converted graph with the
+# same result; the warning would bury every command's output.
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                        category=UserWarning, module="onnx2torch")
+
 MAX_BYTES = 64 * 2**20
 """Largest graph file accepted (64 MiB: every certified network of the seed papers is far smaller)."""
 OPSET = 17
