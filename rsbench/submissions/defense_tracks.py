@@ -294,7 +294,8 @@ def _estimate(plan: _Plan, writing: bool) -> estimates.Estimate:
     timed = [_first_sample(plan.board, plan.clean, attack, seed, plan.work) for attack, seed in plan.todo
              if writing or not (plan.work / f"{attack.name}-{seed}" / "headline.txt").is_file()]
     return estimates.Estimate(plan.board.protocol.goal, sum(t for t, _ in timed), max((n for _, n in timed), default=0),
-                              sum(t * n for t, n in timed), f"{len(timed)} attacks")
+                              sum(t * n for t, n in timed),
+                              f"{len(timed)} attack{'' if len(timed) == 1 else 's'}")
 
 
 def _trial(spec: DefenseSpec, content: str, protocols: dict[str, Protocol]) -> Path:
