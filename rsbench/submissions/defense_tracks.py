@@ -227,10 +227,10 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     """`validate`, then the suite of each goal on the standard protocol, judged by rsbench; the tracks added.
 
     `samples` (K) runs the first K samples only, and `dry_run` (or an unsandboxed local trial) the whole protocol,
-    both adding nothing; `timeout` bounds each track (the served session gets one more for validation). Before the
-    suite, `report` is told each goal's estimate (`estimates`), then each attack's headline as it finishes and each
-    track's line as it ends. A track's entries are added as soon as it ends, so that a run stopped later keeps them
-    and, run again, skips them. A trial that adds nothing keeps its runs in
+    both adding nothing; `timeout` bounds the validation and each track, each served in a session of its own. Before
+    the suite, `report` is told each goal's estimate (`estimates`), then each attack's headline as it finishes and
+    each track's line as it ends. A track's entries are added as soon as it ends (between sessions: a served
+    session refuses a changed leaderboard), so that a run stopped later keeps them and, run again, skips them. A trial that adds nothing keeps its runs in
     `runs/verify-NAME-<hash of the folder's content, the protocols and the suite>` and, run again, resumes them
     (each attack on the seed it drew first, a judged attack's headline kept); the runs that add entries draw their
     seeds afresh, in a folder nobody can prepare.
@@ -246,37 +246,42 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     environment, weights = runner.environment(torch.device("cpu")), pinned_sha256(spec.weights)
     tell = report or (lambda line: None)
     why = "dry run" if dry_run else "unsandboxed" if not isolated else f"first {samples} samples only"
+
+    def attacked(plan: _Plan) -> tuple[list[admission.NewEntry], list[str]]:
+        """A track's attacks run and judged (a trial's judged ones read back): its entries, and each headline."""
+        entries, shown = [], []
+        for attack, seed in plan.todo:
+            kept = _kept(plan, attack, seed)
+            if not writing and kept.is_file():
+                shown.append(f"{attack.name} {kept.read_text().strip()}")
+                continue
+            records, examples, judging = judged_run(plan.board, plan.clean, attack, seed, None, plan.work, progress)
+            entries.append(admission.NewEntry(attack, records, examples, source, environment, weights, judging.date,
+                                              seed, judging, []))
+            headline = _headline(plan.board, entries[-1], plan.clean)
+            if not writing:
+                kept.write_text(f"{headline}\n")
+            shown.append(f"{attack.name} {headline}")
+            tell(f"{plan.track}: {shown[-1]}")
+        return entries, shown
+
     trial = _trial(spec, str(source.content_sha256), protocols)
-    with serving([spec], root, timeout * (len(boards) + 1), isolated), \
-            (nullcontext(str(trial)) if not writing else tempfile.TemporaryDirectory(prefix="rsbench-verify-")) \
-            as scratch:
-        lines, fresh = _checked(submission, samples)
-        plans = []
-        for track, (path, board) in boards.items():
-            clean = track_files.stored_records(path.parent, board)[0] if board.clean.path else fresh[track]
-            attacks, work = suite(spec, board.protocol.goal), Path(scratch) / track
-            todo = [(a, secrets.randbits(63) if writing else _kept_seed(work / f"{a.name}.seed")) for a in attacks
-                    if a.name not in {e.name for e in board.entries}]
-            plans.append(_Plan(track, path, board, clean, work, todo, bool(attacks)))
-        for line in estimates.lines([_estimate(plan, writing) for plan in plans],
-                                    "attacks, judging their examples on top"):
-            tell(line)
-        for plan in plans:
-            entries, shown = [], []
-            for attack, seed in plan.todo:
-                kept = plan.work / f"{attack.name}-{seed}" / "headline.txt"
-                if not writing and kept.is_file():
-                    shown.append(f"{attack.name} {kept.read_text().strip()}")
-                    continue
-                records, examples, judging = judged_run(plan.board, plan.clean, attack, seed, None, plan.work,
-                                                        progress)
-                entries.append(admission.NewEntry(attack, records, examples, source, environment, weights,
-                                                  judging.date, seed, judging, []))
-                headline = _headline(plan.board, entries[-1], plan.clean)
-                if not writing:
-                    kept.write_text(f"{headline}\n")
-                shown.append(f"{attack.name} {headline}")
-                tell(f"{plan.track}: {shown[-1]}")
+    with nullcontext(str(trial)) if not writing else tempfile.TemporaryDirectory(prefix="rsbench-verify-") as scratch:
+        with serving([spec], root, timeout, isolated):
+            lines, fresh = _checked(submission, samples)
+            plans = []
+            for track, (path, board) in boards.items():
+                clean = track_files.stored_records(path.parent, board)[0] if board.clean.path else fresh[track]
+                attacks, work = suite(spec, board.protocol.goal), Path(scratch) / track
+                todo = [(a, secrets.randbits(63) if writing else _kept_seed(work / f"{a.name}.seed"))
+                        for a in attacks if a.name not in {e.name for e in board.entries}]
+                plans.append(_Plan(track, path, board, clean, work, todo, bool(attacks)))
+            for line in estimates.lines([_estimate(plan, writing) for plan in plans],
+                                        "attacks, judging their examples on top"):
+                tell(line)
+        for plan in plans:  # each track in a session of its own, so that its entries are written between sessions
+            with serving([spec], root, timeout, isolated):
+                entries, shown = attacked(plan)
             if not shown:
                 lines.append(f"{plan.track}: " + ("every attack of the suite has its entry already" if plan.attacked
                                                   else f"no attack of the suite attacks {spec.name}"))
@@ -289,10 +294,15 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     return lines
 
 
+def _kept(plan: _Plan, attack: AttackSpec, seed: int) -> Path:
+    """Where a trial keeps an attack's headline once it is judged."""
+    return plan.work / f"{attack.name}-{seed}" / "headline.txt"
+
+
 def _estimate(plan: _Plan, writing: bool) -> estimates.Estimate:
     """A track's attacks timed on their first sample still to do (an attack whose headline a trial kept: none)."""
     timed = [_first_sample(plan.board, plan.clean, attack, seed, plan.work) for attack, seed in plan.todo
-             if writing or not (plan.work / f"{attack.name}-{seed}" / "headline.txt").is_file()]
+             if writing or not _kept(plan, attack, seed).is_file()]
     return estimates.Estimate(plan.board.protocol.goal, sum(t for t, _ in timed), max((n for _, n in timed), default=0),
                               sum(t * n for t, n in timed),
                               f"{len(timed)} attack{'' if len(timed) == 1 else 's'}")
