@@ -192,6 +192,43 @@ def test_a_dry_run_runs_the_suite_and_adds_nothing(verified: tuple[Path, list[st
 
 
 @pytest.mark.slow
+def test_a_verify_stopped_after_its_first_track_keeps_its_entries_and_adds_the_rest_when_run_again(
+        sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run that adds the tracks writes each as it ends: Ctrl-C in the second leaves the first on the leaderboard,
+    and the same command run again adds the others without running the first's attacks again."""
+    repo = tmp_path / "checkout"
+    shutil.copytree(EXAMPLE, repo / "submissions" / "defenses" / "aol-digits-graph")
+    (repo / "leaderboards").mkdir()
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "base")
+    monkeypatch.setitem(defense_submissions.TRACK_PROTOCOL, "num_samples", 1)
+    monkeypatch.setattr(defense_tracks, "SUITE", {"evasion": {"l2": ("pgd-l2",)},
+                                                  "degradation": {"l2": ("degradation-pgd",)}, "spoofing": {"l2": ()}})
+    real, judged = defense_tracks.judged_run, []
+
+    def judged_run(board, *args, **kwargs):
+        judged.append(board.track)
+        if board.protocol.goal == "degradation" and len(judged) == 2:
+            raise KeyboardInterrupt  # as if Ctrl-C came once the first track had ended
+        return real(board, *args, **kwargs)
+
+    monkeypatch.setattr(defense_tracks, "judged_run", judged_run)
+    folder, root = repo / "submissions" / "defenses" / "aol-digits-graph", repo / "leaderboards"
+    with pytest.raises(KeyboardInterrupt):
+        attack_submissions.verify(folder, root, timeout=300)
+    assert sorted(p.relative_to(root).parts[0] for p in root.glob("*/v1.json")) == ["evasion-aol-digits-graph"]
+    first = sandbox.digest(root / "evasion-aol-digits-graph")
+    lines = attack_submissions.verify(folder, root, timeout=300)
+    assert judged == ["evasion-aol-digits-graph", "degradation-aol-digits-graph", "degradation-aol-digits-graph"]
+    assert sandbox.digest(root / "evasion-aol-digits-graph") == first
+    assert lines[-3:-1] == ["evasion-aol-digits-graph: every attack of the suite has its entry already",
+                            "degradation-aol-digits-graph: degradation-pgd fpr_lower 100; entries added to "
+                            f"{root / 'degradation-aol-digits-graph' / 'v1.json'}"]
+    assert [e.name for e in track_files.load(root / "evasion-aol-digits-graph" / "v1.json").entries] == ["pgd-l2"]
+
+
+@pytest.mark.slow
 def test_validate_refuses_an_unsound_plugin_whose_import_patches_rsbench_in_vain(sandboxed: None,
                                                                                 tmp_path: Path) -> None:
     """The plugin's certify doubles AOL's radius, and importing it patches rsbench's attack, verdicts and soundness

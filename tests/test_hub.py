@@ -276,3 +276,42 @@ def test_models_push_without_a_card_says_how_to_write_one(tmp_path: Path, monkey
     assert done.exit_code == 2 and done.output.count("\n") == 1
     assert "no model card at model-cards/smoothing-digits-0.25/README.md: write one with `rsbench models card`" \
         in done.output
+
+
+def test_a_graph_defense_is_pushed_with_its_card_and_a_submission_naming_it_on_the_hub_loads(hub_server: str,
+                                                                                              tmp_path: Path) -> None:
+    """`models push` of a defense submission's folder publishes its ONNX graph; the folder, its graph removed and its
+    weights the printed Hub reference, is a submission that loads: the graph comes back pinned and checked."""
+    import shutil
+
+    example = Path(__file__).resolve().parents[1] / "submissions" / "defenses" / "aol-digits-graph"
+    card = tmp_path / "card.md"
+    card.write_text("---\nlicense: mit\nlibrary_name: onnx\n---\n# aol-digits-graph\n")
+    env = {**os.environ, "HF_ENDPOINT": hub_server, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_TOKEN": "hf_local",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    script = ("import sys; from click.testing import CliRunner; from rsbench.cli import cli\n"
+              "done = CliRunner().invoke(cli, sys.argv[1:])\nprint(done.exit_code); print(done.output)\n")
+    command = [sys.executable, "-c", script, "models", "push", str(example), "--repo", "someone/aol", "--card", str(card)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    code, output = done.stdout.split("\n", 1)
+    assert code == "0", done.stdout + done.stderr
+    weights = yaml.safe_load(output.split("in its spec:\n", 1)[1])["weights"]
+    graph = (example / "model.onnx").read_bytes()
+    assert weights == {"source": "hf", "filename": "model.onnx", "sha256": hashlib.sha256(graph).hexdigest(),
+                       "repo_id": "someone/aol", "revision": weights["revision"]}
+    assert HubHandler.files[("someone/aol", weights["revision"], "model.onnx")] == graph
+    assert HubHandler.files[("someone/aol", weights["revision"], "README.md")] == card.read_bytes()
+    folder = tmp_path / "aol-digits-graph"
+    shutil.copytree(example, folder)
+    (folder / "model.onnx").unlink()  # the submission names the Hub's copy instead of carrying the file
+    data = yaml.safe_load((folder / "submission.yaml").read_text())
+    (folder / "submission.yaml").write_text(yaml.safe_dump({**data, "defense": {**data["defense"], "weights": weights}}))
+    check = ("import sys; from pathlib import Path; from rsbench import hub\n"
+             "from rsbench.submissions import defense_submissions\n"
+             "spec = defense_submissions.load(Path(sys.argv[1])).defense\n"
+             "print(hub.resolve_weights(spec.weights, Path(sys.argv[1])))\n")
+    loaded = subprocess.run([sys.executable, "-c", check, str(folder)], env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert loaded.returncode == 0, loaded.stderr
+    assert Path(loaded.stdout.strip()).read_bytes() == graph and f"snapshots/{weights['revision']}/" in loaded.stdout

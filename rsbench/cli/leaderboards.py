@@ -183,12 +183,14 @@ def submission_measure(folder: Path, tracks: tuple[str, ...], samples: int | Non
 
     A defense (submissions/defenses/NAME): certify each of its tracks' samples as the track will, its code served
     from the sandbox, and print its claims block (clean and certified accuracy, in %, at the radii it already
-    claims, else epsilon and 2 epsilon; smoothing: sigma / 2 and sigma).
+    claims, else epsilon and 2 epsilon; smoothing: sigma / 2 and sigma), after an estimate (as comments) of the time
+    each goal's certification takes, timed on its first sample.
 
     Adds nothing to any leaderboard."""
     from rsbench.submissions import attack_submissions
 
-    click.echo(attack_submissions.measure(folder, root, tracks, timeout, samples, isolated=not unsandboxed))
+    click.echo(attack_submissions.measure(folder, root, tracks, timeout, samples, isolated=not unsandboxed,
+                                          report=click.echo))
 
 
 @submission_group.command("verify")
@@ -207,9 +209,10 @@ def submission_verify(folder: Path, timeout: float, samples: int | None, dry_run
 
     A defense (submissions/defenses/NAME): validate it, then run the standard attack suite of each goal its kind
     supports on the standard protocol against its sandboxed code, judge here, and add the tracks
-    evasion-NAME, degradation-NAME and spoofing-NAME. Each attack's headline is printed as it finishes; a trial
-    that adds nothing (--dry-run, --samples, --unsandboxed) keeps its runs in runs/verify-NAME-... and resumes
-    them when run again (after Ctrl-C, say)."""
+    evasion-NAME, degradation-NAME and spoofing-NAME. First an estimate of the time each goal's attacks take,
+    timed on their first sample; then each attack's headline as it finishes, and each track's line as it ends
+    (its entries added then, so a re-run after Ctrl-C skips it); a trial that adds nothing (--dry-run, --samples,
+    --unsandboxed) keeps its runs in runs/verify-NAME-... and resumes them when run again."""
     from rsbench.submissions import attack_submissions
 
     for line in attack_submissions.verify(folder, root, timeout, samples, dry_run=dry_run, isolated=not unsandboxed,

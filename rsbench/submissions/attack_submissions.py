@@ -150,15 +150,16 @@ def reproduce(folder: Path, submission: Submission, root: Path, track: str, time
 
 
 def measure(folder: Path, root: Path, tracks: Sequence[str] = (), timeout: float = 1800, samples: int | None = None,
-            isolated: bool = True) -> str:
+            isolated: bool = True, report: Callable[[str], None] | None = None) -> str:
     """Run each track's protocol (by default the claimed tracks'; its first `samples` only, when fewer) as `verify`
     does and return the `claims:` block of what rsbench judged, to paste into submission.yaml. Adds nothing. A
-    defense's folder: `defense_claims.measure`, the accuracies it claims on its own tracks."""
+    defense's folder: `defense_claims.measure`, the accuracies it claims on its own tracks, its estimate told to
+    `report` first."""
     if defense_submissions.is_defense(folder):
         if tracks:
             raise RsbenchError(f"{folder} holds a defense, which claims its own tracks (evasion-, degradation- and "
                                "spoofing-NAME): leave out --track")
-        return defense_claims.measure(folder, timeout, samples, isolated)
+        return defense_claims.measure(folder, timeout, samples, isolated, report)
     submission = load_submission(folder, claims=False)
     tracks = list(dict.fromkeys(tracks or submission.claims))
     if not tracks:

@@ -9,13 +9,15 @@ those the folder already claims, else epsilon and 2 epsilon (smoothing: sigma / 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rsbench import metrics, registry
 from rsbench.errors import RsbenchError
+from rsbench.leaderboard.track_files import Protocol
 from rsbench.records import CertifiedPoint, SampleRecord
 from rsbench.specs import DefenseSpec
-from rsbench.submissions import sandbox
+from rsbench.submissions import estimates, sandbox
 from rsbench.submissions.defense_submissions import (
     TRACK_PROTOCOL,
     certificates,
@@ -38,9 +40,11 @@ def radii(spec: DefenseSpec, claimed: object) -> list[float]:
     return [base, 2 * base]
 
 
-def measure(folder: Path, timeout: float = 1800, samples: int | None = None, isolated: bool = True) -> str:
+def measure(folder: Path, timeout: float = 1800, samples: int | None = None, isolated: bool = True,
+            report: Callable[[str], None] | None = None) -> str:
     """The measured `claims:` block of a defense's folder; its spec and weights are checked first (no code runs for
-    that), then every track's samples are certified with the defense served from its sandbox."""
+    that), then every track's samples are certified with the defense served from its sandbox, after `report` is
+    told each goal's estimate (`estimates`; from each certification's first sample)."""
     path = folder / "submission.yaml"
     spec = registry.parse_spec(path, DefenseSpec, "defense")
     check_files(spec, folder.resolve())
@@ -50,10 +54,19 @@ def measure(folder: Path, timeout: float = 1800, samples: int | None = None, iso
     sandbox.require(isolated)
     runs: dict[tuple, list[SampleRecord]] = {}
     with serving([spec], None, timeout, isolated):
+        told, sharing = [], {}
         for protocol in protocols.values():  # tracks sharing their certification settings share one certification
-            key = (protocol.split, protocol.num_samples, protocol.n0, protocol.n, protocol.alpha, protocol.seed)
-            if key not in runs:
-                runs[key] = certificates(spec, protocol)
+            key = _key(protocol)
+            if key in runs:
+                told.append(estimates.Estimate(protocol.goal, 0.0, 0, 0.0, f"shares {sharing[key]}'s certificates"))
+                continue
+            runs[key], sharing[key] = certificates(spec, protocol, indices=range(1)), protocol.goal
+            first, left = runs[key][0].time_s, protocol.num_samples - 1
+            told.append(estimates.Estimate(protocol.goal, first, left, first * left, "certification"))
+        for line in estimates.lines(told, "certification"):
+            (report or (lambda _: None))(f"# {line}")
+        for protocol in {_key(p): p for p in protocols.values()}.values():
+            runs[_key(protocol)] += certificates(spec, protocol, indices=range(1, protocol.num_samples))
     count = samples or TRACK_PROTOCOL["num_samples"]
     lines = [(f"# {spec.name}: measured by rsbench submission measure (certified as each track will, its code "
               "served from its sandbox); paste into submission.yaml")]
@@ -62,7 +75,7 @@ def measure(folder: Path, timeout: float = 1800, samples: int | None = None, iso
                      "submission validate certifies them all, and these values may lie outside its intervals")
     lines.append("claims:")
     for track, protocol in protocols.items():
-        records = runs[(protocol.split, protocol.num_samples, protocol.n0, protocol.n, protocol.alpha, protocol.seed)]
+        records = runs[_key(protocol)]
         clean = metrics.certified_accuracy(records, 0.0)
         points = [metrics.certified_accuracy(records, r) for r in radii(spec, claimed.get(track))]
         settings = f", n0={protocol.n0}, n={protocol.n}, alpha={protocol.alpha:g}" if spec.kind == "smoothing" else ""
@@ -72,6 +85,11 @@ def measure(folder: Path, timeout: float = 1800, samples: int | None = None, iso
                   f"    clean_accuracy: {_percent(clean.accuracy)}  # 95% [{_interval(clean)}]",
                   f"    certified_accuracy: {{{certified}}}  # {intervals}"]
     return "\n".join(lines)
+
+
+def _key(protocol: Protocol) -> tuple:
+    """The certification settings of a track: tracks with the same key share one certification."""
+    return protocol.split, protocol.num_samples, protocol.n0, protocol.n, protocol.alpha, protocol.seed
 
 
 def _percent(value: float) -> float:

@@ -53,6 +53,14 @@ from rsbench.submissions import sandbox, submission_spec
 from rsbench.submissions.tensor_pipe import Pipe, states
 
 
+WAIT_POLICY = "PASSIVE"
+"""The served process's OpenMP threads sleep as soon as their work ends instead of spinning for it: it answers
+one request at a time, in lockstep with rsbench's process, and threads spinning between requests took the cores
+that the other process needed next. On a loaded 2-core machine a served forward pass took 4 to 24 ms with
+spinning threads and 0.55 ms without (in-process: 0.12 ms; `benchmarks/served_overhead.py`). An OMP_WAIT_POLICY
+of rsbench's own environment is passed on instead."""
+
+
 class Link:
     """This process's end of a served defense: one request, one answer, within the session's deadline."""
 
@@ -268,6 +276,7 @@ def served(spec: DefenseSpec, folder: Path, *, timeout: float, isolated: bool = 
         (work / "home").mkdir()
         env = {"PYTHONPATH": harness, "HF_HUB_OFFLINE": "1"}
         env |= {name: os.environ[name] for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if name in os.environ}
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", WAIT_POLICY)
         argv = [sys.executable, "-c", "import sys; from rsbench.submissions.defense_child import main; main(*sys.argv[1:])",
                 code, spec.spec_hash(), weights]
         stderr = work / "stderr.txt"

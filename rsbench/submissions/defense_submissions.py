@@ -130,12 +130,13 @@ def _inside(relative: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts
 
 
-def certificates(spec: DefenseSpec, protocol: Protocol,
-                 device: torch.device = torch.device("cpu")) -> list[SampleRecord]:
-    """The clean certificates of a track's samples, exactly as the track stores them (its protocol's seed)."""
+def certificates(spec: DefenseSpec, protocol: Protocol, device: torch.device = torch.device("cpu"),
+                 indices: range | None = None) -> list[SampleRecord]:
+    """The clean certificates of a track's samples (or of `indices` among them), exactly as the track stores them
+    (its protocol's seed, one generator per sample)."""
     defense = runner.load_for_run(spec, protocol.run_config([]), device)
     dataset = load_dataset(spec.dataset.name, protocol.split, spec.dataset.root)
-    samples = [(dataset[i][0], int(dataset[i][1]), i) for i in range(protocol.num_samples)]
+    samples = [(dataset[i][0], int(dataset[i][1]), i) for i in (range(protocol.num_samples) if indices is None else indices)]
     return runner.certify_samples(defense, samples, protocol.seed, device)
 
 

@@ -8,7 +8,9 @@ protocol of each track (`defense_submissions.track_protocols`) and adds `<goal>-
 entry per attack, whose Source records the folder's content hash. Every attack runs here, in rsbench's
 process, on the graph (or a self-certified plugin's stand-in), on streams of a seed drawn for it; the examples it keeps are
 then judged again (`rederive.rebuild`) on noise of a seed drawn after it finished, exactly as a
-submitted attack's are. Nothing is written before every track's entries are judged.
+submitted attack's are. Before the suite, each goal's time is estimated from its first sample
+(`estimates`); a track's entries are written once all of them are judged, as the track ends, so that a run
+stopped later keeps the tracks it finished and, run again, skips them.
 
 `replay` is what `leaderboard check` asks of such an entry: running its attack again with its two
 seeds must give its records. Re-judging the stored examples cannot see a success turned into a
@@ -22,6 +24,7 @@ import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,10 +43,12 @@ from rsbench.leaderboard.track_files import (
     Source,
     StoredFile,
     jsonl,
+    record_type,
 )
-from rsbench.records import SampleRecord
+from rsbench.records import RunConfig, SampleRecord
+from rsbench.rundir import RunDir
 from rsbench.specs import GRAPH, AttackSpec, DefenseSpec
-from rsbench.submissions import sandbox, submission_run
+from rsbench.submissions import estimates, sandbox, submission_run
 from rsbench.submissions.defense_server import needs_serving, served
 from rsbench.submissions.defense_submissions import (
     TRACK_PROTOCOL,
@@ -102,15 +107,27 @@ def serving(specs: Iterable[DefenseSpec], root: Path | None, timeout: float, iso
         yield
 
 
+def _attack_run(board: Leaderboard, clean: list[SampleRecord], attack: AttackSpec, seed: int, work: Path,
+                progress: bool = False, indices: list[int] | None = None) -> Path:
+    """Run one attack on the track's attacked samples (or only `indices`) on streams of `seed`, resuming the records
+    its folder under `work` holds; that folder."""
+    out = work / f"{attack.name}-{seed}"
+    out.mkdir(parents=True, exist_ok=True)  # a trial run again resumes its records there
+    (out / "clean.jsonl").write_bytes(jsonl(clean))  # the engine attacks; it certifies nothing
+    engine.evaluate(board.defense, [attack], _config(board, attack, seed), out, torch.device("cpu"),
+                    save_examples=True, progress=progress, indices=indices)
+    return out
+
+
+def _config(board: Leaderboard, attack: AttackSpec, seed: int) -> RunConfig:
+    return board.protocol.run_config([attack]).model_copy(update={"seed": seed})
+
+
 def judged_run(board: Leaderboard, clean: list[SampleRecord], attack: AttackSpec, seed: int, judge_seed: int | None,
                work: Path, progress: bool = False) -> tuple[list, dict | None, Judging]:
     """One attack on the track's attacked samples (`clean`: the track's certificates), run here on streams of `seed`,
     then every example it keeps judged again on noise of `judge_seed` (default: drawn now, after the run)."""
-    out = work / f"{attack.name}-{seed}"
-    out.mkdir(parents=True, exist_ok=True)  # a trial run again resumes its records there
-    (out / "clean.jsonl").write_bytes(jsonl(clean))  # the engine attacks; it certifies nothing
-    config = board.protocol.run_config([attack]).model_copy(update={"seed": seed})
-    engine.evaluate(board.defense, [attack], config, out, torch.device("cpu"), save_examples=True, progress=progress)
+    out = _attack_run(board, clean, attack, seed, work, progress)
     defense, dataset = submission_run.prepare(board)
     proposals, reports = submission_run.returned(board, dataset, attack.name, out)
     judge_seed = secrets.randbits(63) if judge_seed is None else judge_seed
@@ -119,6 +136,22 @@ def judged_run(board: Leaderboard, clean: list[SampleRecord], attack: AttackSpec
                       rsbench_version=environment.rsbench_version, git_commit=environment.git_commit)
     records, examples = rederive.rebuild(board, defense, dataset, clean, attack.name, proposals, reports, judge_seed)
     return records, examples, judging
+
+
+def _first_sample(board: Leaderboard, clean: list[SampleRecord], attack: AttackSpec, seed: int,
+                  work: Path) -> tuple[float, int]:
+    """Run the attack on its first attacked sample still without a record, which the whole run then resumes:
+    the seconds its record took, and the samples it has left after it."""
+    out = work / f"{attack.name}-{seed}"
+    done = {r.index for r in RunDir(out, _config(board, attack, seed), "samples.jsonl")
+            .records(record_type(board.protocol.goal))} if (out / "samples.jsonl").is_file() else set()
+    todo = [c.index for c in rederive.attacked(board, clean) if c.index not in done]
+    if not todo:
+        return 0.0, 0
+    _attack_run(board, clean, attack, seed, work, indices=todo[:1])
+    first = next(r for r in RunDir(out, _config(board, attack, seed), "samples.jsonl")
+                 .records(record_type(board.protocol.goal)) if r.index == todo[0])
+    return first.total_time_s, len(todo) - 1
 
 
 def replay(board: Leaderboard, entry: Entry, clean: list[SampleRecord], records: list) -> None:
@@ -175,16 +208,32 @@ def _track(root: Path, track: str, spec: DefenseSpec, protocol: Protocol, writin
                                                   clean=StoredFile(path="", sha256=""))
 
 
+@dataclass
+class _Plan:
+    """One track's work: its file and version, clean certificates, folder of runs, and the attacks still to run with
+    their seeds."""
+
+    track: str
+    path: Path
+    board: Leaderboard
+    clean: list[SampleRecord]
+    work: Path
+    todo: list[tuple[AttackSpec, int]]
+    attacked: bool
+
+
 def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None = None, *, dry_run: bool = False,
            isolated: bool = True, progress: bool = True, report: Callable[[str], None] | None = None) -> list[str]:
     """`validate`, then the suite of each goal on the standard protocol, judged by rsbench; the tracks added.
 
     `samples` (K) runs the first K samples only, and `dry_run` (or an unsandboxed local trial) the whole protocol,
-    both adding nothing; `timeout` bounds each track (the served session gets one more for validation). Each
-    attack's headline goes to `report` as it finishes. A trial that adds nothing keeps its runs in
+    both adding nothing; `timeout` bounds the validation and each track, each served in a session of its own. Before
+    the suite, `report` is told each goal's estimate (`estimates`), then each attack's headline as it finishes and
+    each track's line as it ends. A track's entries are added as soon as it ends (between sessions: a served
+    session refuses a changed leaderboard), so that a run stopped later keeps them and, run again, skips them. A trial that adds nothing keeps its runs in
     `runs/verify-NAME-<hash of the folder's content, the protocols and the suite>` and, run again, resumes them
-    (each attack on the seed it drew first); the runs that add entries draw their seeds afresh, in a folder nobody
-    can prepare.
+    (each attack on the seed it drew first, a judged attack's headline kept); the runs that add entries draw their
+    seeds afresh, in a folder nobody can prepare.
     """
     sandbox.require(isolated)
     submission = load(folder)
@@ -195,36 +244,68 @@ def verify(folder: Path, root: Path, timeout: float = 1800, samples: int | None 
     source = Source(kind="defense-submission", submission=spec.name, commit=commit_of(folder),
                     content_sha256=content_sha256(folder))
     environment, weights = runner.environment(torch.device("cpu")), pinned_sha256(spec.weights)
-    judged = {}
-    trial = _trial(spec, str(source.content_sha256), protocols)
-    with serving([spec], root, timeout * (len(boards) + 1), isolated), \
-            (nullcontext(str(trial)) if not writing else tempfile.TemporaryDirectory(prefix="rsbench-verify-")) \
-            as scratch:
-        lines, fresh = _checked(submission, samples)
-        for track, (path, board) in boards.items():
-            clean = track_files.stored_records(path.parent, board)[0] if board.clean.path else fresh[track]
-            attacks = suite(spec, board.protocol.goal)
-            entries = []
-            for attack in [a for a in attacks if a.name not in {e.name for e in board.entries}]:
-                work = Path(scratch) / track
-                seed = secrets.randbits(63) if writing else _kept_seed(work / f"{attack.name}.seed")
-                records, examples, judging = judged_run(board, clean, attack, seed, None, work, progress)
-                entries.append(admission.NewEntry(attack, records, examples, source, environment, weights,
-                                                  judging.date, seed, judging, []))
-                if report is not None:
-                    report(f"{track}: {attack.name} {_headline(board, entries[-1], clean)}")
-            judged[track] = (path, board, clean, entries, bool(attacks))
+    tell = report or (lambda line: None)
     why = "dry run" if dry_run else "unsandboxed" if not isolated else f"first {samples} samples only"
-    for track, (path, board, clean, entries, attacked) in judged.items():
-        if not entries:
-            lines.append(f"{track}: " + ("every attack of the suite has its entry already" if attacked else
-                                         f"no attack of the suite attacks {spec.name}"))
-            continue
-        summary = "; ".join(f"{e.spec.name} {_headline(board, e, clean)}" for e in entries)
-        if writing:
-            admission.admit(path, board, clean, entries)
-        lines.append(f"{track}: {summary}; " + (f"entries added to {path}" if writing else f"{why}, nothing added"))
+
+    def attacked(plan: _Plan) -> tuple[list[admission.NewEntry], list[str]]:
+        """A track's attacks run and judged (a trial's judged ones read back): its entries, and each headline."""
+        entries, shown = [], []
+        for attack, seed in plan.todo:
+            kept = _kept(plan, attack, seed)
+            if not writing and kept.is_file():
+                shown.append(f"{attack.name} {kept.read_text().strip()}")
+                continue
+            records, examples, judging = judged_run(plan.board, plan.clean, attack, seed, None, plan.work, progress)
+            entries.append(admission.NewEntry(attack, records, examples, source, environment, weights, judging.date,
+                                              seed, judging, []))
+            headline = _headline(plan.board, entries[-1], plan.clean)
+            if not writing:
+                kept.write_text(f"{headline}\n")
+            shown.append(f"{attack.name} {headline}")
+            tell(f"{plan.track}: {shown[-1]}")
+        return entries, shown
+
+    trial = _trial(spec, str(source.content_sha256), protocols)
+    with nullcontext(str(trial)) if not writing else tempfile.TemporaryDirectory(prefix="rsbench-verify-") as scratch:
+        with serving([spec], root, timeout, isolated):
+            lines, fresh = _checked(submission, samples)
+            plans = []
+            for track, (path, board) in boards.items():
+                clean = track_files.stored_records(path.parent, board)[0] if board.clean.path else fresh[track]
+                attacks, work = suite(spec, board.protocol.goal), Path(scratch) / track
+                todo = [(a, secrets.randbits(63) if writing else _kept_seed(work / f"{a.name}.seed"))
+                        for a in attacks if a.name not in {e.name for e in board.entries}]
+                plans.append(_Plan(track, path, board, clean, work, todo, bool(attacks)))
+            for line in estimates.lines([_estimate(plan, writing) for plan in plans],
+                                        "attacks, judging their examples on top"):
+                tell(line)
+        for plan in plans:  # each track in a session of its own, so that its entries are written between sessions
+            with serving([spec], root, timeout, isolated):
+                entries, shown = attacked(plan)
+            if not shown:
+                lines.append(f"{plan.track}: " + ("every attack of the suite has its entry already" if plan.attacked
+                                                  else f"no attack of the suite attacks {spec.name}"))
+                continue
+            if writing:
+                admission.admit(plan.path, plan.board, plan.clean, entries)
+            lines.append(f"{plan.track}: {'; '.join(shown)}; " + (f"entries added to {plan.path}" if writing else
+                                                                  f"{why}, nothing added"))
+            tell(lines[-1])
     return lines
+
+
+def _kept(plan: _Plan, attack: AttackSpec, seed: int) -> Path:
+    """Where a trial keeps an attack's headline once it is judged."""
+    return plan.work / f"{attack.name}-{seed}" / "headline.txt"
+
+
+def _estimate(plan: _Plan, writing: bool) -> estimates.Estimate:
+    """A track's attacks timed on their first sample still to do (an attack whose headline a trial kept: none)."""
+    timed = [_first_sample(plan.board, plan.clean, attack, seed, plan.work) for attack, seed in plan.todo
+             if writing or not _kept(plan, attack, seed).is_file()]
+    return estimates.Estimate(plan.board.protocol.goal, sum(t for t, _ in timed), max((n for _, n in timed), default=0),
+                              sum(t * n for t, n in timed),
+                              f"{len(timed)} attack{'' if len(timed) == 1 else 's'}")
 
 
 def _trial(spec: DefenseSpec, content: str, protocols: dict[str, Protocol]) -> Path:
