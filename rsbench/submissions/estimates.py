@@ -37,8 +37,8 @@ def lines(estimates: Sequence[Estimate], what: str) -> list[str]:
     out = []
     for e in estimates:
         note = f" ({e.note})" if e.note else ""
-        out.append(f"estimate {e.goal}: first sample {e.first_s:.2f} s{note}, {e.left} samples left: "
-                   f"about {shown(e.seconds):.1f} s")
+        left = f"{e.left} sample{'' if e.left == 1 else 's'} left"
+        out.append(f"estimate {e.goal}: first sample {e.first_s:.2f} s{note}, {left}: about {shown(e.seconds):.1f} s")
     total = shown(sum(shown(e.seconds) for e in estimates))
     out.append(f"estimate in all: about {total:.1f} s ({total / 60:.1f} min) of {what}")
     return out
