@@ -112,9 +112,9 @@ SHADOW_TABLE_2 = [("2/255, 9 small", (52.46, 57.55, 60.67), (45.90, 53.89, 65.74
 
 SEED = "benchmarks/seed_leaderboards.sh"
 SHADOW_RUNS = Path(__file__).resolve().parent / "results" / "shadow-crownibp"
-"""The shadow-crownibp runs' files (config.json, samples.jsonl), one folder per CROWN-IBP model."""
-SHADOW_RUNS_COMMAND = ("rsbench evaluate --defense D --attack shadow-crownibp --num-samples 100 --n 10000 "
-                       "--out benchmarks/results/shadow-crownibp/D")
+"""The shadow-crownibp run directories (their config.json and samples.jsonl), one per model and attack."""
+SHADOW_RUNS_COMMAND = ("rsbench evaluate --defense D --attack A --num-samples K --n 10000 "
+                       "--out benchmarks/results/shadow-crownibp/A-D")
 
 
 def track(root: Path, name: str) -> tuple[track_files.Leaderboard, list[SampleRecord], dict[str, list]] | None:
@@ -320,15 +320,19 @@ def shadow_row(label: str, rows: list, eps: float) -> str:
             f"{mean([r.total_time_s for r in rows], '.1f'):>10}")
 
 
-def run_records(folder: Path) -> tuple[float, dict[str, list]] | None:
-    """A spoofing run directory's epsilon and records by attack (as `rsbench evaluate --out` writes them), or None."""
-    if not (folder / "samples.jsonl").exists():
-        return None
-    config = json.loads((folder / "config.json").read_text())
-    records: dict[str, list] = {}
-    for record in track_files.parse_jsonl((folder / "samples.jsonl").read_bytes(), track_files.record_type("spoofing")):
-        records.setdefault(record.attack, []).append(record)
-    return config["epsilon"], records
+def run_records(runs: Path, defense: str) -> tuple[float, dict[str, list]] | None:
+    """The epsilon and records by attack of the spoofing run directories in `runs` (as `rsbench evaluate --out`
+    writes them) on `defense`, or None when there are none."""
+    eps, records = None, {}
+    for config_path in sorted(runs.glob("*/config.json")):
+        config = json.loads(config_path.read_text())
+        samples = config_path.parent / "samples.jsonl"
+        if config["defense"] != defense or not samples.exists():
+            continue
+        eps = config["epsilon"]
+        for record in track_files.parse_jsonl(samples.read_bytes(), track_files.record_type("spoofing")):
+            records.setdefault(record.attack, []).append(record)
+    return None if eps is None else (eps, records)
 
 
 SHADOW_HEADER = (f"  {'':<44}{'robust error %':>28}{'attack error %':>28}{'spoofed R':>10}{'l_inf':>7}{'l2':>7}"
@@ -337,16 +341,19 @@ SHADOW_HEADER = (f"  {'':<44}{'robust error %':>28}{'attack error %':>28}{'spoof
 
 def shadow_rows(root: Path, runs: Path) -> list[str]:
     """Table 2 (l_inf, CROWN-IBP): the paper's rows, the spoofing tracks' shadow-1ch (Section 3's settings) and the
-    shadow-crownibp runs in `runs` (Section 5's), all judged by the paper's rule."""
+    runs in `runs`: shadow-crownibp (Section 5's numbers) and shadow-crownibp-pixel (those numbers carried over
+    from the authors' batch of normalised images to one image in pixels), all judged by the paper's rule."""
     lines = ["Shadow Attack paper, Table 2 (CROWN-IBP, l_inf)", *settings_rows(
         "the Shadow Attack paper (shared/papers/shadow-attack-spoofed-certificates.txt), Table 2 and Section 5", [
             ("dataset", "CIFAR-10", "MNIST test images 0-4999 (test-eval)"),
             ("model", "CROWN-IBP model families (9 small, 8 large)", "crownibp-mnist-0.2 and -0.4, rsbench-trained"),
             ("threat model", "l_inf 2/255 and 8/255", "l_inf 0.2 and 0.4"),
             ("learning rate", "200, 300 steps (authors' code: of a batch-mean loss)",
-             "shadow-crownibp: 200 on one image's loss, 300; shadow-1ch: 0.1, 300"),
+             ("shadow-crownibp: 200 on one image's loss; -pixel: 0.0133 (that step per image in [0, 1] pixels); "
+              "shadow-1ch: 0.1; 300 steps each")),
             ("penalties", "1-channel; lambda_tv 9e-6, lambda_c 0.02 on ||d||_2",
-             "shadow-crownibp: the same; shadow-1ch: Section 3's (0.3, 1.0 on channel means)"),
+             ("shadow-crownibp: the same; -pixel: 0.405, 4.24 (carried over likewise); shadow-1ch: Section 3's "
+              "(0.3, 1.0 on channel means)")),
             ("success rule", "wrong label certified at eps (CROWN-IBP bound)",
              "wrong label certified at eps by the larger of IBP and CROWN-IBP"),
             ("samples", "the test set", "the first 100 test-eval images, the correct and certified ones attacked")]),
@@ -361,9 +368,9 @@ def shadow_rows(root: Path, runs: Path) -> list[str]:
         else:
             for attack, rows in found[2].items():
                 lines.append(shadow_row(f"rsbench {defense} {attack}", rows, found[0].protocol.epsilon))
-        run = run_records(runs / defense)
+        run = run_records(runs, defense)
         if run is None:
-            lines.append(f"  {defense} shadow-crownibp: not yet run (see {SHADOW_RUNS_COMMAND})")
+            lines.append(f"  {defense}: no shadow-crownibp run yet (see {SHADOW_RUNS_COMMAND})")
         else:
             lines += [shadow_row(f"rsbench {defense} {attack}", rows, run[0]) for attack, rows in run[1].items()]
     return lines + [("  l_inf and l2: mean distance of the attack images to the natural ones (the paper reports "
@@ -398,7 +405,8 @@ def causes() -> list[str]:
         "  sample count: rsbench's tracks hold the first 100 test-eval images (n in each cell), hence the intervals;",
         "  hardware: the certification-aware-attack paper's times are a P100 GPU's, rsbench's one shared CPU thread's;",
         ("  attack settings: the spoofing tracks' shadow-1ch uses the paper's Section 3 settings on every model; "
-         "shadow-crownibp uses Section 5's on the CROWN-IBP models, on one image's loss rather than a batch's."),
+         "shadow-crownibp uses Section 5's numbers on the CROWN-IBP models, on one image's loss rather than a batch's, "
+         "and shadow-crownibp-pixel those numbers scaled to one image in pixels."),
     ]
 
 

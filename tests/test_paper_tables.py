@@ -73,9 +73,9 @@ def test_shadow_rows_keep_linf_and_l2_apart_and_read_the_run_files(tmp_path: Pat
     """Table 2's section holds only the l_inf CROWN-IBP rows, its shadow-crownibp rows counted from a run's
     samples.jsonl; the l2 GloRo rows are a table of their own."""
     paper_tables = load_paper_tables()
-    run = tmp_path / "crownibp-mnist-0.2"
+    run = tmp_path / "shadow-crownibp-crownibp-mnist-0.2"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"epsilon": 0.2}))
+    (run / "config.json").write_text(json.dumps({"defense": "crownibp-mnist-0.2", "epsilon": 0.2}))
     base = {"label": 7, "attack": "shadow-crownibp", "target": 2, "natural_prediction": 7, "natural_radius": 0.25,
             "attack_prediction": 2, "attack_radius": 0.3, "adv_prediction": 2, "epsilon": 0.2, "l2": 6.0,
             "linf": 1.0, "tv": 100.0, "ssim": 0.6, "total_time_s": 5.0, "iterations": 2700}
@@ -89,4 +89,4 @@ def test_shadow_rows_keep_linf_and_l2_apart_and_read_the_run_files(tmp_path: Pat
     assert "crownibp" not in gloro and "gloro-mnist" in gloro
     row = next(line for line in table_2.splitlines() if "crownibp-mnist-0.2 shadow-crownibp" in line)
     assert row.split()[7:14] == ["50.0", "[1.3,", "98.7]", "(n=2)", "0.300", "0.75", "6.00"]
-    assert "crownibp-mnist-0.4 shadow-crownibp: not yet run" in table_2
+    assert "crownibp-mnist-0.4: no shadow-crownibp run yet" in table_2
