@@ -46,8 +46,9 @@ def test_section_5_penalty_is_the_l2_norm_of_the_perturbation() -> None:
     assert float(penalty_c(SQUARE[None], "l2")) == pytest.approx(math.sqrt(14))  # 0 + 1 + 4 + 9
 
 
-def test_registry_crownibp_settings_select_the_l2_penalty() -> None:
-    params = ShadowParams(**registry.get_attack("shadow-crownibp").params)
+@pytest.mark.parametrize("name", ["shadow-crownibp", "shadow-crownibp-pixel"])
+def test_registry_crownibp_settings_select_the_l2_penalty(name: str) -> None:
+    params = ShadowParams(**registry.get_attack(name).params)
     assert params.c_form == "l2" and params.one_channel
 
 
