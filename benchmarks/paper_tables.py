@@ -315,7 +315,7 @@ def shadow_row(label: str, rows: list, eps: float) -> str:
     robust_errors = sum(not (r.natural_prediction == r.label and r.natural_radius >= eps) for r in rows)
     spoofed = [r.adv_radius for r in rows if r.success]
     mean = (lambda values, fmt: f"{statistics.mean(values):{fmt}}" if values else "-")
-    return (f"  {label:<44}{share(robust_errors, len(rows)):>28}{share(len(rows) - len(spoofed), len(rows)):>28}"
+    return (f"  {label:<50}{share(robust_errors, len(rows)):>28}{share(len(rows) - len(spoofed), len(rows)):>28}"
             f"{mean(spoofed, '.3f'):>10}{mean([r.linf for r in rows], '.2f'):>7}{mean([r.l2 for r in rows], '.2f'):>7}"
             f"{mean([r.total_time_s for r in rows], '.1f'):>10}")
 
@@ -335,7 +335,7 @@ def run_records(runs: Path, defense: str) -> tuple[float, dict[str, list]] | Non
     return None if eps is None else (eps, records)
 
 
-SHADOW_HEADER = (f"  {'':<44}{'robust error %':>28}{'attack error %':>28}{'spoofed R':>10}{'l_inf':>7}{'l2':>7}"
+SHADOW_HEADER = (f"  {'':<50}{'robust error %':>28}{'attack error %':>28}{'spoofed R':>10}{'l_inf':>7}{'l2':>7}"
                  f"{'s/sample':>10}")
 
 
@@ -359,7 +359,7 @@ def shadow_rows(root: Path, runs: Path) -> list[str]:
             ("samples", "the test set", "the first 100 test-eval images, the correct and certified ones attacked")]),
         SHADOW_HEADER]
     for row, robust, attack in SHADOW_TABLE_2:
-        lines.append(f"  {'paper ' + row + ' (min/mean/max)':<44}{'/'.join(f'{v:.1f}' for v in robust):>28}"
+        lines.append(f"  {'paper ' + row + ' (min/mean/max)':<50}{'/'.join(f'{v:.1f}' for v in robust):>28}"
                      f"{'/'.join(f'{v:.1f}' for v in attack):>28}")
     for defense in ("crownibp-mnist-0.2", "crownibp-mnist-0.4"):
         found = track(root, f"spoofing-{defense}")
