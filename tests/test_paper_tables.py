@@ -67,3 +67,26 @@ def test_every_comparison_names_its_source_and_says_what_differs_without_verdict
     for word in ("refuted", "reproduced", "confirmed at"):
         assert all(word not in line or "neither reproduces nor refutes" in line for line in text.splitlines())
     assert "not one of rsbench's five seed papers" in text  # the CROWN-IBP reference rows say where they come from
+
+
+def test_shadow_rows_keep_linf_and_l2_apart_and_read_the_run_files(tmp_path: Path) -> None:
+    """Table 2's section holds only the l_inf CROWN-IBP rows, its shadow-crownibp rows counted from a run's
+    samples.jsonl; the l2 GloRo rows are a table of their own."""
+    paper_tables = load_paper_tables()
+    run = tmp_path / "shadow-crownibp-crownibp-mnist-0.2"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"defense": "crownibp-mnist-0.2", "epsilon": 0.2}))
+    base = {"label": 7, "attack": "shadow-crownibp", "target": 2, "natural_prediction": 7, "natural_radius": 0.25,
+            "attack_prediction": 2, "attack_radius": 0.3, "adv_prediction": 2, "epsilon": 0.2, "l2": 6.0,
+            "linf": 1.0, "tv": 100.0, "ssim": 0.6, "total_time_s": 5.0, "iterations": 2700}
+    rows = [{**base, "index": 0, "adv_radius": 0.3, "success": True},
+            {**base, "index": 1, "adv_radius": 0.1, "success": False, "linf": 0.5}]
+    (run / "samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sections = paper_tables.report(ROOT / "leaderboards", tmp_path).split("\n\n")
+    table_2 = next(s for s in sections if s.startswith("Shadow Attack paper, Table 2"))
+    gloro = next(s for s in sections if s.startswith("Shadow Attack on GloRo"))
+    assert "l_inf" in table_2.splitlines()[0] and "gloro" not in table_2
+    assert "crownibp" not in gloro and "gloro-mnist" in gloro
+    row = next(line for line in table_2.splitlines() if "crownibp-mnist-0.2 shadow-crownibp" in line)
+    assert row.split()[7:14] == ["50.0", "[1.3,", "98.7]", "(n=2)", "0.300", "0.75", "6.00"]
+    assert "crownibp-mnist-0.4: no shadow-crownibp run yet" in table_2

@@ -9,6 +9,7 @@ import torch
 from conftest import BinaryLinear
 from torch import nn
 
+from rsbench import registry
 from rsbench.attacks.base import Target, Tracker
 from rsbench.attacks.shadow import (
     Shadow,
@@ -16,6 +17,7 @@ from rsbench.attacks.shadow import (
     colour_shift,
     dissimilarity,
     objective_grad,
+    penalty_c,
     target_loss,
     total_variation,
 )
@@ -35,6 +37,19 @@ def test_penalties_on_a_2x2_example() -> None:
     assert float(colour_shift(three)) == 3.0  # ||(1, 2, 2)||
     # squared differences 9, 1, 16 at each of 4 pixels
     assert float(dissimilarity(three)) == pytest.approx(math.sqrt(4 * (81 + 1 + 256)))
+
+
+def test_section_5_penalty_is_the_l2_norm_of_the_perturbation() -> None:
+    constant = torch.full((1, 2, 2), -0.5)  # channel mean of |δ| 0.5; l2 norm sqrt(4 * 0.25) = 1
+    assert float(penalty_c(constant, "channel-means")) == 0.5
+    assert float(penalty_c(constant, "l2")) == 1.0
+    assert float(penalty_c(SQUARE[None], "l2")) == pytest.approx(math.sqrt(14))  # 0 + 1 + 4 + 9
+
+
+@pytest.mark.parametrize("name", ["shadow-crownibp", "shadow-crownibp-pixel"])
+def test_registry_crownibp_settings_select_the_l2_penalty(name: str) -> None:
+    params = ShadowParams(**registry.get_attack(name).params)
+    assert params.c_form == "l2" and params.one_channel
 
 
 def test_constant_and_grey_perturbations_cost_nothing_in_tv_and_dissim() -> None:

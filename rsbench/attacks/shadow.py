@@ -7,7 +7,8 @@ penalties that keep δ looking natural while leaving its norm unbounded:
 
     λ_tv TV(δ)   sum of squared differences between neighbouring pixels (smoothness),
     λ_c  C(δ)    l2 norm of the per-channel means of |δ| (no global colour or brightness shift;
-                 TV alone ignores constants),
+                 TV alone ignores constants); against CROWN-IBP (Section 5) the paper uses the
+                 l2 norm of δ itself instead (`c_form: l2`),
     λ_s  Dissim  l2 norm of the squared differences between every pair of channels (no colour
                  change). The 1-channel form optimises one H x W array copied to every channel,
                  so Dissim is 0 by construction.
@@ -26,6 +27,7 @@ wrong-label certificate, issued by the defense itself on the attack's generator,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,11 @@ def colour_shift(delta: torch.Tensor) -> torch.Tensor:
     return delta.abs().mean(dim=(-2, -1)).norm()
 
 
+def penalty_c(delta: torch.Tensor, form: Literal["channel-means", "l2"]) -> torch.Tensor:
+    """C(δ) in the paper's form for the target: Section 3's channel-mean norm, or Section 5's plain l2 norm of δ."""
+    return colour_shift(delta) if form == "channel-means" else delta.norm()
+
+
 def dissimilarity(delta: torch.Tensor) -> torch.Tensor:
     """Dissim(δ): l2 norm of the squared differences of every pair of channels; 0 for one channel."""
     pairs = [(delta[i] - delta[j]).square() for i in range(delta.shape[0]) for j in range(i + 1, delta.shape[0])]
@@ -72,7 +79,10 @@ class ShadowParams(AttackParams):
     lambda_tv: float = Field(0.3, ge=0)
     """Weight of the total-variation penalty."""
     lambda_c: float = Field(1.0, ge=0)
-    """Weight of the channel-mean penalty C(δ)."""
+    """Weight of the penalty C(δ)."""
+    c_form: Literal["channel-means", "l2"] = "channel-means"
+    """C(δ): the l2 norm of the per-channel means of |δ| (Section 3, against smoothing) or the l2 norm of δ
+    (Section 5, against CROWN-IBP), which also penalises a perturbation's size, not only its colour."""
     lambda_s: float = Field(0.5, ge=0)
     """Weight of the channel-dissimilarity penalty (no effect in the 1-channel form)."""
     one_channel: bool = False
@@ -167,7 +177,7 @@ def objective_grad(
     full = leaf.expand_as(x)
     penalty = (
         params.lambda_tv * total_variation(full)
-        + params.lambda_c * colour_shift(full)
+        + params.lambda_c * penalty_c(full, params.c_form)
         + params.lambda_s * dissimilarity(full)
     )
     return value, grad + torch.autograd.grad(penalty, leaf)[0]
