@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from rsbench.errors import RsbenchError
 from rsbench.exact.run import ExactRecord
+from rsbench.leaderboard import paper_rule
 from rsbench.leaderboard.rederive import attacked as attacked_samples
 from rsbench.leaderboard.track_files import Interval, Leaderboard
 from rsbench.records import RunConfig, SampleRecord
@@ -193,7 +194,8 @@ NO_MILP = {"smoothing": "the smoothed classifier is randomized (a probability ov
 
 
 def shown(path: Path, board: Leaderboard, stored: tuple[list[SampleRecord], dict[str, list]]) -> Shown:
-    """The exact columns of an l_inf track version with an exact run, the gap of an l2 evasion track, else nothing."""
+    """The exact columns of an l_inf track version with an exact run, the gap of an l2 evasion track (and, on a
+    smoothing track, its entries under the paper's success rule: `rsbench.leaderboard.paper_rule`), else nothing."""
     if board.protocol.goal != "evasion":
         return NOTHING
     found = columns(path, board, stored)
@@ -208,4 +210,5 @@ def shown(path: Path, board: Leaderboard, stored: tuple[list[SampleRecord], dict
     why = NO_MILP["smoothing" if board.defense.kind == "smoothing" else "l2"]
     note = (f"No exact verdicts: {why}. Instead, the gap between the best entry's distance and the certified radius "
             f"per sample, {gap(stored[1]).text()}.")
-    return Shown(notes=[note])
+    paper = paper_rule.note(board, stored)
+    return Shown(notes=[note, *([paper] if paper else [])])
