@@ -65,7 +65,7 @@ class Doubled:
 def test_the_soundness_check_passes_aol_and_names_the_point_that_breaks_a_doubled_radius(aol, samples) -> None:  # noqa: ANN001
     spec = registry.get_defense(AOL)
     report = soundness.check(spec, aol, samples)
-    assert report.tested == 5 and "no label changed" in report.detail
+    assert report.tested == 10 and "no label changed" in report.detail
     unsound = type("DoubledAOL", (Doubled, type(aol)), {})(aol.model, 10, 0.25)
     with pytest.raises(RsbenchError, match=r"unsound certificate at sample 0: label 4 certified within l2 radius "
                                            r"0\.53\d+, but pgd-l2 found label \d at distance 0\.\d+"):

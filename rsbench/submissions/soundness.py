@@ -12,7 +12,11 @@ own certifier (a plugin) or its own model could claim more than holds. On the fi
   In linf, where the network is a chain of affine layers and ReLUs, the exact MILP of `rsbench.exact`
   then decides each certificate the attacks left standing, within `MILP_TIME_LIMIT` seconds a sample
   (undecided ones are counted, never taken as proved). A point found is a counterexample, named with
-  its sample, radius and distance.
+  its sample, radius and distance. The same audit is run on the certificate at one point per sample
+  at the defense's epsilon (`off_sample`, drawn from `seed`): degradation trusts the certificate the defense gives
+  at an attack's point, and a certifier honest on the dataset's own images alone (say, inputs on its pixel grid)
+  would otherwise inflate its radii everywhere an attack looks. A certifier that told the audit's random point
+  from an attack's (by the shape of the perturbation) could still do so: the audit samples, it does not cover.
 - smoothing: CERTIFY must agree with a second, independent run within its error. For the class
   each run certifies, its lower bound on that class's probability must not exceed the upper bound
   (one-sided Clopper-Pearson at the certificate's alpha) that the counts of the other run give. A
@@ -96,46 +100,73 @@ def check_deterministic(spec: DefenseSpec, defense: Defense, samples: Sequence[t
     if not isinstance(network, torch.nn.Module):
         raise RsbenchError(f"{spec.name}: the certifier exposes no `model` whose label its certificate protects")
     attacks = list(attacks) if attacks is not None else bounded_attacks(spec)
-    jobs = [(attack, instantiate(attack, spec)) for attack in attacks]
-    exact = milp_verifier(spec, network, tuple(samples[0][0].shape)) if samples and milp else None
-    device, tested, proved, undecided = defense.device, 0, 0, 0
+    audit = _Audit(spec, defense, network, [(attack, instantiate(attack, spec)) for attack in attacks],
+                   milp_verifier(spec, network, tuple(samples[0][0].shape)) if samples and milp else None, seed)
+    device = defense.device
     for index, (x, _) in enumerate(samples):
         x = x.to(device)
-        first = defense.certify(x, generator=runner.sample_generator(track_seed, index, device))
-        again = defense.certify(x, generator=runner.stream(seed, index, "", "soundness-again", device))
+        audit.certificate(x, index, f"sample {index}", runner.sample_generator(track_seed, index, device), "")
+        moved = off_sample(x, spec, runner.stream(seed, index, "", "soundness-off-sample", device))
+        audit.certificate(moved, index, f"sample {index}'s point within epsilon",
+                          runner.stream(seed, index, "", "soundness-off-sample-certify", device), "-off-sample")
+    names = ", ".join(a.name for a in attacks)
+    decided = f"; the exact MILP proved {audit.proved} of them ({audit.undecided} undecided in " \
+              f"{MILP_TIME_LIMIT:g} s)" if audit.exact is not None else ""
+    return Report(len(samples), audit.tested, f"{audit.tested} certificates, of the samples and one point within "
+                                              f"epsilon of each, attacked at their own radius by {names}: no label "
+                                              f"changed{decided}; every certificate repeats exactly")
+
+
+def off_sample(x: torch.Tensor, spec: DefenseSpec, generator: torch.Generator) -> torch.Tensor:
+    """A point at the defense's epsilon from x inside [0, 1], where a degradation attack asks for a certificate: a
+    random corner of the linf box, a random direction in l2 (drawn from `generator`, which the defense cannot know)."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    step = noise.sign() if spec.norm == "linf" else noise / noise.norm()
+    return (x + spec.epsilon * step).clamp(0.0, 1.0)
+
+
+class _Audit:
+    """The audit of one certificate after another (`certificate`), counting what it tested and what the MILP decided."""
+
+    def __init__(self, spec: DefenseSpec, defense: Defense, network: torch.nn.Module, jobs: list,
+                 exact: Verifier | None, seed: int) -> None:
+        self.spec, self.defense, self.network, self.jobs, self.exact, self.seed = spec, defense, network, jobs, exact, seed
+        self.tested = self.proved = self.undecided = 0
+
+    def certificate(self, x: torch.Tensor, index: int, where: str, generator: torch.Generator, key: str) -> None:
+        """Determinism, the network's label, no counterexample within the certified radius of the certificate at x;
+        raises on a violation, naming `where`; `key` tells this point's streams apart from the sample's others."""
+        spec, defense, network, device = self.spec, self.defense, self.network, self.defense.device
+        first = defense.certify(x, generator=generator)
+        again = defense.certify(x, generator=runner.stream(self.seed, index, "", f"soundness-again{key}", device))
         if (first.prediction, first.radius) != (again.prediction, again.radius):
-            raise RsbenchError(f"{spec.name}: sample {index}: two certificates of the same input differ "
+            raise RsbenchError(f"{spec.name}: {where}: two certificates of the same input differ "
                                f"({first.prediction}, {first.radius:.6g}) and ({again.prediction}, {again.radius:.6g}); "
                                "a deterministic certifier must not depend on the generator")
         if first.prediction is None or first.radius <= 0:
-            continue
+            return
         with torch.no_grad():
             label = int(network(x[None]).argmax(1))
         if label != first.prediction:
-            raise RsbenchError(f"{spec.name}: sample {index}: certified label {first.prediction} is not the network's "
+            raise RsbenchError(f"{spec.name}: {where}: certified label {first.prediction} is not the network's "
                                f"label {label}")
         radius = first.radius * (1 - RADIUS_SLACK)
-        for attack, job in jobs:
-            found = _counterexample(spec, defense, network, job, attack.name, x, label, radius, seed, index)
+        for attack, job in self.jobs:
+            found = _counterexample(spec, defense, network, job, attack.name, x, label, radius, self.seed, index, key)
             if found is not None:
-                raise RsbenchError(f"{spec.name}: unsound certificate at sample {index}: label {label} certified "
+                raise RsbenchError(f"{spec.name}: unsound certificate at {where}: label {label} certified "
                                    f"within {spec.norm} radius {first.radius:.4f}, but {attack.name} found label "
                                    f"{found[0]} at distance {found[1]:.4f}")
-        if exact is not None:
-            verdict = exact.decide(x.cpu(), label, radius, MILP_TIME_LIMIT)
+        if self.exact is not None:
+            verdict = self.exact.decide(x.cpu(), label, radius, MILP_TIME_LIMIT)
             if verdict.exact == "adversarial":
                 other = int(network(verdict.example[None].to(device)).argmax(1))
-                raise RsbenchError(f"{spec.name}: unsound certificate at sample {index}: label {label} certified "
+                raise RsbenchError(f"{spec.name}: unsound certificate at {where}: label {label} certified "
                                    f"within {spec.norm} radius {first.radius:.4f}, but the exact MILP found label "
                                    f"{other} at distance {verdict.distance:.4f}")
-            proved += verdict.exact == "robust"
-            undecided += verdict.exact == "unknown"
-        tested += 1
-    names = ", ".join(a.name for a in attacks)
-    decided = f"; the exact MILP proved {proved} of them ({undecided} undecided in {MILP_TIME_LIMIT:g} s)" \
-        if exact is not None else ""
-    return Report(len(samples), tested, f"{tested} certified samples attacked at their own radius by {names}: no "
-                                        f"label changed{decided}; every certificate repeats exactly")
+            self.proved += verdict.exact == "robust"
+            self.undecided += verdict.exact == "unknown"
+        self.tested += 1
 
 
 def milp_verifier(spec: DefenseSpec, network: torch.nn.Module, input_shape: tuple[int, ...]) -> Verifier | None:
@@ -151,7 +182,8 @@ def milp_verifier(spec: DefenseSpec, network: torch.nn.Module, input_shape: tupl
 
 
 def _counterexample(spec: DefenseSpec, defense: Defense, network: torch.nn.Module, job: object, name: str,
-                    x: torch.Tensor, label: int, radius: float, seed: int, index: int) -> tuple[int, float] | None:
+                    x: torch.Tensor, label: int, radius: float, seed: int, index: int,
+                    key: str = "") -> tuple[int, float] | None:
     """(the other label, its distance) of a point the attack finds within `radius` of x, or None."""
     tracker = Tracker(x, lambda _: False, norm=spec.norm)
 
@@ -161,7 +193,7 @@ def _counterexample(spec: DefenseSpec, defense: Defense, network: torch.nn.Modul
             return inside and within(tracker.distance(x_adv), radius) and int(network(x_adv[None]).argmax(1)) != label
 
     tracker.judge = judge
-    generator = runner.stream(seed, index, name, "soundness", defense.device)
+    generator = runner.stream(seed, index, name, f"soundness{key}", defense.device)
     job.run(Target(defense, radius, spec.norm), x, label, tracker, generator)
     if tracker.first is None:
         return None
