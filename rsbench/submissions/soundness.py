@@ -33,6 +33,7 @@ track's public noise, and answered well only there, then disagrees with noise it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -139,6 +140,8 @@ class _Audit:
         spec, defense, network, device = self.spec, self.defense, self.network, self.defense.device
         first = defense.certify(x, generator=generator)
         again = defense.certify(x, generator=runner.stream(self.seed, index, "", f"soundness-again{key}", device))
+        if not math.isfinite(first.radius):
+            raise RsbenchError(f"{spec.name}: {where}: certified radius {first.radius} is not a finite number")
         if (first.prediction, first.radius) != (again.prediction, again.radius):
             raise RsbenchError(f"{spec.name}: {where}: two certificates of the same input differ "
                                f"({first.prediction}, {first.radius:.6g}) and ({again.prediction}, {again.radius:.6g}); "
