@@ -48,6 +48,21 @@ def clean_x(root: Path) -> None:
     edit(root, 0, example_sha256=hashlib.sha256(example(root).read_bytes()).hexdigest(), distance=0.0)
 
 
+def linked(root: Path) -> None:
+    """Sample 0's example replaced by a link to a file of the same bytes outside the run (which a later change could
+    edit without touching the run)."""
+    outside = root.parent / "elsewhere.npy"
+    outside.write_bytes(example(root).read_bytes())
+    example(root).unlink()
+    example(root).symlink_to(outside)
+
+
+def pickled(root: Path) -> None:
+    """Sample 0's example an object array, which only unpickling reads, its sha256 made to match."""
+    np.save(example(root), np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    edit(root, 0, example_sha256=hashlib.sha256(example(root).read_bytes()).hexdigest())
+
+
 TAMPERS: dict[str, tuple[Callable[[Path], object], str]] = {
     "adversarial turned robust": (lambda r: (edit(r, 0, exact="robust", example=None, example_sha256=None),
                                              example(r).unlink()),
@@ -68,6 +83,8 @@ TAMPERS: dict[str, tuple[Callable[[Path], object], str]] = {
     "epsilon edited": (lambda r: (r / TRACK / "exact" / "config.json").write_text(
         (r / TRACK / "exact" / "config.json").read_text().replace('"epsilon": 0.05', '"epsilon": 0.06')),
                        r"not an exact run of evasion-kw-digits-0.05 v1"),
+    "example a link": (lambda r: linked(r), r"exact: exact/examples/00000.npy is a link; an exact run holds the files"),
+    "example pickled": (lambda r: pickled(r), r"examples/00000.npy is not an array of numbers as rsbench exact saves"),
 }
 
 
@@ -118,4 +135,22 @@ def test_a_run_whose_defense_lacks_files_here_is_named_as_not_rechecked_never_si
     assert audit.check(root).exact_unchecked == unchecked
     edit(root, 0, exact="robust")  # the digits run is still checked: its tampering refused
     with pytest.raises(RsbenchError):
+        exact_runs.check(root)
+
+
+@pytest.mark.parametrize("change", [linked, lambda r: (shutil.move(r / TRACK / "exact", r.parent / "copy"),
+                                                       (r / TRACK / "exact").symlink_to(r.parent / "copy"))],
+                         ids=["an example", "the whole run"])
+def test_a_pull_request_may_not_turn_an_exact_run_into_links_to_the_same_bytes(
+        root: Path, change: Callable[[Path], object]) -> None:
+    repo = root.parent
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "base")
+    listed = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "HEAD", "--", "leaderboards"],
+                            capture_output=True, text=True, check=True).stdout
+    change(root)
+    with pytest.raises(RsbenchError, match=r"leaderboards/evasion-kw-digits-0.05/exact.*: changed since HEAD"):
+        exact_runs.unchanged(root, repo.resolve(), "HEAD", listed)
+    with pytest.raises(RsbenchError, match=r"exact/?\S*: exact\S* is a link"):
         exact_runs.check(root)

@@ -4,16 +4,19 @@ A track's `exact/` folder (`rsbench.leaderboard.exact_columns`) moves its column
 verdict into 'robust', or deleting an example, would raise a certificate's tightness or an entry's recall. So
 `check` re-checks it as `rsbench exact` wrote it: each 'adversarial' record's example exists as
 `examples/<index>.npy` with its sha256, lies within epsilon of the dataset's sample inside [0, 1] at the recorded
-distance, and a forward pass of the defense's network gives another label; no other file lies among the examples;
+distance, and a forward pass of the defense's network gives another label (an array of numbers: np.load never
+unpickles); no other file lies among the examples, and no link anywhere in the run (nor is the run one);
 the run follows the newest version's protocol; and the columns derive without contradiction (certified samples are
 exactly robust, no entry succeeds where the MILP proved robustness). A 'robust' verdict cannot be re-checked short
 of solving again: that is why `unchanged` refuses any pull request that touches these folders; maintainers write
-them by running `rsbench exact`.
+them by running `rsbench exact`; it compares what git stores, a link's target rather than the bytes it leads to,
+so a file replaced by a link to the same bytes is a change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,9 @@ def check_folder(path: Path, board: Leaderboard) -> None:
     """Refuse, in one line, the exact run beside the newest track version at `path` where it is not what
     `rsbench exact` writes for the version's samples."""
     where = folder = path.parent / exact_columns.EXACT
+    links = [p.relative_to(path.parent).as_posix() for p in [folder, *folder.rglob("*")] if p.is_symlink()]
+    if links:
+        raise RsbenchError(f"{where}: {links[0]} is a link; an exact run holds the files rsbench exact wrote")
     config, records = exact_columns.read_run(folder)
     if not exact_columns.follows(config, board):
         raise RsbenchError(f"{where}: not an exact run of {board.track} v{board.version}'s defense, split, epsilon and "
@@ -74,7 +80,10 @@ def check_folder(path: Path, board: Leaderboard) -> None:
         data = file.read_bytes()
         if hashlib.sha256(data).hexdigest() != record.example_sha256:
             raise RsbenchError(f"{where}: {name} does not match its sha256 in samples.jsonl")
-        example = torch.from_numpy(np.load(file))
+        try:
+            example = torch.from_numpy(np.load(file, allow_pickle=False))
+        except (ValueError, TypeError, OSError):
+            raise RsbenchError(f"{where}: {name} is not an array of numbers as rsbench exact saves it") from None
         distance = float((example.double() - x.double()).abs().max()) if example.shape == x.shape else np.inf
         if not distance == record.distance <= eps or float(example.min()) < 0 or float(example.max()) > 1:
             raise RsbenchError(f"{where}: {name} is not within epsilon {eps:g} of sample {record.index} in [0, 1] at "
@@ -90,6 +99,10 @@ def check_folder(path: Path, board: Leaderboard) -> None:
     exact_columns.columns(path, board, stored_records(path.parent, board))
 
 
+LINK = "120000"
+"""The mode git gives a symbolic link: a file replaced by a link to the same bytes is a change."""
+
+
 def git_blob(data: bytes) -> str:
     """The id git gives a file of these bytes."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -103,9 +116,13 @@ def unchanged(root: Path, base: Path, against: str, listed: str) -> None:
     for line in listed.splitlines():
         info, _, name = line.partition("\t")
         if name.startswith(prefix) and _in_exact(name[len(prefix):]):
-            old[name] = info.split()[2]
-    now = {prefix + p.relative_to(root).as_posix(): git_blob(p.read_bytes())
-           for p in root.glob(f"*/{exact_columns.EXACT}/**/*") if p.is_file()}
+            mode, _, blob = info.split()
+            old[name] = (mode == LINK, blob)
+    now = {prefix + p.relative_to(root).as_posix(): (True, git_blob(os.readlink(p).encode())) if p.is_symlink() else
+           (False, git_blob(p.read_bytes())) for p in root.glob(f"*/{exact_columns.EXACT}/**/*")
+           if p.is_symlink() or p.is_file()}
+    now |= {prefix + p.relative_to(root).as_posix(): (True, git_blob(os.readlink(p).encode()))
+            for p in root.glob(f"*/{exact_columns.EXACT}") if p.is_symlink()}
     changed = sorted(name for name in old.keys() | now.keys() if old.get(name) != now.get(name))
     if changed:
         raise RsbenchError(f"{changed[0]}: changed since {against} ({len(changed)} file(s) under the tracks' "
