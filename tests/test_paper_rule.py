@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import re
+import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
+import pytest
+
+from rsbench.errors import RsbenchError
+from rsbench.gate import audit
 from rsbench.leaderboard import paper_rule, track_files
 from rsbench.leaderboard.exact_columns import shown
 
@@ -43,3 +52,41 @@ def test_the_shipped_smoothing_tables_carry_the_rule_and_no_other_track_does() -
             for name, rows in records[1].items():
                 accepted = round(100 * sum(r.candidates > 0 for r in rows) / len(rows))
                 assert f"{name} {accepted}% [" in line
+
+
+def _tampered(root: Path, track: str) -> tuple[Path, str]:
+    """The track's first entry's records given a smallest accepted radius of 0.01 wherever the judge accepted one
+    (the paper's rule then shows an r50 of 0.01 where the records give none; no metric of rsbench's rule moves),
+    rewritten in its gzip file: (the track file, the entry's name)."""
+    path = track_files.latest(root, track)
+    board = track_files.load(path)
+    entry = board.entries[0]
+    stored = path.parent / entry.records.path
+    rows = [json.loads(line) for line in gzip.decompress(stored.read_bytes()).splitlines()]
+    for row in rows:
+        row.update(judged_best_radius=0.01 if row["candidates"] > 0 else None)
+    stored.write_bytes(gzip.compress(b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows)))
+    return path, entry.name
+
+
+def test_a_record_edited_to_move_the_paper_rule_is_refused_with_or_without_its_new_sha256(tmp_path: Path) -> None:
+    track = "evasion-smoothing-digits-0.50"
+    root = tmp_path / "leaderboards"
+    shutil.copytree(ROOT / track, root / track, ignore=shutil.ignore_patterns("site"))
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "base"]):
+        subprocess.run([*git, *args], capture_output=True, check=True)
+    path, name = _tampered(root, track)
+    with pytest.raises(RsbenchError, match=rf"{name}\.records\.jsonl\.gz: records do not match their sha256 in the "
+                                           "leaderboard file"):
+        audit.check_file(path, intervals=False)
+    stored = path.parent / track_files.load(path).entries[0].records.path
+    fresh = hashlib.sha256(gzip.decompress(stored.read_bytes())).hexdigest()
+    text = path.read_text()
+    old = track_files.load(path).entries[0].records.sha256
+    path.write_text(text.replace(old, fresh))
+    board = track_files.load(path)
+    assert re.search(rf"{name} \d+% \[\d+, \d+\], r50 0\.01;", paper_rule.note(board, track_files.stored_records(
+        path.parent, board)))  # what the edit would show
+    with pytest.raises(RsbenchError, match=rf"{track}/v\d+\.json: an entry changed or was removed since HEAD"):
+        audit.check(root, "HEAD", intervals=False, pull_request=True)
