@@ -21,7 +21,8 @@ vector-Jacobian product at the same input. Messages are a JSON header and raw te
 (`rsbench.submissions.tensor_pipe`: no pickle), bounded in size; every answer is checked for type, shape and
 finiteness before rsbench uses it, and the whole session has a deadline. What the child controls is
 what a defense is: its network's outputs and gradients, and its certificates. Its generators' states
-cross with each certificate, so a randomized plugin is seeded by rsbench. While the stand-in is held,
+cross with each certificate, so a randomized plugin is seeded by rsbench; a self-certified one (`GraphPlugin`), audited
+as deterministic, gets generators the operating system seeds, never the run's, whose public seed it could recognise. While the stand-in is held,
 this process refuses to import code a spec names (`user_code.refused`); the trees no run may change
 are fingerprinted before and after (`submission_run.guarded`).
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import secrets
 import signal
 import struct
 import subprocess
@@ -223,7 +225,9 @@ class RemotePluginWithBound(RemotePlugin):
 class GraphPlugin(RemotePlugin):
     """A self-certified plugin whose network is an ONNX graph: its certificates come from its sandbox, but `model`,
     which every attack differentiates and the soundness check labels with, is rsbench's own conversion of the graph,
-    and the served network must give the graph's logits at every input it certifies."""
+    and the served network must give the graph's logits at every input it certifies. It is audited as deterministic,
+    so its generators are the operating system's (`unforeseeable`): the run's derive from the track's public seed,
+    and code that recognised their states (the judge's, say) could certify more there than where it is audited."""
 
     def __init__(self, link: Link, num_classes: int, norm: str, graph: nn.Module) -> None:
         super().__init__(link, num_classes, norm)
@@ -242,7 +246,15 @@ class GraphPlugin(RemotePlugin):
         if not gap <= TOLERANCE * max(1.0, float(own.abs().max())):
             raise RsbenchError(f"{self.link.name}'s served network differs from its ONNX graph by {gap:.3g} in the "
                                "logits of an input it certifies; refused")
-        return super().certify_many(xs, generators)
+        return super().certify_many(xs, unforeseeable(generators))
+
+    def predict(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> int | None:
+        return super().predict(x, generator=unforeseeable([generator])[0])
+
+
+def unforeseeable(generators: Sequence[torch.Generator | None]) -> list[torch.Generator | None]:
+    """A generator seeded by the operating system in place of each given one (None stays None)."""
+    return [None if g is None else torch.Generator(g.device).manual_seed(secrets.randbits(63)) for g in generators]
 
 
 class GraphPluginWithBound(GraphPlugin, RemotePluginWithBound):
