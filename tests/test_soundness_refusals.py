@@ -94,3 +94,13 @@ def test_a_served_network_that_is_not_its_graph_is_refused() -> None:
     with pytest.raises(RsbenchError, match=r"fake's served network differs from its ONNX graph by 0\.5 in the logits "
                                            "of an input it certifies; refused"):
         plugin.certify(x)
+
+
+def test_a_label_other_than_the_networks_is_refused_at_radius_zero_too(samples: list[tuple[torch.Tensor, int]]) -> None:
+    """A certificate of radius 0 still counts toward clean accuracy: a plugin that answered labels it looked up (the
+    test set's, shipped in its folder) wherever its network errs, at radius 0, raised its clean accuracy unaudited."""
+    label = int(load_defense(SPEC).certify(samples[0][0]).prediction)
+    cheat = Rewritten(lambda c, _: Certificate((c.prediction + 1) % 10, 0.0))
+    with pytest.raises(RsbenchError, match=rf"sample 0: certified label {(label + 1) % 10} is not the network's "
+                                           rf"label {label}"):
+        soundness.check_deterministic(SPEC, cheat, samples, milp=False)

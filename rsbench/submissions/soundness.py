@@ -4,9 +4,9 @@ A certified accuracy is only as good as the certificates behind it, and a defens
 own certifier (a plugin) or its own model could claim more than holds. On the first K test samples:
 
 - deterministic certifiers (GloRo, KW, plugins): the certificate must not depend on the generator
-  (two calls agree exactly), its label must be the network's (`Defense.model`), and no point within
-  the certified radius may change that label: every bounded evasion attack of the registry that
-  attacks the kind in its norm (`pgd-l2`, `pgd-linf`) is run at each sample's own certified radius,
+  (two calls agree exactly), its label must be the network's (`Defense.model`, at any radius, 0
+  included), and no point within the certified radius may change that label: every bounded evasion
+  attack of the registry that attacks the kind in its norm (`pgd-l2`, `pgd-linf`) is run at each sample's own certified radius,
   judged exactly as evasion runs judge: gradient attacks on rsbench's own gradients and the Square
   attack, which only calls the forward pass (a network whose gradients mislead cannot hide from it).
   In linf, where the network is a chain of affine layers and ReLUs, the exact MILP of `rsbench.exact`
@@ -146,13 +146,15 @@ class _Audit:
             raise RsbenchError(f"{spec.name}: {where}: two certificates of the same input differ "
                                f"({first.prediction}, {first.radius:.6g}) and ({again.prediction}, {again.radius:.6g}); "
                                "a deterministic certifier must not depend on the generator")
-        if first.prediction is None or first.radius <= 0:
+        if first.prediction is None:
             return
         with torch.no_grad():
             label = int(network(x[None]).argmax(1))
-        if label != first.prediction:
+        if label != first.prediction:  # at radius 0 too: a label there counts toward clean accuracy
             raise RsbenchError(f"{spec.name}: {where}: certified label {first.prediction} is not the network's "
                                f"label {label}")
+        if first.radius <= 0:
+            return
         radius = first.radius * (1 - RADIUS_SLACK)
         for attack, job in self.jobs:
             found = _counterexample(spec, defense, network, job, attack.name, x, label, radius, self.seed, index, key)
