@@ -19,6 +19,7 @@ import pytest
 from rsbench.data import load_dataset
 from rsbench.errors import RsbenchError
 from rsbench.gate import audit, exact_runs
+from rsbench.leaderboard import track_files
 
 TRACK = "evasion-kw-digits-0.05"
 SHIPPED = Path(__file__).resolve().parents[1] / "leaderboards" / TRACK
@@ -63,6 +64,16 @@ def pickled(root: Path) -> None:
     edit(root, 0, example_sha256=hashlib.sha256(example(root).read_bytes()).hexdigest())
 
 
+def newer_version(root: Path) -> None:
+    """A v2 of the track on its first 100 samples, which the run (of 20) does not decide: its columns must not carry
+    over to v2 silently."""
+    board = track_files.load(root / TRACK / "v1.json")
+    protocol = board.protocol.model_copy(update={"num_samples": 100})
+    v2 = board.model_copy(update={"version": 2, "protocol": protocol, "protocol_hash": protocol.spec_hash(),
+                                  "entries": [], "clean": board.clean.model_copy(update={"path": ""})})
+    (root / TRACK / "v2.json").write_text(v2.model_dump_json(indent=1))
+
+
 TAMPERS: dict[str, tuple[Callable[[Path], object], str]] = {
     "adversarial turned robust": (lambda r: (edit(r, 0, exact="robust", example=None, example_sha256=None),
                                              example(r).unlink()),
@@ -85,6 +96,8 @@ TAMPERS: dict[str, tuple[Callable[[Path], object], str]] = {
                        r"not an exact run of evasion-kw-digits-0.05 v1"),
     "example a link": (lambda r: linked(r), r"exact: exact/examples/00000.npy is a link; an exact run holds the files"),
     "example pickled": (lambda r: pickled(r), r"examples/00000.npy is not an array of numbers as rsbench exact saves"),
+    "a newer version on more samples": (lambda r: newer_version(r),
+                                        r"exact: not an exact run of evasion-kw-digits-0.05 v2's defense, split"),
 }
 
 
