@@ -119,11 +119,13 @@ def check_deterministic(spec: DefenseSpec, defense: Defense, samples: Sequence[t
 
 
 def off_sample(x: torch.Tensor, spec: DefenseSpec, generator: torch.Generator) -> torch.Tensor:
-    """A point at the defense's epsilon from x inside [0, 1], where a degradation attack asks for a certificate: a
-    random corner of the linf box, a random direction in l2 (drawn from `generator`, which the defense cannot know)."""
+    """A point within the defense's epsilon of x inside [0, 1], where a degradation attack asks for a certificate: a
+    random corner of the linf box, a random direction in l2, scaled by a uniform draw from (0, 1] as an attack's
+    iterates are (all drawn from `generator`, which the defense cannot know)."""
     noise = torch.randn(x.shape, generator=generator, device=x.device)
+    scale = 1.0 - float(torch.rand((), generator=generator, device=x.device))
     step = noise.sign() if spec.norm == "linf" else noise / noise.norm()
-    return (x + spec.epsilon * step).clamp(0.0, 1.0)
+    return (x + scale * spec.epsilon * step).clamp(0.0, 1.0)
 
 
 class _Audit:
