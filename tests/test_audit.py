@@ -18,7 +18,7 @@ import torch
 
 from rsbench import engine, registry, runner
 from rsbench.errors import RsbenchError
-from rsbench.gate import audit, provenance
+from rsbench.gate import audit, provenance, rendered
 from rsbench.leaderboard import admission, rederive, site, track_files, track_table
 from rsbench.leaderboard.track_files import Leaderboard, Protocol, Source, StoredFile
 from rsbench.records import AttackRecord
@@ -340,3 +340,17 @@ def test_a_new_track_version_takes_its_goals_standard_protocol(repo: Path) -> No
     for path in newest.values():
         board = track_files.load(path)
         provenance.standard(board.track, board)
+
+
+def test_the_rendering_check_reads_submitted_defenses_folders_as_rendering_does(tmp_path: Path) -> None:
+    """A submitted defense's profile shows its authors and paper from its folder; rendering again to compare must
+    read the same folder, or every honest pull request is refused for the profile it did not touch."""
+    shipped = Path(__file__).resolve().parents[1]
+    name = "aol-digits-graph"
+    root = tmp_path / "leaderboards"
+    for goal in ("evasion", "degradation", "spoofing"):
+        shutil.copytree(shipped / "leaderboards" / f"{goal}-{name}", root / f"{goal}-{name}")
+    shutil.copytree(shipped / "submissions" / "defenses" / name, tmp_path / "submissions" / "defenses" / name)
+    site.render(root)
+    assert "rsbench maintainers" in (root / "site" / f"defense-{name}.html").read_text()
+    assert rendered.differences(root) == []

@@ -211,7 +211,7 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
     if pull_request:
         for path in boards.keys() - old_files.keys():
             provenance.standard(f"{boards[path].track} v{boards[path].version}", boards[path])
-        rendered.check(root)
+        rendered.check(root, submissions)
     derived = {path: boards[path] for path in [*certified, *(path for path, _, _ in new)]}
     derived = {path: board.model_copy(update={"defense": located(board.defense, submissions)})
                for path, board in derived.items()}

@@ -32,20 +32,21 @@ def contents(root: Path) -> dict[str, bytes]:
     return found
 
 
-def differences(root: Path) -> list[str]:
-    """The rendered files under root that differ from rendering its track files again (missing, extra or changed)."""
+def differences(root: Path, submissions: Path | None = None) -> list[str]:
+    """The rendered files under root that differ from rendering its track files again (missing, extra or changed);
+    submitted defenses' profiles read their folders under `submissions` (default: beside root), as rendering does."""
     with tempfile.TemporaryDirectory(prefix="rsbench-render-") as scratch:
         again = Path(scratch) / "leaderboards"
         shutil.copytree(root, again, symlinks=True,
                         ignore=lambda folder, names: RENDERED if Path(folder) == root else ())
-        site.render(again)
+        site.render(again, submissions or root.parent / "submissions")
         fresh, committed = contents(again), contents(root)
     return sorted(p for p in fresh.keys() | committed.keys() if fresh.get(p) != committed.get(p))
 
 
-def check(root: Path) -> None:
+def check(root: Path, submissions: Path | None = None) -> None:
     """Refuse, in one line, rendered tables that are not what the track files give."""
-    differing = differences(root)
+    differing = differences(root, submissions)
     if differing:
         shown = ", ".join(differing[:SHOWN]) + (f" and {len(differing) - SHOWN} more" if len(differing) > SHOWN else "")
         raise RsbenchError(f"{root}: the rendered tables are not what the track files give ({shown} differ); they are "
