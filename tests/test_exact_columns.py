@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -72,7 +73,7 @@ def committed(track: str) -> tuple[Path, track_files.Leaderboard, tuple[list, di
 def test_the_committed_kw_digits_track_shows_its_recall_tightness_and_unknowns_on_table_page_and_profile() -> None:
     path, board, records = committed("evasion-kw-digits-0.05")
     exact = shown(path, board, records)
-    assert exact.recall == {"pgd-linf": Share(3, 3)} and exact.tightness == Share(15, 16)
+    assert exact.recall == {"pgd-linf": Share(3, 3), "square-linf": Share(3, 3)} and exact.tightness == Share(15, 16)
     ranking = rank(board, *records)
     table = track_table.markdown(board, ranking, exact=exact)
     assert table.splitlines()[6].endswith("| recall (exact) |")
@@ -89,12 +90,21 @@ def test_the_committed_kw_digits_track_shows_its_recall_tightness_and_unknowns_o
 
 
 def test_an_l2_track_shows_the_gap_and_why_no_exact_verdict() -> None:
-    exact = shown(*committed("evasion-gloro-digits-0.50"))
+    path, board, records = committed("evasion-gloro-digits-0.50")
+    exact = shown(path, board, records)
     assert not exact.recall and exact.tightness is None
-    assert exact.notes == [("No exact verdicts: an l2 ball is no box, so its MILP would be quadratic, which rsbench "
-                            "exact does not solve. Instead, the gap between the best entry's distance and the certified "
-                            "radius per sample, on the 5 samples with both, median 0.0716 (quartiles 0.0584, 0.0841; "
-                            "0.0154 to 0.0886).")]
+    smallest = {}  # each sample's smallest confirmed example over the entries, counted here by hand
+    for rows in records[1].values():
+        for r in rows:
+            if r.success:
+                smallest[r.index] = min(smallest.get(r.index, r.best_radius), r.best_radius)
+    certificate = {r.index: r.cohen_radius for rows in records[1].values() for r in rows}
+    gaps = sorted(smallest[i] - certificate[i] for i in smallest if certificate[i] > 0)
+    assert len(exact.notes) == 1 and exact.notes[0].startswith(
+        "No exact verdicts: an l2 ball is no box, so its MILP would be quadratic, which rsbench exact does not solve. "
+        "Instead, the gap between the best entry's distance and the certified radius per sample, on the "
+        f"{len(gaps)} samples with both, median {float(np.median(gaps)):.3g} (quartiles ")
+    assert exact.notes[0].endswith(f"; {gaps[0]:.3g} to {gaps[-1]:.3g}).")
     assert "randomized" in shown(*committed("evasion-smoothing-digits-0.50")).notes[0]
     assert shown(*committed("degradation-kw-digits-0.05")) == NOTHING
 
