@@ -67,6 +67,17 @@ def network(defense: Defense, attack: str) -> nn.Module:
     return model
 
 
+DETERMINISTIC_KINDS = ("gloro", "kw", "crownibp", "lipschitz", "plugin")
+"""The kinds whose certificate protects a plain network (`network`), which bounded attacks attack."""
+
+
+def budgeted(target: Target, attack: str) -> tuple[float, nn.Module]:
+    """The budget and the network a bounded attack on a deterministic defense works with, or a refusal naming it."""
+    if target.epsilon is None:
+        raise RsbenchError(f"{attack} needs a budget epsilon")
+    return target.epsilon, network(target.defense, attack)
+
+
 def cross_entropy_gradient(model: nn.Module, label: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> gradient of the model's cross-entropy at x for `label` (x unbatched)."""
     target = torch.tensor([label])
@@ -84,15 +95,13 @@ class BoundedPGD(Attack):
 
     Params = BudgetParams
     params: BudgetParams
-    kinds = ("gloro", "kw", "crownibp", "lipschitz", "plugin")
+    kinds = DETERMINISTIC_KINDS
 
     def run(self, target: Target, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
-        if target.epsilon is None:
-            raise RsbenchError("bounded PGD needs a budget epsilon")
-        model = network(target.defense, "bounded PGD")
+        eps, model = budgeted(target, "bounded PGD")
         x = x.to(target.defense.device)
         gradient = cross_entropy_gradient(model, label)
-        for x_adv in ascend(x, gradient, target.epsilon, target.norm, self.params, generator):
+        for x_adv in ascend(x, gradient, eps, target.norm, self.params, generator):
             tracker.iterations += 1
             if tracker.offer(x_adv):
                 return

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from rsbench.attacks.base import Attack, Target, Tracker, ViewParams, view_options
-from rsbench.attacks.bounded_pgd import BudgetParams, ascend, cross_entropy_gradient
+from rsbench.attacks.bounded_pgd import DETERMINISTIC_KINDS, BudgetParams, ascend, cross_entropy_gradient
 from rsbench.attacks.steps import project_linf_ball_box
 from rsbench.defenses.gloro import GloRo
 from rsbench.defenses.kw import KW
@@ -122,7 +122,7 @@ class DegradationEpsPGD(_Degradation):
 
     name = "degradation-eps-pgd"
     budget_factor = 1.0
-    kinds = ("gloro", "kw", "crownibp", "lipschitz", "plugin")
+    kinds = DETERMINISTIC_KINDS
 
 
 class DegradationSPGD(_Degradation):

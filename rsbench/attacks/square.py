@@ -23,10 +23,9 @@ import torch
 from pydantic import Field
 
 from rsbench.attacks.base import Attack, AttackParams, Target, Tracker
-from rsbench.attacks.bounded_pgd import network
+from rsbench.attacks.bounded_pgd import DETERMINISTIC_KINDS, budgeted
 from rsbench.attacks.losses import margin
 from rsbench.attacks.steps import project
-from rsbench.errors import RsbenchError
 
 SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 """Queries (of 10,000) after which the paper halves the window's share p."""
@@ -58,14 +57,11 @@ class Square(Attack):
 
     Params = SquareParams
     params: SquareParams
-    kinds = ("gloro", "kw", "crownibp", "lipschitz", "plugin")
+    kinds = DETERMINISTIC_KINDS
 
     def run(self, target: Target, x: torch.Tensor, label: int, tracker: Tracker, generator: torch.Generator) -> None:
-        if target.epsilon is None:
-            raise RsbenchError("the Square attack needs a budget epsilon")
-        model = network(target.defense, "the Square attack")
-        x = x.to(target.defense.device)
-        eps, norm = target.epsilon, target.norm
+        eps, model = budgeted(target, "the Square attack")
+        x, norm = x.to(target.defense.device), target.norm
 
         def loss(candidate: torch.Tensor) -> float:
             with torch.no_grad():

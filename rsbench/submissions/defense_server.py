@@ -21,10 +21,10 @@ vector-Jacobian product at the same input. Messages are a JSON header and raw te
 (`rsbench.submissions.tensor_pipe`: no pickle), bounded in size; every answer is checked for type, shape and
 finiteness before rsbench uses it, and the whole session has a deadline. What the child controls is
 what a defense is: its network's outputs and gradients, and its certificates. Its generators' states
-cross with each certificate, so a randomized plugin is seeded by rsbench; a self-certified one (`GraphPlugin`), audited
-as deterministic, gets generators the operating system seeds, never the run's, whose public seed it could recognise. While the stand-in is held,
-this process refuses to import code a spec names (`user_code.refused`); the trees no run may change
-are fingerprinted before and after (`submission_run.guarded`).
+cross with each certificate, so a randomized plugin is seeded by rsbench; a self-certified one (`GraphPlugin`),
+audited as deterministic, gets generators the operating system seeds, never the run's, whose public seed it could
+recognise. While the stand-in is held, this process refuses to import code a spec names (`user_code.refused`);
+the trees no run may change are fingerprinted before and after (`submission_run.guarded`).
 """
 
 from __future__ import annotations

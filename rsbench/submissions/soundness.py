@@ -6,17 +6,19 @@ own certifier (a plugin) or its own model could claim more than holds. On the fi
 - deterministic certifiers (GloRo, KW, plugins): the certificate must not depend on the generator
   (two calls agree exactly), its label must be the network's (`Defense.model`, at any radius, 0
   included), and no point within the certified radius may change that label: every bounded evasion
-  attack of the registry that attacks the kind in its norm (`pgd-l2`, `pgd-linf`) is run at each sample's own certified radius,
-  judged exactly as evasion runs judge: gradient attacks on rsbench's own gradients and the Square
-  attack, which only calls the forward pass (a network whose gradients mislead cannot hide from it).
+  attack of the registry that attacks the kind in its norm is run at each sample's own certified
+  radius, judged exactly as evasion runs judge: bounded PGD on rsbench's own gradients (`pgd-l2`,
+  `pgd-linf`) and the Square attack (`square-l2`, `square-linf`), which only calls the forward pass
+  (a network whose gradients mislead cannot hide from it).
   In linf, where the network is a chain of affine layers and ReLUs, the exact MILP of `rsbench.exact`
   then decides each certificate the attacks left standing, within `MILP_TIME_LIMIT` seconds a sample
   (undecided ones are counted, never taken as proved). A point found is a counterexample, named with
   its sample, radius and distance. The same audit is run on the certificate at one point per sample
-  at the defense's epsilon (`off_sample`, drawn from `seed`): degradation trusts the certificate the defense gives
-  at an attack's point, and a certifier honest on the dataset's own images alone (say, inputs on its pixel grid)
-  would otherwise inflate its radii everywhere an attack looks. A certifier that told the audit's random point
-  from an attack's (by the shape of the perturbation) could still do so: the audit samples, it does not cover.
+  at the defense's epsilon (`off_sample`, drawn from `seed`): degradation trusts the certificate the
+  defense gives at an attack's point, and a certifier honest on the dataset's own images alone (say,
+  inputs on its pixel grid) would otherwise inflate its radii everywhere an attack looks. A certifier
+  that told the audit's random point from an attack's (by the shape of the perturbation) could still
+  do so: the audit samples, it does not cover.
 - smoothing: CERTIFY must agree with a second, independent run within its error. For the class
   each run certifies, its lower bound on that class's probability must not exceed the upper bound
   (one-sided Clopper-Pearson at the certificate's alpha) that the counts of the other run give. A
@@ -133,7 +135,8 @@ class _Audit:
 
     def __init__(self, spec: DefenseSpec, defense: Defense, network: torch.nn.Module, jobs: list,
                  exact: Verifier | None, seed: int) -> None:
-        self.spec, self.defense, self.network, self.jobs, self.exact, self.seed = spec, defense, network, jobs, exact, seed
+        self.spec, self.defense, self.network, self.jobs = spec, defense, network, jobs
+        self.exact, self.seed = exact, seed
         self.tested = self.proved = self.undecided = 0
 
     def certificate(self, x: torch.Tensor, index: int, where: str, generator: torch.Generator, key: str) -> None:
@@ -167,7 +170,8 @@ class _Audit:
         if self.exact is not None:
             verdict = self.exact.decide(x.cpu(), label, radius, MILP_TIME_LIMIT)
             if verdict.exact == "adversarial":
-                other = int(network(verdict.example[None].to(device)).argmax(1))
+                with torch.no_grad():
+                    other = int(network(verdict.example[None].to(device)).argmax(1))
                 raise RsbenchError(f"{spec.name}: unsound certificate at {where}: label {label} certified "
                                    f"within {spec.norm} radius {first.radius:.4f}, but the exact MILP found label "
                                    f"{other} at distance {verdict.distance:.4f}")
