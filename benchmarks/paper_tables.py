@@ -19,6 +19,7 @@ to the paper's own attacks (Table 1's `best`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -29,87 +30,17 @@ from rsbench.leaderboard import track_files
 from rsbench.records import SampleRecord
 from rsbench.stats import bootstrap, clopper_pearson
 
-TRAINED_HERE = ("5,000 training images (MNIST test images 5000-9999) instead of MNIST's 60,000; evaluated on "
-                "test images 0-4999")
 
-# The certification-aware-attack paper, Table 1 (MNIST rows) and Table 4 (MACER; CIFAR-10 rows only):
-# success %, best %, r50, %-Cohen, time (s), Ratio(r50), Ratio(Time).
-CAA_COLUMNS = ("success", "best", "r50", "pct_cohen", "time_s", "first_ratio_r50", "first_ratio_time")
-CAA_TABLE_1 = {
-    "smoothing-mnist-0.50": ("M-0.5", {
-        "caa": (75, 71, 1.95, 67, 5.49, 1.10, 0.23), "pgd": (65, 6, 1.95, 69, 8.95, 1.00, 0.34),
-        "cw": (94, 25, 8.19, 612, 5.29, 1.63, 0.02), "autoattack": (31, 2, 1.95, 100, 174.87, 1.00, 1.00),
-        "deepfool": (5, 1, 9.20, 2107, 0.66, 1.00, 1.00)}),
-    "smoothing-mnist-1.00": ("M-1.0", {
-        "caa": (100, 89, 2.41, 66, 2.87, 1.09, 0.43), "pgd": (98, 4, 2.75, 88, 8.92, 1.00, 0.43),
-        "cw": (94, 0, 8.83, 505, 4.49, 1.51, 0.03), "autoattack": (90, 6, 3.05, 100, 174.08, 1.00, 1.00),
-        "deepfool": (47, 0, 12.80, 1409, 0.65, 1.00, 1.00)}),
-}
-CAA_TABLE_4 = {
-    "macer-mnist-0.50": ("C-0.5 (CIFAR-10: Table 4 has no MNIST row)", {
-        "caa": (92, 92, 1.56, 1148, 19.33, 1.08, 0.55), "pgd": (100, 0, 15.58, 11912, 26.32, 1.00, 0.02),
-        "cw": (87, 2, 11.58, 7242, 3.37, 1.23, 0.10), "deepfool": (100, 5, 4.28, 3353, 11.51, 1.00, 1.00)}),
-}
-CAA_SOURCE = "the certification-aware-attack paper (shared/papers/certification-aware-attack.txt), {}"
-CAA_COMMON = [
-    ("success rule", "one Goodman test on 1,500 copies, alpha 0.005", "strict: that test, then confirmation on "
-     "15,000 fresh copies with the judge's bounds (ranks); the paper's rule beside it, from the same records"),
-    ("threat model", "l2, minimum norm, smoothed classifier", "l2, minimum norm, smoothed classifier"),
-    ("samples", "not stated in the text", "the first 100 test-eval images; n attacked in each row"),
-    ("attack settings", "100 iterations; DeepFool overshoot 0.02 (App. C)",
-     "the registry's caa, pgd, deepfool specs (rsbench's own PGD and DeepFool)"),
-    ("hardware", "one P100 GPU", "one shared CPU thread"),
-]
-CAA_SETTINGS_1 = [
-    ("dataset", "MNIST", "MNIST test images 0-4999 (test-eval)"),
-    ("model", "ResNet-18 (Section 4)", "kw-mnist-cnn: 2 convolutions, 166k parameters"),
-    ("training set", "MNIST's 60,000 training images", "5,000 images (MNIST test images 5000-9999)"),
-    *CAA_COMMON,
-]
-CAA_SETTINGS_4 = [
-    ("dataset", "CIFAR-10 (Table 4 has no MNIST row)", "MNIST test images 0-4999 (test-eval)"),
-    ("model", "ResNet-110 trained with MACER (Appendix F)", "kw-mnist-cnn fine-tuned with MACER from smoothing-mnist-0.50"),
-    ("training set", "CIFAR-10's 50,000 training images", "5,000 images (MNIST test images 5000-9999)"),
-    *CAA_COMMON,
-]
-CAA_CLAIM = ("the abstract: \"in all bar one experiment\" CAA finds smaller examples \"for more than 70% of tested "
-             "samples\" (over MNIST, CIFAR-10 and Tiny-ImageNet together, not a claim about MNIST alone)")
-CAA_ATTACKS = ("caa", "pgd", "cw", "autoattack", "deepfool")
-"""The paper's five attacks; `best` is recomputed among those of them a track holds."""
+def sibling(name: str):
+    """A module beside this script, loaded by path (the script runs as a file, and the docs load it as one)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-# The degradation paper, Table 1 (GloRo, MNIST): VRA %, FPR lower bound %, utility reduction %.
-DEGRADATION_SOURCE = "the degradation-attacks paper (shared/papers/degradation-attacks.txt), Table 1 and Figure 2"
-DEGRADATION_SETTINGS = [
-    ("dataset", "MNIST test set", "MNIST test images 0-4999 (test-eval)"),
-    ("model", "GloRo 2C2F (eps 0.3), 4C3F (eps 1.58), GloRo's code", "GloRo 2C2F and 4C3F at half width, rsbench's"),
-    ("training set", "MNIST's 60,000 training images", "5,000 images (MNIST test images 5000-9999)"),
-    ("rule", "FPR lower bound: Algorithm 3.1's attack", "FPR lower bound: degradation-pgd, judged by rsbench"),
-    ("threat model", "l2, certified run-time defense", "l2, certified run-time defense"),
-    ("samples", "the test set", "the first 100 test-eval images"),
-]
-DEGRADATION_TABLE_1 = {"gloro-mnist-0.30": ("2C2F, eps 0.3", 95.0, 6.0, 5.7),
-                       "gloro-mnist-1.58": ("4C3F, eps 1.58", 61.8, 56.1, 34.7)}
-DOUBLED = {"gloro-mnist-0.30": "gloro-mnist-0.60", "gloro-mnist-1.58": "gloro-mnist-3.16",
-           "crownibp-mnist-0.2": "crownibp-mnist-0.4"}
-"""Figure 2: the model trained at 2 eps beside the one trained at eps (the paper's GloRo pairs; the same doubling
-for CROWN-IBP is rsbench's own)."""
 
-# CROWN-IBP verified accuracies on MNIST (DM-large, IBP-verified): clean %, verified %, accuracy under attack %.
-CROWN_IBP_SOURCE = ("not one of rsbench's five seed papers: the table of released CROWN-IBP MNIST models in the README "
-                    "of the deepmind/interval-bound-propagation repository, as this script has carried it since its "
-                    "first version (rsbench does not re-check those figures)")
-CROWN_IBP = [("crownibp-mnist-0.2", 0.2, 0.1, 99.03, 97.75, 98.34), ("crownibp-mnist-0.2", 0.2, 0.2, None, None, None),
-             ("crownibp-mnist-0.4", 0.4, 0.2, 98.38, 96.13, 97.28), ("crownibp-mnist-0.4", 0.4, 0.3, 98.38, 93.32, 96.38),
-             ("crownibp-mnist-0.4", 0.4, 0.4, 98.38, 87.51, 94.95)]
-"""(defense, training eps, eps, clean, verified, under attack); None: the paper reports no such row."""
-
-# The Shadow Attack paper, Table 2 (CROWN-IBP on CIFAR-10): robust error and attack error, min / mean / max over
-# the authors' model families.
-SHADOW_TABLE_2 = [("2/255, 9 small", (52.46, 57.55, 60.67), (45.90, 53.89, 65.74)),
-                  ("2/255, 8 large", (52.52, 53.90, 56.05), (46.21, 49.77, 51.79)),
-                  ("8/255, 9 small", (71.28, 72.15, 73.66), (63.43, 66.94, 71.02)),
-                  ("8/255, 8 large", (70.79, 71.17, 72.29), (64.04, 67.32, 71.16))]
-
+papers = sibling("paper_numbers")
 SEED = "benchmarks/seed_leaderboards.sh"
 SHADOW_RUNS = Path(__file__).resolve().parent / "results" / "shadow-crownibp"
 """The shadow-crownibp run directories (their config.json and samples.jsonl), one per model and attack."""
@@ -149,7 +80,7 @@ def missing(name: str) -> str:
 def paper_best(records: dict[str, list]) -> dict[str, tuple[float | None, float, float]]:
     """Table 1's `best` among the paper's attacks a track holds: % of the samples they all attacked on which an
     attack's smallest example is the smallest (ties credit each), with a bootstrap interval over those samples."""
-    names = [a for a in CAA_ATTACKS if a in records]
+    names = [a for a in papers.CAA_ATTACKS if a in records]
     by_sample: dict[int, dict[str, float]] = {}
     for name in names:
         for r in records[name]:
@@ -183,7 +114,7 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
         found = track(root, f"evasion-{defense}")
         board, _, records = found or (None, [], {})
         best = paper_best(records)
-        ours = [r for name in CAA_ATTACKS for r in records.get(name, [])]
+        ours = [r for name in papers.CAA_ATTACKS for r in records.get(name, [])]
         paper_rule = metrics.paper_rule_table(ours) if ours else {}
         for attack, numbers in paper.items():
             lines.append(f"  {attack + ' (paper)':<20}{'paper':<10}" + "".join(f"{v:>20}" for v in numbers))
@@ -209,7 +140,7 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
         if "caa" in best:
             value, low, high = best["caa"]
             lines.append(f"  measured: CAA best on {value:.0f}% [{low:.0f}, {high:.0f}] among "
-                         f"{', '.join(a for a in CAA_ATTACKS if a in records)} under the strict rule"
+                         f"{', '.join(a for a in papers.CAA_ATTACKS if a in records)} under the strict rule"
                          + (f"; {claim}. Model, training set, rule and samples differ (above), so this row neither "
                             "reproduces nor refutes that claim" if claim else ""))
     return lines
@@ -220,9 +151,9 @@ def cell(value: float | None, fmt: str) -> str:
 
 
 def degradation_rows(root: Path) -> list[str]:
-    lines = ["Degradation paper, Table 1 (GloRo, MNIST)", *settings_rows(DEGRADATION_SOURCE, DEGRADATION_SETTINGS),
+    lines = ["Degradation paper, Table 1 (GloRo, MNIST)", *settings_rows(papers.DEGRADATION_SOURCE, papers.DEGRADATION_SETTINGS),
              f"  {'':<34}{'VRA %':>28}{'FPR lower %':>28}{'utility red. %':>28}{'FPR upper %':>28}"]
-    for defense, (row, vra, lower, utility) in DEGRADATION_TABLE_1.items():
+    for defense, (row, vra, lower, utility) in papers.DEGRADATION_TABLE_1.items():
         lines.append(f"  {'paper ' + row:<34}{vra:>28.1f}{lower:>28.1f}{utility:>28.1f}{'(Figure 2)':>28}")
         found = track(root, f"degradation-{defense}")
         if found is None:
@@ -251,7 +182,7 @@ def figure_2_rows(root: Path) -> list[str]:
     lines = [("Degradation paper, Figure 2 (GloRo, MNIST: FPR upper bound and VRA against eps, models trained at eps "
               "and 2 eps; the paper gives these as curves: both FPR bounds approach 1 as eps grows, the 2-eps model's "
               "lower, at a lower VRA); the CROWN-IBP pair is rsbench's own")]
-    for defense, doubled in DOUBLED.items():
+    for defense, doubled in papers.DOUBLED.items():
         found, twice = (track(root, f"degradation-{name}") or track(root, f"evasion-{name}") for name in (defense, doubled))
         if found is None or twice is None:
             lines.append(missing(f"degradation-{defense if found is None else doubled}"))
@@ -270,7 +201,7 @@ def figure_2_rows(root: Path) -> list[str]:
 
 
 def crown_ibp_rows(root: Path) -> list[str]:
-    lines = ["CROWN-IBP, MNIST (verified by IBP)", *settings_rows(CROWN_IBP_SOURCE, [
+    lines = ["CROWN-IBP, MNIST (verified by IBP)", *settings_rows(papers.CROWN_IBP_SOURCE, [
         ("model", "DM-large CROWN-IBP models", "one of the CROWN-IBP paper's small CNNs, rsbench-trained"),
         ("training set", "MNIST's 60,000 training images", "5,000 images (MNIST test images 5000-9999)"),
         ("epochs", "100 (DM-large)", "60 with a 20-epoch ramp"),
@@ -278,7 +209,7 @@ def crown_ibp_rows(root: Path) -> list[str]:
         ("samples", "the test set", "the first 100 test-eval images")]),
              f"  {'model (train eps) at eps':<36}{'clean %':>30}{'verified %':>30}{'PGD-robust %':>30}"]
     gaps: dict[str, list[float]] = {"clean": [], "verified": [], "tightness": []}
-    for defense, train, eps, clean_pct, verified, attacked in CROWN_IBP:
+    for defense, train, eps, clean_pct, verified, attacked in papers.CROWN_IBP:
         label = f"{defense} ({train:g}) at {eps:g}"
         lines.append(f"  {'reference ' + label:<36}" + "".join(f"{'-' if v is None else format(v, '.2f'):>30}"
                                                            for v in (clean_pct, verified, attacked)))
@@ -346,23 +277,9 @@ def shadow_rows(root: Path, runs: Path) -> list[str]:
     """Table 2 (l_inf, CROWN-IBP): the paper's rows, the spoofing tracks' shadow-1ch (Section 3's settings) and the
     runs in `runs`: shadow-crownibp (Section 5's numbers) and shadow-crownibp-pixel (those numbers carried over
     from the authors' batch of normalised images to one image in pixels), all judged by the paper's rule."""
-    lines = ["Shadow Attack paper, Table 2 (CROWN-IBP, l_inf)", *settings_rows(
-        "the Shadow Attack paper (shared/papers/shadow-attack-spoofed-certificates.txt), Table 2 and Section 5", [
-            ("dataset", "CIFAR-10", "MNIST test images 0-4999 (test-eval)"),
-            ("model", "CROWN-IBP model families (9 small, 8 large)", "crownibp-mnist-0.2 and -0.4, rsbench-trained"),
-            ("threat model", "l_inf 2/255 and 8/255", "l_inf 0.2 and 0.4"),
-            ("learning rate", "200, 300 steps (code: on a batch-mean loss)",
-             ("shadow-crownibp: 200 on one image's loss; -pixel: 0.0133 (that step per image in [0, 1] pixels); "
-              "shadow-1ch: 0.1; 300 steps each")),
-            ("penalties", "1-channel; lambda_tv 9e-6, lambda_c 0.02 on ||d||_2",
-             ("shadow-crownibp: the same; -pixel: 0.405, 4.24 (carried over likewise); shadow-1ch: Section 3's "
-              "(0.3, 1.0 on channel means)")),
-            ("success rule", "wrong label certified at eps (code: by IBP)",
-             "wrong label certified at eps by the larger of IBP and CROWN-IBP"),
-            ("samples", "the test set",
-             "the first 100 test-eval images (-pixel: 20), the correct and certified ones attacked")]),
-        SHADOW_HEADER]
-    for row, robust, attack in SHADOW_TABLE_2:
+    lines = ["Shadow Attack paper, Table 2 (CROWN-IBP, l_inf)",
+             *settings_rows(papers.SHADOW_SOURCE, papers.SHADOW_SETTINGS), SHADOW_HEADER]
+    for row, robust, attack in papers.SHADOW_TABLE_2:
         lines.append(f"  {'paper ' + row + ' (min/mean/max)':<50}{'/'.join(f'{v:.1f}' for v in robust):>28}"
                      f"{'/'.join(f'{v:.1f}' for v in attack):>28}")
     for defense in ("crownibp-mnist-0.2", "crownibp-mnist-0.4"):
@@ -383,12 +300,8 @@ def shadow_rows(root: Path, runs: Path) -> list[str]:
 
 def gloro_shadow_rows(root: Path) -> list[str]:
     """The Shadow Attack on the l2 GloRo models: a table of its own, as the paper has no l2 deterministic rows."""
-    lines = ["Shadow Attack on GloRo (l2; rsbench's own rows, no paper table to set them beside)", *settings_rows(
-        "the Shadow Attack paper attacks smoothing (l2, Table 1) and CROWN-IBP (l_inf, Table 2), not GloRo", [
-            ("model", "none", "gloro-mnist-0.30 and -1.58, rsbench-trained"),
-            ("threat model", "none (l2 on smoothing, l_inf on CROWN-IBP)", "l2 0.3 and 1.58"),
-            ("attack settings", "Section 3 (smoothing)", "shadow-1ch: Section 3's penalties, lr 0.1, 300 steps")]),
-        SHADOW_HEADER]
+    lines = ["Shadow Attack on GloRo (l2; rsbench's own rows, no paper table to set them beside)",
+             *settings_rows(papers.GLORO_SHADOW_SOURCE, papers.GLORO_SHADOW_SETTINGS), SHADOW_HEADER]
     for defense in ("gloro-mnist-0.30", "gloro-mnist-1.58"):
         found = track(root, f"spoofing-{defense}")
         if found is None:
@@ -402,7 +315,7 @@ def gloro_shadow_rows(root: Path) -> list[str]:
 def causes() -> list[str]:
     return [
         "Causes of the differences, by design (the rows above measure their effect):",
-        f"  training data: every rsbench MNIST model trained on {TRAINED_HERE};",
+        f"  training data: every rsbench MNIST model trained on {papers.TRAINED_HERE};",
         ("  model size: smoothing and MACER use a 2-convolution CNN (166k parameters), the paper a ResNet-18; "
          "gloro-mnist-1.58 and -3.16 are 4C3F at half width; CROWN-IBP uses one of its paper's small CNNs, not DM-large;"),
         "  epochs: GloRo 200 (2C2F) and 100 (4C3F); CROWN-IBP 60 with a 20-epoch ramp (the paper: 100 for DM-large);",
@@ -418,10 +331,10 @@ def report(root: Path, runs: Path = SHADOW_RUNS) -> str:
     """Every table and the causes, as the script prints them (the documentation's results page shows it too);
     `runs`: the shadow-crownibp run directories."""
     sections: list[list[str]] = [
-        caa_rows(root, CAA_TABLE_1, "Certification-aware-attack paper, Table 1 (MNIST)",
-                 CAA_SOURCE.format("Table 1, rows M-0.5 and M-1.0"), CAA_SETTINGS_1, CAA_CLAIM),
-        caa_rows(root, CAA_TABLE_4, "Certification-aware-attack paper, Table 4 (MACER)",
-                 CAA_SOURCE.format("Table 4, row C-0.5"), CAA_SETTINGS_4),
+        caa_rows(root, papers.CAA_TABLE_1, "Certification-aware-attack paper, Table 1 (MNIST)",
+                 papers.CAA_SOURCE.format("Table 1, rows M-0.5 and M-1.0"), papers.CAA_SETTINGS_1, papers.CAA_CLAIM),
+        caa_rows(root, papers.CAA_TABLE_4, "Certification-aware-attack paper, Table 4 (MACER)",
+                 papers.CAA_SOURCE.format("Table 4, row C-0.5"), papers.CAA_SETTINGS_4),
         degradation_rows(root), figure_2_rows(root), crown_ibp_rows(root), shadow_rows(root, runs),
         gloro_shadow_rows(root), causes(),
     ]
