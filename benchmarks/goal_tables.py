@@ -1,4 +1,5 @@
-"""The degradation, evasion and spoofing tables of the shipped defenses, as docs/results/digits.md reports them.
+"""The degradation, evasion and spoofing tables of the shipped defenses on more samples than their tracks, which
+docs/results/digits.md shows.
 
 Each row of PLAN is one `rsbench evaluate` run (resumable, under --out/<goal>/<defense>/):
 

@@ -1,5 +1,6 @@
 """The generated parts of the documentation and of README.md: result tables built from the committed track files
-and `benchmarks/paper_tables.py`, never typed, and the contributor's guide taken from CONTRIBUTING.md.
+(one track's table, or several tracks side by side: `rsbench.leaderboard.summaries`), the model cards `rsbench train`
+wrote and `benchmarks/paper_tables.py`, never typed, and the contributor's guide taken from CONTRIBUTING.md.
 
 A page asks for a block with `<!-- generated: NAME -->`. In docs/, MkDocs (this file is its hook, see mkdocs.yml)
 replaces the marker with the block at build time. README.md, read on GitHub as it is, keeps the block's text
@@ -21,9 +22,13 @@ if TYPE_CHECKING:
     from mkdocs.structure.files import Files
     from mkdocs.structure.pages import Page
 
+    from rsbench.leaderboard.track_files import Leaderboard
+
 ROOT = Path(__file__).resolve().parents[1]
 LEADERBOARDS = ROOT / "leaderboards"
 README = ROOT / "README.md"
+WEIGHTS = ROOT / "rsbench" / "weights"
+"""The model cards `rsbench train` wrote beside the shipped weights."""
 README_TRACK = "evasion-smoothing-digits-0.50"
 """The track README.md shows: the quick start's defense under evasion."""
 
@@ -114,9 +119,90 @@ def exact_anchor_detail() -> str:
     ])
 
 
+DIGITS = ("digits", "rgbdigits")
+ALSO_ON_DIGITS_PAGE = "kw-mnist-0.1"
+"""The released KW MNIST model, whose evasion and degradation tracks the digits page sets beside KW's digits models."""
+
+
+def digits_page_covers(board: Leaderboard, *, smoothing: bool | None = None, also: str = "") -> bool:
+    """Whether the digits page's table covers the track: a digits defense (of smoothing, or not, when asked), or
+    `also`. (Not named on_…: MkDocs takes every on_ function of this hook for an event.)"""
+    kind = smoothing is None or (board.defense.kind == "smoothing") == smoothing
+    return board.defense.dataset.name in DIGITS and kind or board.defense.name == also
+
+
+def digits_smoothing_evasion() -> str:
+    """Table 1 on the digits: evasion of every digits smoothing and MACER defense."""
+    from rsbench.leaderboard import summaries
+
+    return summaries.smoothing_evasion(summaries.newest(LEADERBOARDS, "evasion",
+                                                        lambda b: digits_page_covers(b, smoothing=True)))
+
+
+def digits_evasion() -> str:
+    """Evasion of the deterministic digits certifiers (GloRo, KW, CROWN-IBP, AOL) and of the released KW model."""
+    from rsbench.leaderboard import summaries
+
+    return summaries.certified_evasion(summaries.newest(
+        LEADERBOARDS, "evasion", lambda b: digits_page_covers(b, smoothing=False, also=ALSO_ON_DIGITS_PAGE)))
+
+
+def digits_degradation() -> str:
+    """Degradation of every digits defense and of the released KW model."""
+    from rsbench.leaderboard import summaries
+
+    return summaries.degradation(summaries.newest(LEADERBOARDS, "degradation",
+                                                  lambda b: digits_page_covers(b, also=ALSO_ON_DIGITS_PAGE)))
+
+
+def digits_spoofing() -> str:
+    """Certificate spoofing of every digits defense."""
+    from rsbench.leaderboard import summaries
+
+    return summaries.spoofing(summaries.newest(LEADERBOARDS, "spoofing", digits_page_covers))
+
+
+def mnist_attack_costs() -> str:
+    """Each attack's median seconds per attacked sample on rsbench's MNIST evasion tracks."""
+    from rsbench.leaderboard import summaries
+
+    return summaries.costs(summaries.newest(LEADERBOARDS, "evasion", lambda b: b.defense.dataset.name == "mnist"))
+
+
+def mnist_models() -> str:
+    """rsbench's MNIST models: each registry spec's training recipe beside the numbers of the card `rsbench train`
+    wrote (`rsbench/weights/<name>.md`), with the card's 95% Clopper-Pearson intervals; certified accuracy at the
+    defense's epsilon, else (smoothing) its sigma."""
+    from rsbench import registry
+    from rsbench.leaderboard.profiles import headline_radius, percent
+    from rsbench.leaderboard.track_table import cell
+    from rsbench.model_card import read_results
+
+    rows = [("| defense | recipe | epochs | batch, lr | clean (%) | certified at the headline radius (%) | ACR | "
+             "card's samples and certification |"), "|---|---|---|---|---|---|---|---|"]
+    for name, spec in sorted(registry.all_specs("defenses").items()):
+        if spec.dataset.name != "mnist" or spec.training is None:
+            continue
+        recipe = spec.training
+        card = read_results((WEIGHTS / f"{name}.md").read_text())
+        radius = headline_radius(spec)
+        point = card.at(radius)
+        options = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in recipe.options.items())
+        rows.append(f"| {name} | {recipe.recipe} ({options}) | {recipe.epochs} | {recipe.batch_size}, "
+                    f"{recipe.lr:g} | {cell(percent(card.at(0.0)))} | "
+                    f"{cell(percent(point)) if point else '–'} at {spec.norm} {radius:g} | "
+                    f"{card.average_certified_radius:.3f} | first {card.samples} {spec.dataset.split}, "
+                    f"{card.certification} |")
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {"tracks": track_tables, "paper-tables": paper_tables,
                                         "readme-track": readme_track, "exact-anchor": exact_anchor,
-                                        "exact-anchor-detail": exact_anchor_detail}
+                                        "exact-anchor-detail": exact_anchor_detail,
+                                        "digits-smoothing-evasion": digits_smoothing_evasion,
+                                        "digits-evasion": digits_evasion, "digits-degradation": digits_degradation,
+                                        "digits-spoofing": digits_spoofing, "mnist-models": mnist_models,
+                                        "mnist-attack-costs": mnist_attack_costs}
 
 
 def fill(text: str) -> str:

@@ -6,11 +6,17 @@ settings that produced it, and an `rsbench` block with the defense's full spec, 
 weights' sha256, so that whoever downloads the weights can register them (`source: hf` at the commit
 they land in) and reproduce the numbers with `rsbench certify`. Certified accuracies of randomized
 smoothing are statistical; the card says so.
+
+The card `rsbench train` writes beside the weights (`rsbench/weights/<name>.md`) ends with a results section,
+written by `results_section` and read back by `read_results`, so that the documentation's tables of rsbench's models
+quote the card's numbers instead of copies of them.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from rsbench.errors import RsbenchError
-from rsbench.records import RunResult
+from rsbench.records import CertifiedPoint, RunResult
 from rsbench.specs import DefenseSpec
 
 TASK = {"type": "image-classification", "name": "Certified robust image classification"}
@@ -94,3 +100,57 @@ def render(spec: DefenseSpec, result: RunResult) -> str:
         "`source: hf` with this repository's id, the commit they were uploaded in (40 hex digits) and the "
         "sha256 above, then run `rsbench certify --defense NAME` and `rsbench evaluate --defense NAME --attack …`.\n"
     )
+
+
+RESULTS_HEADING = re.compile(r"^## Results \((?P<certification>[^)\n]+)\)$", re.MULTILINE)
+SUMMARY_LINE = re.compile(r"^- (?P<name>clean accuracy|abstain rate|average certified radius): (?P<value>[0-9.]+)$",
+                          re.MULTILINE)
+EVALUATED = re.compile(r"evaluated on the first (?P<samples>[0-9]+) samples")
+POINT_ROW = re.compile(r"^\| (?P<radius>[0-9.]+) \| (?P<accuracy>[0-9.]+) \| \[(?P<low>[0-9.]+), (?P<high>[0-9.]+)\] \|$",
+                       re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class CardResults:
+    """The numbers of a training card's results section, as the card prints them (three decimals)."""
+
+    certification: str
+    """"deterministic", or the smoothing settings ("n0=100, n=10000, alpha=0.001")."""
+    clean_accuracy: float
+    abstain_rate: float
+    average_certified_radius: float
+    certified_accuracy: list[CertifiedPoint]
+    samples: int | None
+    """How many samples of the evaluation split the card certified (its data line), None where it does not say."""
+
+    def at(self, radius: float) -> CertifiedPoint | None:
+        """The certified accuracy the card gives at `radius` (None when its table has no such row)."""
+        return next((p for p in self.certified_accuracy if abs(p.radius - radius) < 5e-4), None)
+
+
+def results_section(result: RunResult, certification: str) -> str:
+    """A training card's results: clean accuracy, abstain rate, average certified radius and the certified accuracy
+    table with its intervals (`read_results` reads it back)."""
+    table = "\n".join(f"| {p.radius:.3f} | {p.accuracy:.3f} | [{p.ci_low:.3f}, {p.ci_high:.3f}] |"
+                      for p in result.certified_accuracy)
+    return (f"## Results ({certification})\n\n"
+            f"- clean accuracy: {result.clean_accuracy:.3f}\n- abstain rate: {result.abstain_rate:.3f}\n"
+            f"- average certified radius: {result.average_certified_radius:.3f}\n\n"
+            f"| radius | certified accuracy | 95% interval |\n|---|---|---|\n{table}\n\n{result.statistics}\n")
+
+
+def read_results(text: str) -> CardResults:
+    """The results section of a card `results_section` wrote, and the sample count its data line gives; refused with one line when the card has none (a
+    card of weights rsbench did not train, whose results are the authors')."""
+    heading = RESULTS_HEADING.search(text)
+    if heading is None:
+        raise RsbenchError("the card has no '## Results (...)' section written by rsbench train")
+    section = text[heading.end():]
+    summary = {m["name"]: float(m["value"]) for m in SUMMARY_LINE.finditer(section)}
+    points = [CertifiedPoint(radius=float(m["radius"]), accuracy=float(m["accuracy"]), ci_low=float(m["low"]),
+                             ci_high=float(m["high"])) for m in POINT_ROW.finditer(section)]
+    if len(summary) != 3 or not points:
+        raise RsbenchError(f"the card's results section lacks {'its table' if len(summary) == 3 else 'a summary line'}")
+    evaluated = EVALUATED.search(text[:heading.start()])
+    return CardResults(heading["certification"], summary["clean accuracy"], summary["abstain rate"],
+                       summary["average certified radius"], points, int(evaluated["samples"]) if evaluated else None)

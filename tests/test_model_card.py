@@ -34,3 +34,29 @@ def test_the_card_front_matter_holds_the_numbers_the_run_gives_and_the_spec(tmp_
     assert "| 0.25 | 85.0% | [62.1, 96.8] |" in body
     again = runner.invoke(cli, ["models", "card", "gloro-digits-0.25", "--run", str(run)])
     assert again.exit_code == 2 and "is a run of another spec of aol-digits" in again.output
+
+
+def test_the_training_card_s_results_read_back_as_written(tmp_path: Path) -> None:
+    """`rsbench train`'s card (written from a certify run of the shipped gloro-digits-0.25 weights) read back gives
+    the run's numbers at the card's precision; a card of weights rsbench did not train is refused."""
+    import torch
+
+    from rsbench import hub
+    from rsbench.errors import RsbenchError
+    from rsbench.model_card import read_results
+    from rsbench.records import RunResult
+    from rsbench.training import write_model_card
+
+    spec = registry.get_defense("gloro-digits-0.25")
+    card = write_model_card(spec, hub.PACKAGE_WEIGHTS / spec.weights.filename, tmp_path, torch.device("cpu"),
+                            samples=20, n=100, split="train")
+    result = RunResult.model_validate_json((tmp_path / "gloro-digits-0.25-card-run" / "result.json").read_text())
+    read = read_results(card.read_text())
+    assert (read.certification, read.samples) == ("deterministic", result.num_samples) == ("deterministic", 20)
+    assert (read.clean_accuracy, read.abstain_rate, read.average_certified_radius) == tuple(
+        round(v, 3) for v in (result.clean_accuracy, result.abstain_rate, result.average_certified_radius))
+    assert [(p.radius, p.accuracy, p.ci_low, p.ci_high) for p in read.certified_accuracy] == [
+        tuple(round(v, 3) for v in (p.radius, p.accuracy, p.ci_low, p.ci_high)) for p in result.certified_accuracy]
+    assert len(read.certified_accuracy) > 1 and read.at(0.0) == read.certified_accuracy[0]
+    with pytest.raises(RsbenchError, match="no '## Results"):
+        read_results((hub.PACKAGE_WEIGHTS / "kw-mnist-0.1.md").read_text())

@@ -28,7 +28,7 @@ from rsbench.leaderboard.about import About, about
 from rsbench.leaderboard.exact_columns import Shown, shown
 from rsbench.leaderboard.track_files import Interval, Leaderboard, stored_records
 from rsbench.records import CertifiedPoint, SampleRecord
-from rsbench.specs import SELF_CERTIFIED
+from rsbench.specs import SELF_CERTIFIED, DefenseSpec
 
 Cell = Callable[[Interval], str]
 
@@ -78,12 +78,13 @@ GOAL_ORDER = ("evasion", "degradation", "spoofing")
 NONE = Interval(value=None, ci_low=None, ci_high=None)
 
 
-def headline_radius(board: Leaderboard) -> float:
+def headline_radius(spec: DefenseSpec) -> float:
     """The radius certified accuracy is quoted at: the defense's epsilon, else (smoothing) its sigma."""
-    return board.defense.epsilon or board.defense.sigma or 0.0
+    return spec.epsilon or spec.sigma or 0.0
 
 
-def _percent(point: CertifiedPoint | dict) -> Interval:
+def percent(point: CertifiedPoint | dict) -> Interval:
+    """A share (a certified-accuracy point or `metrics.proportion`'s dict) as a percentage with its interval."""
     value = point if isinstance(point, dict) else {"value": point.accuracy, "ci_low": point.ci_low,
                                                    "ci_high": point.ci_high}
     return Interval(**{k: 100 * value[k] for k in ("value", "ci_low", "ci_high")})
@@ -106,8 +107,8 @@ def profile(name: str, tracks: Sequence[Track], submissions: Path | None = None)
     result.clean = stored_records(result.reference.path.parent, result.reference.board)[0]
     board = result.reference.board
     numbers = result.numbers
-    numbers["clean"] = (_percent(metrics.certified_accuracy(result.clean, 0.0)), None, "")
-    numbers["certified"] = (_percent(metrics.certified_accuracy(result.clean, headline_radius(board))), None, "")
+    numbers["clean"] = (percent(metrics.certified_accuracy(result.clean, 0.0)), None, "")
+    numbers["certified"] = (percent(metrics.certified_accuracy(result.clean, headline_radius(board.defense))), None, "")
     for track in result.tracks:
         goal, eps = track.board.protocol.goal, track.board.protocol.epsilon
         if goal == "evasion" and board.defense.kind == "smoothing":
@@ -118,7 +119,7 @@ def profile(name: str, tracks: Sequence[Track], submissions: Path | None = None)
         elif goal == "evasion":
             value, entry = _strongest(track, "robust_accuracy", lowest=True)
             numbers["robust_accuracy"] = (value, track, entry)
-            numbers["vra"] = (_percent(metrics.certified_accuracy(result.clean, eps)), None, "")
+            numbers["vra"] = (percent(metrics.certified_accuracy(result.clean, eps)), None, "")
         if goal == "evasion":
             exact = shown(track.path, track.board, stored_records(track.path.parent, track.board))
             result.exact += [(track, exact)] if exact.notes else []
@@ -132,7 +133,7 @@ def profile(name: str, tracks: Sequence[Track], submissions: Path | None = None)
             numbers["fpr_lower"] = (value, track, entry)
             robust = certified(stored_records(track.path.parent, track.board)[0], eps)
             upper = metrics.proportion(sum(r.radius < 2 * eps for r in robust), len(robust))
-            numbers["fpr_upper"] = (_percent(upper), track, "")
+            numbers["fpr_upper"] = (percent(upper), track, "")
         else:
             value, entry = _strongest(track, "spoof_rate", lowest=False)
             numbers["spoof_rate"] = (value, track, entry)
@@ -146,7 +147,7 @@ def page(item: Profile, cell: Cell, head: str, script: str) -> str:
     esc = html.escape
     spec, ref = item.reference.board.defense, item.reference.board
     step = (spec.epsilon or 0.5) / 2
-    curve = "".join(f"<tr><td>{p.radius:g}</td><td>{esc(cell(_percent(p)))}</td></tr>"
+    curve = "".join(f"<tr><td>{p.radius:g}</td><td>{esc(cell(percent(p)))}</td></tr>"
                     for p in metrics.certified_accuracy_curve(item.clean, step))
     rows = []
     for key, label in COLUMNS.items():

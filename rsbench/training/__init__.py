@@ -76,6 +76,7 @@ def write_model_card(
 ) -> Path:
     """Certify freshly trained weights (trained on `split`) on the evaluation split and describe them in `<name>.md`."""
     from rsbench import data, runner
+    from rsbench.model_card import results_section
     from rsbench.records import RunConfig
     from rsbench.training.reproduction import HOW_COMPARED, current_environment, with_weights
 
@@ -95,7 +96,6 @@ def write_model_card(
         fallback = data.TRAIN_FALLBACK[spec.dataset.name]
         note = (f"- note: trained on the real training set; the pinned weights were trained on `{fallback}`, "
                 f"which `rsbench train --split {fallback}` reproduces\n")
-    table = "\n".join(f"| {p.radius:.3f} | {p.accuracy:.3f} | [{p.ci_low:.3f}, {p.ci_high:.3f}] |" for p in result.certified_accuracy)
     certification = f"n0={config.n0}, n={n}, alpha={config.alpha}" if spec.kind == "smoothing" else "deterministic"
     card = out_dir / f"{spec.name}.md"
     card.write_text(
@@ -108,9 +108,6 @@ def write_model_card(
         + (f", sigma={spec.sigma}" if spec.sigma else "") + (f", epsilon={spec.epsilon} ({spec.norm})" if spec.epsilon else "")
         + f"\n- recipe: `{spec.training.model_dump_json()}`\n"
         f"- environment: torch {result.environment.torch_version}, {result.environment.hardware}\n\n"
-        f"## Results ({certification})\n\n"
-        f"- clean accuracy: {result.clean_accuracy:.3f}\n- abstain rate: {result.abstain_rate:.3f}\n"
-        f"- average certified radius: {result.average_certified_radius:.3f}\n\n"
-        f"| radius | certified accuracy | 95% interval |\n|---|---|---|\n{table}\n\n{result.statistics}\n"
+        + results_section(result, certification)
     )
     return card
