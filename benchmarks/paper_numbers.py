@@ -27,8 +27,8 @@ CAA_TABLE_4 = {
 }
 CAA_SOURCE = "the certification-aware-attack paper (shared/papers/certification-aware-attack.txt), {}"
 CAA_COMMON = [
-    ("success rule", "one Goodman test on 1,500 copies, alpha 0.005", "strict: that test, then confirmation on "
-     "15,000 fresh copies with the judge's bounds (ranks); the paper's rule beside it, from the same records"),
+    ("success rule", "one Goodman test on 1,500 copies, alpha 0.005", ("strict: that test, then confirmation on "
+     "15,000 fresh copies with the judge's bounds (ranks); the paper's rule beside it, from the same records")),
     ("threat model", "l2, minimum norm, smoothed classifier", "l2, minimum norm, smoothed classifier"),
     ("samples", "not stated in the text", "the first 100 test-eval images; n attacked in each row"),
     ("attack settings", "100 iterations; DeepFool overshoot 0.02 (App. C)",
@@ -106,3 +106,56 @@ GLORO_SHADOW_SETTINGS = [
     ("model", "none", "gloro-mnist-0.30 and -1.58, rsbench-trained"),
     ("threat model", "none (l2 on smoothing, l_inf on CROWN-IBP)", "l2 0.3 and 1.58"),
     ("attack settings", "Section 3 (smoothing)", "shadow-1ch: Section 3's penalties, lr 0.1, 300 steps")]
+
+# The certification-aware-attack paper, Table 3 (MNIST rows, sigma 0.5): CAA's cutoff c against
+# (successful %, first r50, best r50, first t50 in s).
+CAA_TABLE_3 = {0.05: (45.0, 1.646, 1.617, 4.44), 0.25: (65.0, 1.988, 1.874, 1.51), 0.5: (71.5, 2.149, 1.942, 1.16),
+               0.75: (75.0, 2.345, 1.962, 1.07), 1.0: (75.5, 2.426, 1.972, 1.07), 1.5: (74.5, 2.687, 1.993, 0.97),
+               3.0: (74.0, 3.257, 2.020, 0.97)}
+SWEEP_COMMON = [
+    ("model", "ResNet-18 (Section 4)", "kw-mnist-cnn: 2 convolutions, 166k parameters (smoothing-mnist-0.50)"),
+    ("success rule", "one Goodman test on 1,500 copies, alpha 0.005", ("both, from the same records: the paper's "
+     "(the judge's test on 1,500 copies) and the strict one (that, then confirmation on 15,000 fresh copies)")),
+    ("hardware", "one P100 GPU", "one shared CPU thread (a Ray worker)"),
+]
+CAA_TABLE_3_SETTINGS = [
+    ("dataset", "MNIST, sigma 0.5", "MNIST test images 0-4999 (test-eval), sigma 0.5"),
+    ("training set", "MNIST's 60,000 training images", "5,000 images (MNIST test images 5000-9999)"),
+    *SWEEP_COMMON,
+    ("attack settings", "Algorithm 1, c varied", "the registry's caa with c varied (benchmarks/registry/attacks)"),
+]
+CAA_TABLE_3_COMMAND = ("RSBENCH_REGISTRY=benchmarks/registry rsbench sweep --defense smoothing-mnist-0.50 --attack "
+                       "'caa-c*' --num-samples 30 --n 10000 --backend ray --root benchmarks/results/caa-cutoff-mnist")
+
+# The certification-aware-attack paper, Table 2 (CIFAR-10, sigma 0.5; the paper has no MNIST version): each
+# attack's r50, attacked % and time (s) with N noise copies per expectation.
+NOISE_COUNTS = (250, 500, 750, 1000, 2000)
+CAA_TABLE_2 = {
+    "caa": ((0.94, 0.84, 0.85, 0.82, 0.79), (96, 97, 97, 99, 98), (1.2, 1.6, 2.6, 4.5, 7.1)),
+    "pgd": ((1.04, 0.94, 0.89, 0.9, 0.87), (95, 96, 96, 96, 96), (0.6, 0.8, 1.1, 1.4, 1.9)),
+    "cw": ((6.41, 6.45, 6.46, 6.41, 6.34), (93, 92, 93, 94, 94), (1.9, 2.8, 4.0, 5.2, 7.4)),
+    "deepfool": ((2.18, 1.91, 1.83, 1.84, 1.81), (76, 82, 81, 81, 85), (0.3, 0.4, 0.7, 0.9, 1.1)),
+}
+CAA_TABLE_2_SETTINGS = [
+    ("dataset", "CIFAR-10, sigma 0.5", "MNIST test images 0-4999 (test-eval), sigma 0.5"),
+    ("training set", "CIFAR-10's 50,000 training images", "5,000 images (MNIST test images 5000-9999)"),
+    *SWEEP_COMMON,
+    ("attack settings", "N copies per expectation in each attack, C-W too",
+     ("the registry's caa, pgd and deepfool with num_noise = N (benchmarks/registry/attacks); C-W left out "
+      "(its cost: the cost table)")),
+]
+CAA_TABLE_2_COMMAND = ("RSBENCH_REGISTRY=benchmarks/registry rsbench sweep --defense smoothing-mnist-0.50 --attack "
+                       "'*-n[0-9]*' --num-samples 20 --n 10000 --backend ray --root benchmarks/results/noise-samples-mnist")
+
+# What each of the certification-aware-attack paper's MNIST rows costs rsbench, and where its records are:
+# (paper rows, rsbench attacks, where the records are: a track name or a folder under benchmarks/results, status).
+COST_ROWS = [
+    ("Table 1 (M-0.5): CAA, PGD, DeepFool", ("caa", "pgd", "deepfool"), "evasion-smoothing-mnist-0.50",
+     "on the track, 100 images"),
+    ("Table 1: C-W", ("cw",), "cost-probes-mnist", "not run: cost probe of 2 images"),
+    ("Table 1: AutoAttack", ("autoattack",), "cost-probes-mnist", "not run: cost probe of 1 image"),
+    ("Table 3, MNIST rows (7 cutoffs)", tuple(f"caa-c{c}" for c in CAA_TABLE_3), "caa-cutoff-mnist",
+     "run"),
+    ("Table 2 on MNIST (5 N, 3 attacks)", tuple(f"{a}-n{n}" for a in ("caa", "pgd", "deepfool") for n in NOISE_COUNTS),
+     "noise-samples-mnist", "run"),
+]

@@ -19,62 +19,23 @@ to the paper's own attacks (Table 1's `best`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import statistics
+import sys
 from pathlib import Path
 
 from rsbench import metrics
 from rsbench.goals.degradation import Degradation
-from rsbench.leaderboard import track_files
-from rsbench.records import SampleRecord
-from rsbench.stats import bootstrap, clopper_pearson
+from rsbench.stats import bootstrap
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, which runs as a file
+import paper_numbers as papers
+import paper_sweeps
+from paper_format import cell, interval, missing, run_records, settings_rows, share, track
 
-def sibling(name: str):
-    """A module beside this script, loaded by path (the script runs as a file, and the docs load it as one)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-papers = sibling("paper_numbers")
-SEED = "benchmarks/seed_leaderboards.sh"
 SHADOW_RUNS = Path(__file__).resolve().parent / "results" / "shadow-crownibp"
 """The shadow-crownibp run directories (their config.json and samples.jsonl), one per model and attack."""
 SHADOW_RUNS_COMMAND = ("rsbench evaluate --defense D --attack A --num-samples K --n 10000 "
                        "--out benchmarks/results/shadow-crownibp/A-D")
-
-
-def track(root: Path, name: str) -> tuple[track_files.Leaderboard, list[SampleRecord], dict[str, list]] | None:
-    """A track's newest version and its stored records, or None when it has not been seeded."""
-    path = track_files.latest(root, name)
-    if path is None:
-        return None
-    board = track_files.load(path)
-    clean, records = track_files.stored_records(path.parent, board)
-    return board, clean, records
-
-
-def share(hits: int, total: int) -> str:
-    """hits / total in % with its 95% Clopper-Pearson interval and the count."""
-    if not total:
-        return "-"
-    low, high = clopper_pearson(hits, total, 0.05)
-    return f"{100 * hits / total:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n={total})"
-
-
-def interval(value: dict[str, float | None] | None, fmt: str = ".2f") -> str:
-    """A stored metric with its bootstrap interval."""
-    if not value or value.get("value") is None:
-        return "-"
-    return f"{value['value']:{fmt}} [{value['ci_low']:{fmt}}, {value['ci_high']:{fmt}}]"
-
-
-def missing(name: str) -> str:
-    return f"  {name}: not yet seeded (see {SEED})"
 
 
 def paper_best(records: dict[str, list]) -> dict[str, tuple[float | None, float, float]]:
@@ -92,14 +53,6 @@ def paper_best(records: dict[str, list]) -> dict[str, tuple[float | None, float,
         return {a: 100 * sum(wins[i][a] for i in draw) / len(draw) for a in names} if draw else {}
 
     return bootstrap(statistic, len(wins)) if wins else {}
-
-
-def settings_rows(source: str, settings: list[tuple[str, str, str]]) -> list[str]:
-    """Where the paper's numbers come from, and each setting on both sides with a difference column."""
-    lines = [f"  source: {source}", f"  {'setting':<17}{'':<9}{'paper':<52}rsbench"]
-    lines += [f"  {aspect:<17}{'same' if paper == ours else 'differs':<9}{paper:<52}{ours}"
-              for aspect, paper, ours in settings]
-    return lines
 
 
 def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source: str,
@@ -144,10 +97,6 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
                          + (f"; {claim}. Model, training set, rule and samples differ (above), so this row neither "
                             "reproduces nor refutes that claim" if claim else ""))
     return lines
-
-
-def cell(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
 
 
 def degradation_rows(root: Path) -> list[str]:
@@ -254,21 +203,6 @@ def shadow_row(label: str, rows: list, eps: float) -> str:
             f"{mean([r.total_time_s for r in rows], '.1f'):>10}")
 
 
-def run_records(runs: Path, defense: str) -> tuple[float, dict[str, list]] | None:
-    """The epsilon and records by attack of the spoofing run directories in `runs` (as `rsbench evaluate --out`
-    writes them) on `defense`, or None when there are none."""
-    eps, records = None, {}
-    for config_path in sorted(runs.glob("*/config.json")):
-        config = json.loads(config_path.read_text())
-        samples = config_path.parent / "samples.jsonl"
-        if config["defense"] != defense or not samples.exists():
-            continue
-        eps = config["epsilon"]
-        for record in track_files.parse_jsonl(samples.read_bytes(), track_files.record_type("spoofing")):
-            records.setdefault(record.attack, []).append(record)
-    return None if eps is None else (eps, records)
-
-
 SHADOW_HEADER = (f"  {'':<50}{'robust error %':>28}{'attack error %':>28}{'spoofed R':>10}{'l_inf':>7}{'l2':>7}"
                  f"{'s/sample':>10}")
 
@@ -335,6 +269,7 @@ def report(root: Path, runs: Path = SHADOW_RUNS) -> str:
                  papers.CAA_SOURCE.format("Table 1, rows M-0.5 and M-1.0"), papers.CAA_SETTINGS_1, papers.CAA_CLAIM),
         caa_rows(root, papers.CAA_TABLE_4, "Certification-aware-attack paper, Table 4 (MACER)",
                  papers.CAA_SOURCE.format("Table 4, row C-0.5"), papers.CAA_SETTINGS_4),
+        paper_sweeps.table_3_rows(), paper_sweeps.table_2_rows(),
         degradation_rows(root), figure_2_rows(root), crown_ibp_rows(root), shadow_rows(root, runs),
         gloro_shadow_rows(root), causes(),
     ]

@@ -15,6 +15,7 @@ import importlib.util
 import re
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -50,13 +51,23 @@ def track_tables() -> str:
     return text.split("\n", 1)[1]  # without its "# Leaderboards" title: the page has its own
 
 
-def paper_tables() -> str:
-    """What `python benchmarks/paper_tables.py` prints: the seed papers' MNIST rows beside the tracks."""
+def load_paper_tables() -> ModuleType:
+    """benchmarks/paper_tables.py, loaded as the file it is (it is a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "benchmarks" / "paper_tables.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return "```text\n" + module.report(LEADERBOARDS) + "\n```"
+    return module
+
+
+def paper_tables() -> str:
+    """What `python benchmarks/paper_tables.py` prints: the seed papers' MNIST rows beside the tracks."""
+    return "```text\n" + load_paper_tables().report(LEADERBOARDS) + "\n```"
+
+
+def paper_costs() -> str:
+    """What each of the certification-aware-attack paper's MNIST rows costs on the CPU, from stored times."""
+    return load_paper_tables().paper_sweeps.cost_markdown(LEADERBOARDS)
 
 
 def readme_track() -> str:
@@ -202,7 +213,7 @@ BLOCKS: dict[str, Callable[[], str]] = {"tracks": track_tables, "paper-tables": 
                                         "digits-smoothing-evasion": digits_smoothing_evasion,
                                         "digits-evasion": digits_evasion, "digits-degradation": digits_degradation,
                                         "digits-spoofing": digits_spoofing, "mnist-models": mnist_models,
-                                        "mnist-attack-costs": mnist_attack_costs}
+                                        "mnist-attack-costs": mnist_attack_costs, "paper-costs": paper_costs}
 
 
 def fill(text: str) -> str:

@@ -76,7 +76,7 @@ def test_shadow_rows_keep_linf_and_l2_apart_and_read_the_run_files(tmp_path: Pat
     paper_tables = load_paper_tables()
     run = tmp_path / "shadow-crownibp-crownibp-mnist-0.2"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"defense": "crownibp-mnist-0.2", "epsilon": 0.2}))
+    (run / "config.json").write_text(json.dumps({"defense": "crownibp-mnist-0.2", "goal": "spoofing", "epsilon": 0.2}))
     base = {"label": 7, "attack": "shadow-crownibp", "target": 2, "natural_prediction": 7, "natural_radius": 0.25,
             "attack_prediction": 2, "attack_radius": 0.3, "adv_prediction": 2, "epsilon": 0.2, "l2": 6.0,
             "linf": 1.0, "tv": 100.0, "ssim": 0.6, "total_time_s": 5.0, "iterations": 2700}

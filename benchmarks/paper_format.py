@@ -1,0 +1,77 @@
+"""What benchmarks/paper_tables.py and paper_sweeps.py share: reading a track's or a run folder's stored records,
+and the cells every comparison prints (shares with Clopper-Pearson intervals, stored metrics with their bootstrap
+intervals, the settings of both sides with a difference column)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rsbench.leaderboard import track_files
+from rsbench.records import SampleRecord
+from rsbench.stats import clopper_pearson
+
+SEED = "benchmarks/seed_leaderboards.sh"
+
+
+def track(root: Path, name: str) -> tuple[track_files.Leaderboard, list[SampleRecord], dict[str, list]] | None:
+    """A track's newest version and its stored records, or None when it has not been seeded."""
+    path = track_files.latest(root, name)
+    if path is None:
+        return None
+    board = track_files.load(path)
+    clean, records = track_files.stored_records(path.parent, board)
+    return board, clean, records
+
+
+def share(hits: int, total: int) -> str:
+    """hits / total in % with its 95% Clopper-Pearson interval and the count."""
+    if not total:
+        return "-"
+    low, high = clopper_pearson(hits, total, 0.05)
+    return f"{100 * hits / total:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n={total})"
+
+
+def interval(value: dict[str, float | None] | None, fmt: str = ".2f") -> str:
+    """A stored metric with its bootstrap interval."""
+    if not value or value.get("value") is None:
+        return "-"
+    return f"{value['value']:{fmt}} [{value['ci_low']:{fmt}}, {value['ci_high']:{fmt}}]"
+
+
+def missing(name: str) -> str:
+    return f"  {name}: not yet seeded (see {SEED})"
+
+
+def settings_rows(source: str, settings: list[tuple[str, str, str]]) -> list[str]:
+    """Where the paper's numbers come from, and each setting on both sides with a difference column."""
+    lines = [f"  source: {source}", f"  {'setting':<17}{'':<9}{'paper':<52}rsbench"]
+    lines += [f"  {aspect:<17}{'same' if paper == ours else 'differs':<9}{paper:<52}{ours}"
+              for aspect, paper, ours in settings]
+    return lines
+
+
+def cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def run_configs(runs: Path, defense: str, goal: str) -> list[tuple[dict, Path]]:
+    """The config and samples.jsonl of every run directory under `runs` (as `rsbench evaluate --out` and
+    `rsbench sweep --root` write them) of `defense` and `goal`."""
+    found = []
+    for config_path in sorted(runs.rglob("config.json")):
+        config = json.loads(config_path.read_text())
+        samples = config_path.parent / "samples.jsonl"
+        if config["defense"] == defense and config["goal"] == goal and samples.exists():
+            found.append((config, samples))
+    return found
+
+
+def run_records(runs: Path, defense: str, goal: str = "spoofing") -> tuple[float | None, dict[str, list]] | None:
+    """The epsilon and records by attack of those run directories, or None when there are none."""
+    runs_found = run_configs(runs, defense, goal)
+    records: dict[str, list] = {}
+    for _, samples in runs_found:
+        for record in track_files.parse_jsonl(samples.read_bytes(), track_files.record_type(goal)):
+            records.setdefault(record.attack, []).append(record)
+    return (runs_found[-1][0]["epsilon"], records) if runs_found else None

@@ -1,0 +1,138 @@
+"""The certification-aware-attack paper's two sensitivity tables on MNIST, from `rsbench sweep` run folders: Table 3
+(CAA's cutoff c) and Table 2 (the noise copies N each attack estimates its expectations with; the paper's is on
+CIFAR-10). Each attack variant is a spec of benchmarks/registry/attacks, so the sweep's records say which c or N
+made them; both success rules are counted from the same records, with 95% intervals (Clopper-Pearson for shares,
+bootstrap over samples for medians)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import paper_numbers as papers
+from paper_format import run_configs, run_records, settings_rows, share, track
+
+from rsbench.records import AttackRecord
+from rsbench.stats import bootstrap
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CUTOFF_RUNS = RESULTS / "caa-cutoff-mnist"
+NOISE_RUNS = RESULTS / "noise-samples-mnist"
+DEFENSE = "smoothing-mnist-0.50"
+ATTACKED = 94
+"""Of the first 100 test-eval images, those smoothing-mnist-0.50 classifies correctly and certifies (its track's count)."""
+
+
+def medians(rows: list[AttackRecord], fields: dict[str, Callable[[AttackRecord], float | None]]) -> dict[str, str]:
+    """Each field's median over the records where it is defined, with a bootstrap interval over the samples."""
+    def statistic(draw: list[int]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for key, read in fields.items():
+            values = [v for v in (read(rows[i]) for i in draw) if v is not None]
+            out[key] = statistics.median(values) if values else None
+        return out
+
+    return {key: "-" if value is None else f"{value:.3g} [{low:.3g}, {high:.3g}]"
+            for key, (value, low, high) in bootstrap(statistic, len(rows)).items()}
+
+
+def images(runs: Path) -> str:
+    """Which test images the sweep's runs have finished (their clean certificates), out of those they were given."""
+    done: set[int] = set()
+    given = 0
+    for config, samples in run_configs(runs, DEFENSE, "evasion"):
+        clean = samples.with_name("clean.jsonl")
+        done |= {json.loads(line)["index"] for line in clean.read_text().splitlines()} if clean.exists() else set()
+        given = max(given, config["num_samples"])
+    if not given:
+        return "not run yet"
+    if done == set(range(len(done))):
+        return f"the first {len(done)} test-eval images" + (f" (of the {given} the sweep was given)" if len(done) < given else "")
+    return f"{len(done)} of the first {given} test-eval images"
+
+
+def sweep_rows(title: str, runs: Path, source: str, settings: list, command: str) -> tuple[list[str], dict]:
+    """A sweep table's heading, settings (the images read from the runs' configs) and its records by attack; when
+    there are none, a line saying which command makes them."""
+    lines = [title, *settings_rows(source, [*settings, ("samples", "not stated in the text",
+                                                         f"{images(runs)}; n attacked in each row")])]
+    found = run_records(runs, DEFENSE, "evasion")
+    if found is None:
+        lines.append(f"  rsbench: not run yet ({command})")
+    return lines, found[1] if found else {}
+
+
+def rule_rows(label: str, rows: list[AttackRecord]) -> tuple[str, str]:
+    """A variant's success under the paper's rule (the judge accepted a candidate) and under the strict one."""
+    return (f"  {label:<24}{'paper':<8}{share(sum(r.candidates > 0 for r in rows), len(rows)):>26}",
+            f"  {label:<24}{'strict':<8}{share(sum(r.success for r in rows), len(rows)):>26}")
+
+
+def table_3_rows(runs: Path = CUTOFF_RUNS) -> list[str]:
+    """Table 3: success, first and best r50 and first t50 of CAA at each cutoff c, the paper's MNIST rows beside."""
+    heads = ("success %", "first r50", "best r50", "first t50 (s)")
+    lines, records = sweep_rows("Certification-aware-attack paper, Table 3 (CAA's cutoff c; MNIST, sigma 0.5)", runs,
+                                papers.CAA_SOURCE.format("Table 3, MNIST rows"), papers.CAA_TABLE_3_SETTINGS,
+                                papers.CAA_TABLE_3_COMMAND)
+    lines.append(f"  {'c':<24}{'rule':<8}" + "".join(f"{h:>26}" for h in heads))
+    for c, paper in papers.CAA_TABLE_3.items():
+        lines.append(f"  {f'{c:g} (paper)':<24}{'paper':<8}" + "".join(f"{v:>26g}" for v in paper))
+        rows = records.get(f"caa-c{c}")
+        if not rows:
+            lines.append(f"  {f'{c:g} (rsbench)':<24}-")
+            continue
+        paper_rule, strict = rule_rows(f"{c:g} (rsbench)", rows)
+        judged = medians(rows, {"best": lambda r: r.judged_best_radius})
+        found_first = medians(rows, {"first": lambda r: r.first_radius, "best": lambda r: r.best_radius,
+                                     "t50": lambda r: r.first_time_s})
+        lines += [paper_rule + f"{'-':>26}{judged['best']:>26}",
+                  strict + "".join(f"{found_first[k]:>26}" for k in ("first", "best", "t50")) + f"  n={len(rows)}"]
+    return [*lines, ("  first r50 and first t50 under the paper's rule need the first accepted candidate's radius and "
+                     "time, which records keep only for confirmed ones (-)")]
+
+
+def table_2_rows(runs: Path = NOISE_RUNS) -> list[str]:
+    """Table 2: each attack's r50 (both rules), success and time to its best example at each N."""
+    lines, records = sweep_rows("Certification-aware-attack paper, Table 2 (noise copies N per expectation; the "
+                                "paper's on CIFAR-10, rsbench's on MNIST)", runs,
+                                papers.CAA_SOURCE.format("Table 2 (CIFAR-10, sigma 0.5)"), papers.CAA_TABLE_2_SETTINGS,
+                                papers.CAA_TABLE_2_COMMAND)
+    lines.append(f"  {'attack, N':<24}{'rule':<8}{'success %':>26}{'r50':>26}{'time (s)':>26}")
+    for attack, (r50s, attacked, times) in papers.CAA_TABLE_2.items():
+        for n, r50, share_paper, time in zip(papers.NOISE_COUNTS, r50s, attacked, times):
+            label = f"{attack} {n}"
+            lines.append(f"  {label + ' (paper)':<24}{'paper':<8}{share_paper:>26}{r50:>26}{time:>26}")
+            rows = records.get(f"{attack}-n{n}")
+            if not rows:
+                lines.append(f"  {label + ' (rsbench)':<24}{'left out (cost)' if attack == 'cw' else '-'}")
+                continue
+            paper_rule, strict = rule_rows(label + " (rsbench)", rows)
+            cells = medians(rows, {"judged": lambda r: r.judged_best_radius, "r50": lambda r: r.best_radius,
+                                   "time": lambda r: r.best_time_s})
+            lines += [paper_rule + f"{cells['judged']:>26}",
+                      strict + f"{cells['r50']:>26}{cells['time']:>26}  n={len(rows)}"]
+    return [*lines, ("  paper columns: success is the paper's 'Attacked'; rsbench's time is the median seconds to the "
+                     "smallest example on one shared CPU thread, the paper's a P100's")]
+
+
+def cost_markdown(root: Path, results: Path = RESULTS) -> str:
+    """What each paper row costs on rsbench's CPU: the median seconds an attack ran on one sample (the records'
+    total_time_s, wall time of one shared thread; the judge's and confirmation's copies and the clean certificate
+    come on top) and the hours that makes for one model's 100 images, each attack variant run once."""
+    lines = ["| paper rows | status | records | attack seconds a sample, median [95%] (n) | CPU-hours, 100 images |",
+             "|---|---|---|---|---|"]
+    for label, attacks, source, status in papers.COST_ROWS:
+        found = track(root, source) if source.startswith("evasion-") else run_records(results / source, DEFENSE,
+                                                                                     "evasion")
+        stored = found[2] if found and source.startswith("evasion-") else (found[1] if found else {})
+        rows = [r for a in attacks for r in stored.get(a, [])]
+        status = f"{status} on {images(results / source)}" if status == "run" else status
+        if not rows:
+            lines.append(f"| {label} | {status} | {source} | - | - |")
+            continue
+        cell = medians(rows, {"t": lambda r: r.total_time_s})["t"]
+        hours = statistics.median(r.total_time_s for r in rows) * len(attacks) * ATTACKED / 3600
+        lines.append(f"| {label} | {status} | {source} | {cell} ({len(rows)}) | {hours:.1f} |")
+    return "\n".join(lines)
