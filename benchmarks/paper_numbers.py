@@ -147,13 +147,20 @@ CAA_TABLE_2_SETTINGS = [
 CAA_TABLE_2_COMMAND = ("RSBENCH_REGISTRY=benchmarks/registry rsbench sweep --defense smoothing-mnist-0.50 --attack "
                        "'*-n[0-9]*' --num-samples 20 --n 10000 --backend ray --root benchmarks/results/noise-samples-mnist")
 
+SLOW_ROWS = ("too slow for rsbench's 2 CPU cores (CPU cost in the README's table of paper rows); on a GPU or a Ray "
+             "cluster: rsbench sweep --defense 'smoothing-mnist-*' --attack {} --num-samples 100 --n 10000 "
+             "--backend ray --root runs/mnist-slow, then rsbench leaderboard add on each run folder")
+"""Where a track lacks one of the paper's attacks: what it would cost, and the command that adds it."""
+
 # What each of the certification-aware-attack paper's MNIST rows costs rsbench, and where its records are:
 # (paper rows, rsbench attacks, where the records are: a track name or a folder under benchmarks/results, status).
 COST_ROWS = [
     ("Table 1 (M-0.5): CAA, PGD, DeepFool", ("caa", "pgd", "deepfool"), "evasion-smoothing-mnist-0.50",
      "on the track, 100 images"),
-    ("Table 1: C-W", ("cw",), "cost-probes-mnist", "not run: cost probe of 2 images"),
-    ("Table 1: AutoAttack", ("autoattack",), "cost-probes-mnist", "not run: cost probe of 1 image"),
+    ("Table 1: C-W", ("cw",), "cost-probes-mnist", "not on the tracks (cost probe of 2 images): "
+     "`rsbench sweep --defense 'smoothing-mnist-*' --attack cw --num-samples 100 --backend ray`"),
+    ("Table 1: AutoAttack", ("autoattack",), "cost-probes-mnist", "not on the tracks (cost probe of 1 image): "
+     "`rsbench sweep --defense 'smoothing-mnist-*' --attack autoattack --num-samples 100 --backend ray`"),
     ("Table 3, MNIST rows (7 cutoffs)", tuple(f"caa-c{c}" for c in CAA_TABLE_3), "caa-cutoff-mnist",
      "run"),
     ("Table 2 on MNIST (5 N, 3 attacks)", tuple(f"{a}-n{n}" for a in ("caa", "pgd", "deepfool") for n in NOISE_COUNTS),

@@ -73,7 +73,7 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
             lines.append(f"  {attack + ' (paper)':<20}{'paper':<10}" + "".join(f"{v:>20}" for v in numbers))
             entry = next((e for e in board.entries if e.name == attack), None) if board else None
             if entry is None:
-                lines.append(f"  {attack + ' (rsbench)':<20}{'':<10}{'not yet seeded':>20}")
+                lines.append(f"  {attack + ' (rsbench)':<20}{'':<10}not on this track: {papers.SLOW_ROWS.format(attack)}")
                 continue
             judged = paper_rule[attack]
             hits = sum(r.candidates > 0 for r in records[attack])
