@@ -5,11 +5,12 @@ intervals, the settings of both sides with a difference column)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from rsbench.leaderboard import track_files
-from rsbench.records import SampleRecord
-from rsbench.stats import clopper_pearson
+from rsbench.records import AttackRecord, SampleRecord
+from rsbench.stats import bootstrap, clopper_pearson
 
 SEED = "benchmarks/seed_leaderboards.sh"
 
@@ -75,3 +76,31 @@ def run_records(runs: Path, defense: str, goal: str = "spoofing") -> tuple[float
         for record in track_files.parse_jsonl(samples.read_bytes(), track_files.record_type(goal)):
             records.setdefault(record.attack, []).append(record)
     return (runs_found[-1][0]["epsilon"], records) if runs_found else None
+
+
+def strict_radius(record: AttackRecord) -> float | None:
+    """A record's smallest example by rsbench's rule (confirmed on fresh noise), or None."""
+    return record.best_radius if record.success else None
+
+
+def judged_radius(record: AttackRecord) -> float | None:
+    """A record's smallest example by the paper's rule (the judge's test alone), or None."""
+    return record.judged_best_radius if record.candidates else None
+
+
+def best_shares(records: dict[str, list], names: list[str], radius: Callable[[AttackRecord], float | None]
+                ) -> dict[str, tuple[float | None, float, float]]:
+    """`best` among `names`: % of the samples they all attacked on which an attack's smallest example (by
+    `radius`) is the smallest (ties credit each; none when all fail), with a bootstrap interval over those samples."""
+    by_sample: dict[int, dict[str, float]] = {}
+    for name in names:
+        for r in records.get(name, []):
+            found = radius(r)
+            by_sample.setdefault(r.index, {})[name] = float("inf") if found is None else found
+    samples = [radii for radii in by_sample.values() if len(radii) == len(names)]
+    wins = [{a: r[a] == min(r.values()) < float("inf") for a in names} for r in samples]
+
+    def statistic(draw: list[int]) -> dict[str, float | None]:
+        return {a: 100 * sum(wins[i][a] for i in draw) / len(draw) for a in names} if draw else {}
+
+    return bootstrap(statistic, len(wins)) if wins else {}

@@ -25,12 +25,11 @@ from pathlib import Path
 
 from rsbench import metrics
 from rsbench.goals.degradation import Degradation
-from rsbench.stats import bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, which runs as a file
 import paper_numbers as papers
 import paper_sweeps
-from paper_format import cell, interval, missing, run_records, settings_rows, share, track
+from paper_format import best_shares, cell, interval, missing, run_records, settings_rows, share, strict_radius, track
 
 SHADOW_RUNS = Path(__file__).resolve().parent / "results" / "shadow-crownibp"
 """The shadow-crownibp run directories (their config.json and samples.jsonl), one per model and attack."""
@@ -39,20 +38,9 @@ SHADOW_RUNS_COMMAND = ("rsbench evaluate --defense D --attack A --num-samples K 
 
 
 def paper_best(records: dict[str, list]) -> dict[str, tuple[float | None, float, float]]:
-    """Table 1's `best` among the paper's attacks a track holds: % of the samples they all attacked on which an
-    attack's smallest example is the smallest (ties credit each), with a bootstrap interval over those samples."""
-    names = [a for a in papers.CAA_ATTACKS if a in records]
-    by_sample: dict[int, dict[str, float]] = {}
-    for name in names:
-        for r in records[name]:
-            by_sample.setdefault(r.index, {})[name] = r.best_radius if r.success else float("inf")
-    samples = [radii for radii in by_sample.values() if len(radii) == len(names)]
-    wins = [{a: r[a] == min(r.values()) < float("inf") for a in names} for r in samples]
-
-    def statistic(draw: list[int]) -> dict[str, float | None]:
-        return {a: 100 * sum(wins[i][a] for i in draw) / len(draw) for a in names} if draw else {}
-
-    return bootstrap(statistic, len(wins)) if wins else {}
+    """Table 1's `best` among the paper's attacks a track holds, by the strict rule (each record's confirmed
+    smallest example)."""
+    return best_shares(records, [a for a in papers.CAA_ATTACKS if a in records], strict_radius)
 
 
 def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source: str,
