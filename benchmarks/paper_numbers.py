@@ -43,7 +43,8 @@ CAA_SETTINGS_1 = [
 ]
 CAA_SETTINGS_4 = [
     ("dataset", "CIFAR-10 (Table 4 has no MNIST row)", "MNIST test images 0-4999 (test-eval)"),
-    ("model", "ResNet-110 trained with MACER (Appendix F)", "kw-mnist-cnn fine-tuned with MACER from smoothing-mnist-0.50"),
+    ("model", "ResNet-110 trained with MACER (Appendix F)",
+     "kw-mnist-cnn fine-tuned with MACER from smoothing-mnist-0.50"),
     ("training set", "CIFAR-10's 50,000 training images", "5,000 images (MNIST test images 5000-9999)"),
     *CAA_COMMON,
 ]
@@ -101,7 +102,8 @@ SHADOW_SETTINGS = [
     ("samples", "the test set",
      "the first 100 test-eval images (-pixel: 20), the correct and certified ones attacked")]
 
-GLORO_SHADOW_SOURCE = "the Shadow Attack paper attacks smoothing (l2, Table 1) and CROWN-IBP (l_inf, Table 2), not GloRo"
+GLORO_SHADOW_SOURCE = ("the Shadow Attack paper attacks smoothing (l2, Table 1) and CROWN-IBP (l_inf, Table 2), "
+                       "not GloRo")
 GLORO_SHADOW_SETTINGS = [
     ("model", "none", "gloro-mnist-0.30 and -1.58, rsbench-trained"),
     ("threat model", "none (l2 on smoothing, l_inf on CROWN-IBP)", "l2 0.3 and 1.58"),
@@ -145,7 +147,8 @@ CAA_TABLE_2_SETTINGS = [
       "(its cost: the cost table)")),
 ]
 CAA_TABLE_2_COMMAND = ("RSBENCH_REGISTRY=benchmarks/registry rsbench sweep --defense smoothing-mnist-0.50 --attack "
-                       "'*-n[0-9]*' --num-samples 20 --n 10000 --backend ray --root benchmarks/results/noise-samples-mnist")
+                       "'*-n[0-9]*' --num-samples 20 --n 10000 --backend ray "
+                       "--root benchmarks/results/noise-samples-mnist")
 
 SLOW_ROWS = ("too slow for rsbench's 2 CPU cores (CPU cost in the README's table of paper rows); on a GPU or a Ray "
              "cluster: rsbench sweep --defense 'smoothing-mnist-*' --attack {} --num-samples 100 --n 10000 "

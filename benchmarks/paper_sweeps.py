@@ -23,7 +23,8 @@ CUTOFF_RUNS = RESULTS / "caa-cutoff-mnist"
 NOISE_RUNS = RESULTS / "noise-samples-mnist"
 DEFENSE = "smoothing-mnist-0.50"
 ATTACKED = 94
-"""Of the first 100 test-eval images, those smoothing-mnist-0.50 classifies correctly and certifies (its track's count)."""
+"""Of the first 100 test-eval images, those smoothing-mnist-0.50 classifies correctly and certifies (its track's
+count)."""
 
 
 def medians(rows: list[AttackRecord], fields: dict[str, Callable[[AttackRecord], float | None]]) -> dict[str, str]:
@@ -50,7 +51,8 @@ def images(runs: Path) -> str:
     if not given:
         return "not run yet"
     if done == set(range(len(done))):
-        return f"the first {len(done)} test-eval images" + (f" (of the {given} the sweep was given)" if len(done) < given else "")
+        short = f" (of the {given} the sweep was given)" if len(done) < given else ""
+        return f"the first {len(done)} test-eval images{short}"
     return f"{len(done)} of the first {given} test-eval images"
 
 

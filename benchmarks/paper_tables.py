@@ -61,7 +61,8 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
             lines.append(f"  {attack + ' (paper)':<20}{'paper':<10}" + "".join(f"{v:>20}" for v in numbers))
             entry = next((e for e in board.entries if e.name == attack), None) if board else None
             if entry is None:
-                lines.append(f"  {attack + ' (rsbench)':<20}{'':<10}not on this track: {papers.SLOW_ROWS.format(attack)}")
+                slow = papers.SLOW_ROWS.format(attack)
+                lines.append(f"  {attack + ' (rsbench)':<20}{'':<10}not on this track: {slow}")
                 continue
             judged = paper_rule[attack]
             hits = sum(r.candidates > 0 for r in records[attack])
@@ -88,7 +89,8 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
 
 
 def degradation_rows(root: Path) -> list[str]:
-    lines = ["Degradation paper, Table 1 (GloRo, MNIST)", *settings_rows(papers.DEGRADATION_SOURCE, papers.DEGRADATION_SETTINGS),
+    lines = ["Degradation paper, Table 1 (GloRo, MNIST)",
+             *settings_rows(papers.DEGRADATION_SOURCE, papers.DEGRADATION_SETTINGS),
              f"  {'':<34}{'VRA %':>28}{'FPR lower %':>28}{'utility red. %':>28}{'FPR upper %':>28}"]
     for defense, (row, vra, lower, utility) in papers.DEGRADATION_TABLE_1.items():
         lines.append(f"  {'paper ' + row:<34}{vra:>28.1f}{lower:>28.1f}{utility:>28.1f}{'(Figure 2)':>28}")

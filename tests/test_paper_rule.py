@@ -33,10 +33,40 @@ def test_every_entry_counts_what_the_judge_accepted_confirmed_or_not() -> None:
                                  for r in rows]}
     line = paper_rule.note(board, (clean, entries))
     r50 = statistics.median(0.25 + r.index for r in rows)
-    assert re.search(rf"{name} 100% \[\d+, 100\], r50 {r50:.3g}[;.]", line)
+    assert re.search(rf"{name} 100% \[\d+, 100\], r50 {r50:.3g} \[[\d.]+, [\d.]+\][;.]", line)
     # nothing accepted: 0% under the paper's rule, whatever the strict one says
     entries[name] = [r.model_copy(update={"candidates": 0, "judged_best_radius": None}) for r in rows]
     assert f"{name} 0% [0, " in paper_rule.note(board, (clean, entries))
+
+
+def test_best_by_the_papers_rule_is_counted_from_the_judged_radii_of_every_entry() -> None:
+    """Once every entry's records carry the judged radii, each entry's best by the paper's rule is the share of
+    samples where its smallest accepted radius is the smallest of all entries', confirmed or not."""
+    path = track_files.latest(ROOT, "evasion-smoothing-digits-0.50")
+    board = track_files.load(path)
+    clean, stored = track_files.stored_records(path.parent, board)
+    names = list(stored)
+
+    def judged(k: int, index: int) -> float | None:
+        """Entry k's smallest accepted radius on a sample: the last entry wins every third sample, unconfirmed;
+        entry 0 the others; entry 1 accepts nothing on even samples."""
+        if k == 1 and index % 2 == 0:
+            return None
+        if k == len(names) - 1:
+            return 0.5 if index % 3 == 0 else 5.0
+        return 1.0 + k
+
+    entries = {name: [r.model_copy(update={"candidates": int(judged(k, r.index) is not None), "success": False,
+                                           "best_radius": None, "judged_best_radius": judged(k, r.index)})
+                      for r in stored[name]] for k, name in enumerate(names)}
+    line = paper_rule.note(board, (clean, entries))
+    indices = [r.index for r in entries[names[0]]]
+    for k, name in enumerate(names):
+        smallest = {i: min(judged(j, i) for j in range(len(names)) if judged(j, i) is not None) for i in indices}
+        wins = sum(judged(k, i) is not None and judged(k, i) == smallest[i] for i in indices)
+        assert re.search(rf"{re.escape(name)} \d+% \[\d+, \d+\], r50 [^;]*, best {100 * wins / len(indices):.0f}% "
+                         rf"\[\d+, \d+\]", line), name
+    assert "predate" not in line
 
 
 def test_the_shipped_smoothing_tables_carry_the_rule_and_no_other_track_does() -> None:
@@ -86,7 +116,7 @@ def test_a_record_edited_to_move_the_paper_rule_is_refused_with_or_without_its_n
     old = track_files.load(path).entries[0].records.sha256
     path.write_text(text.replace(old, fresh))
     board = track_files.load(path)
-    assert re.search(rf"{name} \d+% \[\d+, \d+\], r50 0\.01;", paper_rule.note(board, track_files.stored_records(
-        path.parent, board)))  # what the edit would show
+    line = paper_rule.note(board, track_files.stored_records(path.parent, board))
+    assert re.search(rf"{name} \d+% \[\d+, \d+\], r50 0\.01 \[0\.01, 0\.01\];", line)  # what the edit would show
     with pytest.raises(RsbenchError, match=rf"{track}/v\d+\.json: an entry changed or was removed since HEAD"):
         audit.check(root, "HEAD", intervals=False, pull_request=True)

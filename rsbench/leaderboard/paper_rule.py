@@ -5,34 +5,70 @@ confirmed on fresh noise. The paper counts it at the first step (the judge's tes
 is compared with the paper's rule, so the tables say what each entry scores under it, from the same records: a
 sample succeeds when the judge accepted any candidate (`candidates > 0`, stored by every record), and its radius is
 the smallest accepted one (`judged_best_radius`, stored by records made since it was added; older records give
-no r50 by this rule rather than the strict one's).
+no r50 or best by this rule rather than the strict one's).
 """
 
 from __future__ import annotations
 
-from rsbench.leaderboard.track_files import Leaderboard
-from rsbench.metrics import paper_rule_table
+import statistics
+
+from rsbench.leaderboard.scoring import comparison, resampled
+from rsbench.leaderboard.track_files import Interval, Leaderboard
 from rsbench.records import AttackRecord, SampleRecord
-from rsbench.stats import clopper_pearson
+from rsbench.stats import bootstrap, clopper_pearson
+
+
+def paper_view(rows: list[AttackRecord]) -> list[AttackRecord]:
+    """The records as the paper's rule reads them: a success wherever the judge accepted a candidate, at the
+    smallest accepted radius."""
+    return [r.model_copy(update={"success": r.candidates > 0, "best_radius": r.judged_best_radius}) for r in rows]
+
+
+def recorded(rows: list[AttackRecord]) -> bool:
+    """Whether the records carry the smallest accepted radius wherever the judge accepted one."""
+    return all(r.judged_best_radius is not None for r in rows if r.candidates)
+
+
+def r50(board: Leaderboard, clean: list[SampleRecord], rows: list[AttackRecord]) -> Interval:
+    """The median smallest accepted radius over the paper-rule successes, with the track's bootstrap interval."""
+    view = paper_view(rows)
+
+    def statistic(draw: list[int]) -> dict[str, float | None]:
+        radii = [r.best_radius for r in resampled(clean, view, draw)[1] if r.success]
+        return {"r50": statistics.median(radii) if radii else None}
+
+    value, low, high = bootstrap(statistic, len(clean), seed=board.protocol.bootstrap_seed,
+                                 resamples=board.protocol.bootstrap_resamples)["r50"]
+    return Interval(value=value, ci_low=None if value is None else low, ci_high=None if value is None else high)
 
 
 def note(board: Leaderboard, stored: tuple[list[SampleRecord], dict[str, list[AttackRecord]]]) -> str | None:
-    """One line naming each entry's success (95% Clopper-Pearson interval) and r50 under the paper's rule, for a
-    smoothing evasion track with entries; None for any other track."""
+    """One line naming each entry's success (95% Clopper-Pearson interval), and, where the records carry the judged
+    radii, its r50 and its best among the entries (95% bootstrap intervals) under the paper's rule, for a smoothing
+    evasion track with entries; None for any other track."""
     if board.protocol.goal != "evasion" or board.defense.kind != "smoothing" or not board.entries:
         return None
+    clean, entries = stored
+    entries = {name: rows for name, rows in entries.items() if rows}
+    best = (comparison(board, clean, {name: paper_view(rows) for name, rows in entries.items()}).best
+            if all(recorded(rows) for rows in entries.values()) else {})
     parts = []
-    for name, rows in stored[1].items():
-        if not rows:
-            continue
+    for name, rows in entries.items():
         accepted = sum(r.candidates > 0 for r in rows)
         low, high = clopper_pearson(accepted, len(rows), 0.05)
-        r50 = paper_rule_table(rows)[rows[0].attack]["r50"]  # an entry's r50 rests on its own records alone
-        radius = f"r50 {r50:.3g}" if r50 is not None else "r50 not recorded"
-        parts.append(f"{name} {100 * accepted / len(rows):.0f}% [{100 * low:.0f}, {100 * high:.0f}], {radius}")
+        part = f"{name} {100 * accepted / len(rows):.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
+        if recorded(rows):
+            median = r50(board, clean, rows)
+            part += ", r50 " + ("-" if median.value is None else
+                                f"{median.value:.3g} [{median.ci_low:.3g}, {median.ci_high:.3g}]")
+        if name in best and best[name].value is not None:
+            part += f", best {best[name].value:.0f}% [{best[name].ci_low:.0f}, {best[name].ci_high:.0f}]"
+        parts.append(part)
     judge = board.protocol
+    missing = [name for name, rows in entries.items() if not recorded(rows)]
     return (f"Under the certification-aware-attack paper's rule (an example counts once the in-loop judge's Goodman "
             f"test on {judge.judge_n} copies at alpha {judge.judge_alpha:g} accepts it, confirmed on fresh noise or "
             f"not; the table ranks by rsbench's rule, which also confirms it on {judge.confirm_n} fresh copies): "
-            + "; ".join(parts) + ". An r50 by that rule needs each record's smallest accepted radius, which records "
-            "made before it was stored lack.")
+            + "; ".join(parts) + "."
+            + (f" r50 and best by that rule need each record's smallest accepted radius, which the records of "
+               f"{', '.join(missing)} predate." if missing else ""))

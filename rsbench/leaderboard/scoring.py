@@ -12,7 +12,7 @@ from rsbench.records import SampleRecord
 from rsbench.stats import bootstrap
 
 
-def _resampled(clean: Sequence[SampleRecord], records: Sequence[Any], draw: Sequence[int]) -> tuple[list, list]:
+def resampled(clean: Sequence[SampleRecord], records: Sequence[Any], draw: Sequence[int]) -> tuple[list, list]:
     """The clean and attack records of the drawn samples, renumbered so that a sample drawn twice counts twice."""
     by_index: dict[int, list] = {}
     for r in records:
@@ -41,7 +41,7 @@ def point_metrics(board: Leaderboard, name: str, clean: list[SampleRecord], reco
 
 def entry_metrics(board: Leaderboard, name: str, clean: list[SampleRecord], records: list) -> dict[str, Interval]:
     """Every metric of one entry with its seeded bootstrap interval over the evaluated samples."""
-    intervals = bootstrap(lambda draw: point_metrics(board, name, *_resampled(clean, records, draw)), len(clean),
+    intervals = bootstrap(lambda draw: point_metrics(board, name, *resampled(clean, records, draw)), len(clean),
                           seed=board.protocol.bootstrap_seed, resamples=board.protocol.bootstrap_resamples)
     return {k: _interval(*v) for k, v in intervals.items()}
 
@@ -65,7 +65,7 @@ def comparison(board: Leaderboard, clean: list[SampleRecord], records: dict[str,
     def statistic(draw: Sequence[int]) -> dict[str, float | None]:
         scores: dict[str, dict[int, float]] = {}
         for name in names:
-            _, mine = _resampled(clean, records[name], draw)
+            _, mine = resampled(clean, records[name], draw)
             scores[name] = {r.index: score(goal, r) for r in mine}
         top: dict[int, float] = {}
         for table in scores.values():
