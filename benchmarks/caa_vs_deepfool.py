@@ -1,8 +1,11 @@
-"""Why DeepFool keeps up with CAA on the digits defenses: two checks behind the Table 1 reading.
+"""Whether CAA's share of smallest examples against DeepFool is CAA's convergence or the data's.
 
-On rsbench's 8x8 digits models CAA has the smallest example on only 26-62% of samples; the
-rest mostly go to DeepFool, whose radii lie within a few percent of CAA's. This script tells
-an unconverged CAA apart from a property of the data:
+How often CAA has the smallest example against DeepFool on rsbench's 8x8 digits models is in
+`benchmarks/table1.py`'s runs and the digits tracks. This script runs two checks that tell an
+unconverged CAA apart from a property of the data, and prints, for each defense, each attack's
+share of samples with the smallest radius (ties credit all) and its r50, and for the first check
+the median ratio of CAA's radius at 100 iterations to its radius at 300. Its runs go under
+`--out`; the repository stores none of them, so rerun it to see the numbers:
 
 1. convergence: CAA with three times the paper's M (300 iterations) on the samples of a
    finished `benchmarks/table1.py` run, against that run's DeepFool and CAA records;

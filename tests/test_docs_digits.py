@@ -135,3 +135,34 @@ def test_the_result_pages_type_no_table(page: str, markers: tuple[str, ...]) -> 
     text = (ROOT / "docs" / "results" / page).read_text()
     assert [m for m in markers if f"<!-- generated: {m} -->" not in text] == []
     assert [line for line in text.splitlines() if line.lstrip().startswith("|")] == []
+
+
+# The only result numbers papers.md's prose may type: the papers' own, each with the place it is quoted from (the page
+# names the paper and the table, row or abstract beside it). rsbench's measurements are printed by
+# `benchmarks/paper_tables.py` into the page's paper-tables block, so the prose points at those rows instead.
+PAPER_VALUES = {
+    "75%": "the certification-aware-attack paper, Table 1, row M-0.5: CAA's success",
+    "65%": "the certification-aware-attack paper, Table 1, row M-0.5: PGD's success",
+    "5%": "the certification-aware-attack paper, Table 1, row M-0.5: DeepFool's success",
+    "70%": "the certification-aware-attack paper's abstract: 'more than 70% of tested samples'",
+}
+# Settings, not results: the confidence level of the intervals.
+SETTINGS = re.compile(r"95% (?:Clopper-Pearson|bootstrap)")
+
+
+def papers_prose() -> str:
+    """papers.md without its generated blocks (each a marker line that the site build fills)."""
+    text = (ROOT / "docs" / "results" / "papers.md").read_text()
+    return "\n".join(line for line in text.splitlines() if not line.startswith("<!-- generated:"))
+
+
+def test_papers_prose_types_no_result_number_of_rsbench_s() -> None:
+    prose = SETTINGS.sub("", papers_prose())
+    percentages = re.findall(r"\d+(?:\.\d+)?%", prose)
+    assert [p for p in percentages if p not in PAPER_VALUES] == []
+    # Decimals outside model names (gloro-mnist-0.30, M-0.5) and other than the ε the models are trained at: the
+    # distances, SSIMs and rates of the rows, which the block prints.
+    decimals = re.findall(r"(?<![\w.-])\d+\.\d+(?![\w.])", prose)
+    assert [d for d in decimals if d not in {"0.2", "0.3", "0.4", "0.6", "1.58"}] == []
+    # Counts of spoofed or attacked images ("3 of the 86"): the rows' n and rates say them.
+    assert re.findall(r"\b\d+\s+of\s+(?:the\s+\d+|them)", prose) == []
