@@ -181,7 +181,7 @@ def crown_ibp_rows(root: Path) -> list[str]:
 
 def shadow_row(label: str, rows: list, eps: float) -> str:
     """One attack's Table 2 cells on one model: robust and attack error at eps, mean spoofed radius, the mean
-    l_inf and l2 distance of its images and its seconds per attacked sample."""
+    l_inf and l2 distance and SSIM of its images and its seconds per attacked sample."""
     robust_errors = sum(not (r.natural_prediction == r.label and r.natural_radius >= eps) for r in rows)
     spoofed = [r.adv_radius for r in rows if r.success]
 
@@ -190,11 +190,12 @@ def shadow_row(label: str, rows: list, eps: float) -> str:
 
     return (f"  {label:<50}{share(robust_errors, len(rows)):>28}{share(len(rows) - len(spoofed), len(rows)):>28}"
             f"{mean(spoofed, '.3f'):>10}{mean([r.linf for r in rows], '.2f'):>7}{mean([r.l2 for r in rows], '.2f'):>7}"
+            f"{mean([r.ssim for r in rows if r.ssim is not None], '.2f'):>7}"
             f"{mean([r.total_time_s for r in rows], '.1f'):>10}")
 
 
 SHADOW_HEADER = (f"  {'':<50}{'robust error %':>28}{'attack error %':>28}{'spoofed R':>10}{'l_inf':>7}{'l2':>7}"
-                 f"{'s/sample':>10}")
+                 f"{'SSIM':>7}{'s/sample':>10}")
 
 
 def shadow_rows(root: Path, runs: Path) -> list[str]:
@@ -218,8 +219,9 @@ def shadow_rows(root: Path, runs: Path) -> list[str]:
             lines.append(f"  {defense}: no shadow-crownibp run yet (see {SHADOW_RUNS_COMMAND})")
         else:
             lines += [shadow_row(f"rsbench {defense} {attack}", rows, run[0]) for attack, rows in run[1].items()]
-    return lines + [("  l_inf and l2: mean distance of the attack images to the natural ones (the paper reports "
-                     "neither); s/sample: seconds of one shared CPU thread per attacked sample")]
+    return lines + [("  l_inf, l2 and SSIM: mean distance and structural similarity of the attack images to the "
+                     "natural ones (the paper reports none of them); s/sample: seconds of one shared CPU thread per "
+                     "attacked sample")]
 
 
 def gloro_shadow_rows(root: Path) -> list[str]:

@@ -89,5 +89,5 @@ def test_shadow_rows_keep_linf_and_l2_apart_and_read_the_run_files(tmp_path: Pat
     assert "l_inf" in table_2.splitlines()[0] and "gloro" not in table_2
     assert "crownibp" not in gloro and "gloro-mnist" in gloro
     row = next(line for line in table_2.splitlines() if "crownibp-mnist-0.2 shadow-crownibp" in line)
-    assert row.split()[7:14] == ["50.0", "[1.3,", "98.7]", "(n=2)", "0.300", "0.75", "6.00"]
+    assert row.split()[7:15] == ["50.0", "[1.3,", "98.7]", "(n=2)", "0.300", "0.75", "6.00", "0.60"]
     assert "crownibp-mnist-0.4: no shadow-crownibp run yet" in table_2
