@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import scipy.stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +52,11 @@ def test_success_under_the_papers_rule_is_counted_from_the_stored_candidates() -
         "smoothing-mnist-0.50"]}, "t", "s", papers.CAA_SETTINGS_1, papers.CAA_CLAIM))
     paper_row = next(line for line in text.splitlines() if line.split()[:3] == ["pgd", "(rsbench)", "paper"])
     assert paper_row.split()[3] == f"{100 * accepted / len(rows):.1f}"
+    # its whole interval lies above the paper's 65% (scipy's exact binomial bound, not the script's own helper)
+    low = scipy.stats.beta.ppf(0.025, accepted, len(rows) - accepted + 1)
+    assert low > 0.65
+    measured = next(line for line in text.splitlines() if "under the paper's own rule" in line)
+    assert f"pgd {100 * accepted / len(rows):.1f} [{100 * low:.1f}, " in measured and "the paper's 65%" in measured
 
 
 def test_every_comparison_names_its_source_and_says_what_differs_without_verdict_words(
