@@ -150,9 +150,10 @@ CAA_TABLE_2_COMMAND = ("RSBENCH_REGISTRY=benchmarks/registry rsbench sweep --def
                        "'*-n[0-9]*' --num-samples 20 --n 10000 --backend ray "
                        "--root benchmarks/results/noise-samples-mnist")
 
-SLOW_ROWS = ("too slow for rsbench's 2 CPU cores (CPU cost in the README's table of paper rows); on a GPU or a Ray "
-             "cluster: rsbench sweep --defense 'smoothing-mnist-*' --attack {} --num-samples 100 --n 10000 "
-             "--backend ray --root runs/mnist-slow, then rsbench leaderboard add on each run folder")
+SLOW_ROWS = ("too slow for rsbench's 2 CPU cores (CPU cost in the README's table of paper rows); on a GPU, "
+             "benchmarks/gpu_mnist_rows.sh adds it; on a Ray cluster: rsbench sweep --defense 'smoothing-mnist-*' "
+             "--attack {} --num-samples 100 --n 10000 --save-examples --backend ray --address ADDRESS, then rsbench "
+             "leaderboard add on each run folder")
 """Where a track lacks one of the paper's attacks: what it would cost, and the command that adds it."""
 
 # What each of the certification-aware-attack paper's MNIST rows costs rsbench, and where its records are:
