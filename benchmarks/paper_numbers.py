@@ -161,10 +161,10 @@ SLOW_ROWS = ("too slow for rsbench's 2 CPU cores (CPU cost in the README's table
 COST_ROWS = [
     ("Table 1 (M-0.5): CAA, PGD, DeepFool", ("caa", "pgd", "deepfool"), "evasion-smoothing-mnist-0.50",
      "on the track, 100 images"),
-    ("Table 1: C-W", ("cw",), "cost-probes-mnist", ("not on the tracks (cost probe of 2 images): "
-     "`rsbench sweep --defense 'smoothing-mnist-*' --attack cw --num-samples 100 --n 10000 --backend ray`")),
-    ("Table 1: AutoAttack", ("autoattack",), "cost-probes-mnist", ("not on the tracks (cost probe of 1 image): "
-     "`rsbench sweep --defense 'smoothing-mnist-*' --attack autoattack --num-samples 100 --n 10000 --backend ray`")),
+    ("Table 1: C-W", ("cw",), "cost-probes-mnist",
+     "not on the tracks (cost probe of 2 images; `benchmarks/gpu_mnist_rows.sh` adds it on a GPU)"),
+    ("Table 1: AutoAttack", ("autoattack",), "cost-probes-mnist",
+     "not on the tracks (cost probe of 1 image; `benchmarks/gpu_mnist_rows.sh` adds it on a GPU)"),
     ("Table 3, MNIST rows (7 cutoffs)", tuple(f"caa-c{c}" for c in CAA_TABLE_3), "caa-cutoff-mnist",
      "run"),
     ("Table 2 on MNIST (5 N, 3 attacks)", tuple(f"{a}-n{n}" for a in ("caa", "pgd", "deepfool") for n in NOISE_COUNTS),
