@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,8 @@ from rsbench.attacks.steps import project_l2_ball_box
 from rsbench.attacks.success import is_adversarial, make_judge
 from rsbench.defenses.smoothed_view import SmoothedView
 from rsbench.defenses.smoothing import Smoothing
+from rsbench.registry import attack_params, parse_spec
+from rsbench.specs import AttackSpec
 
 SIGMA = 0.25
 # Test-sized settings. C-W starts at the paper's weight 1e-4 and must find its own c by its search.
@@ -121,6 +125,41 @@ def test_deepfool_needs_few_steps_on_a_linear_classifier(linear_model: BinaryLin
     steps = torch.stack(tracker.offered) - x
     direction = -linear_model.w / linear_model.w.norm()  # label 1: towards lower w.x
     assert torch.allclose(steps / steps.norm(dim=1, keepdim=True), direction.expand_as(steps), atol=1e-5)
+
+
+def first_flip(iterates: list[torch.Tensor], model: nn.Module, x: torch.Tensor, label: int, num: int, seed: int) -> int:
+    """1-based index of the first iterate whose view prediction is not `label`, replaying DeepFool's noise: the
+    clean linearisation takes the first seed pair, then iteration t draws the seed of the noise shared by the
+    linearisation of iterate t - 1 (and the clean input for t = 1)."""
+    view = SmoothedView(model, 2, SIGMA, num_noise=num, chunk_size=num)
+    generator = torch.Generator().manual_seed(seed)
+    view.bounds(x, generator)
+    seeds = [int(torch.randint(0, 2**62, (1,), generator=generator)) for _ in range(len(iterates) + 1)]
+    tops = [view.bounds(it, torch.Generator().manual_seed(s)).top for it, s in zip(iterates, seeds[1:])]
+    return next(t for t, top in enumerate(tops, 1) if top != label)
+
+
+def test_deepfool_stop_on_flip_ends_at_the_first_flipped_prediction(linear_model: BinaryLinear) -> None:
+    """Classic DeepFool's rule ends the same path at the first flip, before the judge confirms any iterate."""
+    num, shortened = 2000, 0
+    for x in torch.tensor([[0.5, 0.3, 0.5, 0.5], [0.4, 0.5, 0.6, 0.3], [0.6, 0.6, 0.4, 0.5]]):
+        label = int(float(linear_model(x.unsqueeze(0))[0, 1]) > 0)
+        default = run(DeepFool(num_noise=num), linear_model, 2, x, label, num, seed=0)
+        classic = run(DeepFool(num_noise=num, stop_on_flip=True), linear_model, 2, x, label, num, seed=0)
+        flip = first_flip(default.offered, linear_model, x, label, num, seed=0)
+        assert classic.iterations == len(classic.offered) == flip <= default.iterations
+        assert all(torch.equal(a, b) for a, b in zip(classic.offered, default.offered[:flip], strict=True))
+        shortened += flip < default.iterations
+    assert shortened == 3  # on all three, the first flip is short of what the judge confirms
+
+
+def test_registry_deepfool_keeps_its_hash_and_the_default_stopping_rule() -> None:
+    """The track's deepfool records were made with this spec; stop_on_flip must stay off there."""
+    root = Path(__file__).parents[1]
+    spec = parse_spec(root / "registry" / "attacks" / "deepfool.yaml", AttackSpec)
+    track = json.loads((root / "leaderboards" / "evasion-smoothing-mnist-0.50" / "v1.json").read_text())
+    assert spec.spec_hash() == next(e["attack_hash"] for e in track["entries"] if e["name"] == "deepfool")
+    assert "stop_on_flip" not in spec.params and attack_params(spec).stop_on_flip is False
 
 
 def test_pgd_takes_steps_of_the_paper_length() -> None:
