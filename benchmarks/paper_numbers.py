@@ -32,7 +32,8 @@ CAA_COMMON = [
     ("threat model", "l2, minimum norm, smoothed classifier", "l2, minimum norm, smoothed classifier"),
     ("samples", "not stated in the text", "the first 100 test-eval images; n attacked in each row"),
     ("attack settings", "100 iterations; DeepFool overshoot 0.02 (App. C)",
-     "the registry's caa, pgd, deepfool specs (rsbench's own PGD and DeepFool)"),
+     ("the registry's caa, pgd, deepfool specs (rsbench's own PGD and DeepFool; its DeepFool steps on until the "
+      "harness accepts an iterate, classic DeepFool stops at the first flip: deepfool-classic, measured below)")),
     ("hardware", "one P100 GPU", "one shared CPU thread"),
 ]
 CAA_SETTINGS_1 = [

@@ -83,6 +83,8 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
             lines.append("  best and r50 under the paper's rule: not recorded by this track version (its records "
                          "predate `judged_best_radius`); success under it is the share of samples whose judge "
                          "accepted a candidate")
+        if "deepfool" in records and defense == paper_sweeps.DEFENSE:
+            lines.append(paper_sweeps.stopping_rule_line(records["deepfool"]))
         if above:
             lines.append(f"  measured: under the paper's own rule {'; '.join(above)}: the success rule is not why these "
                          "attacks succeed more often here; the model and its training data differ (above) and are not "

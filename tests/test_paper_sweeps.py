@@ -8,6 +8,10 @@ import re
 import statistics
 from pathlib import Path
 
+import scipy.stats
+
+from rsbench.records import AttackRecord
+
 ROOT = Path(__file__).resolve().parents[1]
 CELL = re.compile(r"(\S+) \[(\S+), (\S+)\]")
 """A printed number with its interval: value [low, high]."""
@@ -97,3 +101,22 @@ def test_costs_are_the_stored_times_median_times_the_variants_and_attacked_image
     track = next(line for line in table if line.startswith("| Table 1 (M-0.5)"))
     assert track.split(" | ")[3].startswith(f"{statistics.median(times):.3g} [") and f"({len(times)})" in track
     assert next(line for line in table if line.startswith("| Table 2")).endswith("| - | - |")
+
+
+def cp(hits: int, n: int) -> str:
+    """hits / n with its 95% Clopper-Pearson interval, from scipy's beta quantiles, as the tables print a share."""
+    low = scipy.stats.beta.ppf(0.025, hits, n - hits + 1) if hits else 0.0
+    high = scipy.stats.beta.ppf(0.975, hits + 1, n - hits) if hits < n else 1.0
+    return f"{100 * hits / n:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n={n})"
+
+
+def test_the_stopping_rule_line_counts_both_deepfools_on_the_same_images(tmp_path: Path) -> None:
+    sweeps = load_paper_tables().paper_sweeps
+    classic = [record(i, "deepfool-classic", accepted=i == 0, confirmed=False, radius=1.0, time=1.0) for i in range(3)]
+    track = [AttackRecord(**record(i, "deepfool", accepted=True, confirmed=i < 2, radius=1.0, time=1.0))
+             for i in range(5)]
+    line = sweeps.stopping_rule_line(track, sweep_folder(tmp_path, classic))
+    # the classic rule: 1 of 3 accepted, none confirmed; rsbench's on the same 3 images (not the track's other 2)
+    assert f"succeeds on {cp(1, 3)} by the paper's rule, {cp(0, 3)} strict" in line
+    assert f"on {cp(3, 3)} by the paper's rule, {cp(2, 3)} strict" in line
+    assert "not measured yet" in sweeps.stopping_rule_line([], tmp_path / "empty")
