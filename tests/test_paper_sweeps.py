@@ -62,6 +62,19 @@ def test_table_3_counts_both_rules_and_the_medians_from_the_run_records(tmp_path
     # the images are those the run finished (its clean certificates), not what it was given or a typed count
     assert "the first 4 test-eval images (of the 5 the sweep was given); n attacked in each row" in text
     assert "0.25 (rsbench)" in text and "not run yet" not in text  # a variant the folder lacks is a dash, not a gap
+    assert "measured" not in text  # one cutoff: nothing to compare across c
+
+
+def test_table_3_says_whether_the_cutoffs_best_radii_are_apart(tmp_path: Path) -> None:
+    sweeps = load_paper_tables().paper_sweeps
+    rows = [record(i, f"caa-c{c}", accepted=True, confirmed=True, radius=radius + 0.1 * i, time=8.0)
+            for c, radius in ((0.05, 1.0), (3.0, 5.0)) for i in range(3)]
+    line = sweeps.table_3_rows(sweep_folder(tmp_path, rows))[-1]
+    assert "do not all overlap" in line  # best radii 1.0-1.2 against 5.0-5.2
+    assert "median first radius 1.6 [1.5, 1.7] at c = 0.05, 5.6 [5.5, 5.7] at c = 3" in line  # radius + 0.5
+    near = [record(i, f"caa-c{c}", accepted=True, confirmed=True, radius=1.0 + 0.1 * i, time=8.0)
+            for c in (0.05, 3.0) for i in range(3)]
+    assert "all overlap" in sweeps.table_3_rows(sweep_folder(tmp_path / "near", near))[-1]
 
 
 def test_table_2_reads_each_attack_and_noise_count_under_both_rules_and_names_the_command_when_not_run(
