@@ -136,7 +136,7 @@ def table_2_rows(runs: Path = NOISE_RUNS) -> list[str]:
                                 papers.CAA_TABLE_2_COMMAND)
     lines.append(f"  {'attack, N':<24}{'rule':<8}" + "".join(f"{h:>26}" for h in ("success %", "best %", "r50",
                                                                                   "time (s)")))
-    best = {}
+    best, found = {}, {}
     for n in papers.NOISE_COUNTS:
         names = [name for name in (f"{a}-n{n}" for a in papers.CAA_TABLE_2) if name in records]
         best |= {(rule, name): value for rule, radius in (("paper", judged_radius), ("strict", strict_radius))
@@ -150,13 +150,31 @@ def table_2_rows(runs: Path = NOISE_RUNS) -> list[str]:
                 lines.append(f"  {label + ' (rsbench)':<24}{'left out (cost)' if attack == 'cw' else '-'}")
                 continue
             paper_rule, strict = rule_rows(label + " (rsbench)", rows)
-            cells = medians(rows, {"judged": judged_radius, "r50": strict_radius, "time": lambda r: r.best_time_s})
+            found[name] = median_estimates(rows, {"judged": judged_radius, "r50": strict_radius,
+                                                  "time": lambda r: r.best_time_s})
+            cells = {key: text(value) for key, value in found[name].items()}
             lines += [paper_rule + f"{percent(best.get(('paper', name))):>26}{cells['judged']:>26}",
                       strict + f"{percent(best.get(('strict', name))):>26}{cells['r50']:>26}{cells['time']:>26}"
                       f"  n={len(rows)}"]
-    return [*lines, ("  paper columns: success is the paper's 'Attacked'; best: % of the samples every attack at that "
-                     "N attacked where this one's example is the smallest (ties credit each); rsbench's time is the "
-                     "median seconds to the smallest example on one shared CPU thread, the paper's a P100's")]
+    lines.append("  paper columns: success is the paper's 'Attacked'; best: % of the samples every attack at that N "
+                 "attacked where this one's example is the smallest (ties credit each); rsbench's time is the median "
+                 "seconds to the smallest example on one shared CPU thread, the paper's a P100's")
+    return lines + noise_lines(found)
+
+
+def noise_lines(found: dict[str, dict[str, Estimate]]) -> list[str]:
+    """What the strict r50 of each attack does from the smallest N to the largest: both values, and whether their
+    intervals are apart (the paper's r50 falls slowly with N)."""
+    lines = []
+    low, high = min(papers.NOISE_COUNTS), max(papers.NOISE_COUNTS)
+    for attack in papers.CAA_TABLE_2:
+        few, many = (found.get(f"{attack}-n{n}", {}).get("r50") for n in (low, high))
+        if few is None or many is None or few[0] is None or many[0] is None:
+            continue
+        apart = few[2] < many[1] or many[2] < few[1]
+        lines.append(f"  measured (strict): {attack} r50 {text(few)} at N = {low}, {text(many)} at N = {high}: the "
+                     f"intervals {'are apart' if apart else 'overlap'}")
+    return lines
 
 
 def percent(value: tuple[float | None, float, float] | None) -> str:

@@ -93,6 +93,12 @@ def test_table_2_reads_each_attack_and_noise_count_under_both_rules_and_names_th
         line for line in text.splitlines() if line.startswith("  caa 500 (rsbench)") and " strict " in line))]
     assert caa_strict[:2] == ["100.0", "33"]
     assert "cw 500 (rsbench)        left out (cost)" in text
+    assert "measured" not in text  # one N only: nothing to compare
+    few = [record(i, "caa-n250", accepted=True, confirmed=True, radius=2.0 + 0.1 * i, time=1.0) for i in range(3)]
+    many = [record(i, "caa-n2000", accepted=True, confirmed=True, radius=1.0 + 0.1 * i, time=1.0) for i in range(3)]
+    line = sweeps.table_2_rows(sweep_folder(tmp_path / "noise", few + many))[-1]
+    assert line == ("  measured (strict): caa r50 2.1 [2, 2.2] at N = 250, 1.1 [1, 1.2] at N = 2000: the intervals "
+                    "are apart")
     assert "not run yet (RSBENCH_REGISTRY=benchmarks/registry rsbench sweep" in "\n".join(
         sweeps.table_2_rows(tmp_path / "empty"))
 
