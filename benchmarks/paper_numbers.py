@@ -148,7 +148,7 @@ CAA_TABLE_2_SETTINGS = [
       "(its cost: the cost table)")),
 ]
 CAA_TABLE_2_COMMAND = ("RSBENCH_REGISTRY=benchmarks/registry rsbench sweep --defense smoothing-mnist-0.50 --attack "
-                       "'*-n[0-9]*' --num-samples 20 --n 10000 --backend ray "
+                       "'*-n[0-9]*' --num-samples 30 --n 10000 --backend ray "
                        "--root benchmarks/results/noise-samples-mnist")
 
 SLOW_ROWS = ("too slow for rsbench's 2 CPU cores (CPU cost in the README's table of paper rows); on a GPU, "
