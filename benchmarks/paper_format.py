@@ -5,6 +5,7 @@ intervals, the settings of both sides with a difference column)."""
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,10 +51,6 @@ def settings_rows(source: str, settings: list[tuple[str, str, str]]) -> list[str
     lines += [f"  {aspect:<17}{'same' if paper == ours else 'differs':<9}{paper:<52}{ours}"
               for aspect, paper, ours in settings]
     return lines
-
-
-def cell(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
 
 
 def run_configs(runs: Path, defense: str, goal: str) -> list[tuple[dict, Path]]:
@@ -104,3 +101,30 @@ def best_shares(records: dict[str, list], names: list[str], radius: Callable[[At
         return {a: 100 * sum(wins[i][a] for i in draw) / len(draw) for a in names} if draw else {}
 
     return bootstrap(statistic, len(wins)) if wins else {}
+
+
+Estimate = tuple[float | None, float, float]
+"""A point value with its 95% bootstrap interval."""
+
+
+def text(estimate: Estimate) -> str:
+    value, low, high = estimate
+    return "-" if value is None else f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def median_estimates(rows: list[AttackRecord], fields: dict[str, Callable[[AttackRecord], float | None]]
+                     ) -> dict[str, Estimate]:
+    """Each field's median over the records where it is defined, with a bootstrap interval over the samples."""
+    def statistic(draw: list[int]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for key, read in fields.items():
+            values = [v for v in (read(rows[i]) for i in draw) if v is not None]
+            out[key] = statistics.median(values) if values else None
+        return out
+
+    return bootstrap(statistic, len(rows))
+
+
+def percent(value: tuple[float | None, float, float] | None) -> str:
+    """A bootstrap share as value [low, high], or - when there is none."""
+    return "-" if value is None or value[0] is None else f"{value[0]:.0f} [{value[1]:.0f}, {value[2]:.0f}]"

@@ -7,16 +7,13 @@ bootstrap over samples for medians)."""
 from __future__ import annotations
 
 import json
-import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 import paper_numbers as papers
-from paper_format import (best_shares, judged_radius, run_configs, run_records, settings_rows, share,
-                          strict_radius, track)
+from paper_format import (Estimate, best_shares, judged_radius, median_estimates, percent, run_configs,
+                          run_records, settings_rows, share, strict_radius, text, track)
 
 from rsbench.records import AttackRecord
-from rsbench.stats import bootstrap
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CUTOFF_RUNS = RESULTS / "caa-cutoff-mnist"
@@ -28,33 +25,6 @@ DEFENSE = "smoothing-mnist-0.50"
 ATTACKED = 94
 """Of the first 100 test-eval images, those smoothing-mnist-0.50 classifies correctly and certifies (its track's
 count)."""
-
-
-Estimate = tuple[float | None, float, float]
-"""A point value with its 95% bootstrap interval."""
-
-
-def text(estimate: Estimate) -> str:
-    value, low, high = estimate
-    return "-" if value is None else f"{value:.3g} [{low:.3g}, {high:.3g}]"
-
-
-def medians(rows: list[AttackRecord], fields: dict[str, Callable[[AttackRecord], float | None]]) -> dict[str, str]:
-    """Each field's median over the records where it is defined, with a bootstrap interval over the samples."""
-    return {key: text(value) for key, value in median_estimates(rows, fields).items()}
-
-
-def median_estimates(rows: list[AttackRecord], fields: dict[str, Callable[[AttackRecord], float | None]]
-                     ) -> dict[str, Estimate]:
-    """The estimates behind `medians`."""
-    def statistic(draw: list[int]) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        for key, read in fields.items():
-            values = [v for v in (read(rows[i]) for i in draw) if v is not None]
-            out[key] = statistics.median(values) if values else None
-        return out
-
-    return bootstrap(statistic, len(rows))
 
 
 def images_text(runs: Path) -> str:
@@ -105,10 +75,10 @@ def table_3_rows(runs: Path = CUTOFF_RUNS) -> list[str]:
             lines.append(f"  {f'{c:g} (rsbench)':<24}-")
             continue
         paper_rule, strict = rule_rows(f"{c:g} (rsbench)", rows)
-        judged = medians(rows, {"best": judged_radius})
+        judged = text(median_estimates(rows, {"best": judged_radius})["best"])
         found[c] = median_estimates(rows, {"first": lambda r: r.first_radius, "best": lambda r: r.best_radius,
                                            "t50": lambda r: r.first_time_s})
-        lines += [paper_rule + f"{'-':>26}{judged['best']:>26}",
+        lines += [paper_rule + f"{'-':>26}{judged:>26}",
                   strict + "".join(f"{text(found[c][k]):>26}" for k in ("first", "best", "t50")) + f"  n={len(rows)}"]
     lines.append("  first r50 and first t50 under the paper's rule need the first accepted candidate's radius and "
                  "time, which records keep only for confirmed ones (-)")
@@ -177,11 +147,6 @@ def noise_lines(found: dict[str, dict[str, Estimate]]) -> list[str]:
     return lines
 
 
-def percent(value: tuple[float | None, float, float] | None) -> str:
-    """A bootstrap share as value [low, high], or - when there is none."""
-    return "-" if value is None or value[0] is None else f"{value[0]:.0f} [{value[1]:.0f}, {value[2]:.0f}]"
-
-
 def cost_markdown(root: Path, results: Path = RESULTS) -> str:
     """What each paper row costs on rsbench's CPU: the median seconds an attack ran on one sample (the records'
     total_time_s, wall time of one shared thread; the judge's and confirmation's copies and the clean certificate
@@ -189,17 +154,20 @@ def cost_markdown(root: Path, results: Path = RESULTS) -> str:
     lines = ["| paper rows | status | records | attack seconds a sample, median [95%] (n) | CPU-hours, 100 images |",
              "|---|---|---|---|---|"]
     for label, attacks, source, status in papers.COST_ROWS:
-        found = track(root, source) if source.startswith("evasion-") else run_records(results / source, DEFENSE,
-                                                                                     "evasion")
-        stored = found[2] if found and source.startswith("evasion-") else (found[1] if found else {})
+        if source.startswith("evasion-"):
+            on_track = track(root, source)
+            stored = on_track[2] if on_track else {}
+        else:
+            in_runs = run_records(results / source, DEFENSE, "evasion")
+            stored = in_runs[1] if in_runs else {}
         rows = [r for a in attacks for r in stored.get(a, [])]
         status = f"{status} on {images_text(results / source)}" if status == "run" else status
         if not rows:
             lines.append(f"| {label} | {status} | {source} | - | - |")
             continue
-        cell = medians(rows, {"t": lambda r: r.total_time_s})["t"]
-        hours = statistics.median(r.total_time_s for r in rows) * len(attacks) * ATTACKED / 3600
-        lines.append(f"| {label} | {status} | {source} | {cell} ({len(rows)}) | {hours:.1f} |")
+        seconds = median_estimates(rows, {"t": lambda r: r.total_time_s})["t"]
+        hours = seconds[0] * len(attacks) * ATTACKED / 3600
+        lines.append(f"| {label} | {status} | {source} | {text(seconds)} ({len(rows)}) | {hours:.1f} |")
     return "\n".join(lines)
 
 

@@ -25,12 +25,14 @@ from pathlib import Path
 
 from rsbench import metrics
 from rsbench.goals.degradation import Degradation
+from rsbench.leaderboard import paper_rule
 from rsbench.stats import clopper_pearson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, which runs as a file
 import paper_numbers as papers
 import paper_sweeps
-from paper_format import best_shares, cell, interval, missing, run_records, settings_rows, share, strict_radius, track
+from paper_format import (best_shares, interval, judged_radius, median_estimates, missing, percent,
+                          run_records, settings_rows, share, strict_radius, text, track)
 
 SHADOW_RUNS = Path(__file__).resolve().parent / "results" / "shadow-crownibp"
 """The shadow-crownibp run directories (their config.json and samples.jsonl), one per model and attack."""
@@ -56,8 +58,9 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
         found = track(root, f"evasion-{defense}")
         board, _, records = found or (None, [], {})
         best = paper_best(records)
-        ours = [r for name in papers.CAA_ATTACKS for r in records.get(name, [])]
-        paper_rule = metrics.paper_rule_table(ours) if ours else {}
+        names = [a for a in papers.CAA_ATTACKS if a in records]
+        judged = bool(names) and all(paper_rule.recorded(records[a]) for a in names)
+        judged_best = best_shares(records, names, judged_radius) if judged else {}
         above: list[str] = []
         for attack, numbers in paper.items():
             lines.append(f"  {attack + ' (paper)':<20}{'paper':<10}" + "".join(f"{v:>20}" for v in numbers))
@@ -66,20 +69,19 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
                 slow = papers.SLOW_ROWS.format(attack)
                 lines.append(f"  {attack + ' (rsbench)':<20}{'':<10}not on this track: {slow}")
                 continue
-            judged = paper_rule[attack]
             hits = sum(r.candidates > 0 for r in records[attack])
             if clopper_pearson(hits, entry.attacked, 0.05)[0] > numbers[0] / 100:
                 above.append(f"{attack} {share(hits, entry.attacked)} against the paper's {numbers[0]}%")
+            r50 = text(median_estimates(records[attack], {"r50": judged_radius})["r50"]) if judged else "-"
             lines.append(f"  {attack + ' (rsbench)':<20}{'paper':<10}{share(hits, entry.attacked).split(' (')[0]:>20}"
-                         f"{cell(judged['best'], '.0f'):>20}{cell(judged['r50'], '.2f'):>20}")
+                         f"{percent(judged_best.get(attack)):>20}{r50:>20}")
             m = {k: v.model_dump() for k, v in entry.metrics.items()}
-            b = best.get(attack)
-            cells = [interval(m.get("success"), ".0f"), f"{b[0]:.0f} [{b[1]:.0f}, {b[2]:.0f}]" if b else "-",
+            cells = [interval(m.get("success"), ".0f"), percent(best.get(attack)),
                      *(interval(m.get(k), f) for k, f in (("r50", ".2f"), ("pct_cohen", ".0f"), ("time_s", ".1f"),
                                                           ("first_ratio_r50", ".2f"), ("first_ratio_time", ".2f")))]
             lines.append(f"  {attack + ' (rsbench)':<20}{'strict':<10}" + "".join(f"{c:>20}" for c in cells)
                          + f"  n={entry.attacked}")
-        if any(value["best"] is None for value in paper_rule.values()):
+        if not judged:
             lines.append("  best and r50 under the paper's rule: not recorded by this track version (its records "
                          "predate `judged_best_radius`); success under it is the share of samples whose judge "
                          "accepted a candidate")

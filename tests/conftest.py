@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,6 +118,28 @@ def write_evasion_run(folder: Path, radii: dict[str, list[float | None]], *, jud
 def make_evasion_run() -> Callable[..., Path]:
     """`write_evasion_run`: a finished evasion run (on smoothing-digits-0.50 unless told) written by hand."""
     return write_evasion_run
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the checkout (not part of the package), loaded from its file as the docs and CI run it."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def generated() -> ModuleType:
+    """docs/generated.py: the documentation's generated blocks."""
+    return load_script("docs/generated.py")
+
+
+@pytest.fixture(scope="session")
+def paper_tables() -> ModuleType:
+    """benchmarks/paper_tables.py, with paper_sweeps and paper_numbers beside it."""
+    return load_script("benchmarks/paper_tables.py")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ the committed track files, and the README's table is what the track file gives."
 from __future__ import annotations
 
 import html
-import importlib.util
 import os
 import re
 import subprocess
@@ -19,14 +18,6 @@ from rsbench.leaderboard import track_files
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-
-
-def load_generated() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generated", ROOT / "docs" / "generated.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def page_text(site: Path, page: str) -> str:
@@ -101,8 +92,7 @@ def test_contributing_page_is_contributing_md(site: Path) -> None:
     assert first[3:] in page_text(site, "contributing")
 
 
-def test_readme_table_is_generated_from_the_track() -> None:
-    generated = load_generated()
+def test_readme_table_is_generated_from_the_track(generated: ModuleType) -> None:
     text = README.read_text()
     assert "<!-- generated: readme-track -->" in text
     assert generated.fill(text) == text, "README.md's table is stale: run python docs/generated.py"

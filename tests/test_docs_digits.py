@@ -4,7 +4,6 @@ should; the pages themselves type no table."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
@@ -18,15 +17,6 @@ from rsbench.model_card import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 LEADERBOARDS = ROOT / "leaderboards"
-
-
-@pytest.fixture(scope="module")
-def generated() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generated_for_digits", ROOT / "docs" / "generated.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rows(text: str) -> list[dict[str, str]]:

@@ -2,11 +2,11 @@
 both success rules, and each paper row's cost from stored times; every number checked against a count made here
 from the same records."""
 import gzip
-import importlib.util
 import json
 import re
 import statistics
 from pathlib import Path
+from types import ModuleType
 
 import scipy.stats
 
@@ -15,13 +15,6 @@ from rsbench.records import AttackRecord
 ROOT = Path(__file__).resolve().parents[1]
 CELL = re.compile(r"(\S+) \[(\S+), (\S+)\]")
 """A printed number with its interval: value [low, high]."""
-
-
-def load_paper_tables():
-    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "benchmarks" / "paper_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def record(index: int, attack: str, *, accepted: bool, confirmed: bool, radius: float, time: float) -> dict:
@@ -46,8 +39,9 @@ def sweep_folder(root: Path, rows: list[dict]) -> Path:
     return root
 
 
-def test_table_3_counts_both_rules_and_the_medians_from_the_run_records(tmp_path: Path) -> None:
-    sweeps = load_paper_tables().paper_sweeps
+def test_table_3_counts_both_rules_and_the_medians_from_the_run_records(
+        paper_tables: ModuleType, tmp_path: Path) -> None:
+    sweeps = paper_tables.paper_sweeps
     rows = [record(0, "caa-c0.05", accepted=True, confirmed=True, radius=1.0, time=10.0),
             record(1, "caa-c0.05", accepted=True, confirmed=False, radius=2.0, time=20.0),
             record(2, "caa-c0.05", accepted=True, confirmed=True, radius=3.0, time=30.0),
@@ -65,8 +59,8 @@ def test_table_3_counts_both_rules_and_the_medians_from_the_run_records(tmp_path
     assert "measured" not in text  # one cutoff: nothing to compare across c
 
 
-def test_table_3_says_whether_the_cutoffs_best_radii_are_apart(tmp_path: Path) -> None:
-    sweeps = load_paper_tables().paper_sweeps
+def test_table_3_says_whether_the_cutoffs_best_radii_are_apart(paper_tables: ModuleType, tmp_path: Path) -> None:
+    sweeps = paper_tables.paper_sweeps
     rows = [record(i, f"caa-c{c}", accepted=True, confirmed=True, radius=radius + 0.1 * i, time=8.0)
             for c, radius in ((0.05, 1.0), (3.0, 5.0)) for i in range(3)]
     line = sweeps.table_3_rows(sweep_folder(tmp_path, rows))[-1]
@@ -78,8 +72,8 @@ def test_table_3_says_whether_the_cutoffs_best_radii_are_apart(tmp_path: Path) -
 
 
 def test_table_2_reads_each_attack_and_noise_count_under_both_rules_and_names_the_command_when_not_run(
-        tmp_path: Path) -> None:
-    sweeps = load_paper_tables().paper_sweeps
+        paper_tables: ModuleType, tmp_path: Path) -> None:
+    sweeps = paper_tables.paper_sweeps
     pgd = [record(i, "pgd-n500", accepted=True, confirmed=i < 2, radius=1.0 + i, time=4.0 * (i + 1)) for i in range(3)]
     caa = [record(i, "caa-n500", accepted=True, confirmed=True, radius=3.5, time=1.0) for i in range(3)]
     text = "\n".join(sweeps.table_2_rows(sweep_folder(tmp_path / "runs", pgd + caa)))
@@ -103,8 +97,8 @@ def test_table_2_reads_each_attack_and_noise_count_under_both_rules_and_names_th
         sweeps.table_2_rows(tmp_path / "empty"))
 
 
-def test_costs_are_the_stored_times_median_times_the_variants_and_attacked_images(tmp_path: Path) -> None:
-    paper_tables = load_paper_tables()
+def test_costs_are_the_stored_times_median_times_the_variants_and_attacked_images(
+        paper_tables: ModuleType, tmp_path: Path) -> None:
     sweeps = paper_tables.paper_sweeps
     results = tmp_path / "results"
     sweep_folder(results / "caa-cutoff-mnist", [record(i, f"caa-c{c}", accepted=True, confirmed=True, radius=1.0,
@@ -129,8 +123,9 @@ def cp(hits: int, n: int) -> str:
     return f"{100 * hits / n:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n={n})"
 
 
-def test_the_stopping_rule_line_counts_both_deepfools_on_the_same_images(tmp_path: Path) -> None:
-    sweeps = load_paper_tables().paper_sweeps
+def test_the_stopping_rule_line_counts_both_deepfools_on_the_same_images(
+        paper_tables: ModuleType, tmp_path: Path) -> None:
+    sweeps = paper_tables.paper_sweeps
     classic = [record(i, "deepfool-classic", accepted=i == 0, confirmed=False, radius=1.0, time=1.0) for i in range(3)]
     track = [AttackRecord(**record(i, "deepfool", accepted=True, confirmed=i < 2, radius=1.0, time=1.0))
              for i in range(5)]

@@ -1,9 +1,10 @@
 """benchmarks/paper_tables.py's recomputed `best` (among the paper's attacks a track holds) against a count made
 straight from the stored, gzipped per-sample records of a committed MNIST track."""
 import gzip
-import importlib.util
 import json
+import statistics
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import scipy.stats
@@ -11,15 +12,7 @@ import scipy.stats
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_paper_tables():
-    spec = importlib.util.spec_from_file_location("paper_tables", ROOT / "benchmarks" / "paper_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_paper_best_matches_a_count_from_the_stored_records() -> None:
-    paper_tables = load_paper_tables()
+def test_paper_best_matches_a_count_from_the_stored_records(paper_tables: ModuleType) -> None:
     folder = ROOT / "leaderboards" / "evasion-smoothing-mnist-1.00"
     _, _, records = paper_tables.track(ROOT / "leaderboards", "evasion-smoothing-mnist-1.00")
     best = paper_tables.paper_best(records)
@@ -37,10 +30,9 @@ def test_paper_best_matches_a_count_from_the_stored_records() -> None:
         assert low <= value <= high
 
 
-def test_success_under_the_papers_rule_is_counted_from_the_stored_candidates() -> None:
+def test_success_under_the_papers_rule_is_counted_from_the_stored_candidates(paper_tables: ModuleType) -> None:
     """The paper's rule (the judge's Goodman test alone) from the same gzipped records: a sample counts when the
     judge accepted any candidate, confirmed or not; the printed row carries exactly that share."""
-    paper_tables = load_paper_tables()
     folder = ROOT / "leaderboards" / "evasion-smoothing-mnist-0.50" / "v1"
     with gzip.open(folder / "pgd.records.jsonl.gz", "rt") as lines:
         rows = [json.loads(line) for line in lines]
@@ -59,9 +51,31 @@ def test_success_under_the_papers_rule_is_counted_from_the_stored_candidates() -
     assert f"pgd {100 * accepted / len(rows):.1f} [{100 * low:.1f}, " in measured and "the paper's 65%" in measured
 
 
+def test_best_and_r50_under_the_papers_rule_appear_once_the_records_carry_the_judged_radii(
+        paper_tables: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A track whose records carry the judged radii gets Table 1's paper-rule best and r50, counted here by hand."""
+    board, clean, records = paper_tables.track(ROOT / "leaderboards", "evasion-smoothing-mnist-0.50")
+    judged = {name: [r.model_copy(update={"judged_best_radius": 1.0 + (r.index % 3 == k) if r.candidates else None})
+                     for r in rows] for k, (name, rows) in enumerate(records.items())}
+    monkeypatch.setattr(paper_tables, "track", lambda root, name: (board, clean, judged))
+    papers = paper_tables.papers
+    text = "\n".join(paper_tables.caa_rows(ROOT / "leaderboards", {"smoothing-mnist-0.50": papers.CAA_TABLE_1[
+        "smoothing-mnist-0.50"]}, "t", "s", papers.CAA_SETTINGS_1))
+    assert "not recorded by this track version" not in text
+    shown = [a for a in paper_tables.papers.CAA_ATTACKS if a in judged]
+    for attack in shown:
+        rows = {r.index: r for r in judged[attack]}
+        wins = 0
+        for index, mine in rows.items():
+            radii = [r.judged_best_radius for a in shown for r in judged[a] if r.index == index and r.candidates]
+            wins += mine.candidates > 0 and mine.judged_best_radius == min(radii)
+        r50 = statistics.median(r.judged_best_radius for r in rows.values() if r.candidates)
+        line = next(line for line in text.splitlines() if line.split()[:3] == [attack, "(rsbench)", "paper"])
+        assert line.split()[6] == f"{100 * wins / len(rows):.0f}" and line.split()[9] == f"{r50:.3g}", line
+
+
 def test_every_comparison_names_its_source_and_says_what_differs_without_verdict_words(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    paper_tables = load_paper_tables()
+        paper_tables: ModuleType, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.argv", ["paper_tables.py", "--leaderboards", str(ROOT / "leaderboards")])
     paper_tables.main()
     text = capsys.readouterr().out
@@ -76,10 +90,9 @@ def test_every_comparison_names_its_source_and_says_what_differs_without_verdict
     assert "not one of rsbench's five seed papers" in text  # the CROWN-IBP reference rows say where they come from
 
 
-def test_shadow_rows_keep_linf_and_l2_apart_and_read_the_run_files(tmp_path: Path) -> None:
+def test_shadow_rows_keep_linf_and_l2_apart_and_read_the_run_files(paper_tables: ModuleType, tmp_path: Path) -> None:
     """Table 2's section holds only the l_inf CROWN-IBP rows, its shadow-crownibp rows counted from a run's
     samples.jsonl; the l2 GloRo rows are a table of their own."""
-    paper_tables = load_paper_tables()
     run = tmp_path / "shadow-crownibp-crownibp-mnist-0.2"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"defense": "crownibp-mnist-0.2", "goal": "spoofing", "epsilon": 0.2}))
