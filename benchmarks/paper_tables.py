@@ -25,7 +25,6 @@ from pathlib import Path
 
 from rsbench import metrics
 from rsbench.goals.degradation import Degradation
-from rsbench.leaderboard import paper_rule
 from rsbench.stats import clopper_pearson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, which runs as a file
@@ -59,7 +58,7 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
         board, _, records = found or (None, [], {})
         best = paper_best(records)
         names = [a for a in papers.CAA_ATTACKS if a in records]
-        judged = bool(names) and all(paper_rule.recorded(records[a]) for a in names)
+        judged = bool(names) and all(metrics.recorded(records[a]) for a in names)
         judged_best = best_shares(records, names, judged_radius) if judged else {}
         above: list[str] = []
         for attack, numbers in paper.items():

@@ -97,13 +97,25 @@ def attack_table(records: Sequence[AttackRecord]) -> dict[str, AttackSummary]:
     return {name: attack_summary(records, name) for name in attack_names(records)}
 
 
+def paper_view(records: Sequence[AttackRecord]) -> list[AttackRecord]:
+    """The records as the certification-aware-attack paper's rule reads them: a success wherever the in-loop judge
+    accepted a candidate, confirmed or not, at the smallest accepted radius (`judged_best_radius`)."""
+    return [r.model_copy(update={"success": r.candidates > 0, "best_radius": r.judged_best_radius}) for r in records]
+
+
+def recorded(records: Sequence[AttackRecord]) -> bool:
+    """Whether the records carry the smallest accepted radius wherever the judge accepted one (records made
+    before `judged_best_radius` existed do not)."""
+    return all(r.judged_best_radius is not None for r in records if r.candidates)
+
+
 def paper_rule_table(records: Sequence[AttackRecord]) -> dict[str, dict[str, float | None]]:
     """Success %, best % and r50 of every attack as the certification-aware-attack paper counts them: an example
     succeeds when the in-loop judge's Goodman test on judge_n copies accepted it, confirmed or not, and its best
     is the smallest such candidate. Records without `judged_best_radius` (older runs, submitted attacks) keep
     their success by that rule (`candidates > 0`) but give no best or r50 (None), never the strict rule's."""
-    recorded = all(r.judged_best_radius is not None for r in records if r.candidates)
-    view = [r.model_copy(update={"success": r.candidates > 0, "best_radius": r.judged_best_radius}) for r in records]
+    judged = recorded(records)
+    view = paper_view(records)
     wins = best_radius_by_sample(view)
     table = {}
     for name in attack_names(view):
@@ -111,8 +123,8 @@ def paper_rule_table(records: Sequence[AttackRecord]) -> dict[str, dict[str, flo
         radii = [r.best_radius for r in mine if r.success]
         table[name] = {
             "success": 100 * len(radii) / len(mine),
-            "best": 100 * sum(r.best_radius <= wins[r.index] for r in mine if r.success) / len(mine) if recorded else None,
-            "r50": _median(radii) if recorded else None,
+            "best": 100 * sum(r.best_radius <= wins[r.index] for r in mine if r.success) / len(mine) if judged else None,
+            "r50": _median(radii) if judged else None,
         }
     return table
 

@@ -14,19 +14,9 @@ import statistics
 
 from rsbench.leaderboard.scoring import comparison, resampled
 from rsbench.leaderboard.track_files import Interval, Leaderboard
+from rsbench.metrics import paper_view, recorded
 from rsbench.records import AttackRecord, SampleRecord
 from rsbench.stats import bootstrap, clopper_pearson
-
-
-def paper_view(rows: list[AttackRecord]) -> list[AttackRecord]:
-    """The records as the paper's rule reads them: a success wherever the judge accepted a candidate, at the
-    smallest accepted radius."""
-    return [r.model_copy(update={"success": r.candidates > 0, "best_radius": r.judged_best_radius}) for r in rows]
-
-
-def recorded(rows: list[AttackRecord]) -> bool:
-    """Whether the records carry the smallest accepted radius wherever the judge accepted one."""
-    return all(r.judged_best_radius is not None for r in rows if r.candidates)
 
 
 def r50(board: Leaderboard, clean: list[SampleRecord], rows: list[AttackRecord]) -> Interval:
