@@ -39,7 +39,7 @@ from rsbench import registry, runner
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
-from rsbench.gate import exact_runs, provenance, rendered
+from rsbench.gate import exact_runs, maintained, provenance, rendered
 from rsbench.leaderboard import rederive, verdicts
 from rsbench.leaderboard.scoring import comparison, entry_metrics, point_metrics
 from rsbench.leaderboard.track_files import (
@@ -156,7 +156,8 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
           pull_request: bool = False, submissions: Path | None = None) -> Checked:
     """Check every file under root and, against git revision `against`, the history and every new entry.
 
-    `pull_request` refuses new submission entries (the trusted job adds those after merge), a new track version
+    `pull_request` refuses new submission entries (the trusted job adds those after merge), any change to the
+    folders maintainers write (the tracks' exact runs, the stored benchmark runs: `maintained`), a new track version
     whose protocol is not its goal's standard one (`provenance.standard`) and rendered tables that are not what the
     track files give (`rendered.check`), and runs every new registry entry again; `submissions` is
     the folder of submission folders (default: beside root); `seed` replays a re-judging.
@@ -180,6 +181,8 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
     if pull_request:
         exact_runs.unchanged(root, base, against, _git(base, "ls-tree", "-r", against, "--",
                                                         str(root.resolve().relative_to(base))) or "")
+        maintained.benchmark_runs(base, against,
+                                  _git(base, "ls-tree", "-r", against, "--", maintained.BENCHMARK_RUNS) or "")
     old_files = {(base / name).resolve(): name for name in listed.splitlines() if _is_board(name)}
     new: list[tuple[Path, Leaderboard, Entry]] = []
     certified: list[Path] = []  # track versions whose clean certificates are new: certified again below

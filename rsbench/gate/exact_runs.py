@@ -8,15 +8,13 @@ distance, and a forward pass of the defense's network gives another label (an ar
 unpickles); no other file lies among the examples, and no link anywhere in the run (nor is the run one);
 the run follows the newest version's protocol; and the columns derive without contradiction (certified samples are
 exactly robust, no entry succeeds where the MILP proved robustness). A 'robust' verdict cannot be re-checked short
-of solving again: that is why `unchanged` refuses any pull request that touches these folders; maintainers write
-them by running `rsbench exact`; it compares what git stores, a link's target rather than the bytes it leads to,
-so a file replaced by a link to the same bytes is a change.
+of solving again: that is why `unchanged` refuses any pull request that touches these folders (`maintained`);
+maintainers write them by running `rsbench exact`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
 from rsbench.exact.run import EXAMPLES
+from rsbench.gate import maintained
 from rsbench.leaderboard import exact_columns
 from rsbench.leaderboard.track_files import Leaderboard, latest, load, stored_records
 from rsbench.requirements import missing_requirements
@@ -99,38 +98,17 @@ def check_folder(path: Path, board: Leaderboard) -> None:
     exact_columns.columns(path, board, stored_records(path.parent, board))
 
 
-LINK = "120000"
-"""The mode git gives a symbolic link: a file replaced by a link to the same bytes is a change."""
-
-
-def git_blob(data: bytes) -> str:
-    """The id git gives a file of these bytes."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def unchanged(root: Path, base: Path, against: str, listed: str) -> None:
     """Refuse, in one line, a pull request that adds, changes or removes a file of a track's exact run since
     `against`; `listed` is `git ls-tree -r <against> -- <root>` run at the top of the checkout, `base`."""
     prefix = root.resolve().relative_to(base).as_posix() + "/"
-    old = {}
-    for line in listed.splitlines():
-        info, _, name = line.partition("\t")
-        if name.startswith(prefix) and _in_exact(name[len(prefix):]):
-            mode, _, blob = info.split()
-            old[name] = (mode == LINK, blob)
-    now = {prefix + p.relative_to(root).as_posix(): (True, git_blob(os.readlink(p).encode())) if p.is_symlink() else
-           (False, git_blob(p.read_bytes())) for p in root.glob(f"*/{exact_columns.EXACT}/**/*")
-           if p.is_symlink() or p.is_file()}
-    now |= {prefix + p.relative_to(root).as_posix(): (True, git_blob(os.readlink(p).encode()))
-            for p in root.glob(f"*/{exact_columns.EXACT}") if p.is_symlink()}
-    changed = sorted(name for name in old.keys() | now.keys() if old.get(name) != now.get(name))
-    if changed:
-        raise RsbenchError(f"{changed[0]}: changed since {against} ({len(changed)} file(s) under the tracks' "
-                           f"{exact_columns.EXACT}/ folders); exact runs are written by maintainers running rsbench "
-                           "exact, never in a pull request")
+    maintained.unchanged(base, against, listed, [root],
+                         lambda name: name.startswith(prefix) and _in_exact(name[len(prefix):]),
+                         f"under the tracks' {exact_columns.EXACT}/ folders); exact runs are written by maintainers "
+                         "running rsbench exact, never in a pull request")
 
 
 def _in_exact(relative: str) -> bool:
     """Whether a path relative to the leaderboards folder lies in a track's exact run."""
     parts = relative.split("/")
-    return len(parts) > 2 and parts[1] == exact_columns.EXACT
+    return len(parts) >= 2 and parts[1] == exact_columns.EXACT

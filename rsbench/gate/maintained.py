@@ -1,0 +1,70 @@
+"""Folders that only maintainers write: a pull request that adds, changes or removes a file in them is refused.
+
+Two kinds of stored runs cannot be checked short of running them again: a track's exact run (`exact_runs`: a
+'robust' verdict needs the MILP solved again) and the benchmark runs behind the paper tables (`BENCHMARK_RUNS`:
+records without their examples, hours of CPU each). Maintainers commit them after running rsbench; a pull request
+that touches them is refused, whatever the files say. The comparison is of what git stores, a file's blob or a
+link's target, so a file replaced by a link to the same bytes is a change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from rsbench.errors import RsbenchError
+
+LINK = "120000"
+"""The mode git gives a symbolic link."""
+BENCHMARK_RUNS = "benchmarks/results"
+"""The stored benchmark runs (relative to the checkout) that the paper tables and the README's cost table read."""
+
+
+def git_blob(data: bytes) -> str:
+    """The id git gives a file of these bytes."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def unchanged(base: Path, against: str, listed: str, folders: Sequence[Path], selected: Callable[[str], bool],
+              reason: str) -> None:
+    """Refuse, in one line ending in `reason`, a change since `against` to a file or link under `folders` whose path
+    relative to the checkout `base` is `selected`; `listed` is `git ls-tree -r <against>` over those folders."""
+    old = {}
+    for line in listed.splitlines():
+        info, _, name = line.partition("\t")
+        if selected(name):
+            mode, _, blob = info.split()
+            old[name] = (mode == LINK, blob)
+    now = {}
+    for folder in folders:
+        for path in _entries(folder.parent.resolve() / folder.name):
+            name = path.relative_to(base).as_posix()
+            if selected(name):
+                now[name] = ((True, git_blob(os.readlink(path).encode())) if path.is_symlink() else
+                             (False, git_blob(path.read_bytes())))
+    changed = sorted(name for name in old.keys() | now.keys() if old.get(name) != now.get(name))
+    if changed:
+        raise RsbenchError(f"{changed[0]}: changed since {against} ({len(changed)} file(s) {reason}")
+
+
+def benchmark_runs(base: Path, against: str, listed: str) -> None:
+    """Refuse a pull request that changes the stored benchmark runs; `listed`: `git ls-tree -r <against> --
+    benchmarks/results` at the top of the checkout `base`."""
+    unchanged(base, against, listed, [base / BENCHMARK_RUNS],
+              lambda name: name == BENCHMARK_RUNS or name.startswith(BENCHMARK_RUNS + "/"),
+              f"under {BENCHMARK_RUNS}/); stored benchmark runs are written by maintainers running rsbench, never in "
+              "a pull request")
+
+
+def _entries(folder: Path) -> Iterator[Path]:
+    """Every file and link under `folder`, never following a link (the folder itself when it is one)."""
+    if folder.is_symlink():
+        yield folder
+        return
+    for top, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            path = Path(top) / name
+            if path.is_symlink() or path.is_file():
+                yield path
