@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from conftest import BinaryLinear
 from torch import nn
 
 from rsbench import registry
+from rsbench.attacks import shadow
 from rsbench.attacks.base import Target, Tracker
 from rsbench.attacks.shadow import (
     Shadow,
@@ -18,6 +20,7 @@ from rsbench.attacks.shadow import (
     dissimilarity,
     objective_grad,
     penalty_c,
+    step_size,
     target_loss,
     total_variation,
 )
@@ -46,7 +49,7 @@ def test_section_5_penalty_is_the_l2_norm_of_the_perturbation() -> None:
     assert float(penalty_c(SQUARE[None], "l2")) == pytest.approx(math.sqrt(14))  # 0 + 1 + 4 + 9
 
 
-@pytest.mark.parametrize("name", ["shadow-crownibp", "shadow-crownibp-pixel"])
+@pytest.mark.parametrize("name", ["shadow-crownibp", "shadow-crownibp-pixel", "shadow-crownibp-pixel-cuts"])
 def test_registry_crownibp_settings_select_the_l2_penalty(name: str) -> None:
     params = ShadowParams(**registry.get_attack(name).params)
     assert params.c_form == "l2" and params.one_channel
@@ -180,3 +183,21 @@ def test_large_label_sets_use_a_fixed_subset_without_the_label() -> None:
     assert len(first) == len(second) == 10 and 0 not in first and 49 not in second
     assert len(set(first) & set(second)) >= 9  # one fixed order: only the label itself can change the subset
     assert attack.targets(defense, 0) == first and Shadow(max_targets=49).targets(defense, 7) == [c for c in range(50) if c != 7]
+
+
+def test_lr_cuts_follow_the_authors_schedule() -> None:
+    """Of 300 steps, 150 take the full rate, 100 a third of it and 50 a ninth; without cuts every step is full."""
+    cut = [step_size(ShadowParams(steps=300, lr=9.0, lr_cuts=True), i) for i in range(300)]
+    assert cut == [9.0] * 150 + [3.0] * 100 + [1.0] * 50
+    assert {step_size(ShadowParams(steps=300, lr=9.0), i) for i in range(300)} == {9.0}
+
+
+@pytest.mark.parametrize(("lr_cuts", "moved"), [(False, 0.27), (True, 0.17)])
+def test_descent_takes_the_scheduled_steps(monkeypatch: pytest.MonkeyPatch, lr_cuts: bool, moved: float) -> None:
+    """Under a constant gradient of -1e-4, δ moves by 1e-4 times the sum of the 300 step sizes (2,700 or 1,700)."""
+    monkeypatch.setattr(shadow, "target_loss", lambda *args: None)
+    monkeypatch.setattr(shadow, "objective_grad", lambda delta, *args: (0.0, torch.full_like(delta, -1e-4)))
+    defense = types.SimpleNamespace(device=torch.device("cpu"))
+    attack = Shadow(steps=300, lr=9.0, lr_cuts=lr_cuts, init_range=0.0, one_channel=True)
+    x_adv, _ = attack.descend(defense, torch.full((1, 3, 3), 0.5), 1, torch.Generator().manual_seed(0))
+    assert torch.allclose(x_adv, torch.full((1, 3, 3), 0.5 + moved))

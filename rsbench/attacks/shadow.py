@@ -76,6 +76,9 @@ class ShadowParams(AttackParams):
     """SGD steps per target class."""
     lr: float = Field(0.1, gt=0)
     """SGD learning rate."""
+    lr_cuts: bool = False
+    """Divide the step by 3 after half of the steps and by 9 after five sixths of them, as the authors' CROWN-IBP
+    code does (the paper gives only the starting rate); off: a constant step."""
     lambda_tv: float = Field(0.3, ge=0)
     """Weight of the total-variation penalty."""
     lambda_c: float = Field(1.0, ge=0)
@@ -155,11 +158,18 @@ class Shadow(Attack):
         delta = ((2 * uniform - 1) * p.init_range).clamp(low, high)
         loss = target_loss(defense, cls, p, generator, epsilon)
         history = []
-        for _ in range(p.steps):
+        for step in range(p.steps):
             value, grad = objective_grad(delta, x, loss, p)
             history.append(value)
-            delta = (delta - p.lr * grad).clamp(low, high)
+            delta = (delta - step_size(p, step) * grad).clamp(low, high)
         return (x + delta.expand_as(x)).clamp(0, 1), history
+
+
+def step_size(params: ShadowParams, step: int) -> float:
+    """The learning rate at `step` (counted from 0): constant, or cut to a third and a ninth (`lr_cuts`)."""
+    if not params.lr_cuts or step < params.steps / 2:
+        return params.lr
+    return params.lr / 3 if step < params.steps * 5 / 6 else params.lr / 9
 
 
 def objective_grad(
