@@ -74,6 +74,49 @@ def test_best_and_r50_under_the_papers_rule_appear_once_the_records_carry_the_ju
         assert line.split()[6] == f"{100 * wins / len(rows):.0f}" and line.split()[9] == f"{r50:.3g}", line
 
 
+def write_rerun(folder: Path, board, records: dict[str, list], **changed: object) -> None:
+    """A run folder as `rsbench evaluate --out` writes it: the track's protocol (with `changed` settings) and attacks."""
+    folder.mkdir(parents=True)
+    config = board.protocol.run_config([e.attack for e in board.entries]).model_copy(update=changed)
+    (folder / "config.json").write_text(config.model_dump_json())
+    (folder / "result.json").write_text(json.dumps({"environment": {"git_commit": "0123456789abcdef"}}))
+    (folder / "samples.jsonl").write_text("".join(r.model_dump_json() + "\n" for rows in records.values() for r in rows))
+
+
+def test_a_rerun_of_the_tracks_protocol_gives_both_rules_best_and_r50(paper_tables: ModuleType, tmp_path: Path) -> None:
+    """Where the track's records predate the judged radii, a re-run of its protocol and attack specs gives the
+    paper-rule best and r50 (counted here by hand) and says where its strict verdicts differ from the track's; a run
+    under another protocol is not read."""
+    board, _, records = paper_tables.track(ROOT / "leaderboards", "evasion-smoothing-mnist-0.50")
+    again = {name: [r.model_copy(update={"judged_best_radius": 1.0 + (r.index % 3 == k) if r.candidates else None})
+                    for r in rows] for k, (name, rows) in enumerate(records.items())}
+    flipped = again["pgd"][0]
+    again["pgd"][0] = flipped.model_copy(update={"success": not flipped.success,
+                                                 "best_radius": None if flipped.success else 1.5})
+    write_rerun(tmp_path / "other" / "run", board, again, judge_n=100)
+    table = {"smoothing-mnist-0.50": paper_tables.papers.CAA_TABLE_1["smoothing-mnist-0.50"]}
+
+    def rows(runs: Path) -> str:
+        return "\n".join(paper_tables.caa_rows(ROOT / "leaderboards", table, "t", "s", paper_tables.papers.CAA_SETTINGS_1,
+                                              reruns=runs))
+
+    assert "(re-run)" not in rows(tmp_path / "other") and "a re-run of the track's protocol would give" in rows(
+        tmp_path / "other")
+    write_rerun(tmp_path / "same" / "run", board, again)
+    text = rows(tmp_path / "same")
+    assert "rsbench 0123456" in text and "caa the same on every sample, pgd 1 of 94 samples differ" in text
+    shown = [a for a in paper_tables.papers.CAA_ATTACKS if a in again]
+    for attack in shown:
+        wins = sum(mine.candidates > 0 and mine.judged_best_radius == min(
+            r.judged_best_radius for a in shown for r in again[a] if r.index == mine.index and r.candidates)
+            for mine in again[attack])
+        r50 = statistics.median(r.judged_best_radius for r in again[attack] if r.candidates)
+        line = next(line for line in text.splitlines() if line.split()[:3] == [attack, "(re-run)", "paper"])
+        assert line.split()[6] == f"{100 * wins / len(again[attack]):.0f}" and line.split()[9] == f"{r50:.3g}", line
+        strict = next(line for line in text.splitlines() if line.split()[:3] == [attack, "(re-run)", "strict"])
+        assert strict.split()[3] == f"{100 * sum(r.success for r in again[attack]) / len(again[attack]):.1f}"
+
+
 def test_every_comparison_names_its_source_and_says_what_differs_without_verdict_words(
         paper_tables: ModuleType, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.argv", ["paper_tables.py", "--leaderboards", str(ROOT / "leaderboards")])
