@@ -92,16 +92,16 @@ SHADOW_SETTINGS = [
     ("dataset", "CIFAR-10", "MNIST test images 0-4999 (test-eval)"),
     ("model", "CROWN-IBP model families (9 small, 8 large)", "crownibp-mnist-0.2 and -0.4, rsbench-trained"),
     ("threat model", "l_inf 2/255 and 8/255", "l_inf 0.2 and 0.4"),
-    ("learning rate", "200, 300 steps (code: on a batch-mean loss)",
+    ("learning rate", "200, 300 steps (code: on a batch-mean loss, cut to 1/3 and 1/9)",
      ("shadow-crownibp: 200 on one image's loss; -pixel: 0.0133 (that step per image in [0, 1] pixels); "
-      "shadow-1ch: 0.1; 300 steps each")),
+      "-pixel-cuts: that step with the code's cuts after 150 and 250 steps; shadow-1ch: 0.1; 300 steps each")),
     ("penalties", "1-channel; lambda_tv 9e-6, lambda_c 0.02 on ||d||_2",
      ("shadow-crownibp: the same; -pixel: 0.405, 4.24 (carried over likewise); shadow-1ch: Section 3's "
       "(0.3, 1.0 on channel means)")),
     ("success rule", "wrong label certified at eps (code: by IBP)",
      "wrong label certified at eps by the larger of IBP and CROWN-IBP"),
     ("samples", "the test set",
-     "the first 100 test-eval images (-pixel: 20), the correct and certified ones attacked")]
+     "the first 100 test-eval images (-pixel, -pixel-cuts: 20), the correct and certified ones attacked")]
 
 GLORO_SHADOW_SOURCE = ("the Shadow Attack paper attacks smoothing (l2, Table 1) and CROWN-IBP (l_inf, Table 2), "
                        "not GloRo")

@@ -40,7 +40,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 RERUNS = REPOSITORY / "benchmarks" / "results" / "paper-rule-mnist"
 """Runs of the MNIST smoothing tracks' protocol, seed and attack specs again, whose records carry the judged radii
 that the tracks' records predate: Tables 1 and 4 read the paper-rule best and r50 from them."""
-RERUNS_COMMAND = ("rsbench evaluate --defense D --attack caa --attack caa-direct --attack pgd --attack deepfool "
+RERUNS_COMMAND = ("rsbench evaluate --defense D --attack caa --attack pgd --attack deepfool "
                   "--num-samples 100 --n 10000 --seed 0 --save-examples --judge-n 1500 --confirm-n 15000 "
                   "--out benchmarks/results/paper-rule-mnist/evasion-D")
 SHADOW_RUNS = Path(__file__).resolve().parent / "results" / "shadow-crownibp"
@@ -264,13 +264,13 @@ def shadow_row(label: str, rows: list, eps: float) -> str:
     def mean(values: list[float], fmt: str) -> str:
         return f"{statistics.mean(values):{fmt}}" if values else "-"
 
-    return (f"  {label:<50}{share(robust_errors, len(rows)):>28}{share(len(rows) - len(spoofed), len(rows)):>28}"
+    return (f"  {label:<54}{share(robust_errors, len(rows)):>28}{share(len(rows) - len(spoofed), len(rows)):>28}"
             f"{mean(spoofed, '.3f'):>10}{mean([r.linf for r in rows], '.2f'):>7}{mean([r.l2 for r in rows], '.2f'):>7}"
             f"{mean([r.ssim for r in rows if r.ssim is not None], '.2f'):>7}"
             f"{mean([r.total_time_s for r in rows], '.1f'):>10}")
 
 
-SHADOW_HEADER = (f"  {'':<50}{'robust error %':>28}{'attack error %':>28}{'spoofed R':>10}{'l_inf':>7}{'l2':>7}"
+SHADOW_HEADER = (f"  {'':<54}{'robust error %':>28}{'attack error %':>28}{'spoofed R':>10}{'l_inf':>7}{'l2':>7}"
                  f"{'SSIM':>7}{'s/sample':>10}")
 
 
@@ -281,7 +281,7 @@ def shadow_rows(root: Path, runs: Path) -> list[str]:
     lines = ["Shadow Attack paper, Table 2 (CROWN-IBP, l_inf)",
              *settings_rows(papers.SHADOW_SOURCE, papers.SHADOW_SETTINGS), SHADOW_HEADER]
     for row, robust, attack in papers.SHADOW_TABLE_2:
-        lines.append(f"  {'paper ' + row + ' (min/mean/max)':<50}{'/'.join(f'{v:.1f}' for v in robust):>28}"
+        lines.append(f"  {'paper ' + row + ' (min/mean/max)':<54}{'/'.join(f'{v:.1f}' for v in robust):>28}"
                      f"{'/'.join(f'{v:.1f}' for v in attack):>28}")
     for defense in ("crownibp-mnist-0.2", "crownibp-mnist-0.4"):
         found = track(root, f"spoofing-{defense}")
@@ -325,7 +325,8 @@ def causes() -> list[str]:
         "  hardware: the certification-aware-attack paper's times are a P100 GPU's, rsbench's one shared CPU thread's;",
         ("  attack settings: the spoofing tracks' shadow-1ch uses the paper's Section 3 settings on every model; "
          "shadow-crownibp uses Section 5's numbers on the CROWN-IBP models, on one image's loss rather than a batch's, "
-         "and shadow-crownibp-pixel those numbers scaled to one image in pixels."),
+         "shadow-crownibp-pixel those numbers scaled to one image in pixels, and shadow-crownibp-pixel-cuts adds the "
+         "authors' code's two cuts of the step."),
     ]
 
 
