@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rsbench.leaderboard import track_files
 from rsbench.records import AttackRecord, SampleRecord
-from rsbench.stats import bootstrap, clopper_pearson
+from rsbench.stats import Estimate, bootstrap, clopper_pearson
 
 SEED = "benchmarks/seed_leaderboards.sh"
 
@@ -101,10 +101,6 @@ def best_shares(records: dict[str, list], names: list[str], radius: Callable[[At
         return {a: 100 * sum(wins[i][a] for i in draw) / len(draw) for a in names} if draw else {}
 
     return bootstrap(statistic, len(wins)) if wins else {}
-
-
-Estimate = tuple[float | None, float, float]
-"""A point value with its 95% bootstrap interval."""
 
 
 def text(estimate: Estimate) -> str:

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 
 from rsbench.records import AttackRecord, AttackSummary, CertifiedPoint, SampleRecord
-from rsbench.stats import clopper_pearson
+from rsbench.stats import Estimate, bootstrap, clopper_pearson
 
 INTERVAL_ALPHA = 0.05
 """Accuracies carry two-sided 95% Clopper-Pearson intervals over the evaluated test samples."""
@@ -109,23 +109,33 @@ def recorded(records: Sequence[AttackRecord]) -> bool:
     return all(r.judged_best_radius is not None for r in records if r.candidates)
 
 
-def paper_rule_table(records: Sequence[AttackRecord]) -> dict[str, dict[str, float | None]]:
-    """Success %, best % and r50 of every attack as the certification-aware-attack paper counts them: an example
-    succeeds when the in-loop judge's Goodman test on judge_n copies accepted it, confirmed or not, and its best
-    is the smallest such candidate. Records without `judged_best_radius` (older runs, submitted attacks) keep
-    their success by that rule (`candidates > 0`) but give no best or r50 (None), never the strict rule's."""
-    judged = recorded(records)
-    view = paper_view(records)
-    wins = best_radius_by_sample(view)
+def rule_table(records: Sequence[AttackRecord], seed: int = 0) -> dict[str, dict[str, dict[str, Estimate]]]:
+    """Success %, best % and r50 of every attack under rsbench's strict rule (confirmed examples) and the
+    certification-aware-attack paper's (`paper_view`), by rule and attack, each with its 95% bootstrap interval over
+    the attacked samples (resampled together across attacks, so `best` stays paired). Records without
+    `judged_best_radius` (older runs, submitted attacks) give the paper rule's success but no best or r50 (None),
+    never the strict rule's."""
     table = {}
-    for name in attack_names(view):
-        mine = [r for r in view if r.attack == name]
-        radii = [r.best_radius for r in mine if r.success]
-        table[name] = {
-            "success": 100 * len(radii) / len(mine),
-            "best": 100 * sum(r.best_radius <= wins[r.index] for r in mine if r.success) / len(mine) if judged else None,
-            "r50": _median(radii) if judged else None,
-        }
+    for rule, view in (("strict", list(records)), ("paper", paper_view(records))):
+        names, indices = attack_names(view), sorted({r.index for r in view})
+        wins = best_radius_by_sample(view)
+        radii = rule == "strict" or recorded(records)
+        found = {(r.index, r.attack): (r.success and (r.best_radius is not None or not radii), r.best_radius)
+                 for r in view}
+
+        def statistic(draw: Sequence[int], names: list[str] = names, indices: list[int] = indices,
+                      wins: dict[int, float] = wins, found: dict = found, radii: bool = radii) -> dict[str, float | None]:
+            out: dict[str, float | None] = {}
+            for name in names:
+                mine = [(i, *found[i, name]) for i in (indices[d] for d in draw) if (i, name) in found]
+                hits = [(i, d) for i, hit, d in mine if hit]
+                out[f"{name} success"] = 100 * len(hits) / len(mine) if mine else None
+                out[f"{name} best"] = 100 * sum(d <= wins[i] for i, d in hits) / len(mine) if mine and radii else None
+                out[f"{name} r50"] = _median([d for _, d in hits]) if radii else None
+            return out
+
+        estimates = bootstrap(statistic, len(indices), seed=seed)
+        table[rule] = {name: {k: estimates[f"{name} {k}"] for k in ("success", "best", "r50")} for name in names}
     return table
 
 

@@ -41,8 +41,12 @@ def resample_draws(units: int, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPL
     return np.random.default_rng(seed).integers(0, units, size=(resamples, units))
 
 
+Estimate = tuple[float | None, float, float]
+"""A point value with its bootstrap interval (nan bounds where the value is undefined)."""
+
+
 def bootstrap(statistic: Callable[[Sequence[int]], dict[str, float | None]], units: int, *, seed: int = 0,
-              resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95) -> dict[str, tuple[float | None, float, float]]:
+              resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95) -> dict[str, Estimate]:
     """Point estimate and percentile bootstrap interval of each number `statistic` computes from a list of units.
 
     `statistic` receives positions in range(units): all of them for the point estimate, then `resamples`
@@ -59,7 +63,7 @@ def bootstrap(statistic: Callable[[Sequence[int]], dict[str, float | None]], uni
             if value is not None and key in values:
                 values[key].append(value)
     tail = 100 * (1 - level) / 2
-    intervals: dict[str, tuple[float | None, float, float]] = {}
+    intervals: dict[str, Estimate] = {}
     for key, value in point.items():
         if value is None or not values[key]:
             intervals[key] = (value, math.nan, math.nan) if value is None else (value, value, value)

@@ -88,11 +88,15 @@ def test_the_papers_rule_counts_what_the_judge_accepted_and_the_strict_rule_only
     accepted = [r for r in trials if r.candidates > 0]
     assert accepted and all(r.judged_best_radius == pytest.approx(0.3 + inside, abs=1e-5) for r in accepted)
     assert all(r.judged_best_radius is None for r in trials if not r.candidates)
-    paper, strict = metrics.paper_rule_table(trials)["proposer"], metrics.attack_table(trials)["proposer"]
-    assert paper["success"] == 100 * len(accepted) / len(trials) and strict.success == 0
-    assert paper["r50"] == pytest.approx(0.3 + inside, abs=1e-5) and strict.r50 is None
+    trials = [r.model_copy(update={"index": i}) for i, r in enumerate(trials)]  # ten samples, not one ten times
+    rules = metrics.rule_table(trials)
+    paper, strict = rules["paper"]["proposer"], rules["strict"]["proposer"]
+    assert paper["success"][0] == 100 * len(accepted) / len(trials) and strict["success"] == (0, 0, 0)
+    assert paper["r50"][0] == pytest.approx(0.3 + inside, abs=1e-5) and strict["r50"][0] is None
+    assert paper["success"][1] <= paper["success"][0] <= paper["success"][2]
     older = [r.model_copy(update={"judged_best_radius": None}) for r in trials]  # records from before the field
-    assert metrics.paper_rule_table(older)["proposer"] == {"success": paper["success"], "best": None, "r50": None}
+    assert metrics.rule_table(older)["paper"]["proposer"]["success"] == paper["success"]
+    assert metrics.rule_table(older)["paper"]["proposer"]["best"][0] is None
 
 
 def test_confirmed_examples_lie_past_the_boundary() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rsbench import metrics
 from rsbench.errors import RsbenchError
 from rsbench.gate import audit
 from rsbench.leaderboard import paper_rule, track_files
@@ -120,3 +121,27 @@ def test_a_record_edited_to_move_the_paper_rule_is_refused_with_or_without_its_n
     assert re.search(rf"{name} \d+% \[\d+, \d+\], r50 0\.01 \[0\.01, 0\.01\];", line)  # what the edit would show
     with pytest.raises(RsbenchError, match=rf"{track}/v\d+\.json: an entry changed or was removed since HEAD"):
         audit.check(root, "HEAD", intervals=False, pull_request=True)
+
+
+def test_evaluates_table_of_both_rules_matches_table_1_and_a_hand_count() -> None:
+    """`metrics.rule_table` (evaluate's table of both rules): its strict points are Table 1's (`attack_table`), its
+    paper-rule best and r50 a count by hand from judged radii, and every interval holds its point."""
+    path = track_files.latest(ROOT, "evasion-smoothing-mnist-0.50")
+    board = track_files.load(path)
+    _, entries = track_files.stored_records(path.parent, board)
+    rows = [r.model_copy(update={"judged_best_radius": 1.0 + (r.index % 3 == k) if r.candidates else None})
+            for k, records in enumerate(entries.values()) for r in records]
+    rules = metrics.rule_table(rows)
+    for name, row in metrics.attack_table(rows).items():
+        strict = rules["strict"][name]
+        assert (strict["success"][0], strict["best"][0], strict["r50"][0]) == pytest.approx(
+            (row.success, row.best, row.r50))
+        mine = [r for r in rows if r.attack == name]
+        smallest = {r.index: min(o.judged_best_radius for o in rows if o.index == r.index and o.candidates)
+                    for r in mine if r.candidates}
+        wins = sum(r.judged_best_radius == smallest[r.index] for r in mine if r.candidates)
+        paper = rules["paper"][name]
+        assert paper["best"][0] == pytest.approx(100 * wins / len(mine))
+        assert paper["r50"][0] == statistics.median(r.judged_best_radius for r in mine if r.candidates)
+        for estimate in (*strict.values(), *paper.values()):
+            assert estimate[0] is None or estimate[1] <= estimate[0] <= estimate[2]

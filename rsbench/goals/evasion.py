@@ -143,7 +143,7 @@ class Evasion(Goal):
         else:
             summary["median_certified_radius"] = metrics.median_certified_radius(records)
         if spec.kind == "smoothing":
-            summary["attacks_paper_rule"] = metrics.paper_rule_table(records)
+            summary["attacks_by_rule"] = metrics.rule_table(records)
         return summary
 
     @classmethod
@@ -238,12 +238,23 @@ def format_table_1(result: RunResult) -> str:
             f"{_cell(row['total_time_s'], '.2f'):>10}{_cell(row['first_ratio_r50'], '.2f'):>12}"
             f"{_cell(row['first_ratio_time'], '.2f'):>12}{_cell(row['confirmed'], '.0f', '%'):>11}"
         )
-    paper = result.metrics.get("attacks_paper_rule")
-    if paper:
-        lines.append("Under the certification-aware-attack paper's rule (the judge's test alone, no confirmation):")
-        lines += [f"{name:<12}{_cell(row['success'], '.0f', '%'):>9}{_cell(row['best'], '.0f', '%'):>8}"
-                  f"{_cell(row['r50'], '.2f'):>8}" for name, row in paper.items()]
+    rules = result.metrics.get("attacks_by_rule")
+    if rules:
+        lines.append("Both rules, 95% bootstrap intervals over the attacked samples (strict: judged and confirmed, "
+                     "ranks; paper: the certification-aware-attack paper's, the judge's test alone):")
+        lines.append(f"{'Attack':<12}{'Rule':<8}{'Success':>18}{'Best':>18}{'r50':>22}")
+        lines += [f"{name:<12}{rule:<8}{_estimate(row['success'], '.0f'):>18}{_estimate(row['best'], '.0f'):>18}"
+                  f"{_estimate(row['r50'], '.2f'):>22}"
+                  for name in rules["strict"] for rule, row in ((r, rules[r][name]) for r in ("strict", "paper"))]
     return "\n".join([*lines, TABLE_LEGEND])
+
+
+def _estimate(estimate: Sequence[float | None] | None, fmt: str) -> str:
+    """A value with its interval, or - where it is undefined."""
+    if not estimate or estimate[0] is None:
+        return "-"
+    value, low, high = estimate
+    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 def format_robustness(result: RunResult) -> str:
