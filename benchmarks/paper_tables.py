@@ -26,6 +26,7 @@ from pathlib import Path
 
 from rsbench import metrics
 from rsbench.goals.degradation import Degradation
+from rsbench.errors import RsbenchError
 from rsbench.leaderboard import track_files
 from rsbench.records import RunConfig
 from rsbench.stats import clopper_pearson
@@ -67,6 +68,10 @@ def rerun(runs: Path, board: track_files.Leaderboard) -> tuple[str, dict[str, li
             records: dict[str, list] = {}
             for record in track_files.parse_jsonl(samples.read_bytes(), track_files.record_type("evasion")):
                 records.setdefault(record.attack, []).append(record)
+            if set(records) - set(config["attacks"]) or any(
+                    len({r.index for r in rows}) != len(rows) for rows in records.values()):
+                raise RsbenchError(f"{samples}: not one record per attacked sample of the attacks its config.json "
+                                   f"names ({', '.join(config['attacks'])})")
             folder = samples.parent.resolve()
             shown = folder.relative_to(REPOSITORY) if folder.is_relative_to(REPOSITORY) else folder
             return f"{shown}, rsbench {commit[:7]}", records
@@ -87,13 +92,15 @@ def rerun_rows(attack: str, records: dict[str, list], names: list[str]) -> list[
 
 
 def agreement(track_records: dict[str, list], again: dict[str, list], names: list[str]) -> str:
-    """Whether a re-run's strict verdicts match the track's sample for sample, per attack."""
+    """Whether a re-run's strict verdicts match the track's sample for sample, per attack (a sample the re-run lacks,
+    or has and the track lacks, differs)."""
     parts = []
     for name in names:
         mine = {r.index: strict_radius(r) for r in track_records[name]}
         theirs = {r.index: strict_radius(r) for r in again.get(name, [])}
-        differ = sum((mine[i] is None) != (theirs.get(i) is None) or (mine[i] is not None and theirs.get(i) is not None
-                     and abs(mine[i] - theirs[i]) > 1e-6) for i in mine) + len(theirs.keys() - mine.keys())
+        differ = sum(i not in theirs or (mine[i] is None) != (theirs[i] is None) or (
+            mine[i] is not None and theirs[i] is not None and abs(mine[i] - theirs[i]) > 1e-6) for i in mine) + len(
+            theirs.keys() - mine.keys())
         parts.append(f"{name} {'the same on every sample' if not differ else f'{differ} of {len(mine)} samples differ'}")
     return ", ".join(parts)
 

@@ -114,7 +114,13 @@ def rule_table(records: Sequence[AttackRecord], seed: int = 0) -> dict[str, dict
     certification-aware-attack paper's (`paper_view`), by rule and attack, each with its 95% bootstrap interval over
     the attacked samples (resampled together across attacks, so `best` stays paired). Records without
     `judged_best_radius` (older runs, submitted attacks) give the paper rule's success but no best or r50 (None),
-    never the strict rule's."""
+    never the strict rule's. Two records of one attack on one sample are refused (ValueError): Table 1 would count
+    both and the bootstrap, which draws samples, one."""
+    seen: set[tuple[str, int]] = set()
+    for r in records:
+        if (r.attack, r.index) in seen:
+            raise ValueError(f"{r.attack} has 2 records of sample {r.index}: one record per attacked sample")
+        seen.add((r.attack, r.index))
     table = {}
     for rule, view in (("strict", list(records)), ("paper", paper_view(records))):
         names, indices = attack_names(view), sorted({r.index for r in view})

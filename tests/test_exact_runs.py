@@ -167,3 +167,37 @@ def test_a_pull_request_may_not_turn_an_exact_run_into_links_to_the_same_bytes(
         exact_runs.unchanged(root, repo.resolve(), "HEAD", listed)
     with pytest.raises(RsbenchError, match=r"exact/?\S*: exact\S* is a link"):
         exact_runs.check(root)
+
+
+def committed(repo: Path) -> None:
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+
+
+def test_a_pull_request_may_not_change_an_exact_run_behind_a_linked_leaderboards_folder(root: Path) -> None:
+    """The leaderboards folder moved and replaced by a link to it, a robust record edited there: compared as the
+    link it is, the exact run has gone from its place."""
+    repo = root.parent.resolve()
+    committed(repo)
+    shutil.move(root, repo / "moved")
+    root.symlink_to(repo / "moved")
+    edit(root, 5, time_s=1.0)
+    with pytest.raises(RsbenchError, match=r"leaderboards/evasion-kw-digits-0.05/exact/.*: changed since HEAD"):
+        audit.check(root, "HEAD", intervals=False, pull_request=True)
+
+
+def test_a_new_track_whose_folder_is_a_link_may_not_bring_an_exact_run(root: Path) -> None:
+    """A track folder that is a link to one holding exact/ (which nothing else would show as new): refused in a pull
+    request, and by every check."""
+    repo = root.parent.resolve()
+    shutil.move(root / TRACK, repo / "elsewhere")
+    (root / "README.md").write_text("base")
+    committed(repo)
+    (root / TRACK).symlink_to(repo / "elsewhere")
+    listed = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "HEAD", "--", "leaderboards"],
+                            capture_output=True, text=True, check=True).stdout
+    with pytest.raises(RsbenchError, match=rf"leaderboards/{TRACK}: changed since HEAD"):
+        exact_runs.unchanged(root, repo, "HEAD", listed)
+    with pytest.raises(RsbenchError, match=rf"the track folder {TRACK} is a link"):
+        exact_runs.check(root)

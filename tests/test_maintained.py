@@ -72,3 +72,48 @@ def test_a_change_elsewhere_passes(repo: Path) -> None:
     (repo / "benchmarks" / "notes.md").write_text("a benchmark script's notes, reviewed as code")
     (repo / "benchmarks" / "results.md").write_text("a name that only starts like the folder")
     maintained.benchmark_runs(repo, "HEAD", git(repo, "ls-tree", "-r", "HEAD", "--", maintained.BENCHMARK_RUNS))
+
+
+def outside_link(repo: Path) -> None:
+    """The whole benchmarks folder (the results' parent) a link to a copy outside the checkout."""
+    outside = repo.parent / (repo.name + "-outside")
+    shutil.copytree(repo / "benchmarks", outside)
+    shutil.rmtree(repo / "benchmarks")
+    (repo / "benchmarks").symlink_to(outside)
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: (r / RUN / "samples.jsonl").chmod(0o755),
+    lambda r: (r / maintained.BENCHMARK_RUNS / "paper-rule-mnist").mkdir(),
+    outside_link,
+], ids=["a file made executable", "an empty folder (a submodule's place)", "the parent folder a link outside"])
+def test_what_git_would_record_as_a_change_is_refused(repo: Path, change: Callable[[Path], object]) -> None:
+    listed = git(repo, "ls-tree", "-r", "HEAD", "--", maintained.BENCHMARK_RUNS)
+    change(repo)
+    with pytest.raises(RsbenchError, match=r"^benchmarks\S*: .*never in a pull request$"):
+        maintained.benchmark_runs(repo, "HEAD", listed)
+
+
+def test_a_submodule_added_under_the_stored_runs_is_refused_though_not_checked_out(repo: Path) -> None:
+    """A pull request that adds a gitlink (a submodule, which CI does not check out: an empty folder) would bring
+    other runs in once a maintainer initialises it."""
+    base = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "update-index", "--add", "--cacheinfo", f"160000,{base},{maintained.BENCHMARK_RUNS}/paper-rule-mnist")
+    git(repo, "commit", "-qm", "a pull request")
+    (repo / maintained.BENCHMARK_RUNS / "paper-rule-mnist").mkdir()
+    with pytest.raises(RsbenchError, match=r"^benchmarks/results/paper-rule-mnist: changed since HEAD~1"):
+        maintained.benchmark_runs(repo, "HEAD~1", git(repo, "ls-tree", "-r", "HEAD~1", "--", maintained.BENCHMARK_RUNS))
+
+
+def test_a_stored_name_git_quotes_compares_as_itself(repo: Path) -> None:
+    """git ls-tree quotes a name with a tab or a byte outside ASCII: unchanged it passes, edited it is refused."""
+    odd = repo / RUN.parent / "r\u00e9-run\tb"
+    odd.write_text("stored")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "a maintainer's run")
+    listed = git(repo, "ls-tree", "-r", "HEAD", "--", maintained.BENCHMARK_RUNS)
+    assert '"' in listed
+    maintained.benchmark_runs(repo, "HEAD", listed)
+    odd.write_text("edited")
+    with pytest.raises(RsbenchError, match="r\u00e9-run\tb: changed since HEAD"):
+        maintained.benchmark_runs(repo, "HEAD", listed)

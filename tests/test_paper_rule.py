@@ -145,3 +145,15 @@ def test_evaluates_table_of_both_rules_matches_table_1_and_a_hand_count() -> Non
         assert paper["r50"][0] == statistics.median(r.judged_best_radius for r in mine if r.candidates)
         for estimate in (*strict.values(), *paper.values()):
             assert estimate[0] is None or estimate[1] <= estimate[0] <= estimate[2]
+
+
+def test_evaluates_table_of_both_rules_refuses_a_sample_recorded_twice_for_one_attack() -> None:
+    """Two records of one attack on one sample: Table 1 (`attack_table`) would count both, the bootstrap one; rather
+    than two different numbers for one run, refused."""
+    path = track_files.latest(ROOT, "evasion-smoothing-mnist-0.50")
+    board = track_files.load(path)
+    _, entries = track_files.stored_records(path.parent, board)
+    rows = [r for records in entries.values() for r in records]
+    hit = next(r for r in rows if r.success)
+    with pytest.raises(ValueError, match=rf"{hit.attack} has 2 records of sample {hit.index}"):
+        metrics.rule_table([*rows, hit.model_copy(update={"success": False, "best_radius": None})])

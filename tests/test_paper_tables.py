@@ -153,3 +153,33 @@ def test_shadow_rows_keep_linf_and_l2_apart_and_read_the_run_files(paper_tables:
     row = next(line for line in table_2.splitlines() if "crownibp-mnist-0.2 shadow-crownibp" in line)
     assert row.split()[7:15] == ["50.0", "[1.3,", "98.7]", "(n=2)", "0.300", "0.75", "6.00", "0.60"]
     assert "crownibp-mnist-0.4: no shadow-crownibp run yet" in table_2
+
+
+def test_a_rerun_missing_the_tracks_failed_samples_is_not_called_the_same(paper_tables: ModuleType,
+                                                                         tmp_path: Path) -> None:
+    """A re-run whose pgd records keep only the samples the track's pgd broke: its success would read 100%, so its
+    agreement must count the samples it lacks."""
+    board, _, records = paper_tables.track(ROOT / "leaderboards", "evasion-smoothing-mnist-0.50")
+    again = {name: [r.model_copy(update={"judged_best_radius": 1.0 if r.candidates else None}) for r in rows]
+             for name, rows in records.items()}
+    kept = [r for r in again["pgd"] if r.success]
+    assert 0 < len(kept) < len(again["pgd"])
+    again["pgd"] = kept
+    write_rerun(tmp_path / "run", board, again)
+    text = "\n".join(paper_tables.caa_rows(ROOT / "leaderboards", {"smoothing-mnist-0.50": paper_tables.papers.CAA_TABLE_1[
+        "smoothing-mnist-0.50"]}, "t", "s", paper_tables.papers.CAA_SETTINGS_1, reruns=tmp_path))
+    assert f"pgd {len(records['pgd']) - len(kept)} of {len(records['pgd'])} samples differ" in text
+
+
+@pytest.mark.parametrize("lie", ["a sample twice", "an attack the config does not name"])
+def test_a_rerun_whose_records_are_not_one_per_sample_of_its_attacks_is_refused(paper_tables: ModuleType,
+                                                                               tmp_path: Path, lie: str) -> None:
+    board, _, records = paper_tables.track(ROOT / "leaderboards", "evasion-smoothing-mnist-0.50")
+    again = {name: list(rows) for name, rows in records.items()}
+    if lie == "a sample twice":
+        again["pgd"] = again["pgd"] + [r for r in again["pgd"] if r.success]
+    else:
+        again["pgd"] = [r.model_copy(update={"attack": "pgd-other"}) for r in again["pgd"]]
+    write_rerun(tmp_path / "run", board, again)
+    with pytest.raises(Exception, match="not one record per attacked sample"):
+        paper_tables.rerun(tmp_path, board)

@@ -177,10 +177,10 @@ def check(root: Path, against: str | None = None, *, intervals: bool = True, see
         raise RsbenchError(f"--against {against!r} does not resolve to a commit in the git checkout of {root}")
     base = Path(top.strip())
     submissions = submissions or root.parent / "submissions"
-    listed = _git(base, "ls-tree", "-r", "--name-only", against, "--", str(root.resolve().relative_to(base))) or ""
+    where = exact_runs.checkout_path(root, base)  # a link named as the link, not as where it points
+    listed = _git(base, "ls-tree", "-r", "--name-only", against, "--", where) or ""
     if pull_request:
-        exact_runs.unchanged(root, base, against, _git(base, "ls-tree", "-r", against, "--",
-                                                        str(root.resolve().relative_to(base))) or "")
+        exact_runs.unchanged(root, base, against, _git(base, "ls-tree", "-r", against, "--", where) or "")
         maintained.benchmark_runs(base, against,
                                   _git(base, "ls-tree", "-r", against, "--", maintained.BENCHMARK_RUNS) or "")
     old_files = {(base / name).resolve(): name for name in listed.splitlines() if _is_board(name)}

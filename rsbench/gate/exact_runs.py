@@ -52,6 +52,9 @@ def check_folder(path: Path, board: Leaderboard) -> None:
     """Refuse, in one line, the exact run beside the newest track version at `path` where it is not what
     `rsbench exact` writes for the version's samples."""
     where = folder = path.parent / exact_columns.EXACT
+    if path.parent.is_symlink():
+        raise RsbenchError(f"{where}: the track folder {path.parent.name} is a link; an exact run holds the files "
+                           "rsbench exact wrote")
     links = [p.relative_to(path.parent).as_posix() for p in [folder, *folder.rglob("*")] if p.is_symlink()]
     if links:
         raise RsbenchError(f"{where}: {links[0]} is a link; an exact run holds the files rsbench exact wrote")
@@ -101,11 +104,21 @@ def check_folder(path: Path, board: Leaderboard) -> None:
 def unchanged(root: Path, base: Path, against: str, listed: str) -> None:
     """Refuse, in one line, a pull request that adds, changes or removes a file of a track's exact run since
     `against`; `listed` is `git ls-tree -r <against> -- <root>` run at the top of the checkout, `base`."""
-    prefix = root.resolve().relative_to(base).as_posix() + "/"
+    prefix = checkout_path(root, base) + "/"
     maintained.unchanged(base, against, listed, [root],
-                         lambda name: name.startswith(prefix) and _in_exact(name[len(prefix):]),
+                         lambda name: name.startswith(prefix) and (_in_exact(name[len(prefix):]) or (
+                             "/" not in name[len(prefix):] and (base / name).is_symlink())),
                          f"under the tracks' {exact_columns.EXACT}/ folders); exact runs are written by maintainers "
                          "running rsbench exact, never in a pull request")
+
+
+def checkout_path(root: Path, base: Path) -> str:
+    """Root's path in the checkout at `base` as git names it: the folders above it resolved, never root itself, so a
+    leaderboards folder that is a link is compared as the link it is (not as the folder it points to)."""
+    top = root.parent.resolve() / root.name
+    if not top.is_relative_to(base):
+        raise RsbenchError(f"{root}: lies outside the checkout {base}")
+    return top.relative_to(base).as_posix()
 
 
 def _in_exact(relative: str) -> bool:
