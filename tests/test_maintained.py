@@ -117,3 +117,18 @@ def test_a_stored_name_git_quotes_compares_as_itself(repo: Path) -> None:
     odd.write_text("edited")
     with pytest.raises(RsbenchError, match="r\u00e9-run\tb: changed since HEAD"):
         maintained.benchmark_runs(repo, "HEAD", listed)
+
+
+def test_a_plot_git_ignores_is_a_local_file_and_ignore_rules_hide_no_committed_one(repo: Path) -> None:
+    """A run's plot that git ignores (drawn again from the records) lies in a maintainer's checkout, never in a pull
+    request's: it is no change. A tracked file stays compared whatever an ignore rule says."""
+    (repo / ".gitignore").write_text("*.png\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-qm", "plots are not committed")
+    listed = git(repo, "ls-tree", "-r", "HEAD", "--", maintained.BENCHMARK_RUNS)
+    (repo / RUN / "attack_proportion.png").write_bytes(b"\x89PNG drawn here")
+    maintained.benchmark_runs(repo, "HEAD", listed)
+    (repo / ".gitignore").write_text("*.png\n*.jsonl\n")
+    (repo / RUN / "samples.jsonl").write_text('{"index": 0, "success": true}\n')
+    with pytest.raises(RsbenchError, match=r"^benchmarks/results/caa-cutoff-mnist/run/samples.jsonl: changed"):
+        maintained.benchmark_runs(repo, "HEAD", listed)

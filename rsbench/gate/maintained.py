@@ -14,6 +14,7 @@ import codecs
 import hashlib
 import os
 import stat
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -50,9 +51,10 @@ def unchanged(base: Path, against: str, listed: str, folders: Sequence[Path], se
             shown = folder.relative_to(base).as_posix() if folder.is_relative_to(base) else folder
             raise RsbenchError(f"{shown}: lies outside the checkout {base} (a folder above it is a link: the files "
                                f"{reason}")
+        ignored = _ignored(base, top)
         for path in _entries(top):
             name = path.relative_to(base).as_posix()
-            if selected(name):
+            if selected(name) and name not in ignored:
                 now[name] = _stored(path)
     changed = sorted(name for name in old.keys() | now.keys() if old.get(name) != now.get(name))
     if changed:
@@ -66,6 +68,15 @@ def benchmark_runs(base: Path, against: str, listed: str) -> None:
               lambda name: name == BENCHMARK_RUNS or name.startswith(BENCHMARK_RUNS + "/"),
               f"under {BENCHMARK_RUNS}/); stored benchmark runs are written by maintainers running rsbench, never in "
               "a pull request")
+
+
+def _ignored(base: Path, top: Path) -> set[str]:
+    """The files under `top` that git ignores and does not track (a run's plots, drawn again from its records): a
+    maintainer's checkout holds them, a pull request's (committed files only) never does, and a file a pull request
+    commits is tracked, so ignore rules cannot hide it."""
+    found = subprocess.run(["git", "-C", str(base), "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                            "--", top.relative_to(base).as_posix()], capture_output=True, check=False)
+    return set(os.fsdecode(found.stdout).split("\0")) - {""} if found.returncode == 0 else set()
 
 
 def _unquoted(name: str) -> str:
