@@ -92,16 +92,18 @@ def rerun_rows(attack: str, records: dict[str, list], names: list[str]) -> list[
 
 
 def agreement(track_records: dict[str, list], again: dict[str, list], names: list[str]) -> str:
-    """Whether a re-run's strict verdicts match the track's sample for sample, per attack (a sample the re-run lacks,
-    or has and the track lacks, differs)."""
+    """Per attack, on how many samples a re-run's strict verdict (success or not) differs from the track's (a sample
+    one of them lacks differs), and how far apart the smallest radii lie where both succeed (floating point: the
+    re-run may have run on another CPU)."""
     parts = []
     for name in names:
         mine = {r.index: strict_radius(r) for r in track_records[name]}
         theirs = {r.index: strict_radius(r) for r in again.get(name, [])}
-        differ = sum(i not in theirs or (mine[i] is None) != (theirs[i] is None) or (
-            mine[i] is not None and theirs[i] is not None and abs(mine[i] - theirs[i]) > 1e-6) for i in mine) + len(
+        differ = sum(i not in theirs or (mine[i] is None) != (theirs[i] is None) for i in mine) + len(
             theirs.keys() - mine.keys())
-        parts.append(f"{name} {'the same on every sample' if not differ else f'{differ} of {len(mine)} samples differ'}")
+        gaps = [abs(mine[i] - theirs[i]) for i in mine if mine[i] is not None and theirs.get(i) is not None]
+        verdicts = f"the same on all {len(mine)} samples" if not differ else f"differs on {differ} of {len(mine)}"
+        parts.append(f"{name} success {verdicts}" + (f", radii within {max(gaps):.1g}" if gaps else ""))
     return ", ".join(parts)
 
 
@@ -150,7 +152,7 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
                          "predate `judged_best_radius`); success under it is the share of samples whose judge "
                          "accepted a candidate"
                          + (f"; the re-run rows give both rules from one run of the track's protocol, seed and attack "
-                            f"specs again ({again[0]}), whose strict verdicts and radii against the track's: "
+                            f"specs again ({again[0]}), against the track's strict verdicts and radii: "
                             f"{agreement(records, again[1], names)}" if again is not None else
                             f"; a re-run of the track's protocol would give them ({RERUNS_COMMAND})"))
         if "deepfool" in records and defense == paper_sweeps.DEFENSE:
