@@ -284,6 +284,7 @@ def evaluate(
     worker at once (default 1 on the CPU, chosen from free memory on a GPU).
     """
     check_backend(backend, address)
+    runner.loaded_commit()  # the code this run starts with, whatever the checkout holds when it ends
     goal = goal_of(attack_specs)
     if config.goal != goal.name:
         raise RsbenchError(f"the run's config names goal {config.goal!r}, its attacks {goal.name!r}")

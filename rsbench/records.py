@@ -116,7 +116,8 @@ class Environment(Spec):
     rsbench_version: str
     """Installed rsbench version."""
     git_commit: str | None
-    """Commit of the rsbench checkout, when available."""
+    """Commit of the rsbench checkout the run started from, when available (`-dirty`: the package's files differed
+    from it)."""
     torch_version: str
     """PyTorch version."""
     python_version: str

@@ -6,6 +6,7 @@ extended run produces exactly the records an uninterrupted run would have.
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -72,15 +73,25 @@ def cpu_names() -> list[str]:
     return [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
 
 
-def environment(device: torch.device) -> Environment:
-    """Versions and hardware to record with every result."""
+@functools.cache
+def loaded_commit() -> str | None:
+    """The commit of the rsbench checkout when this process first asked, with `-dirty` where the package's tracked
+    files differed from it; None outside a git checkout. Cached: a process runs the code it loaded, so a run that
+    ends after the checkout moved on records the commit it started from (`engine.evaluate` asks first thing)."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                  "rsbench"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        return None
+    return f"{commit}-dirty" if commit and changed else commit or None
+
+
+def environment(device: torch.device) -> Environment:
+    """Versions and hardware to record with every result."""
+    commit = loaded_commit()
     names = cpu_names()
     hardware = f"{names[0]} x{len(names)}" if names else platform.processor() or platform.machine()
     if device.type == "cuda":
@@ -181,6 +192,7 @@ def certify(
 
     `images_per_batch` images share each pass through the model (default: chosen from free device memory).
     """
+    loaded_commit()  # the code this run starts with, whatever the checkout holds when it ends
     dataset = load_dataset(spec.dataset.name, config.split, spec.dataset.root)
     if config.num_samples > len(dataset):
         raise RsbenchError(f"--num-samples {config.num_samples} exceeds the {len(dataset)} samples of the split")

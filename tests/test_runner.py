@@ -119,3 +119,26 @@ def test_sample_generators_are_independent_of_order() -> None:
     c = runner.sample_generator(0, 6, torch.device("cpu"))
     first = torch.randn(4, generator=a)
     assert torch.equal(first, torch.randn(4, generator=b)) and not torch.equal(first, torch.randn(4, generator=c))
+
+
+def test_a_run_records_the_commit_it_started_from_not_the_one_it_ends_at(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkout moves on during a long run (a commit lands, a file of the package is edited): the result names the
+    code the run loaded, and marks it dirty where the package's tracked files differed from its commit."""
+    heads = iter(["a" * 40, *["b" * 40] * 10])
+    status = {"changed": ""}
+
+    def git(args: list[str], **_: object) -> subprocess.CompletedProcess:
+        out = next(heads) if "rev-parse" in args else status["changed"]
+        return subprocess.CompletedProcess(args, 0, stdout=out + "\n", stderr="")
+
+    monkeypatch.setattr(runner.subprocess, "run", git)
+    runner.loaded_commit.cache_clear()
+    try:
+        result = runner.certify(SPEC, config(num_samples=1), tmp_path / "run", torch.device("cpu"), progress=False)
+        assert result.environment.git_commit == "a" * 40
+        runner.loaded_commit.cache_clear()
+        status["changed"] = " M rsbench/metrics.py"
+        assert runner.environment(torch.device("cpu")).git_commit == "b" * 40 + "-dirty"
+    finally:
+        runner.loaded_commit.cache_clear()
