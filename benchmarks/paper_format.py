@@ -85,22 +85,42 @@ def judged_radius(record: AttackRecord) -> float | None:
     return record.judged_best_radius if record.candidates else None
 
 
-def best_shares(records: dict[str, list], names: list[str], radius: Callable[[AttackRecord], float | None]
-                ) -> dict[str, tuple[float | None, float, float]]:
-    """`best` among `names`: % of the samples they all attacked on which an attack's smallest example (by
-    `radius`) is the smallest (ties credit each; none when all fail), with a bootstrap interval over those samples."""
+def best_wins(records: dict[str, list], names: list[str], radius: Callable[[AttackRecord], float | None]
+              ) -> dict[int, dict[str, bool]]:
+    """For each sample all of `names` attacked, whether each one's smallest example (by `radius`) is the smallest
+    (ties credit each; none when all fail)."""
     by_sample: dict[int, dict[str, float]] = {}
     for name in names:
         for r in records.get(name, []):
             found = radius(r)
             by_sample.setdefault(r.index, {})[name] = float("inf") if found is None else found
-    samples = [radii for radii in by_sample.values() if len(radii) == len(names)]
-    wins = [{a: r[a] == min(r.values()) < float("inf") for a in names} for r in samples]
+    return {index: {a: radii[a] == min(radii.values()) < float("inf") for a in names}
+            for index, radii in by_sample.items() if len(radii) == len(names)}
+
+
+def best_shares(records: dict[str, list], names: list[str], radius: Callable[[AttackRecord], float | None]
+                ) -> dict[str, Estimate]:
+    """`best` among `names`: % of the samples they all attacked on which an attack's smallest example (by
+    `radius`) is the smallest, with a bootstrap interval over those samples."""
+    wins = list(best_wins(records, names, radius).values())
 
     def statistic(draw: list[int]) -> dict[str, float | None]:
         return {a: 100 * sum(wins[i][a] for i in draw) / len(draw) for a in names} if draw else {}
 
     return bootstrap(statistic, len(wins)) if wins else {}
+
+
+def best_gap(records: dict[str, list], names: list[str], attack: str,
+             rules: tuple[Callable[[AttackRecord], float | None], Callable[[AttackRecord], float | None]]) -> Estimate:
+    """By how many points `attack`'s `best` under the first rule exceeds its `best` under the second, on the same
+    samples, with a paired bootstrap interval (both shares drawn from one resample)."""
+    first, second = (best_wins(records, names, radius) for radius in rules)
+    pairs = [(first[i][attack], second[i][attack]) for i in first if i in second]
+
+    def statistic(draw: list[int]) -> dict[str, float | None]:
+        return {"gap": 100 * sum(pairs[i][0] - pairs[i][1] for i in draw) / len(draw)} if draw else {}
+
+    return bootstrap(statistic, len(pairs))["gap"] if pairs else (None, float("nan"), float("nan"))
 
 
 def text(estimate: Estimate) -> str:

@@ -34,7 +34,7 @@ from rsbench.stats import clopper_pearson
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, which runs as a file
 import paper_numbers as papers
 import paper_sweeps
-from paper_format import (best_shares, interval, judged_radius, median_estimates, missing, percent,
+from paper_format import (best_gap, best_shares, interval, judged_radius, median_estimates, missing, percent,
                           run_configs, run_records, settings_rows, share, strict_radius, text, track)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -163,11 +163,15 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
                          "measured apart")
         if "caa" in best:
             value, low, high = best["caa"]
-            paper_rule = judged_best or (best_shares(again[1], names, judged_radius) if again is not None else {})
+            both = records if judged else again[1] if again is not None else None
+            gap = best_gap(both, names, "caa", (judged_radius, strict_radius)) if both else (None, 0.0, 0.0)
             lines.append(f"  measured: CAA best on {value:.0f}% [{low:.0f}, {high:.0f}] among "
                          f"{', '.join(names)} under the strict rule"
-                         + (f", {percent(paper_rule['caa'])}% under the paper's"
-                            + ("" if judged else " (re-run)") if "caa" in paper_rule else "")
+                         + (f"; on the {'track' if judged else 're-run'}'s records "
+                            f"{percent(best_shares(both, names, judged_radius).get('caa'))} by the paper's rule "
+                            f"against {percent(best_shares(both, names, strict_radius).get('caa'))} strict (%): the "
+                            f"paper's rule {text(gap)} points higher (paired bootstrap)"
+                            if both and gap[0] is not None else "")
                          + (f"; {claim}. Model, training set, rule and samples differ (above), so this row neither "
                             "reproduces nor refutes that claim" if claim else ""))
     return lines

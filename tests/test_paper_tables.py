@@ -3,6 +3,7 @@ straight from the stored, gzipped per-sample records of a committed MNIST track.
 import gzip
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -118,6 +119,15 @@ def test_a_rerun_of_the_tracks_protocol_gives_both_rules_best_and_r50(paper_tabl
         assert line.split()[6] == f"{100 * wins / len(again[attack]):.0f}" and line.split()[9] == f"{r50:.3g}", line
         strict = next(line for line in text.splitlines() if line.split()[:3] == [attack, "(re-run)", "strict"])
         assert strict.split()[3] == f"{100 * sum(r.success for r in again[attack]) / len(again[attack]):.1f}"
+
+    def caa_wins(radius: Callable[[object], float | None]) -> int:
+        found = {(r.attack, r.index): radius(r) for a in shown for r in again[a]}
+        return sum(found["caa", i] is not None and found["caa", i] == min(
+            found[a, i] for a in shown if found[a, i] is not None) for i in {r.index for r in again["caa"]})
+
+    gap = 100 * (caa_wins(lambda r: r.judged_best_radius if r.candidates else None)
+                 - caa_wins(lambda r: r.best_radius if r.success else None)) / len(again["caa"])
+    assert f"the paper's rule {gap:.3g} [" in text and "points higher (paired bootstrap)" in text
 
 
 def test_every_comparison_names_its_source_and_says_what_differs_without_verdict_words(
