@@ -19,31 +19,21 @@ to the paper's own attacks (Table 1's `best`).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 from rsbench import metrics
 from rsbench.goals.degradation import Degradation
-from rsbench.errors import RsbenchError
-from rsbench.leaderboard import track_files
-from rsbench.records import RunConfig
 from rsbench.stats import clopper_pearson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script, which runs as a file
 import paper_numbers as papers
+import paper_reruns
 import paper_sweeps
 from paper_format import (best_gap, best_shares, interval, judged_radius, median_estimates, missing, percent,
-                          run_configs, run_records, settings_rows, share, strict_radius, text, track)
+                          run_records, settings_rows, share, strict_radius, text, track)
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-RERUNS = REPOSITORY / "benchmarks" / "results" / "paper-rule-mnist"
-"""Runs of the MNIST smoothing tracks' protocol, seed and attack specs again, whose records carry the judged radii
-that the tracks' records predate: Tables 1 and 4 read the paper-rule best and r50 from them."""
-RERUNS_COMMAND = ("rsbench evaluate --defense D --attack caa --attack pgd --attack deepfool "
-                  "--num-samples 100 --n 10000 --seed 0 --save-examples --judge-n 1500 --confirm-n 15000 "
-                  "--out benchmarks/results/paper-rule-mnist/evasion-D")
 SHADOW_RUNS = Path(__file__).resolve().parent / "results" / "shadow-crownibp"
 """The shadow-crownibp run directories (their config.json and samples.jsonl), one per model and attack."""
 SHADOW_RUNS_COMMAND = ("rsbench evaluate --defense D --attack A --num-samples K --n 10000 "
@@ -56,59 +46,9 @@ def paper_best(records: dict[str, list]) -> dict[str, tuple[float | None, float,
     return best_shares(records, [a for a in papers.CAA_ATTACKS if a in records], strict_radius)
 
 
-def rerun(runs: Path, board: track_files.Leaderboard) -> tuple[str, dict[str, list]] | None:
-    """A run under `runs` of the track's protocol (its hash again from the run's config) with the track's attack
-    specs, as its folder and rsbench commit and its records by attack; None when there is none."""
-    hashes = {e.name: e.attack_hash for e in board.entries}
-    for config, samples in run_configs(runs, board.defense.name, "evasion"):
-        protocol = track_files.Protocol.of_run(RunConfig.model_validate(config), board.defense.kind)
-        if protocol.spec_hash() == board.protocol_hash and all(
-                hashes.get(a) == h for a, h in zip(config["attacks"], config["attack_hashes"], strict=True)):
-            commit = json.loads((samples.parent / "result.json").read_text())["environment"]["git_commit"]
-            records: dict[str, list] = {}
-            for record in track_files.parse_jsonl(samples.read_bytes(), track_files.record_type("evasion")):
-                records.setdefault(record.attack, []).append(record)
-            if set(records) - set(config["attacks"]) or any(
-                    len({r.index for r in rows}) != len(rows) for rows in records.values()):
-                raise RsbenchError(f"{samples}: not one record per attacked sample of the attacks its config.json "
-                                   f"names ({', '.join(config['attacks'])})")
-            folder = samples.parent.resolve()
-            shown = folder.relative_to(REPOSITORY) if folder.is_relative_to(REPOSITORY) else folder
-            return f"{shown}, rsbench {commit[:7]}", records
-    return None
-
-
-def rerun_rows(attack: str, records: dict[str, list], names: list[str]) -> list[str]:
-    """An attack's success, best (among `names`) and r50 in a re-run under both rules, from the same records."""
-    rows = records[attack]
-    lines = []
-    for rule, radius in (("paper", judged_radius), ("strict", strict_radius)):
-        hits = sum(radius(r) is not None for r in rows)
-        best = best_shares(records, names, radius).get(attack)
-        r50 = text(median_estimates(rows, {"r50": radius})["r50"])
-        lines.append(f"  {attack + ' (re-run)':<20}{rule:<10}{share(hits, len(rows)).split(' (')[0]:>20}"
-                     f"{percent(best):>20}{r50:>20}")
-    return lines
-
-
-def agreement(track_records: dict[str, list], again: dict[str, list], names: list[str]) -> str:
-    """Per attack, on how many samples a re-run's strict verdict (success or not) differs from the track's (a sample
-    one of them lacks differs), and how far apart the smallest radii lie where both succeed (floating point: the
-    re-run may have run on another CPU)."""
-    parts = []
-    for name in names:
-        mine = {r.index: strict_radius(r) for r in track_records[name]}
-        theirs = {r.index: strict_radius(r) for r in again.get(name, [])}
-        differ = sum(i not in theirs or (mine[i] is None) != (theirs[i] is None) for i in mine) + len(
-            theirs.keys() - mine.keys())
-        gaps = [abs(mine[i] - theirs[i]) for i in mine if mine[i] is not None and theirs.get(i) is not None]
-        verdicts = f"the same on all {len(mine)} samples" if not differ else f"differs on {differ} of {len(mine)}"
-        parts.append(f"{name} success {verdicts}" + (f", radii within {max(gaps):.1g}" if gaps else ""))
-    return ", ".join(parts)
-
-
 def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source: str,
-             settings: list[tuple[str, str, str]], claim: str | None = None, reruns: Path = RERUNS) -> list[str]:
+             settings: list[tuple[str, str, str]], claim: str | None = None,
+             reruns: Path = paper_reruns.RUNS) -> list[str]:
     """The paper's rows and each track's entries for the same attacks under both success rules, read from the same
     stored records: the paper's (its Goodman test alone) and rsbench's strict one (that test, then confirmation).
     Where the track's records predate the judged radii, a re-run of its protocol (`reruns`) gives both rules'
@@ -124,7 +64,7 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
         names = [a for a in papers.CAA_ATTACKS if a in records]
         judged = bool(names) and all(metrics.recorded(records[a]) for a in names)
         judged_best = best_shares(records, names, judged_radius) if judged else {}
-        again = rerun(reruns, board) if board is not None and not judged else None
+        again = paper_reruns.rerun(reruns, board) if board is not None and not judged else None
         above: list[str] = []
         for attack, numbers in paper.items():
             lines.append(f"  {attack + ' (paper)':<20}{'paper':<10}" + "".join(f"{v:>20}" for v in numbers))
@@ -146,15 +86,15 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
             lines.append(f"  {attack + ' (rsbench)':<20}{'strict':<10}" + "".join(f"{c:>20}" for c in cells)
                          + f"  n={entry.attacked}")
             if again is not None and attack in again[1]:
-                lines += rerun_rows(attack, again[1], names)
+                lines += paper_reruns.rerun_rows(attack, again[1], names)
         if not judged:
             lines.append("  best and r50 under the paper's rule: not recorded by this track version (its records "
                          "predate `judged_best_radius`); success under it is the share of samples whose judge "
                          "accepted a candidate"
                          + (f"; the re-run rows give both rules from one run of the track's protocol, seed and attack "
                             f"specs again ({again[0]}), against the track's strict verdicts and radii: "
-                            f"{agreement(records, again[1], names)}" if again is not None else
-                            f"; a re-run of the track's protocol would give them ({RERUNS_COMMAND})"))
+                            f"{paper_reruns.agreement(records, again[1], names)}" if again is not None else
+                            f"; a re-run of the track's protocol would give them ({paper_reruns.COMMAND})"))
         if "deepfool" in records and defense == paper_sweeps.DEFENSE:
             lines.append(paper_sweeps.stopping_rule_line(records["deepfool"]))
         if above:

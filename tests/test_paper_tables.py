@@ -195,4 +195,4 @@ def test_a_rerun_whose_records_are_not_one_per_sample_of_its_attacks_is_refused(
         again["pgd"] = [r.model_copy(update={"attack": "pgd-other"}) for r in again["pgd"]]
     write_rerun(tmp_path / "run", board, again)
     with pytest.raises(Exception, match="not one record per attacked sample"):
-        paper_tables.rerun(tmp_path, board)
+        paper_tables.paper_reruns.rerun(tmp_path, board)
