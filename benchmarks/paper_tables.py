@@ -109,8 +109,8 @@ def caa_rows(root: Path, table: dict[str, tuple[str, dict]], title: str, source:
                          f"{', '.join(names)} under the strict rule"
                          + (f"; on the {'track' if judged else 're-run'}'s records "
                             f"{percent(best_shares(both, names, judged_radius).get('caa'))} by the paper's rule "
-                            f"against {percent(best_shares(both, names, strict_radius).get('caa'))} strict (%): the "
-                            f"paper's rule {text(gap)} points higher (paired bootstrap)"
+                            f"against {percent(best_shares(both, names, strict_radius).get('caa'))} strict (%), a "
+                            f"difference (paper's rule minus strict) of {text(gap)} points (paired bootstrap)"
                             if both and gap[0] is not None else "")
                          + (f"; {claim}. Model, training set, rule and samples differ (above), so this row neither "
                             "reproduces nor refutes that claim" if claim else ""))

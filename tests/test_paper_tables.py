@@ -127,7 +127,7 @@ def test_a_rerun_of_the_tracks_protocol_gives_both_rules_best_and_r50(paper_tabl
 
     gap = 100 * (caa_wins(lambda r: r.judged_best_radius if r.candidates else None)
                  - caa_wins(lambda r: r.best_radius if r.success else None)) / len(again["caa"])
-    assert f"the paper's rule {gap:.3g} [" in text and "points higher (paired bootstrap)" in text
+    assert f"difference (paper's rule minus strict) of {gap:.3g} [" in text and "points (paired bootstrap)" in text
 
 
 def test_every_comparison_names_its_source_and_says_what_differs_without_verdict_words(
