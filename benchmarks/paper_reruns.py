@@ -31,7 +31,11 @@ def rerun(runs: Path, board: track_files.Leaderboard) -> tuple[str, dict[str, li
         protocol = track_files.Protocol.of_run(RunConfig.model_validate(config), board.defense.kind)
         if protocol.spec_hash() == board.protocol_hash and all(
                 hashes.get(a) == h for a, h in zip(config["attacks"], config["attack_hashes"], strict=True)):
-            commit = json.loads((samples.parent / "result.json").read_text())["environment"]["git_commit"]
+            try:
+                commit = json.loads((samples.parent / "result.json").read_text())["environment"]["git_commit"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise RsbenchError(f"{samples.parent}: no result.json naming the rsbench commit that ran it; an "
+                                   "unfinished run is not read") from None
             records: dict[str, list] = {}
             for record in track_files.parse_jsonl(samples.read_bytes(), track_files.record_type("evasion")):
                 records.setdefault(record.attack, []).append(record)

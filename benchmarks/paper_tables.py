@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from rsbench import metrics
+from rsbench.errors import RsbenchError
 from rsbench.goals.degradation import Degradation
 from rsbench.stats import clopper_pearson
 
@@ -304,7 +305,10 @@ def main() -> None:
     parser.add_argument("--shadow-runs", type=Path, default=SHADOW_RUNS,
                         help="folder of the shadow-crownibp run directories, one per model and attack")
     args = parser.parse_args()
-    print(report(args.leaderboards, args.shadow_runs))
+    try:
+        print(report(args.leaderboards, args.shadow_runs))
+    except RsbenchError as error:  # a stored run that is not what rsbench writes: one line, not a traceback
+        sys.exit(f"paper_tables: {error}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/paper_tables.py's recomputed `best` (among the paper's attacks a track holds) against a count made
 straight from the stored, gzipped per-sample records of a committed MNIST track."""
+import functools
 import gzip
 import json
 import statistics
@@ -196,3 +197,20 @@ def test_a_rerun_whose_records_are_not_one_per_sample_of_its_attacks_is_refused(
     write_rerun(tmp_path / "run", board, again)
     with pytest.raises(Exception, match="not one record per attacked sample"):
         paper_tables.paper_reruns.rerun(tmp_path, board)
+
+
+def test_an_unfinished_rerun_is_refused_in_one_line(paper_tables: ModuleType, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run without its result.json (stopped before it finished) is refused by name, not read, and the script
+    says so in one line."""
+    board, _, records = paper_tables.track(ROOT / "leaderboards", "evasion-smoothing-mnist-0.50")
+    write_rerun(tmp_path / "run", board, records)
+    (tmp_path / "run" / "result.json").unlink()
+    monkeypatch.setattr(paper_tables.paper_reruns, "RUNS", tmp_path)
+    monkeypatch.setattr(paper_tables, "caa_rows", functools.partial(paper_tables.caa_rows, reruns=tmp_path))
+    monkeypatch.setattr("sys.argv", ["paper_tables.py", "--leaderboards", str(ROOT / "leaderboards")])
+    with pytest.raises(SystemExit) as stopped:
+        paper_tables.main()
+    assert str(stopped.value).startswith("paper_tables: ") and "unfinished run is not read" in str(stopped.value)
+    assert "\n" not in str(stopped.value)
