@@ -121,28 +121,29 @@ def rule_table(records: Sequence[AttackRecord], seed: int = 0) -> dict[str, dict
         if (r.attack, r.index) in seen:
             raise ValueError(f"{r.attack} has 2 records of sample {r.index}: one record per attacked sample")
         seen.add((r.attack, r.index))
-    table = {}
-    for rule, view in (("strict", list(records)), ("paper", paper_view(records))):
-        names, indices = attack_names(view), sorted({r.index for r in view})
-        wins = best_radius_by_sample(view)
-        radii = rule == "strict" or recorded(records)
-        found = {(r.index, r.attack): (r.success and (r.best_radius is not None or not radii), r.best_radius)
-                 for r in view}
+    return {"strict": _rule_estimates(list(records), True, seed),
+            "paper": _rule_estimates(paper_view(records), recorded(records), seed)}
 
-        def statistic(draw: Sequence[int], names: list[str] = names, indices: list[int] = indices,
-                      wins: dict[int, float] = wins, found: dict = found, radii: bool = radii) -> dict[str, float | None]:
-            out: dict[str, float | None] = {}
-            for name in names:
-                mine = [(i, *found[i, name]) for i in (indices[d] for d in draw) if (i, name) in found]
-                hits = [(i, d) for i, hit, d in mine if hit]
-                out[f"{name} success"] = 100 * len(hits) / len(mine) if mine else None
-                out[f"{name} best"] = 100 * sum(d <= wins[i] for i, d in hits) / len(mine) if mine and radii else None
-                out[f"{name} r50"] = _median([d for _, d in hits]) if radii else None
-            return out
 
-        estimates = bootstrap(statistic, len(indices), seed=seed)
-        table[rule] = {name: {k: estimates[f"{name} {k}"] for k in ("success", "best", "r50")} for name in names}
-    return table
+def _rule_estimates(view: list[AttackRecord], radii: bool, seed: int) -> dict[str, dict[str, Estimate]]:
+    """`rule_table`'s numbers for records read by one rule; without `radii`, success alone."""
+    names, indices = attack_names(view), sorted({r.index for r in view})
+    wins = best_radius_by_sample(view)
+    found = {(r.index, r.attack): (r.success and (r.best_radius is not None or not radii), r.best_radius)
+             for r in view}
+
+    def statistic(draw: Sequence[int]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in names:
+            mine = [(i, *found[i, name]) for i in (indices[d] for d in draw) if (i, name) in found]
+            hits = [(i, d) for i, hit, d in mine if hit]
+            out[f"{name} success"] = 100 * len(hits) / len(mine) if mine else None
+            out[f"{name} best"] = 100 * sum(d <= wins[i] for i, d in hits) / len(mine) if mine and radii else None
+            out[f"{name} r50"] = _median([d for _, d in hits]) if radii else None
+        return out
+
+    estimates = bootstrap(statistic, len(indices), seed=seed)
+    return {name: {k: estimates[f"{name} {k}"] for k in ("success", "best", "r50")} for name in names}
 
 
 def attack_proportion(records: Sequence[AttackRecord], attack: str, radius: float, *, first: bool = False) -> float:
