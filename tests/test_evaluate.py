@@ -19,6 +19,7 @@ from rsbench.cli import cli
 from rsbench.data import load_dataset
 from rsbench.defenses import load_defense
 from rsbench.errors import RsbenchError
+from rsbench.goals.evasion import format_table_1
 from rsbench.records import AttackRecord, RunConfig
 
 SMALL_ATTACKS = {
@@ -201,3 +202,25 @@ def test_cli_rejects_an_unknown_attack_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "unknown attack 'caaa'" in result.output and "did you mean" in result.output
     assert "Traceback" not in result.output
+
+
+def test_evaluates_table_gives_both_rules_with_intervals(reference: tuple[Path, object]) -> None:
+    """Under Table 1, every attack's success, best and r50 under the strict rule (the table's own numbers) and the
+    paper's (the judge's test alone: the samples where it accepted a candidate), each with its interval; result.json
+    keeps them."""
+    out, result = reference
+    rules = result.metrics["attacks_by_rule"]
+    table = format_table_1(result)
+    assert "Both rules, 95% bootstrap intervals over the attacked samples" in table
+    for name in SMALL_ATTACKS:
+        strict, paper = rules["strict"][name], rules["paper"][name]
+        assert strict["success"][0] == pytest.approx(result.metrics["attacks"][name]["success"])
+        accepted = [r for r in records(out) if r["attack"] == name]
+        assert paper["success"][0] == pytest.approx(100 * sum(r["candidates"] > 0 for r in accepted) / len(accepted))
+        for rule, row in (("strict", strict), ("paper", paper)):
+            line = next(line for line in table.splitlines() if line.split()[:2] == [name, rule])
+            value, low, high = row["success"]
+            assert line.split()[2:5] == [f"{value:.0f}", f"[{low:.0f},", f"{high:.0f}]"]
+    saved = json.loads((out / "result.json").read_text())["metrics"]["attacks_by_rule"]
+    first = next(iter(SMALL_ATTACKS))
+    assert saved["paper"][first]["success"] == pytest.approx(list(rules["paper"][first]["success"]))

@@ -242,8 +242,9 @@ def format_table_1(result: RunResult) -> str:
     if rules:
         lines.append("Both rules, 95% bootstrap intervals over the attacked samples (strict: judged and confirmed, "
                      "ranks; paper: the certification-aware-attack paper's, the judge's test alone):")
-        lines.append(f"{'Attack':<12}{'Rule':<8}{'Success':>18}{'Best':>18}{'r50':>22}")
-        lines += [f"{name:<12}{rule:<8}{_estimate(row['success'], '.0f'):>18}{_estimate(row['best'], '.0f'):>18}"
+        width = max(12, *(len(name) + 2 for name in rules["strict"]))
+        lines.append(f"{'Attack':<{width}}{'Rule':<8}{'Success':>18}{'Best':>18}{'r50':>22}")
+        lines += [f"{name:<{width}}{rule:<8}{_estimate(row['success'], '.0f'):>18}{_estimate(row['best'], '.0f'):>18}"
                   f"{_estimate(row['r50'], '.2f'):>22}"
                   for name in rules["strict"] for rule, row in ((r, rules[r][name]) for r in ("strict", "paper"))]
     return "\n".join([*lines, TABLE_LEGEND])
